@@ -1,0 +1,6 @@
+//! dhtnode: a trackerless BitTorrent node built around a sans-IO Mainline DHT core.
+//!
+//! Layers (a lower one never imports a higher one): `id` → `krpc` → `dht` → `net`; the
+//! simulator (`sim`) drives `dht` directly with a virtual clock.
+
+pub mod id;
