@@ -198,7 +198,9 @@ mod tests {
         assert_eq!(b32.parse::<Id>().unwrap(), id);
         assert_eq!(b32.to_lowercase().parse::<Id>().unwrap(), id);
         assert!("xyz".parse::<Id>().is_err());
-        assert!("0123456789abcdef0123456789abcdef0123456g".parse::<Id>().is_err());
+        assert!("0123456789abcdef0123456789abcdef0123456g"
+            .parse::<Id>()
+            .is_err());
         let err = "nope".parse::<Id>().unwrap_err().to_string();
         assert!(err.contains("40 hex"), "{err}");
     }

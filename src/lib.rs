@@ -4,3 +4,4 @@
 //! simulator (`sim`) drives `dht` directly with a virtual clock.
 
 pub mod id;
+pub mod krpc;

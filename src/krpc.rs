@@ -1,0 +1,707 @@
+//! KRPC (BEP 5): the only place where datagram bytes become typed DHT messages and back.
+//!
+//! Decoding goes through bt_bencode + serde into a loose "raw" shape, then is checked into the
+//! typed [`Message`]; everything past this module works on types. Decoding never panics, bounds
+//! nesting depth before serde recurses, and allocates at most in proportion to the datagram.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::{ByteBuf, Bytes};
+
+use crate::id::Id;
+
+/// Size of one compact node info entry: 20-byte id, 4-byte IPv4, 2-byte port.
+pub const COMPACT_NODE_LEN: usize = 26;
+/// Size of one compact peer info entry: 4-byte IPv4, 2-byte port.
+pub const COMPACT_PEER_LEN: usize = 6;
+/// Deepest bencode nesting we accept; KRPC needs 3 (dict → list → string).
+const MAX_DEPTH: usize = 8;
+
+/// A DHT contact: who a node is and where it listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodeInfo {
+    /// The node's 160-bit id.
+    pub id: Id,
+    /// Its UDP endpoint.
+    pub addr: SocketAddrV4,
+}
+
+/// One decoded KRPC datagram.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Transaction id chosen by the querier and echoed by the responder.
+    pub tid: Vec<u8>,
+    /// Client version string (`v`), if the sender gave one.
+    pub version: Option<Vec<u8>>,
+    /// Our address as the sender sees it (`ip`, BEP 42); set in responses.
+    pub ip: Option<SocketAddrV4>,
+    /// Read-only node (`ro`, BEP 43): it must never enter a routing table.
+    pub read_only: bool,
+    /// What the message says.
+    pub body: Body,
+}
+
+/// The three kinds of KRPC message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// `y = q`.
+    Query(Query),
+    /// `y = r`.
+    Response(Response),
+    /// `y = e`.
+    Error(KrpcError),
+}
+
+/// A query, with the sender's id (every query carries one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Query {
+    /// The querying node's id.
+    pub id: Id,
+    /// Method and arguments.
+    pub method: Method,
+}
+
+/// The BEP 5 methods, plus whatever else a peer may send (answered with error 204).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Liveness check.
+    Ping,
+    /// Asks for the 8 closest nodes to `target`.
+    FindNode {
+        /// Id whose neighbours are wanted.
+        target: Id,
+    },
+    /// Asks for peers of a torrent, or else the closest nodes.
+    GetPeers {
+        /// The torrent's info-hash.
+        info_hash: Id,
+    },
+    /// Registers the sender as a peer of a torrent.
+    AnnouncePeer {
+        /// The torrent's info-hash.
+        info_hash: Id,
+        /// Port the peer listens on (ignored when `implied_port`).
+        port: u16,
+        /// Use the UDP source port instead of `port` (NAT friendliness).
+        implied_port: bool,
+        /// Write token previously handed out by a get_peers answer.
+        token: Vec<u8>,
+    },
+    /// A method we do not implement; the name is kept for logging.
+    Unknown(Vec<u8>),
+}
+
+impl Method {
+    /// Wire name of the method.
+    pub fn name(&self) -> &[u8] {
+        match self {
+            Method::Ping => b"ping",
+            Method::FindNode { .. } => b"find_node",
+            Method::GetPeers { .. } => b"get_peers",
+            Method::AnnouncePeer { .. } => b"announce_peer",
+            Method::Unknown(n) => n,
+        }
+    }
+}
+
+/// A response. KRPC responses do not name their method, so every optional field is here and
+/// the querier interprets them by what it asked.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Response {
+    /// The responding node's id.
+    pub id: Id,
+    /// Closest nodes (find_node, get_peers without values).
+    pub nodes: Vec<NodeInfo>,
+    /// Peers (get_peers).
+    pub values: Vec<SocketAddrV4>,
+    /// Write token (get_peers).
+    pub token: Option<Vec<u8>>,
+}
+
+/// KRPC error codes of BEP 5.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// 201.
+    Generic,
+    /// 202.
+    Server,
+    /// 203: malformed packet, invalid arguments or bad token.
+    Protocol,
+    /// 204.
+    MethodUnknown,
+    /// Any other code a peer may send.
+    Other(i64),
+}
+
+impl ErrorCode {
+    /// Numeric code on the wire.
+    pub fn code(self) -> i64 {
+        match self {
+            ErrorCode::Generic => 201,
+            ErrorCode::Server => 202,
+            ErrorCode::Protocol => 203,
+            ErrorCode::MethodUnknown => 204,
+            ErrorCode::Other(c) => c,
+        }
+    }
+
+    /// Maps a wire code to the enum.
+    pub fn from_code(c: i64) -> ErrorCode {
+        match c {
+            201 => ErrorCode::Generic,
+            202 => ErrorCode::Server,
+            203 => ErrorCode::Protocol,
+            204 => ErrorCode::MethodUnknown,
+            other => ErrorCode::Other(other),
+        }
+    }
+}
+
+/// A KRPC error message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KrpcError {
+    /// The code.
+    pub code: ErrorCode,
+    /// Human-readable text.
+    pub message: Vec<u8>,
+}
+
+/// Why a datagram could not be decoded. `tid` is set when the transaction id could be read,
+/// so a malformed query can still be answered with error 203.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed KRPC message: {reason}")]
+pub struct DecodeError {
+    /// What was wrong.
+    pub reason: &'static str,
+    /// Transaction id if one could be recovered and the message looked like a query.
+    pub query_tid: Option<Vec<u8>>,
+}
+
+impl DecodeError {
+    fn new(reason: &'static str) -> Self {
+        DecodeError {
+            reason,
+            query_tid: None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw serde shapes. Field order is alphabetical so serialization emits sorted keys.
+
+#[derive(Deserialize, Serialize, Default)]
+struct RawArgs<'a> {
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    id: Option<&'a Bytes>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    implied_port: Option<i64>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    info_hash: Option<&'a Bytes>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    nodes: Option<&'a Bytes>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    port: Option<i64>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    target: Option<&'a Bytes>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    token: Option<&'a Bytes>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    values: Option<Vec<&'a Bytes>>,
+}
+
+#[derive(Deserialize, Serialize)]
+struct RawMessage<'a> {
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    a: Option<RawArgs<'a>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    e: Option<(i64, ByteBuf)>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    ip: Option<&'a Bytes>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    q: Option<&'a Bytes>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    r: Option<RawArgs<'a>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ro: Option<i64>,
+    #[serde(borrow, default)]
+    t: Option<&'a Bytes>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    v: Option<&'a Bytes>,
+    #[serde(borrow, default)]
+    y: Option<&'a Bytes>,
+}
+
+/// Checks that `buf` is one well-formed bencode value nested at most `MAX_DEPTH` deep,
+/// without recursion, before serde (which recurses) sees it.
+fn check_shape(buf: &[u8]) -> Result<(), DecodeError> {
+    let mut depth = 0usize;
+    let mut i = 0usize;
+    let mut seen_value = false;
+    while i < buf.len() {
+        if depth == 0 && seen_value {
+            return Err(DecodeError::new("trailing bytes after message"));
+        }
+        let c = buf[i];
+        match c {
+            b'd' | b'l' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(DecodeError::new("nesting too deep"));
+                }
+                i += 1;
+            }
+            b'e' => {
+                if depth == 0 {
+                    return Err(DecodeError::new("unbalanced end"));
+                }
+                depth -= 1;
+                i += 1;
+                if depth == 0 {
+                    seen_value = true;
+                }
+            }
+            b'i' => {
+                let end = buf[i..]
+                    .iter()
+                    .position(|&b| b == b'e')
+                    .ok_or(DecodeError::new("unterminated integer"))?;
+                i += end + 1;
+                if depth == 0 {
+                    seen_value = true;
+                }
+            }
+            b'0'..=b'9' => {
+                let colon = buf[i..]
+                    .iter()
+                    .take(12)
+                    .position(|&b| b == b':')
+                    .ok_or(DecodeError::new("bad string length"))?;
+                let len: usize = std::str::from_utf8(&buf[i..i + colon])
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or(DecodeError::new("bad string length"))?;
+                i = i
+                    .checked_add(colon + 1)
+                    .and_then(|x| x.checked_add(len))
+                    .filter(|&x| x <= buf.len())
+                    .ok_or(DecodeError::new("string past end of datagram"))?;
+                if depth == 0 {
+                    seen_value = true;
+                }
+            }
+            _ => return Err(DecodeError::new("not bencode")),
+        }
+    }
+    if depth != 0 || !seen_value {
+        return Err(DecodeError::new("truncated message"));
+    }
+    Ok(())
+}
+
+fn id_of(b: Option<&Bytes>, what: &'static str) -> Result<Id, &'static str> {
+    b.and_then(|b| Id::from_slice(b)).ok_or(what)
+}
+
+fn port_of(v: Option<i64>) -> Option<u16> {
+    v.and_then(|p| u16::try_from(p).ok())
+}
+
+/// Parses compact node info; a trailing partial entry is ignored, as libtorrent does.
+pub fn decode_nodes(buf: &[u8]) -> Vec<NodeInfo> {
+    buf.chunks_exact(COMPACT_NODE_LEN)
+        .filter_map(|c| {
+            let id = Id::from_slice(c.get(..20)?)?;
+            let addr = decode_peer(c.get(20..)?)?;
+            Some(NodeInfo { id, addr })
+        })
+        .collect()
+}
+
+/// Parses one compact peer (6 bytes).
+pub fn decode_peer(b: &[u8]) -> Option<SocketAddrV4> {
+    let b: &[u8; 6] = b.try_into().ok()?;
+    Some(SocketAddrV4::new(
+        Ipv4Addr::new(b[0], b[1], b[2], b[3]),
+        u16::from_be_bytes([b[4], b[5]]),
+    ))
+}
+
+/// Encodes a peer or node address in the 6-byte compact form.
+pub fn encode_peer(a: &SocketAddrV4) -> [u8; 6] {
+    let ip = a.ip().octets();
+    let p = a.port().to_be_bytes();
+    [ip[0], ip[1], ip[2], ip[3], p[0], p[1]]
+}
+
+/// Encodes nodes in compact node info form.
+pub fn encode_nodes(nodes: &[NodeInfo]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(nodes.len() * COMPACT_NODE_LEN);
+    for n in nodes {
+        out.extend_from_slice(&n.id.0);
+        out.extend_from_slice(&encode_peer(&n.addr));
+    }
+    out
+}
+
+impl Message {
+    /// Decodes one datagram. Never panics; errors say what was wrong.
+    pub fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
+        check_shape(buf)?;
+        let raw: RawMessage<'_> =
+            bt_bencode::from_slice(buf).map_err(|_| DecodeError::new("not a KRPC dictionary"))?;
+        let tid = raw
+            .t
+            .map(|t| t.to_vec())
+            .ok_or(DecodeError::new("missing transaction id"))?;
+        let y = raw.y.map(|y| &y[..]).unwrap_or(b"");
+        let query_err = |reason: &'static str| DecodeError {
+            reason,
+            query_tid: Some(tid.clone()),
+        };
+        let body = match y {
+            b"q" => {
+                let method = raw.q.ok_or_else(|| query_err("query without method"))?;
+                let a = raw.a.ok_or_else(|| query_err("query without arguments"))?;
+                let id = id_of(a.id, "query without a valid id").map_err(query_err)?;
+                let method = match &method[..] {
+                    b"ping" => Method::Ping,
+                    b"find_node" => Method::FindNode {
+                        target: id_of(a.target, "find_node without a valid target")
+                            .map_err(query_err)?,
+                    },
+                    b"get_peers" => Method::GetPeers {
+                        info_hash: id_of(a.info_hash, "get_peers without a valid info_hash")
+                            .map_err(query_err)?,
+                    },
+                    b"announce_peer" => {
+                        let info_hash = id_of(a.info_hash, "announce_peer without info_hash")
+                            .map_err(query_err)?;
+                        let implied_port = a.implied_port.unwrap_or(0) != 0;
+                        let port = match port_of(a.port) {
+                            Some(p) => p,
+                            None if implied_port => 0,
+                            None => return Err(query_err("announce_peer without a valid port")),
+                        };
+                        let token = a
+                            .token
+                            .ok_or_else(|| query_err("announce_peer without token"))?
+                            .to_vec();
+                        Method::AnnouncePeer {
+                            info_hash,
+                            port,
+                            implied_port,
+                            token,
+                        }
+                    }
+                    other => Method::Unknown(other.to_vec()),
+                };
+                Body::Query(Query { id, method })
+            }
+            b"r" => {
+                let r = raw.r.ok_or(DecodeError::new("response without body"))?;
+                let id = id_of(r.id, "response without a valid id").map_err(DecodeError::new)?;
+                Body::Response(Response {
+                    id,
+                    nodes: r.nodes.map(|n| decode_nodes(n)).unwrap_or_default(),
+                    values: r
+                        .values
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|v| decode_peer(v))
+                        .collect(),
+                    token: r.token.map(|t| t.to_vec()),
+                })
+            }
+            b"e" => {
+                let (code, message) = raw.e.ok_or(DecodeError::new("error without body"))?;
+                Body::Error(KrpcError {
+                    code: ErrorCode::from_code(code),
+                    message: message.into_vec(),
+                })
+            }
+            _ => return Err(DecodeError::new("unknown message type")),
+        };
+        Ok(Message {
+            tid,
+            version: raw.v.map(|v| v.to_vec()),
+            ip: raw.ip.and_then(|b| decode_peer(b)),
+            read_only: raw.ro.unwrap_or(0) == 1,
+            body,
+        })
+    }
+
+    /// Encodes the message as a bencoded datagram (keys sorted, as bencode requires).
+    pub fn encode(&self) -> Vec<u8> {
+        let ip = self.ip.as_ref().map(encode_peer);
+        let mut raw = RawMessage {
+            a: None,
+            e: None,
+            ip: ip.as_ref().map(|b| Bytes::new(&b[..])),
+            q: None,
+            r: None,
+            ro: if self.read_only { Some(1) } else { None },
+            t: Some(Bytes::new(&self.tid)),
+            v: self.version.as_deref().map(Bytes::new),
+            y: None,
+        };
+        let nodes_buf;
+        let values_buf: Vec<[u8; 6]>;
+        match &self.body {
+            Body::Query(q) => {
+                raw.y = Some(Bytes::new(b"q"));
+                raw.q = Some(Bytes::new(q.method.name()));
+                let mut a = RawArgs {
+                    id: Some(Bytes::new(&q.id.0)),
+                    ..Default::default()
+                };
+                match &q.method {
+                    Method::Ping | Method::Unknown(_) => {}
+                    Method::FindNode { target } => a.target = Some(Bytes::new(&target.0)),
+                    Method::GetPeers { info_hash } => a.info_hash = Some(Bytes::new(&info_hash.0)),
+                    Method::AnnouncePeer {
+                        info_hash,
+                        port,
+                        implied_port,
+                        token,
+                    } => {
+                        a.info_hash = Some(Bytes::new(&info_hash.0));
+                        a.port = Some(i64::from(*port));
+                        a.implied_port = Some(i64::from(*implied_port));
+                        a.token = Some(Bytes::new(token));
+                    }
+                }
+                raw.a = Some(a);
+            }
+            Body::Response(r) => {
+                raw.y = Some(Bytes::new(b"r"));
+                nodes_buf = encode_nodes(&r.nodes);
+                values_buf = r.values.iter().map(encode_peer).collect();
+                raw.r = Some(RawArgs {
+                    id: Some(Bytes::new(&r.id.0)),
+                    nodes: if r.nodes.is_empty() {
+                        None
+                    } else {
+                        Some(Bytes::new(&nodes_buf))
+                    },
+                    token: r.token.as_deref().map(Bytes::new),
+                    values: if r.values.is_empty() {
+                        None
+                    } else {
+                        Some(values_buf.iter().map(|v| Bytes::new(&v[..])).collect())
+                    },
+                    ..Default::default()
+                });
+            }
+            Body::Error(e) => {
+                raw.y = Some(Bytes::new(b"e"));
+                raw.e = Some((e.code.code(), ByteBuf::from(e.message.clone())));
+            }
+        }
+        // Serializing plain byte strings, integers and maps cannot fail.
+        bt_bencode::to_vec(&raw).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(b: u8) -> Id {
+        Id([b; 20])
+    }
+
+    #[test]
+    fn decodes_bep5_examples() {
+        let m =
+            Message::decode(b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe").unwrap();
+        assert_eq!(m.tid, b"aa");
+        assert_eq!(
+            m.body,
+            Body::Query(Query {
+                id: Id(*b"abcdefghij0123456789"),
+                method: Method::Ping
+            })
+        );
+        let m = Message::decode(
+            b"d1:rd2:id20:abcdefghij01234567895:token8:aoeusnth6:valuesl6:axje.u6:idhtnmee1:t2:aa1:y1:re",
+        )
+        .unwrap();
+        match m.body {
+            Body::Response(r) => {
+                assert_eq!(r.token.as_deref(), Some(&b"aoeusnth"[..]));
+                assert_eq!(r.values.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        let m = Message::decode(b"d1:eli201e23:A Generic Error Ocurrede1:t2:aa1:y1:ee").unwrap();
+        assert_eq!(
+            m.body,
+            Body::Error(KrpcError {
+                code: ErrorCode::Generic,
+                message: b"A Generic Error Ocurred".to_vec()
+            })
+        );
+    }
+
+    #[test]
+    fn encodes_sorted_keys_like_bep5() {
+        let m = Message {
+            tid: b"aa".to_vec(),
+            version: None,
+            ip: None,
+            read_only: false,
+            body: Body::Query(Query {
+                id: Id(*b"abcdefghij0123456789"),
+                method: Method::GetPeers {
+                    info_hash: Id(*b"mnopqrstuvwxyz123456"),
+                },
+            }),
+        };
+        assert_eq!(
+            m.encode(),
+            b"d1:ad2:id20:abcdefghij01234567899:info_hash20:mnopqrstuvwxyz123456e1:q9:get_peers1:t2:aa1:y1:qe"
+        );
+    }
+
+    #[test]
+    fn malformed_query_keeps_tid_for_error_203() {
+        let e = Message::decode(b"d1:ad2:id3:abce1:q4:ping1:t2:xy1:y1:qe").unwrap_err();
+        assert_eq!(e.query_tid.as_deref(), Some(&b"xy"[..]));
+    }
+
+    #[test]
+    fn unknown_method_is_kept() {
+        let m =
+            Message::decode(b"d1:ad2:id20:abcdefghij0123456789e1:q4:vote1:t2:aa1:y1:qe").unwrap();
+        match m.body {
+            Body::Query(Query {
+                method: Method::Unknown(name),
+                ..
+            }) => assert_eq!(name, b"vote"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursion() {
+        let mut buf = vec![b'l'; 60_000];
+        buf.extend(std::iter::repeat(b'e').take(60_000));
+        assert!(Message::decode(&buf).is_err());
+        assert!(Message::decode(b"d1:t99999999999:x").is_err());
+        assert!(Message::decode(b"").is_err());
+        assert!(Message::decode(b"i5e").is_err());
+    }
+
+    fn arb_id() -> impl Strategy<Value = Id> {
+        any::<[u8; 20]>().prop_map(Id)
+    }
+    fn arb_addr() -> impl Strategy<Value = SocketAddrV4> {
+        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddrV4::new(ip.into(), p))
+    }
+    fn arb_body() -> impl Strategy<Value = Body> {
+        let query = (
+            arb_id(),
+            prop_oneof![
+                Just(Method::Ping),
+                arb_id().prop_map(|target| Method::FindNode { target }),
+                arb_id().prop_map(|info_hash| Method::GetPeers { info_hash }),
+                (
+                    arb_id(),
+                    any::<u16>(),
+                    any::<bool>(),
+                    proptest::collection::vec(any::<u8>(), 0..20)
+                )
+                    .prop_map(|(info_hash, port, implied_port, token)| {
+                        Method::AnnouncePeer {
+                            info_hash,
+                            port,
+                            implied_port,
+                            token,
+                        }
+                    }),
+                proptest::collection::vec(b'a'..b'z', 1..10).prop_map(Method::Unknown),
+            ],
+        )
+            .prop_map(|(id, method)| Body::Query(Query { id, method }));
+        let response = (
+            arb_id(),
+            proptest::collection::vec(
+                (arb_id(), arb_addr()).prop_map(|(id, addr)| NodeInfo { id, addr }),
+                0..8,
+            ),
+            proptest::collection::vec(arb_addr(), 0..50),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
+        )
+            .prop_map(|(id, nodes, values, token)| {
+                Body::Response(Response {
+                    id,
+                    nodes,
+                    values,
+                    token,
+                })
+            });
+        let error = (201i64..=204, proptest::collection::vec(any::<u8>(), 0..30)).prop_map(
+            |(c, message)| {
+                Body::Error(KrpcError {
+                    code: ErrorCode::from_code(c),
+                    message,
+                })
+            },
+        );
+        prop_oneof![query, response, error]
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(
+            tid in proptest::collection::vec(any::<u8>(), 1..8),
+            version in proptest::option::of(proptest::collection::vec(any::<u8>(), 4)),
+            ip in proptest::option::of(arb_addr()),
+            read_only in any::<bool>(),
+            body in arb_body(),
+        ) {
+            let m = Message { tid, version, ip, read_only, body };
+            let bytes = m.encode();
+            prop_assert_eq!(Message::decode(&bytes).unwrap(), m);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(buf in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Message::decode(&buf);
+        }
+
+        #[test]
+        fn mutated_messages_never_panic(
+            body in arb_body(),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+            cut in any::<usize>(),
+        ) {
+            let m = Message { tid: b"ab".to_vec(), version: None, ip: None, read_only: false, body };
+            let mut bytes = m.encode();
+            for (pos, val) in flips {
+                let n = bytes.len();
+                bytes[pos % n] = val;
+            }
+            let _ = Message::decode(&bytes);
+            let n = bytes.len();
+            bytes.truncate(cut % (n + 1));
+            let _ = Message::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn compact_nodes_round_trip() {
+        let nodes = vec![NodeInfo {
+            id: id(3),
+            addr: SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), 6881),
+        }];
+        let enc = encode_nodes(&nodes);
+        assert_eq!(enc.len(), 26);
+        assert_eq!(decode_nodes(&enc), nodes);
+        let mut partial = enc.clone();
+        partial.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(decode_nodes(&partial), nodes);
+    }
+}

@@ -1,0 +1,206 @@
+//! Typed peer-wire messages: everything that follows the handshake on a connection.
+//!
+//! BEP 3 defines the core messages; BEP 5 adds PORT (id 9) and BEP 10 adds Extended (id 20),
+//! which carries the extension handshake and `ut_metadata`. Framing and limits live in
+//! [`super::codec`]; this file only names the messages and their ids.
+
+/// Standard block size (16 KiB): the unit of piece requests and `ut_metadata` pieces.
+pub const BLOCK_LEN: u32 = 16 * 1024;
+
+/// Message ids as they appear on the wire (the byte after the length prefix).
+pub mod ids {
+    /// `choke`: the sender will not serve our requests.
+    pub const CHOKE: u8 = 0;
+    /// `unchoke`: the sender will serve our requests.
+    pub const UNCHOKE: u8 = 1;
+    /// `interested`: the sender wants pieces we have.
+    pub const INTERESTED: u8 = 2;
+    /// `not interested`.
+    pub const NOT_INTERESTED: u8 = 3;
+    /// `have`: the sender completed a piece.
+    pub const HAVE: u8 = 4;
+    /// `bitfield`: the sender's pieces, only as the first message.
+    pub const BITFIELD: u8 = 5;
+    /// `request`: ask for a block.
+    pub const REQUEST: u8 = 6;
+    /// `piece`: a block of data.
+    pub const PIECE: u8 = 7;
+    /// `cancel`: withdraw a request.
+    pub const CANCEL: u8 = 8;
+    /// `port` (BEP 5): the sender's DHT UDP port.
+    pub const PORT: u8 = 9;
+    /// `extended` (BEP 10): an extension message.
+    pub const EXTENDED: u8 = 20;
+}
+
+/// A block request (also the body of `cancel`): `length` bytes at `begin` within piece `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlockRequest {
+    /// Piece index.
+    pub index: u32,
+    /// Byte offset within the piece.
+    pub begin: u32,
+    /// Number of bytes requested (1..=16 KiB once decoded under default limits).
+    pub length: u32,
+}
+
+/// A block of piece data. The data is owned so the message can outlive the read buffer; when
+/// sending, use [`super::codec::encode_piece_header`] to avoid copying the data twice.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Piece {
+    /// Piece index.
+    pub index: u32,
+    /// Byte offset within the piece.
+    pub begin: u32,
+    /// The block's bytes.
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for Piece {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Do not dump 16 KiB of bytes into logs.
+        f.debug_struct("Piece")
+            .field("index", &self.index)
+            .field("begin", &self.begin)
+            .field("len", &self.data.len())
+            .finish()
+    }
+}
+
+/// One peer-wire message after the handshake.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Message {
+    /// Zero-length message that keeps an idle connection open.
+    KeepAlive,
+    /// The sender stops serving our requests.
+    Choke,
+    /// The sender will serve our requests.
+    Unchoke,
+    /// The sender wants data from us.
+    Interested,
+    /// The sender no longer wants data from us.
+    NotInterested,
+    /// The sender now has piece `index`.
+    Have {
+        /// The completed piece.
+        index: u32,
+    },
+    /// The sender's pieces, high bit of the first byte = piece 0. Decoded length is exactly
+    /// `ceil(num_pieces / 8)` with zero spare bits when the piece count is known.
+    Bitfield(Vec<u8>),
+    /// Request for a block.
+    Request(BlockRequest),
+    /// A block of data.
+    Piece(Piece),
+    /// Withdraws an earlier request.
+    Cancel(BlockRequest),
+    /// The sender's DHT port (BEP 5): add the peer's address with this port to the routing
+    /// table.
+    Port(u16),
+    /// A BEP 10 extension message: `ext_id` 0 is the extension handshake, other ids are
+    /// the ones *we* assigned in our handshake's `m` dictionary.
+    Extended {
+        /// Extension message id.
+        ext_id: u8,
+        /// The raw payload (bencoded, possibly followed by raw bytes for `ut_metadata`).
+        payload: Vec<u8>,
+    },
+    /// A message id we do not implement (e.g. BEP 6 fast extension). Decoded — within
+    /// [`super::codec::Limits::max_unknown_len`] — so the connection can skip it and carry
+    /// on; the caller should ignore it. Never construct this with a known id.
+    Unknown {
+        /// The message id.
+        id: u8,
+        /// The raw payload.
+        payload: Vec<u8>,
+    },
+}
+
+impl Message {
+    /// The wire id of this message, or `None` for keep-alive (which has no id byte).
+    pub fn id(&self) -> Option<u8> {
+        Some(match self {
+            Message::KeepAlive => return None,
+            Message::Choke => ids::CHOKE,
+            Message::Unchoke => ids::UNCHOKE,
+            Message::Interested => ids::INTERESTED,
+            Message::NotInterested => ids::NOT_INTERESTED,
+            Message::Have { .. } => ids::HAVE,
+            Message::Bitfield(_) => ids::BITFIELD,
+            Message::Request(_) => ids::REQUEST,
+            Message::Piece(_) => ids::PIECE,
+            Message::Cancel(_) => ids::CANCEL,
+            Message::Port(_) => ids::PORT,
+            Message::Extended { .. } => ids::EXTENDED,
+            Message::Unknown { id, .. } => *id,
+        })
+    }
+
+    /// Length of the message body (id byte + payload), i.e. the value of the length prefix.
+    pub fn body_len(&self) -> usize {
+        match self {
+            Message::KeepAlive => 0,
+            Message::Choke | Message::Unchoke | Message::Interested | Message::NotInterested => 1,
+            Message::Have { .. } => 5,
+            Message::Bitfield(b) => 1usize.saturating_add(b.len()),
+            Message::Request(_) | Message::Cancel(_) => 13,
+            Message::Piece(p) => 9usize.saturating_add(p.data.len()),
+            Message::Port(_) => 3,
+            Message::Extended { payload, .. } => 2usize.saturating_add(payload.len()),
+            Message::Unknown { payload, .. } => 1usize.saturating_add(payload.len()),
+        }
+    }
+
+    /// Total encoded length including the 4-byte length prefix.
+    pub fn encoded_len(&self) -> usize {
+        self.body_len().saturating_add(4)
+    }
+}
+
+/// Whether piece `index` is set in a bitfield (out-of-range indices read as absent).
+pub fn bitfield_has(bitfield: &[u8], index: u32) -> bool {
+    let byte = usize::try_from(index / 8).ok().and_then(|i| bitfield.get(i));
+    byte.is_some_and(|b| b & (0x80 >> (index % 8)) != 0)
+}
+
+/// Sets piece `index` in a bitfield (no-op when out of range).
+pub fn bitfield_set(bitfield: &mut [u8], index: u32) {
+    if let Some(b) = usize::try_from(index / 8)
+        .ok()
+        .and_then(|i| bitfield.get_mut(i))
+    {
+        *b |= 0x80 >> (index % 8);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitfield_helpers() {
+        let mut bf = vec![0u8; 2];
+        bitfield_set(&mut bf, 0);
+        bitfield_set(&mut bf, 9);
+        bitfield_set(&mut bf, 100);
+        assert_eq!(bf, vec![0x80, 0x40]);
+        assert!(bitfield_has(&bf, 0));
+        assert!(bitfield_has(&bf, 9));
+        assert!(!bitfield_has(&bf, 1));
+        assert!(!bitfield_has(&bf, u32::MAX));
+    }
+
+    #[test]
+    fn ids_and_lengths() {
+        assert_eq!(Message::KeepAlive.id(), None);
+        assert_eq!(Message::Port(1).id(), Some(9));
+        assert_eq!(Message::Port(1).encoded_len(), 7);
+        let p = Message::Piece(Piece {
+            index: 0,
+            begin: 0,
+            data: vec![0; 10],
+        });
+        assert_eq!(p.body_len(), 19);
+        assert!(format!("{p:?}").contains("len: 10"));
+    }
+}
