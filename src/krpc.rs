@@ -587,7 +587,7 @@ mod tests {
     #[test]
     fn deep_nesting_is_refused_without_recursion() {
         let mut buf = vec![b'l'; 60_000];
-        buf.extend(std::iter::repeat(b'e').take(60_000));
+        buf.extend(std::iter::repeat_n(b'e', 60_000));
         assert!(Message::decode(&buf).is_err());
         assert!(Message::decode(b"d1:t99999999999:x").is_err());
         assert!(Message::decode(b"").is_err());
@@ -621,7 +621,7 @@ mod tests {
                             token,
                         }
                     }),
-                proptest::collection::vec(b'a'..b'z', 1..10).prop_map(Method::Unknown),
+                proptest::collection::vec(b'a'..=b'z', 1..10).prop_map(Method::Unknown),
             ],
         )
             .prop_map(|(id, method)| Body::Query(Query { id, method }));

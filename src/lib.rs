@@ -3,5 +3,7 @@
 //! Layers (a lower one never imports a higher one): `id` → `krpc` → `dht` → `net`; the
 //! simulator (`sim`) drives `dht` directly with a virtual clock.
 
+pub mod dht;
 pub mod id;
 pub mod krpc;
+pub mod wire;

@@ -4,6 +4,17 @@
 //! Everything here is synchronous, pure std code: no tokio, no sockets. The engine calls it
 //! (from blocking tasks where it touches the disk).
 
+pub mod bencode;
+pub mod layout;
 pub mod magnet;
+pub mod metainfo;
+pub mod path;
+pub mod resume;
+pub mod storage;
 
+pub use layout::{Layout, LayoutError, Segment, BLOCK_SIZE};
 pub use magnet::{parse_infohash_arg, Magnet, MagnetError};
+pub use metainfo::{info_hash_of, FileEntry, Info, Metainfo, MetainfoError};
+pub use path::{PathError, SafePath};
+pub use resume::{Bitfield, ResumeError, ResumeFile};
+pub use storage::{OpenMode, Storage, StorageError, VerifiedPiece};

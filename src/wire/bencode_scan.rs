@@ -125,8 +125,16 @@ fn scan_int(buf: &[u8], start: usize, terminator: u8) -> Result<usize, ScanError
     let digits = buf.get(digits_start..pos).ok_or(ScanError::Truncated)?;
     match digits {
         [] => return Err(ScanError::Invalid { offset: pos }),
-        [b'0', _, ..] => return Err(ScanError::Invalid { offset: digits_start }),
-        [b'0'] if negative => return Err(ScanError::Invalid { offset: digits_start }),
+        [b'0', _, ..] => {
+            return Err(ScanError::Invalid {
+                offset: digits_start,
+            })
+        }
+        [b'0'] if negative => {
+            return Err(ScanError::Invalid {
+                offset: digits_start,
+            })
+        }
         _ => {}
     }
     Ok(pos + 1)
@@ -179,20 +187,48 @@ mod tests {
         assert_eq!(bencode_value_len(d, 8), Ok(d.len() - 3));
         assert_eq!(bencode_value_len(b"le", 8), Ok(2));
         assert_eq!(bencode_value_len(b"de", 8), Ok(2));
-        assert_eq!(bencode_value_len(b"ll4:spamei1eed1:ai2eee", 8), Ok(22));
+        assert_eq!(bencode_value_len(b"ll4:spamei1ed1:ai2eeeXX", 8), Ok(21));
+        assert_eq!(bencode_value_len(b"ll4:spamei1eed1:ai2eee", 8), Ok(13));
     }
 
     #[test]
     fn invalid_values() {
-        assert!(matches!(bencode_value_len(b"i01e", 8), Err(ScanError::Invalid { .. })));
-        assert!(matches!(bencode_value_len(b"i-0e", 8), Err(ScanError::Invalid { .. })));
-        assert!(matches!(bencode_value_len(b"ie", 8), Err(ScanError::Invalid { .. })));
-        assert!(matches!(bencode_value_len(b"i1x", 8), Err(ScanError::Invalid { .. })));
-        assert!(matches!(bencode_value_len(b"01:a", 8), Err(ScanError::Invalid { .. })));
-        assert!(matches!(bencode_value_len(b"di1ei2ee", 8), Err(ScanError::Invalid { .. })));
-        assert!(matches!(bencode_value_len(b"d1:ae", 8), Err(ScanError::Invalid { .. })));
-        assert!(matches!(bencode_value_len(b"e", 8), Err(ScanError::Invalid { .. })));
-        assert!(matches!(bencode_value_len(b"x", 8), Err(ScanError::Invalid { .. })));
+        assert!(matches!(
+            bencode_value_len(b"i01e", 8),
+            Err(ScanError::Invalid { .. })
+        ));
+        assert!(matches!(
+            bencode_value_len(b"i-0e", 8),
+            Err(ScanError::Invalid { .. })
+        ));
+        assert!(matches!(
+            bencode_value_len(b"ie", 8),
+            Err(ScanError::Invalid { .. })
+        ));
+        assert!(matches!(
+            bencode_value_len(b"i1x", 8),
+            Err(ScanError::Invalid { .. })
+        ));
+        assert!(matches!(
+            bencode_value_len(b"01:a", 8),
+            Err(ScanError::Invalid { .. })
+        ));
+        assert!(matches!(
+            bencode_value_len(b"di1ei2ee", 8),
+            Err(ScanError::Invalid { .. })
+        ));
+        assert!(matches!(
+            bencode_value_len(b"d1:ae", 8),
+            Err(ScanError::Invalid { .. })
+        ));
+        assert!(matches!(
+            bencode_value_len(b"e", 8),
+            Err(ScanError::Invalid { .. })
+        ));
+        assert!(matches!(
+            bencode_value_len(b"x", 8),
+            Err(ScanError::Invalid { .. })
+        ));
         assert!(matches!(
             bencode_value_len(b"99999999999999999999999999:", 8),
             Err(ScanError::Invalid { .. })
@@ -201,17 +237,48 @@ mod tests {
 
     #[test]
     fn truncated_values() {
-        for input in [&b""[..], b"i12", b"4:spa", b"l", b"d1:a", b"18446744073709551615:x"] {
-            assert_eq!(bencode_value_len(input, 8), Err(ScanError::Truncated), "{input:?}");
+        for input in [
+            &b""[..],
+            b"i12",
+            b"4:spa",
+            b"l",
+            b"d1:a",
+            b"18446744073709551615:x",
+        ] {
+            assert_eq!(
+                bencode_value_len(input, 8),
+                Err(ScanError::Truncated),
+                "{input:?}"
+            );
         }
     }
 
     #[test]
     fn depth_is_bounded() {
         let deep = vec![b'l'; 1_000_000];
-        assert_eq!(bencode_value_len(&deep, 16), Err(ScanError::TooDeep { max: 16 }));
+        assert_eq!(
+            bencode_value_len(&deep, 16),
+            Err(ScanError::TooDeep { max: 16 })
+        );
         let mut ok = vec![b'l'; 16];
         ok.extend(vec![b'e'; 16]);
         assert_eq!(bencode_value_len(&ok, 16), Ok(32));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_and_agrees_with_bt_bencode(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(b"idle:-0123456789xa".to_vec()), 0..64),
+        ) {
+            let scanned = bencode_value_len(&bytes, 64);
+            if let Ok(n) = scanned {
+                proptest::prop_assert!(n <= bytes.len());
+            }
+            // Whatever bt_bencode accepts as a whole, the scanner measures as a whole.
+            if bt_bencode::from_slice::<bt_bencode::Value>(&bytes).is_ok() {
+                proptest::prop_assert_eq!(scanned, Ok(bytes.len()));
+            }
+        }
     }
 }

@@ -235,11 +235,20 @@ mod tests {
     fn bad_protocol_rejected_early() {
         let mut bytes = sample().to_bytes();
         bytes[0] = 18;
-        assert_eq!(Handshake::decode(&bytes[..1]), Err(HandshakeError::BadProtocol));
+        assert_eq!(
+            Handshake::decode(&bytes[..1]),
+            Err(HandshakeError::BadProtocol)
+        );
         let mut bytes = sample().to_bytes();
         bytes[5] = b'x';
-        assert_eq!(Handshake::decode(&bytes[..6]), Err(HandshakeError::BadProtocol));
+        assert_eq!(
+            Handshake::decode(&bytes[..6]),
+            Err(HandshakeError::BadProtocol)
+        );
         assert_eq!(Handshake::decode(&bytes), Err(HandshakeError::BadProtocol));
-        assert_eq!(Handshake::decode(b"GET / HTTP/1.1\r\n"), Err(HandshakeError::BadProtocol));
+        assert_eq!(
+            Handshake::decode(b"GET / HTTP/1.1\r\n"),
+            Err(HandshakeError::BadProtocol)
+        );
     }
 }

@@ -159,7 +159,9 @@ impl Message {
 
 /// Whether piece `index` is set in a bitfield (out-of-range indices read as absent).
 pub fn bitfield_has(bitfield: &[u8], index: u32) -> bool {
-    let byte = usize::try_from(index / 8).ok().and_then(|i| bitfield.get(i));
+    let byte = usize::try_from(index / 8)
+        .ok()
+        .and_then(|i| bitfield.get(i));
     byte.is_some_and(|b| b & (0x80 >> (index % 8)) != 0)
 }
 

@@ -30,11 +30,15 @@ pub mod metadata;
 pub mod peer_id;
 
 pub use bencode_scan::{bencode_value_len, ScanError};
-pub use codec::{decode, encode, encode_piece_header, frame_len, Limits, WireError};
-pub use extension::{ExtensionError, ExtensionHandshake, DEFAULT_MAX_METADATA_SIZE};
+pub use codec::{
+    decode, encode, encode_extended_header, encode_piece_header, frame_len, Limits, WireError,
+};
+pub use extension::{
+    ExtensionError, ExtensionHandshake, DEFAULT_MAX_METADATA_SIZE, MAX_EXTENSION_DEPTH,
+};
 pub use handshake::{Handshake, HandshakeError, Reserved, HANDSHAKE_LEN, PROTOCOL};
-pub use message::{BlockRequest, Message, Piece, BLOCK_LEN};
+pub use message::{bitfield_has, bitfield_set, BlockRequest, Message, Piece, BLOCK_LEN};
 pub use metadata::{
-    MetadataAssembler, MetadataError, MetadataMessage, Received, METADATA_PIECE_LEN,
+    MetadataAssembler, MetadataError, MetadataMessage, Received, METADATA_PIECE_LEN, UT_METADATA,
 };
 pub use peer_id::{client_name, generate_peer_id, ClientInfo, PEER_ID_PREFIX};

@@ -105,9 +105,7 @@ pub fn client_name(peer_id: &Id) -> Option<ClientInfo> {
 
 fn azureus(b: &[u8; 20]) -> Option<ClientInfo> {
     let head = b.get(..8)?;
-    let (&[dash1, c1, c2], rest) = head.split_first_chunk::<3>()? else {
-        return None;
-    };
+    let (&[dash1, c1, c2], rest) = head.split_first_chunk::<3>()?;
     let (version, last) = rest.split_first_chunk::<4>()?;
     if dash1 != b'-' || last != [b'-'] || !c1.is_ascii_alphanumeric() || !c2.is_ascii_alphanumeric()
     {

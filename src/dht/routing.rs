@@ -1,0 +1,571 @@
+//! The Kademlia routing table of BEP 5: k-buckets over the XOR metric, only the bucket that
+//! holds our own id splits, good / questionable / bad node states, and a replacement cache
+//! per bucket so a full bucket still remembers who could take a dead node's place.
+//!
+//! The table never sends anything itself: when a questionable node should be pinged before it
+//! is replaced, insertion says so and the node (`dht`) sends the ping.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use crate::id::Id;
+use crate::krpc::NodeInfo;
+
+use super::time::Time;
+
+/// A node counts as good if it answered us this recently (BEP 5: 15 minutes).
+pub const GOOD_FOR: Duration = Duration::from_secs(15 * 60);
+/// Consecutive failed queries after which a node is bad and may be replaced.
+pub const BAD_AFTER_FAILS: u8 = 2;
+/// Longest replacement cache kept per bucket.
+const REPLACEMENTS: usize = 8;
+
+/// One routing table entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Who the node is.
+    pub node: NodeInfo,
+    /// Last time it answered one of our queries.
+    pub last_response: Time,
+    /// Last time it sent us a query (counts toward "good" once it has answered before).
+    pub last_query: Time,
+    /// Consecutive queries it failed to answer.
+    pub fails: u8,
+    /// A liveness ping is outstanding (so we do not ping it twice).
+    pub pinging: bool,
+}
+
+/// The BEP 5 node states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeState {
+    /// Answered within 15 minutes (or answered once and queried us within 15 minutes).
+    Good,
+    /// Neither good nor bad: ping before relying on it.
+    Questionable,
+    /// Failed several queries in a row.
+    Bad,
+}
+
+impl Entry {
+    fn new(node: NodeInfo, now: Time) -> Entry {
+        Entry {
+            node,
+            last_response: now,
+            last_query: Time(0),
+            fails: 0,
+            pinging: false,
+        }
+    }
+
+    /// Classifies the entry at `now`.
+    pub fn state(&self, now: Time) -> NodeState {
+        if self.fails >= BAD_AFTER_FAILS {
+            NodeState::Bad
+        } else if now.since(self.last_response) < GOOD_FOR || now.since(self.last_query) < GOOD_FOR
+        {
+            NodeState::Good
+        } else {
+            NodeState::Questionable
+        }
+    }
+}
+
+/// One k-bucket.
+#[derive(Clone, Debug, Default)]
+pub struct Bucket {
+    /// Live entries, at most `k`.
+    pub entries: Vec<Entry>,
+    /// Candidates waiting for a slot, newest last.
+    pub replacements: Vec<NodeInfo>,
+    /// Last time a node in this bucket answered or was added, or a lookup went through it.
+    pub last_changed: Time,
+}
+
+/// What happened to a node offered to the table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Insert {
+    /// It is in the table (new or refreshed).
+    Added,
+    /// Refused: our own id, a read-only node, or its IP already has another entry.
+    Refused,
+    /// Bucket full of good nodes; kept as a replacement.
+    Replacement,
+    /// Bucket full; kept as a replacement, and this questionable node should be pinged first.
+    PingFirst(NodeInfo),
+}
+
+/// The routing table centred on our id.
+#[derive(Clone, Debug)]
+pub struct RoutingTable {
+    own: Id,
+    k: usize,
+    /// Bucket `i < len-1` holds nodes sharing exactly `i` leading bits with us; the last bucket
+    /// holds every node sharing at least `len-1` bits (it is the one that splits).
+    buckets: Vec<Bucket>,
+    one_per_ip: bool,
+}
+
+impl RoutingTable {
+    /// An empty table for `own` id with `k` entries per bucket.
+    pub fn new(own: Id, k: usize, one_per_ip: bool, now: Time) -> RoutingTable {
+        RoutingTable {
+            own,
+            k,
+            buckets: vec![Bucket {
+                last_changed: now,
+                ..Bucket::default()
+            }],
+            one_per_ip,
+        }
+    }
+
+    /// Our id.
+    pub fn own_id(&self) -> Id {
+        self.own
+    }
+
+    /// Bucket size.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The buckets, for status output and refresh.
+    pub fn buckets(&self) -> &[Bucket] {
+        &self.buckets
+    }
+
+    /// Index of the bucket an id falls into.
+    pub fn bucket_index(&self, id: &Id) -> usize {
+        self.own
+            .common_prefix_len(id)
+            .min(self.buckets.len().saturating_sub(1))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.buckets.iter().map(|b| b.entries.len()).sum()
+    }
+
+    /// True when no node is known.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.iter().all(|b| b.entries.is_empty())
+    }
+
+    /// Number of good entries at `now`.
+    pub fn good_count(&self, now: Time) -> usize {
+        self.iter()
+            .filter(|e| e.state(now) == NodeState::Good)
+            .count()
+    }
+
+    /// All entries.
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.buckets.iter().flat_map(|b| b.entries.iter())
+    }
+
+    fn find_mut(&mut self, id: &Id) -> Option<&mut Entry> {
+        let b = self.bucket_index(id);
+        self.buckets
+            .get_mut(b)?
+            .entries
+            .iter_mut()
+            .find(|e| e.node.id == *id)
+    }
+
+    /// The entry for `id`, if present.
+    pub fn get(&self, id: &Id) -> Option<&Entry> {
+        let b = self.bucket_index(id);
+        self.buckets
+            .get(b)?
+            .entries
+            .iter()
+            .find(|e| e.node.id == *id)
+    }
+
+    fn ip_taken(&self, ip: &Ipv4Addr, except: &Id) -> bool {
+        self.iter()
+            .any(|e| e.node.addr.ip() == ip && e.node.id != *except)
+    }
+
+    /// Records that `node` answered a query of ours at `now`, inserting it if there is room.
+    pub fn on_response(&mut self, node: NodeInfo, now: Time) -> Insert {
+        if node.id == self.own {
+            return Insert::Refused;
+        }
+        if let Some(e) = self.find_mut(&node.id) {
+            if e.node.addr != node.addr {
+                // Same id from another address: keep the one we know (anti-spoofing).
+                return Insert::Refused;
+            }
+            e.last_response = now;
+            e.fails = 0;
+            e.pinging = false;
+            let b = self.bucket_index(&node.id);
+            if let Some(bucket) = self.buckets.get_mut(b) {
+                bucket.last_changed = now;
+            }
+            return Insert::Added;
+        }
+        if self.one_per_ip && self.ip_taken(node.addr.ip(), &node.id) {
+            return Insert::Refused;
+        }
+        self.insert_new(node, now)
+    }
+
+    fn insert_new(&mut self, node: NodeInfo, now: Time) -> Insert {
+        loop {
+            let bi = self.bucket_index(&node.id);
+            let n_buckets = self.buckets.len();
+            let k = self.k;
+            let Some(bucket) = self.buckets.get_mut(bi) else {
+                return Insert::Refused;
+            };
+            bucket.replacements.retain(|r| r.id != node.id);
+            if bucket.entries.len() < k {
+                bucket.entries.push(Entry::new(node, now));
+                bucket.last_changed = now;
+                return Insert::Added;
+            }
+            if let Some(bad) = bucket
+                .entries
+                .iter()
+                .position(|e| e.state(now) == NodeState::Bad)
+            {
+                bucket.entries[bad] = Entry::new(node, now);
+                bucket.last_changed = now;
+                return Insert::Added;
+            }
+            if bi == n_buckets - 1 && n_buckets < 160 {
+                self.split_last();
+                continue;
+            }
+            push_replacement(bucket, node);
+            // Ping the least recently seen questionable node that is not already being pinged.
+            let stale = bucket
+                .entries
+                .iter_mut()
+                .filter(|e| e.state(now) == NodeState::Questionable && !e.pinging)
+                .min_by_key(|e| e.last_response);
+            return match stale {
+                Some(e) => {
+                    e.pinging = true;
+                    Insert::PingFirst(e.node)
+                }
+                None => Insert::Replacement,
+            };
+        }
+    }
+
+    fn split_last(&mut self) {
+        let depth = self.buckets.len() - 1;
+        let own = self.own;
+        let now_changed = self
+            .buckets
+            .last()
+            .map(|b| b.last_changed)
+            .unwrap_or_default();
+        let mut deeper = Bucket {
+            last_changed: now_changed,
+            ..Bucket::default()
+        };
+        if let Some(last) = self.buckets.last_mut() {
+            let (stay, go): (Vec<Entry>, Vec<Entry>) = last
+                .entries
+                .drain(..)
+                .partition(|e| own.common_prefix_len(&e.node.id) == depth);
+            last.entries = stay;
+            deeper.entries = go;
+            let (stay, go): (Vec<NodeInfo>, Vec<NodeInfo>) = last
+                .replacements
+                .drain(..)
+                .partition(|n| own.common_prefix_len(&n.id) == depth);
+            last.replacements = stay;
+            deeper.replacements = go;
+        }
+        self.buckets.push(deeper);
+    }
+
+    /// Records that `id` sent us a query at `now` (keeps a known node good). Returns whether
+    /// the node is already in the table.
+    pub fn on_query(&mut self, id: &Id, addr: SocketAddrV4, now: Time) -> bool {
+        match self.find_mut(id) {
+            Some(e) if e.node.addr == addr => {
+                e.last_query = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a node with this id would currently find room (free slot, a bad node to
+    /// replace, or a split) — used to decide whether an unknown querier is worth a ping.
+    pub fn has_room_for(&self, id: &Id, now: Time) -> bool {
+        if *id == self.own {
+            return false;
+        }
+        let bi = self.bucket_index(id);
+        let Some(b) = self.buckets.get(bi) else {
+            return false;
+        };
+        b.entries.len() < self.k
+            || (bi == self.buckets.len() - 1 && self.buckets.len() < 160)
+            || b.entries.iter().any(|e| e.state(now) == NodeState::Bad)
+    }
+
+    /// Records that a query to `id` timed out. When the node turns bad and a replacement is
+    /// waiting, the replacement takes its place and is returned so the caller can ping it.
+    /// Also returns the node again if it is questionable and deserves a second ping.
+    pub fn on_timeout(&mut self, id: &Id, now: Time) -> TimeoutOutcome {
+        let bi = self.bucket_index(id);
+        let Some(bucket) = self.buckets.get_mut(bi) else {
+            return TimeoutOutcome::Unknown;
+        };
+        let Some(pos) = bucket.entries.iter().position(|e| e.node.id == *id) else {
+            return TimeoutOutcome::Unknown;
+        };
+        let e = &mut bucket.entries[pos];
+        e.fails = e.fails.saturating_add(1);
+        let was_pinging = e.pinging;
+        e.pinging = false;
+        if e.state(now) == NodeState::Bad {
+            if let Some(rep) = bucket.replacements.pop() {
+                // The replacement has not answered us yet; it enters as a fresh node and the
+                // caller pings it so it proves itself (or fails out) soon.
+                bucket.entries[pos] = Entry::new(rep, now);
+                bucket.entries[pos].last_response = Time(0);
+                bucket.entries[pos].pinging = true;
+                return TimeoutOutcome::Replaced(rep);
+            }
+            return TimeoutOutcome::Bad;
+        }
+        if was_pinging {
+            e.pinging = true;
+            return TimeoutOutcome::PingAgain(e.node);
+        }
+        TimeoutOutcome::Counted
+    }
+
+    /// The `count` known nodes closest to `target`, closest first; bad nodes are skipped.
+    ///
+    /// Uses the bucket structure instead of scanning everything: nodes in the target's own
+    /// bucket are closer than nodes in deeper buckets, which are closer than shallower ones.
+    pub fn closest(&self, target: &Id, count: usize, now: Time) -> Vec<NodeInfo> {
+        let mut out: Vec<NodeInfo> = Vec::with_capacity(count);
+        let usable = |e: &&Entry| e.state(now) != NodeState::Bad;
+        let b = self.bucket_index(target);
+        let take_sorted = |entries: &mut dyn Iterator<Item = &Entry>, out: &mut Vec<NodeInfo>| {
+            let mut v: Vec<NodeInfo> = entries.filter(usable).map(|e| e.node).collect();
+            v.sort_unstable_by_key(|n| n.id.distance(target));
+            let need = count.saturating_sub(out.len());
+            out.extend(v.into_iter().take(need));
+        };
+        if let Some(bucket) = self.buckets.get(b) {
+            take_sorted(&mut bucket.entries.iter(), &mut out);
+        }
+        if out.len() < count {
+            let deeper = self
+                .buckets
+                .iter()
+                .skip(b + 1)
+                .flat_map(|x| x.entries.iter());
+            take_sorted(&mut { deeper }, &mut out);
+        }
+        let mut i = b;
+        while out.len() < count && i > 0 {
+            i -= 1;
+            if let Some(bucket) = self.buckets.get(i) {
+                take_sorted(&mut bucket.entries.iter(), &mut out);
+            }
+        }
+        out
+    }
+
+    /// Marks the bucket holding `target` as recently used (a lookup went through it).
+    pub fn touch(&mut self, target: &Id, now: Time) {
+        let b = self.bucket_index(target);
+        if let Some(bucket) = self.buckets.get_mut(b) {
+            bucket.last_changed = now;
+        }
+    }
+
+    /// Indices of buckets not changed for `age` at `now`.
+    pub fn stale_buckets(&self, now: Time, age: Duration) -> Vec<usize> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| now.since(b.last_changed) >= age)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Earliest time a bucket becomes due for refresh.
+    pub fn next_refresh_due(&self, age: Duration) -> Option<Time> {
+        self.buckets.iter().map(|b| b.last_changed + age).min()
+    }
+
+    /// Questionable entries (not already being pinged), for liveness checks.
+    pub fn questionable(&self, now: Time) -> Vec<NodeInfo> {
+        self.iter()
+            .filter(|e| e.state(now) == NodeState::Questionable && !e.pinging)
+            .map(|e| e.node)
+            .collect()
+    }
+
+    /// Marks an entry as having a ping outstanding.
+    pub fn set_pinging(&mut self, id: &Id) {
+        if let Some(e) = self.find_mut(id) {
+            e.pinging = true;
+        }
+    }
+}
+
+/// What a timeout did to the table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TimeoutOutcome {
+    /// The node is not in the table.
+    Unknown,
+    /// Failure counted; nothing else to do.
+    Counted,
+    /// A questionable node missed a liveness ping: ping it once more before giving up.
+    PingAgain(NodeInfo),
+    /// The node is bad and no replacement is waiting.
+    Bad,
+    /// The node was bad and this replacement took its slot; ping it.
+    Replaced(NodeInfo),
+}
+
+fn push_replacement(bucket: &mut Bucket, node: NodeInfo) {
+    bucket.replacements.retain(|r| r.id != node.id);
+    if bucket.replacements.len() >= REPLACEMENTS {
+        bucket.replacements.remove(0);
+    }
+    bucket.replacements.push(node);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(first: u8, ip_last: u8) -> NodeInfo {
+        let mut id = [0u8; 20];
+        id[0] = first;
+        id[19] = ip_last;
+        NodeInfo {
+            id: Id(id),
+            addr: SocketAddrV4::new(Ipv4Addr::new(10, 0, first, ip_last), 6881),
+        }
+    }
+
+    #[test]
+    fn only_own_bucket_splits() {
+        let own = Id::ZERO;
+        let mut t = RoutingTable::new(own, 8, true, Time(0));
+        // 8 nodes far away (first bit set): fill bucket 0 area while it is the only bucket.
+        for i in 0..8 {
+            assert_eq!(t.on_response(node(0x80, i), Time(1)), Insert::Added);
+        }
+        // A 9th far node forces a split: bucket 0 (far half) keeps 8, the near half is empty.
+        assert_eq!(t.on_response(node(0x80, 100), Time(1)), Insert::Replacement);
+        assert_eq!(t.buckets().len(), 2);
+        assert_eq!(t.buckets()[0].entries.len(), 8);
+        // Near nodes go to the splittable last bucket.
+        for i in 0..8 {
+            assert_eq!(t.on_response(node(0x40, i), Time(1)), Insert::Added);
+        }
+        assert_eq!(t.buckets()[1].entries.len(), 8);
+        // Far bucket full of good nodes never splits again.
+        assert_eq!(t.on_response(node(0xc0, 1), Time(1)), Insert::Replacement);
+        assert_eq!(t.buckets()[0].entries.len(), 8);
+        assert_eq!(t.len(), 16);
+    }
+
+    #[test]
+    fn one_entry_per_ip() {
+        let mut t = RoutingTable::new(Id::ZERO, 8, true, Time(0));
+        let a = node(0x80, 1);
+        let mut b = node(0x81, 1);
+        b.addr = a.addr;
+        assert_eq!(t.on_response(a, Time(1)), Insert::Added);
+        assert_eq!(t.on_response(b, Time(1)), Insert::Refused);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn questionable_node_is_pinged_then_replaced_after_two_failures() {
+        let mut t = RoutingTable::new(Id::ZERO, 8, true, Time(0));
+        for i in 0..8 {
+            t.on_response(node(0x80, i), Time(0));
+        }
+        t.on_response(node(0x40, 1), Time(0)); // split so bucket 0 no longer splits
+        let later = Time(0) + GOOD_FOR + Duration::from_secs(1);
+        let newcomer = node(0x90, 50);
+        // All 8 are questionable now: the newcomer waits and the stalest is pinged.
+        let ping = match t.on_response(newcomer, later) {
+            Insert::PingFirst(n) => n,
+            other => panic!("expected ping, got {other:?}"),
+        };
+        assert_eq!(t.buckets()[0].replacements, vec![newcomer]);
+        // First timeout: ping again; second: replaced by the newcomer.
+        assert_eq!(
+            t.on_timeout(&ping.id, later),
+            TimeoutOutcome::PingAgain(ping)
+        );
+        assert_eq!(
+            t.on_timeout(&ping.id, later),
+            TimeoutOutcome::Replaced(newcomer)
+        );
+        assert!(t.get(&ping.id).is_none());
+        assert!(t.get(&newcomer.id).is_some());
+    }
+
+    #[test]
+    fn answering_node_is_not_replaced() {
+        let mut t = RoutingTable::new(Id::ZERO, 8, true, Time(0));
+        for i in 0..8 {
+            t.on_response(node(0x80, i), Time(0));
+        }
+        t.on_response(node(0x40, 1), Time(0));
+        let later = Time(0) + GOOD_FOR + Duration::from_secs(1);
+        let Insert::PingFirst(p) = t.on_response(node(0x90, 50), later) else {
+            panic!("expected ping");
+        };
+        // It answers: it stays, good again, and the newcomer stays a replacement.
+        assert_eq!(t.on_response(p, later), Insert::Added);
+        assert_eq!(t.get(&p.id).map(|e| e.state(later)), Some(NodeState::Good));
+        assert!(t.get(&node(0x90, 50).id).is_none());
+    }
+
+    #[test]
+    fn closest_matches_brute_force() {
+        use rand::rngs::StdRng;
+        use rand::SeedableRng;
+        let mut rng = StdRng::seed_from_u64(1);
+        let own = Id::random(&mut rng);
+        let mut t = RoutingTable::new(own, 8, false, Time(0));
+        for i in 0..2000u32 {
+            let id = Id::random(&mut rng);
+            let b = i.to_be_bytes();
+            let addr = SocketAddrV4::new(Ipv4Addr::new(10, b[1], b[2], b[3]), 1);
+            t.on_response(NodeInfo { id, addr }, Time(0));
+        }
+        for _ in 0..50 {
+            let target = Id::random(&mut rng);
+            let got = t.closest(&target, 8, Time(1));
+            let mut all: Vec<NodeInfo> = t.iter().map(|e| e.node).collect();
+            all.sort_by_key(|n| n.id.distance(&target));
+            all.truncate(8);
+            assert_eq!(got, all);
+        }
+    }
+
+    #[test]
+    fn stale_buckets_are_reported() {
+        let mut t = RoutingTable::new(Id::ZERO, 8, true, Time(0));
+        t.on_response(node(0x80, 1), Time(0));
+        let age = Duration::from_secs(900);
+        assert!(t.stale_buckets(Time(1000), age).is_empty());
+        assert_eq!(t.stale_buckets(Time(0) + age, age), vec![0]);
+        t.touch(&node(0x80, 2).id, Time(0) + age);
+        assert!(t.stale_buckets(Time(0) + age, age).is_empty());
+    }
+}

@@ -1,0 +1,471 @@
+//! Tests of the whole node, driven with fake time and an in-memory network: no sockets, no
+//! sleeps. Each test says which BEP 5 behaviour it pins down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::*;
+use crate::krpc::Message;
+
+fn addr(i: usize) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250 + 1) as u8),
+        6881,
+    )
+}
+
+/// A tiny network: every datagram arrives `latency` ms later; `dead` nodes drop everything.
+struct Net {
+    nodes: Vec<Dht>,
+    by_addr: HashMap<SocketAddrV4, usize>,
+    queue: BTreeMap<(u64, u64), (SocketAddrV4, SocketAddrV4, Vec<u8>)>,
+    seq: u64,
+    now: Time,
+    latency: u64,
+    dead: Vec<bool>,
+    events: Vec<(usize, Event)>,
+}
+
+impl Net {
+    fn new(n: usize, cfg: Config, seed: u64) -> Net {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let nodes: Vec<Dht> = (0..n)
+            .map(|i| Dht::new(Id::random(&mut rng), cfg.clone(), seed + i as u64, Time(0)))
+            .collect();
+        let by_addr = (0..n).map(|i| (addr(i), i)).collect();
+        Net {
+            nodes,
+            by_addr,
+            queue: BTreeMap::new(),
+            seq: 0,
+            now: Time(0),
+            latency: 10,
+            dead: vec![false; n],
+            events: Vec::new(),
+        }
+    }
+
+    fn flush(&mut self, i: usize) {
+        while let Some(t) = self.nodes[i].poll_transmit() {
+            self.seq += 1;
+            self.queue.insert(
+                (self.now.0 + self.latency, self.seq),
+                (addr(i), t.to, t.data),
+            );
+        }
+        while let Some(e) = self.nodes[i].poll_event() {
+            self.events.push((i, e));
+        }
+    }
+
+    /// Runs until `until`, delivering datagrams and firing timers in time order.
+    fn run_until(&mut self, until: Time) {
+        for i in 0..self.nodes.len() {
+            self.flush(i);
+        }
+        loop {
+            let next_packet = self.queue.keys().next().map(|k| Time(k.0));
+            let next_timer = (0..self.nodes.len())
+                .filter_map(|i| self.nodes[i].poll_timeout().map(|t| (t, i)))
+                .min();
+            let step = match (next_packet, next_timer) {
+                (Some(p), Some((t, _))) if p <= t => Some((p, None)),
+                (Some(p), None) => Some((p, None)),
+                (_, Some((t, i))) => Some((t, Some(i))),
+                (None, None) => None,
+            };
+            let Some((t, who)) = step else { break };
+            if t > until {
+                break;
+            }
+            self.now = t.max(self.now);
+            match who {
+                None => {
+                    let Some((_, (from, to, data))) = self.queue.pop_first() else {
+                        break;
+                    };
+                    if let Some(&j) = self.by_addr.get(&to) {
+                        if !self.dead[j] {
+                            self.nodes[j].handle_datagram(self.now, from, &data);
+                            self.flush(j);
+                        }
+                    }
+                }
+                Some(i) => {
+                    self.nodes[i].handle_timeout(self.now);
+                    self.flush(i);
+                }
+            }
+        }
+        self.now = until;
+    }
+
+    fn bootstrap_all(&mut self) {
+        for i in 1..self.nodes.len() {
+            let now = self.now;
+            self.nodes[i].bootstrap(now, &[addr(0)]);
+            self.flush(i);
+            let t = self.now + Duration::from_millis(20);
+            self.run_until(t);
+        }
+        let t = self.now + Duration::from_secs(10);
+        self.run_until(t);
+        // A second round fills tables now that everyone is known to someone.
+        for i in 0..self.nodes.len() {
+            let now = self.now;
+            let id = self.nodes[i].id();
+            self.nodes[i].find_node(now, id);
+            self.flush(i);
+        }
+        let t = self.now + Duration::from_secs(10);
+        self.run_until(t);
+    }
+
+    fn peers_found(&self, node: usize, lid: LookupId) -> Vec<SocketAddrV4> {
+        self.events
+            .iter()
+            .filter(|(i, _)| *i == node)
+            .flat_map(|(_, e)| match e {
+                Event::Peers { lookup, peers } if *lookup == lid => peers.clone(),
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    fn done(&self, node: usize, lid: LookupId) -> Option<(LookupStats, usize)> {
+        self.events.iter().find_map(|(i, e)| match e {
+            Event::LookupDone {
+                lookup,
+                stats,
+                announced,
+                ..
+            } if *i == node && *lookup == lid => Some((stats.clone(), *announced)),
+            _ => None,
+        })
+    }
+}
+
+#[test]
+fn network_forms_and_announced_peer_is_found() {
+    let mut net = Net::new(60, Config::default(), 1);
+    net.bootstrap_all();
+    for (i, n) in net.nodes.iter().enumerate() {
+        assert!(
+            n.routing_table().len() >= 8,
+            "node {i} knows {} nodes",
+            n.routing_table().len()
+        );
+    }
+    let ih = Id([0x42; 20]);
+    let now = net.now;
+    let a = net.nodes[5].get_peers(
+        now,
+        ih,
+        Some(AnnounceSpec {
+            port: 4000,
+            implied_port: false,
+        }),
+    );
+    net.flush(5);
+    net.run_until(now + Duration::from_secs(10));
+    let (_, announced) = net.done(5, a).expect("announce lookup finished");
+    assert!(announced >= 4, "announced to {announced} nodes");
+
+    let now = net.now;
+    let g = net.nodes[40].get_peers(now, ih, None);
+    net.flush(40);
+    net.run_until(now + Duration::from_secs(10));
+    let want = SocketAddrV4::new(*addr(5).ip(), 4000);
+    assert_eq!(net.peers_found(40, g), vec![want]);
+    let (stats, _) = net.done(40, g).expect("lookup finished");
+    assert!(stats.first_peer_hops.is_some());
+    assert!(stats.queried <= 40, "queried {}", stats.queried);
+}
+
+#[test]
+fn lookup_widens_on_slow_nodes_and_ends_on_timeouts() {
+    let mut net = Net::new(30, Config::default(), 2);
+    net.bootstrap_all();
+    // Half the network goes silent without notice.
+    for i in 10..30 {
+        net.dead[i] = true;
+    }
+    let now = net.now;
+    let target = Id([0x99; 20]);
+    let l = net.nodes[0].find_node(now, target);
+    net.flush(0);
+    net.run_until(now + Duration::from_secs(30));
+    let (stats, _) = net.done(0, l).expect("lookup ends despite dead nodes");
+    assert!(stats.timeouts > 0);
+    assert!(stats.responses > 0);
+    let elapsed = net
+        .events
+        .iter()
+        .find_map(|(i, e)| match e {
+            Event::LookupDone {
+                lookup, elapsed, ..
+            } if *i == 0 && *lookup == l => Some(*elapsed),
+            _ => None,
+        })
+        .unwrap();
+    // Widening keeps it far below "every dead node waits a full timeout in turn".
+    assert!(elapsed <= Duration::from_secs(12), "took {elapsed:?}");
+}
+
+#[test]
+fn announce_needs_a_current_token() {
+    let cfg = Config::default();
+    let mut node = Dht::new(Id([1; 20]), cfg, 1, Time(0));
+    let from = addr(7);
+    let q = |tid: &[u8], method: Method| {
+        Message {
+            tid: tid.to_vec(),
+            version: None,
+            ip: None,
+            read_only: true,
+            body: Body::Query(Query {
+                id: Id([9; 20]),
+                method,
+            }),
+        }
+        .encode()
+    };
+    let ih = Id([3; 20]);
+    node.handle_datagram(Time(0), from, &q(b"a", Method::GetPeers { info_hash: ih }));
+    let reply = Message::decode(&node.poll_transmit().unwrap().data).unwrap();
+    let Body::Response(r) = reply.body else {
+        panic!("expected response")
+    };
+    assert_eq!(
+        reply.ip,
+        Some(from),
+        "responses tell the requester its address"
+    );
+    let token = r.token.expect("get_peers gives a token");
+    let announce = |token: Vec<u8>| Method::AnnouncePeer {
+        info_hash: ih,
+        port: 5000,
+        implied_port: false,
+        token,
+    };
+    // Wrong token: error 203.
+    node.handle_datagram(Time(1), from, &q(b"b", announce(b"nope".to_vec())));
+    let reply = Message::decode(&node.poll_transmit().unwrap().data).unwrap();
+    assert!(matches!(
+        reply.body,
+        Body::Error(KrpcError {
+            code: ErrorCode::Protocol,
+            ..
+        })
+    ));
+    // Same token from another IP: refused.
+    node.handle_datagram(Time(1), addr(8), &q(b"c", announce(token.clone())));
+    let reply = Message::decode(&node.poll_transmit().unwrap().data).unwrap();
+    assert!(matches!(reply.body, Body::Error(_)));
+    // After one rotation the token still works.
+    let t1 = Time(0) + Duration::from_secs(301);
+    node.handle_timeout(t1);
+    node.handle_datagram(t1, from, &q(b"d", announce(token.clone())));
+    let reply = Message::decode(&node.poll_transmit().unwrap().data).unwrap();
+    assert!(matches!(reply.body, Body::Response(_)), "{reply:?}");
+    assert_eq!(node.store().peer_count(), 1);
+    // After two rotations it does not.
+    let t2 = Time(0) + Duration::from_secs(605);
+    node.handle_timeout(t2);
+    node.handle_datagram(t2, from, &q(b"e", announce(token)));
+    let reply = Message::decode(&node.poll_transmit().unwrap().data).unwrap();
+    assert!(matches!(reply.body, Body::Error(_)));
+}
+
+#[test]
+fn stored_peers_expire_after_30_minutes() {
+    let mut node = Dht::new(Id([1; 20]), Config::default(), 1, Time(0));
+    let from = addr(3);
+    let ih = Id([3; 20]);
+    let gp = |tid: &[u8]| {
+        Message {
+            tid: tid.to_vec(),
+            version: None,
+            ip: None,
+            read_only: true,
+            body: Body::Query(Query {
+                id: Id([9; 20]),
+                method: Method::GetPeers { info_hash: ih },
+            }),
+        }
+        .encode()
+    };
+    node.handle_datagram(Time(0), from, &gp(b"a"));
+    let Body::Response(r) = Message::decode(&node.poll_transmit().unwrap().data)
+        .unwrap()
+        .body
+    else {
+        panic!()
+    };
+    let ann = Message {
+        tid: b"b".to_vec(),
+        version: None,
+        ip: None,
+        read_only: true,
+        body: Body::Query(Query {
+            id: Id([9; 20]),
+            method: Method::AnnouncePeer {
+                info_hash: ih,
+                port: 0,
+                implied_port: true,
+                token: r.token.unwrap(),
+            },
+        }),
+    };
+    node.handle_datagram(Time(0), from, &ann.encode());
+    node.poll_transmit();
+    // implied_port: the UDP source port is stored.
+    node.handle_datagram(Time(10), from, &gp(b"c"));
+    let Body::Response(r) = Message::decode(&node.poll_transmit().unwrap().data)
+        .unwrap()
+        .body
+    else {
+        panic!()
+    };
+    assert_eq!(r.values, vec![from]);
+    let later = Time(0) + Duration::from_secs(30 * 60 + 5);
+    node.handle_timeout(later);
+    assert_eq!(node.store().peer_count(), 0);
+    node.handle_datagram(later, from, &gp(b"d"));
+    let Body::Response(r) = Message::decode(&node.poll_transmit().unwrap().data)
+        .unwrap()
+        .body
+    else {
+        panic!()
+    };
+    assert!(r.values.is_empty());
+}
+
+#[test]
+fn unknown_method_gets_204_and_garbage_gets_203() {
+    let mut node = Dht::new(Id([1; 20]), Config::default(), 1, Time(0));
+    node.handle_datagram(
+        Time(0),
+        addr(1),
+        b"d1:ad2:id20:abcdefghij0123456789e1:q4:vote1:t2:aa1:y1:qe",
+    );
+    let m = Message::decode(&node.poll_transmit().unwrap().data).unwrap();
+    assert!(matches!(
+        m.body,
+        Body::Error(KrpcError {
+            code: ErrorCode::MethodUnknown,
+            ..
+        })
+    ));
+    // (The unknown querier also got a verification ping; skip it.)
+    while node.poll_transmit().is_some() {}
+    node.handle_datagram(Time(0), addr(1), b"d1:ad2:id2:xxe1:q4:ping1:t2:bb1:y1:qe");
+    let m = Message::decode(&node.poll_transmit().unwrap().data).unwrap();
+    assert_eq!(m.tid, b"bb");
+    assert!(matches!(
+        m.body,
+        Body::Error(KrpcError {
+            code: ErrorCode::Protocol,
+            ..
+        })
+    ));
+    node.handle_datagram(Time(0), addr(1), b"\xff\x00garbage");
+    assert!(node.poll_transmit().is_none());
+    assert_eq!(node.stats().malformed_in, 2);
+}
+
+#[test]
+fn read_only_queriers_are_not_added_and_read_only_nodes_stay_silent() {
+    let mut node = Dht::new(Id([1; 20]), Config::default(), 1, Time(0));
+    let ping = |ro: bool| {
+        Message {
+            tid: b"a".to_vec(),
+            version: None,
+            ip: None,
+            read_only: ro,
+            body: Body::Query(Query {
+                id: Id([9; 20]),
+                method: Method::Ping,
+            }),
+        }
+        .encode()
+    };
+    node.handle_datagram(Time(0), addr(1), &ping(true));
+    // Only the answer: no verification ping to a read-only node.
+    assert!(node.poll_transmit().is_some());
+    assert!(node.poll_transmit().is_none());
+    node.handle_datagram(Time(0), addr(2), &ping(false));
+    let first = node.poll_transmit().unwrap();
+    let second = node.poll_transmit().unwrap();
+    // Answer plus a ping that would let the querier into our table.
+    assert!(matches!(
+        Message::decode(&first.data).unwrap().body,
+        Body::Response(_)
+    ));
+    assert!(matches!(
+        Message::decode(&second.data).unwrap().body,
+        Body::Query(_)
+    ));
+
+    let cfg = Config {
+        read_only: true,
+        ..Config::default()
+    };
+    let mut ro = Dht::new(Id([2; 20]), cfg, 1, Time(0));
+    ro.handle_datagram(Time(0), addr(1), &ping(false));
+    assert!(ro.poll_transmit().is_none());
+    ro.add_node(Time(0), addr(3));
+    let q = Message::decode(&ro.poll_transmit().unwrap().data).unwrap();
+    assert!(q.read_only, "queries carry ro=1");
+}
+
+#[test]
+fn questionable_node_is_pinged_before_replacement_through_the_node() {
+    // A node whose far bucket is full of nodes that went quiet 16 minutes ago.
+    let mut net = Net::new(20, Config::default(), 3);
+    net.bootstrap_all();
+    let n = &net.nodes[0];
+    let before = n.routing_table().len();
+    assert!(before > 0);
+    // Everyone else goes silent and time passes: entries become questionable.
+    for i in 1..20 {
+        net.dead[i] = true;
+    }
+    let t = net.now + Duration::from_secs(16 * 60);
+    net.run_until(t);
+    // The refresh lookups hit dead nodes: two failures each and they turn bad, but with no
+    // replacement waiting they stay listed as bad (never silently dropped for nobody).
+    let bad = net.nodes[0]
+        .routing_table()
+        .iter()
+        .filter(|e| e.state(net.now) == NodeState::Bad)
+        .count();
+    assert!(bad > 0, "dead nodes are detected");
+    // closest() never returns bad nodes.
+    assert!(net.nodes[0]
+        .routing_table()
+        .closest(&Id([7; 20]), 8, net.now)
+        .iter()
+        .all(|c| net.nodes[0]
+            .routing_table()
+            .get(&c.id)
+            .unwrap()
+            .state(net.now)
+            != NodeState::Bad));
+}
+
+#[test]
+fn deterministic_for_a_seed() {
+    let run = || {
+        let mut net = Net::new(25, Config::default(), 9);
+        net.bootstrap_all();
+        net.nodes
+            .iter()
+            .map(|n| (n.routing_table().len(), n.stats().queries_out))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(), run());
+}

@@ -1,0 +1,530 @@
+//! The torrent's files on disk: create and preallocate them, write verified pieces, read
+//! blocks for seeding, and check existing data against the piece hashes.
+//!
+//! All I/O is positional (`pread`/`pwrite` via [`FileExt`]), so one `Storage` can be shared by
+//! several threads (`&self` everywhere) without seek races. Paths come from [`SafePath`] and
+//! are joined with [`join_under`]; in [`OpenMode::Create`] symbolic links on the way are
+//! refused and the final component is opened with `O_NOFOLLOW`, so a torrent cannot make us
+//! write outside the output directory.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sha1::{Digest, Sha1};
+
+use crate::torrent::layout::{Layout, LayoutError};
+use crate::torrent::metainfo::Info;
+use crate::torrent::path::{check_no_symlinks, join_under, PathError};
+
+/// At most this many files are kept open at once (torrents can have thousands of files).
+pub const MAX_OPEN_FILES: usize = 64;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// An I/O error on a given path.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A file path from the torrent is unsafe (or crosses a symlink).
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// A piece/offset/length outside the torrent.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// The torrent's piece count does not match its lengths (an `Info` built by hand).
+    #[error("info has {actual} piece hashes, layout needs {expected}")]
+    PieceCount {
+        /// Pieces implied by the lengths.
+        expected: u32,
+        /// Hashes present.
+        actual: usize,
+    },
+    /// Data handed to [`Storage::write_piece`] is not the piece's size.
+    #[error("piece {piece} is {expected} bytes, got {actual}")]
+    WrongSize {
+        /// Piece index.
+        piece: u32,
+        /// Its size.
+        expected: u32,
+        /// Bytes given.
+        actual: usize,
+    },
+    /// Data handed to [`Storage::write_piece`] does not match the piece hash: not written.
+    #[error("piece {0} does not match its hash; not written")]
+    HashMismatch(u32),
+    /// In [`OpenMode::Existing`], a file is absent or has the wrong length.
+    #[error("{}: expected a file of {expected} bytes, found {found}", path.display())]
+    FileMismatch {
+        /// The file.
+        path: PathBuf,
+        /// Length the torrent says.
+        expected: u64,
+        /// What is on disk ("missing" or a length).
+        found: String,
+    },
+    /// A write on storage opened with [`OpenMode::Existing`].
+    #[error("storage is read-only")]
+    ReadOnly,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// How [`Storage::open`] treats the output directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Downloading: create directories and files, preallocate them to their lengths
+    /// (existing files are kept and resized), open read-write.
+    Create,
+    /// Seeding existing data: every file must already exist with its exact length;
+    /// opened read-only, nothing is created or modified.
+    Existing,
+}
+
+/// Proof that a piece's bytes on disk were checked against its hash by this storage, either
+/// because [`Storage::write_piece`] wrote them or [`Storage::verify_piece`] read them.
+///
+/// Only `Storage` can make one, and [`crate::torrent::resume::ResumeFile::mark_verified`]
+/// only takes one, so nothing else can be recorded as verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "record it with ResumeFile::mark_verified, or the piece will be re-checked later"]
+pub struct VerifiedPiece(u32);
+
+impl VerifiedPiece {
+    /// The piece index.
+    pub fn index(self) -> u32 {
+        self.0
+    }
+}
+
+/// A torrent's files under an output directory.
+#[derive(Debug)]
+pub struct Storage {
+    root: PathBuf,
+    paths: Vec<PathBuf>,
+    layout: Layout,
+    hashes: Vec<[u8; 20]>,
+    mode: OpenMode,
+    open: Mutex<HashMap<usize, Arc<File>>>,
+    /// Files written (or verified) since the last [`Storage::sync`].
+    unsynced: Mutex<BTreeSet<usize>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Storage {
+    /// Opens (and in [`OpenMode::Create`], creates and preallocates) the torrent's files
+    /// under `root`.
+    pub fn open(root: &Path, info: &Info, mode: OpenMode) -> Result<Storage, StorageError> {
+        let layout = info.layout()?;
+        if info.pieces.len() != layout.num_pieces() as usize {
+            return Err(StorageError::PieceCount {
+                expected: layout.num_pieces(),
+                actual: info.pieces.len(),
+            });
+        }
+        if mode == OpenMode::Create {
+            std::fs::create_dir_all(root).map_err(io_err(root))?;
+        }
+        let mut paths = Vec::with_capacity(info.files.len());
+        let mut dirs_to_sync = BTreeSet::new();
+        for f in &info.files {
+            let path = join_under(root, &f.path)?;
+            match mode {
+                OpenMode::Create => {
+                    check_no_symlinks(root, &f.path)?;
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+                        dirs_to_sync.insert(parent.to_path_buf());
+                    }
+                    // Re-check now that directories exist (narrows the race window).
+                    check_no_symlinks(root, &f.path)?;
+                    let file = open_file(&path, true, true)?;
+                    let len = file.metadata().map_err(io_err(&path))?.len();
+                    if len != f.length {
+                        file.set_len(f.length).map_err(io_err(&path))?;
+                    }
+                }
+                OpenMode::Existing => {
+                    let found = match std::fs::metadata(&path) {
+                        Ok(m) if m.is_file() => m.len(),
+                        Ok(_) => u64::MAX,
+                        Err(_) => {
+                            return Err(StorageError::FileMismatch {
+                                path,
+                                expected: f.length,
+                                found: "missing".into(),
+                            })
+                        }
+                    };
+                    if found != f.length {
+                        return Err(StorageError::FileMismatch {
+                            path,
+                            expected: f.length,
+                            found: if found == u64::MAX {
+                                "not a regular file".into()
+                            } else {
+                                format!("{found} bytes")
+                            },
+                        });
+                    }
+                }
+            }
+            paths.push(path);
+        }
+        // New directory entries must be durable too, or a crash could lose whole files.
+        for d in dirs_to_sync {
+            if let Ok(dir) = File::open(&d) {
+                dir.sync_all().map_err(io_err(&d))?;
+            }
+        }
+        Ok(Storage {
+            root: root.to_path_buf(),
+            paths,
+            layout,
+            hashes: info.pieces.clone(),
+            mode,
+            open: Mutex::new(HashMap::new()),
+            unsynced: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    /// The output directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The piece/file geometry.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Full path of file `i`, for messages.
+    pub fn file_path(&self, i: usize) -> Option<&Path> {
+        self.paths.get(i).map(PathBuf::as_path)
+    }
+
+    fn path_of(&self, i: usize) -> &Path {
+        self.paths.get(i).map_or(&self.root, PathBuf::as_path)
+    }
+
+    fn file(&self, i: usize) -> Result<Arc<File>, StorageError> {
+        let mut open = lock(&self.open);
+        if let Some(f) = open.get(&i) {
+            return Ok(Arc::clone(f));
+        }
+        let path = self.paths.get(i).ok_or(LayoutError::Empty)?;
+        let f = Arc::new(open_file(path, self.mode == OpenMode::Create, false)?);
+        if open.len() >= MAX_OPEN_FILES {
+            if let Some(&k) = open.keys().next() {
+                open.remove(&k);
+            }
+        }
+        open.insert(i, Arc::clone(&f));
+        Ok(f)
+    }
+
+    fn expected_hash(&self, piece: u32) -> Result<&[u8; 20], StorageError> {
+        self.hashes
+            .get(piece as usize)
+            .ok_or(StorageError::Layout(LayoutError::PieceOutOfRange {
+                piece,
+                num_pieces: self.layout.num_pieces(),
+            }))
+    }
+
+    /// Writes a whole piece after checking its SHA-1 (a wrong piece is never written).
+    ///
+    /// The bytes are in the page cache when this returns; call [`Storage::sync`] (or
+    /// [`crate::torrent::resume::ResumeFile::flush`], which does) to make them durable.
+    pub fn write_piece(&self, piece: u32, data: &[u8]) -> Result<VerifiedPiece, StorageError> {
+        if self.mode != OpenMode::Create {
+            return Err(StorageError::ReadOnly);
+        }
+        let size = self.layout.piece_size(piece)?;
+        if data.len() != size as usize {
+            return Err(StorageError::WrongSize {
+                piece,
+                expected: size,
+                actual: data.len(),
+            });
+        }
+        if Sha1::digest(data).as_slice() != self.expected_hash(piece)? {
+            return Err(StorageError::HashMismatch(piece));
+        }
+        let mut pos = 0usize;
+        for seg in self.layout.piece_segments(piece)? {
+            let len = seg.len as usize;
+            let chunk = data.get(pos..pos + len).ok_or(StorageError::WrongSize {
+                piece,
+                expected: size,
+                actual: data.len(),
+            })?;
+            let f = self.file(seg.file)?;
+            // Mark before writing: if the write fails half-way the file still gets synced.
+            lock(&self.unsynced).insert(seg.file);
+            f.write_all_at(chunk, seg.offset)
+                .map_err(io_err(self.path_of(seg.file)))?;
+            // And after: a concurrent `sync` may have cleared the mark mid-write.
+            lock(&self.unsynced).insert(seg.file);
+            pos += len;
+        }
+        Ok(VerifiedPiece(piece))
+    }
+
+    /// Reads `len` bytes at `offset` in piece `piece` (a peer's `request`).
+    pub fn read_block(&self, piece: u32, offset: u32, len: u32) -> Result<Vec<u8>, StorageError> {
+        let segs = self.layout.segments(piece, offset, len)?;
+        let mut buf = vec![0u8; len as usize];
+        let mut pos = 0usize;
+        for seg in segs {
+            let n = seg.len as usize;
+            let f = self.file(seg.file)?;
+            let path = self.path_of(seg.file);
+            let dst = buf.get_mut(pos..pos + n).ok_or(LayoutError::Empty)?;
+            f.read_exact_at(dst, seg.offset).map_err(io_err(path))?;
+            pos += n;
+        }
+        Ok(buf)
+    }
+
+    /// Reads a whole piece.
+    pub fn read_piece(&self, piece: u32) -> Result<Vec<u8>, StorageError> {
+        let size = self.layout.piece_size(piece)?;
+        self.read_block(piece, 0, size)
+    }
+
+    /// Checks piece `piece` on disk against its hash: `Some` if it matches, `None` if it does
+    /// not or the data is short. Other I/O errors are returned.
+    pub fn verify_piece(&self, piece: u32) -> Result<Option<VerifiedPiece>, StorageError> {
+        let hash = *self.expected_hash(piece)?;
+        let data = match self.read_piece(piece) {
+            Ok(d) => d,
+            Err(StorageError::Io { source, .. })
+                if source.kind() == io::ErrorKind::UnexpectedEof
+                    || source.kind() == io::ErrorKind::NotFound =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        if Sha1::digest(&data).as_slice() != hash {
+            return Ok(None);
+        }
+        // The bytes may still be only in the page cache (written by an earlier run that was
+        // killed): make sure the next sync covers these files before this is recorded.
+        let mut unsynced = lock(&self.unsynced);
+        for seg in self.layout.piece_segments(piece)? {
+            unsynced.insert(seg.file);
+        }
+        Ok(Some(VerifiedPiece(piece)))
+    }
+
+    /// Checks every piece (for `seed` of existing data, or a full recheck); returns the
+    /// pieces that match.
+    pub fn verify_all(&self) -> Result<Vec<VerifiedPiece>, StorageError> {
+        let mut out = Vec::new();
+        for p in 0..self.layout.num_pieces() {
+            if let Some(v) = self.verify_piece(p)? {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Flushes the data of every file written or verified since the last call to stable
+    /// storage (`fdatasync`). Must succeed before pieces are recorded as verified.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        let pending: Vec<usize> = lock(&self.unsynced).iter().copied().collect();
+        for i in pending {
+            let f = self.file(i)?;
+            let path = self.path_of(i);
+            f.sync_data().map_err(io_err(path))?;
+            lock(&self.unsynced).remove(&i);
+        }
+        Ok(())
+    }
+}
+
+/// Opens a data file; with `write`, read-write and refusing a symlink as the last component.
+fn open_file(path: &Path, write: bool, create: bool) -> Result<File, StorageError> {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    if write {
+        o.write(true).create(create).custom_flags(libc::O_NOFOLLOW);
+    }
+    o.open(path).map_err(|source| {
+        if source.raw_os_error() == Some(libc::ELOOP) {
+            StorageError::Path(PathError::Symlink(path.to_path_buf()))
+        } else {
+            StorageError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::torrent::metainfo::FileEntry;
+    use crate::torrent::path::SafePath;
+
+    fn info_for(files: &[(&str, &[u8])], piece_length: u64) -> Info {
+        let mut all = Vec::new();
+        let mut entries = Vec::new();
+        for (p, d) in files {
+            all.extend_from_slice(d);
+            entries.push(FileEntry {
+                path: SafePath::parse(p).unwrap(),
+                length: d.len() as u64,
+            });
+        }
+        Info {
+            name: "t".into(),
+            piece_length,
+            pieces: all
+                .chunks(piece_length as usize)
+                .map(|c| Sha1::digest(c).into())
+                .collect(),
+            files: entries,
+            private: false,
+            single_file: false,
+        }
+    }
+
+    fn data(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    #[test]
+    fn write_read_verify_across_files() {
+        let a = data(10, 1);
+        let b = data(0, 0);
+        let c = data(25, 2);
+        let info = info_for(&[("t/a", &a), ("t/empty", &b), ("t/sub/c", &c)], 16);
+        let all: Vec<u8> = [a.clone(), c.clone()].concat();
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &info, OpenMode::Create).unwrap();
+        assert_eq!(std::fs::metadata(dir.path().join("t/sub/c")).unwrap().len(), 25);
+        assert_eq!(std::fs::metadata(dir.path().join("t/empty")).unwrap().len(), 0);
+        assert_eq!(s.verify_all().unwrap(), vec![]);
+        for p in 0..s.layout().num_pieces() {
+            let size = s.layout().piece_size(p).unwrap() as usize;
+            let off = p as usize * 16;
+            let v = s.write_piece(p, &all[off..off + size]).unwrap();
+            assert_eq!(v.index(), p);
+        }
+        s.sync().unwrap();
+        assert_eq!(std::fs::read(dir.path().join("t/a")).unwrap(), a);
+        assert_eq!(std::fs::read(dir.path().join("t/sub/c")).unwrap(), c);
+        assert_eq!(s.read_block(0, 8, 4).unwrap(), all[8..12].to_vec());
+        assert_eq!(s.read_piece(2).unwrap(), all[32..35].to_vec());
+        assert!(s.read_block(2, 0, 4).is_err());
+        assert_eq!(s.verify_all().unwrap().len(), 3);
+
+        // Seeding the same data read-only.
+        let ro = Storage::open(dir.path(), &info, OpenMode::Existing).unwrap();
+        assert_eq!(ro.verify_all().unwrap().len(), 3);
+        assert!(matches!(ro.write_piece(0, &all[..16]), Err(StorageError::ReadOnly)));
+
+        // Corrupt one byte: only that piece fails.
+        let f = OpenOptions::new().write(true).open(dir.path().join("t/sub/c")).unwrap();
+        f.write_all_at(b"\xff", 20).unwrap();
+        let ok: Vec<u32> = ro.verify_all().unwrap().iter().map(|v| v.index()).collect();
+        assert_eq!(ok, vec![0, 2]);
+    }
+
+    #[test]
+    fn refuses_bad_pieces() {
+        let a = data(40, 3);
+        let info = info_for(&[("f", &a)], 16);
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &info, OpenMode::Create).unwrap();
+        assert!(matches!(s.write_piece(0, &a[..15]), Err(StorageError::WrongSize { .. })));
+        let mut bad = a[..16].to_vec();
+        bad[0] ^= 1;
+        assert!(matches!(s.write_piece(0, &bad), Err(StorageError::HashMismatch(0))));
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), vec![0u8; 40]);
+        assert!(matches!(s.write_piece(3, &a[..8]), Err(StorageError::Layout(_))));
+        assert!(s.verify_piece(9).is_err());
+        assert!(s.read_block(0, 10, 10).is_err());
+    }
+
+    #[test]
+    fn existing_mode_checks_files() {
+        let a = data(40, 3);
+        let info = info_for(&[("f", &a)], 16);
+        let dir = tempfile::tempdir().unwrap();
+        let e = Storage::open(dir.path(), &info, OpenMode::Existing).unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+        std::fs::write(dir.path().join("f"), &a[..39]).unwrap();
+        let e = Storage::open(dir.path(), &info, OpenMode::Existing).unwrap_err();
+        assert!(e.to_string().contains("39 bytes"), "{e}");
+    }
+
+    #[test]
+    fn create_resizes_and_refuses_symlinks() {
+        let a = data(40, 3);
+        let info = info_for(&[("d/f", &a)], 16);
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("d")).unwrap();
+        assert!(matches!(
+            Storage::open(dir.path(), &info, OpenMode::Create),
+            Err(StorageError::Path(PathError::Symlink(_)))
+        ));
+        std::fs::remove_file(dir.path().join("d")).unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("x"), dir.path().join("d/f")).unwrap();
+        assert!(matches!(
+            Storage::open(dir.path(), &info, OpenMode::Create),
+            Err(StorageError::Path(PathError::Symlink(_)))
+        ));
+        assert!(!outside.path().join("x").exists());
+        std::fs::remove_file(dir.path().join("d/f")).unwrap();
+        std::fs::write(dir.path().join("d/f"), vec![1u8; 100]).unwrap();
+        Storage::open(dir.path(), &info, OpenMode::Create).unwrap();
+        assert_eq!(std::fs::metadata(dir.path().join("d/f")).unwrap().len(), 40);
+    }
+
+    #[test]
+    fn many_files_do_not_exhaust_descriptors() {
+        let blobs: Vec<Vec<u8>> = (0..MAX_OPEN_FILES * 2).map(|i| data(3, i as u8)).collect();
+        let names: Vec<String> = (0..blobs.len()).map(|i| format!("f{i:03}")).collect();
+        let files: Vec<(&str, &[u8])> = names
+            .iter()
+            .zip(&blobs)
+            .map(|(n, b)| (n.as_str(), b.as_slice()))
+            .collect();
+        let info = info_for(&files, 16);
+        let all = blobs.concat();
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &info, OpenMode::Create).unwrap();
+        for p in 0..s.layout().num_pieces() {
+            let size = s.layout().piece_size(p).unwrap() as usize;
+            let off = p as usize * 16;
+            let _ = s.write_piece(p, &all[off..off + size]).unwrap();
+        }
+        assert!(lock(&s.open).len() <= MAX_OPEN_FILES);
+        s.sync().unwrap();
+        assert!(lock(&s.unsynced).is_empty());
+        assert_eq!(s.verify_all().unwrap().len(), s.layout().num_pieces() as usize);
+    }
+}
