@@ -40,6 +40,10 @@ const HIST_US: usize = 1_000_000;
 const SOCK_BUF: i32 = 8 << 20;
 /// Deepest bencode nesting the reply parser follows before giving up.
 const MAX_DEPTH: u32 = 32;
+/// `UDP_SEGMENT` (linux/udp.h): send one buffer as equal-sized datagrams (UDP GSO).
+const UDP_SEGMENT: libc::c_int = 103;
+/// Most datagrams put in one GSO send (the kernel allows 64 on older releases).
+const GSO_MAX_SEGS: usize = 64;
 
 /// The three query kinds the generator sends.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -95,6 +99,8 @@ struct Opts {
     fresh_ids: bool,
     /// Mark queries read-only (BEP 43 `ro=1`).
     read_only: bool,
+    /// Never use UDP GSO (plain sendmmsg only).
+    no_gso: bool,
 }
 
 impl Default for Opts {
@@ -113,6 +119,7 @@ impl Default for Opts {
             echo_only: None,
             fresh_ids: false,
             read_only: false,
+            no_gso: false,
         }
     }
 }
@@ -131,6 +138,7 @@ loadgen: closed-loop KRPC load generator
   --timeout-ms MS      unanswered after this = lost, replaced (default 1000)
   --fresh-ids          new random node id in every query (default: one per socket)
   --read-only          send BEP 43 ro=1
+  --no-gso             plain sendmmsg only (default: UDP GSO batches when the kernel has it)
   --json               print one JSON object
   --self-test-echo     start a KRPC echo responder thread and load it (generator ceiling)
   --echo-only IP:PORT  only run the echo responder, for warmup+duration seconds
@@ -181,6 +189,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Opts>, St
             "--echo-only" => o.echo_only = Some(parse_val(&name, val())?),
             "--fresh-ids" => o.fresh_ids = true,
             "--read-only" => o.read_only = true,
+            "--no-gso" => o.no_gso = true,
             other => return Err(format!("unknown option {other:?}")),
         }
     }
@@ -440,6 +449,149 @@ impl<const N: usize> MsgBatch<N> {
     }
 }
 
+/// One UDP GSO send: `count` datagrams of `seg` bytes each, back to back in
+/// [`GsoBatch::data`] from `off`, optionally to an explicit destination.
+#[derive(Clone, Copy)]
+struct Group {
+    /// Offset of the first datagram in `data`.
+    off: usize,
+    /// Size of every datagram in the group.
+    seg: usize,
+    /// Number of datagrams.
+    count: usize,
+    /// Destination (unconnected sockets), or None for a connected socket.
+    dest: Option<libc::sockaddr_storage>,
+}
+
+/// Several GSO groups sent with one sendmmsg call (one message per group).
+///
+/// UDP GSO (`UDP_SEGMENT`) makes the kernel walk its send path once per group
+/// instead of once per datagram; a receiver without `UDP_GRO` still gets the
+/// datagrams one by one, so the target sees exactly the same traffic.
+struct GsoBatch {
+    /// Datagram bytes, groups back to back.
+    data: Vec<u8>,
+    /// The groups to send.
+    groups: Vec<Group>,
+    /// One iovec per group.
+    iovs: Vec<libc::iovec>,
+    /// Control-message space per group (u64 for alignment).
+    ctrl: Vec<[u64; 4]>,
+    /// Destinations per group.
+    names: Vec<libc::sockaddr_storage>,
+    /// The mmsghdr array handed to the kernel.
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl GsoBatch {
+    /// Room for `max_groups` groups and `bytes` bytes of datagrams.
+    fn new(max_groups: usize, bytes: usize) -> Self {
+        // SAFETY: these libc structs are plain old data; all-zero is valid.
+        let zero_name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let zero_hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        GsoBatch {
+            data: vec![0; bytes],
+            groups: Vec::with_capacity(max_groups),
+            iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                max_groups
+            ],
+            ctrl: vec![[0u64; 4]; max_groups],
+            names: vec![zero_name; max_groups],
+            hdrs: vec![zero_hdr; max_groups],
+        }
+    }
+
+    /// sendmmsg the groups; returns how many groups went out (0 on EAGAIN).
+    fn send(&mut self, fd: RawFd) -> io::Result<usize> {
+        let n = self.groups.len().min(self.hdrs.len());
+        if n == 0 {
+            return Ok(0);
+        }
+        for i in 0..n {
+            let g = self.groups[i];
+            let Some(bytes) = self.data.get_mut(g.off..g.off + g.seg * g.count) else {
+                return Err(io::Error::other("GSO group outside its buffer"));
+            };
+            self.iovs[i].iov_base = bytes.as_mut_ptr() as *mut libc::c_void;
+            self.iovs[i].iov_len = bytes.len();
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_flags = 0;
+            match g.dest {
+                Some(d) => {
+                    self.names[i] = d;
+                    h.msg_name =
+                        &mut self.names[i] as *mut libc::sockaddr_storage as *mut libc::c_void;
+                    h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                }
+                None => {
+                    h.msg_name = std::ptr::null_mut();
+                    h.msg_namelen = 0;
+                }
+            }
+            if g.count > 1 {
+                let ctrl = &mut self.ctrl[i];
+                h.msg_control = ctrl.as_mut_ptr() as *mut libc::c_void;
+                // SAFETY: CMSG_SPACE only computes a size.
+                let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+                h.msg_controllen = space.min(std::mem::size_of::<[u64; 4]>()) as _;
+                // SAFETY: msg_control points at ctrl, which is 8-aligned and at
+                // least CMSG_SPACE(2) bytes long, so the first header and its
+                // 2 data bytes lie inside it.
+                unsafe {
+                    let cm = libc::CMSG_FIRSTHDR(h);
+                    if cm.is_null() {
+                        return Err(io::Error::other("no room for the GSO control message"));
+                    }
+                    (*cm).cmsg_level = libc::SOL_UDP;
+                    (*cm).cmsg_type = UDP_SEGMENT;
+                    (*cm).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+                    let seg = g.seg as u16;
+                    std::ptr::copy_nonoverlapping(
+                        seg.to_ne_bytes().as_ptr(),
+                        libc::CMSG_DATA(cm),
+                        2,
+                    );
+                }
+            } else {
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
+            }
+        }
+        // SAFETY: the first n headers point at live buffers owned by self.
+        let r = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ENOBUFS) => Ok(0),
+                _ => Err(e),
+            };
+        }
+        Ok(r as usize)
+    }
+}
+
+/// Whether a send error means "this kernel or socket cannot do UDP GSO".
+fn gso_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EIO) | Some(libc::ENOPROTOOPT) | Some(libc::EOPNOTSUPP)
+    )
+}
+
 // ---------------------------------------------------------------------------
 // Bencode
 // ---------------------------------------------------------------------------
@@ -617,7 +769,7 @@ fn parse_krpc(buf: &[u8]) -> Option<(&[u8], &[u8])> {
 
 /// Answer every KRPC query on `fd` with a minimal `r` reply echoing its `t`,
 /// until `stop` is set (the socket has a receive timeout so this is noticed).
-fn echo_loop(fd: OwnedFd, stop: Arc<AtomicBool>) -> io::Result<u64> {
+fn echo_loop(fd: OwnedFd, stop: Arc<AtomicBool>, mut gso: bool) -> io::Result<u64> {
     let raw = fd.as_raw_fd();
     let tv = libc::timeval {
         tv_sec: 0,
@@ -635,6 +787,8 @@ fn echo_loop(fd: OwnedFd, stop: Arc<AtomicBool>) -> io::Result<u64> {
     })?;
     let mut rx: MsgBatch<RECV_BUF> = MsgBatch::new();
     let mut tx: MsgBatch<256> = MsgBatch::new();
+    let mut gtx = GsoBatch::new(BATCH, BATCH * 256);
+    let mut order: Vec<(u64, usize, usize)> = Vec::with_capacity(BATCH);
     let id = [0x55u8; 20];
     let mut answered = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -664,6 +818,16 @@ fn echo_loop(fd: OwnedFd, stop: Arc<AtomicBool>) -> io::Result<u64> {
             tx.names[m] = rx.names[i];
             m += 1;
         }
+        if gso {
+            match echo_send_gso(raw, &tx, m, &mut gtx, &mut order) {
+                Ok(sent) => {
+                    answered += sent as u64;
+                    continue;
+                }
+                Err(e) if gso_unsupported(&e) => gso = false,
+                Err(_) => continue,
+            }
+        }
         let mut off = 0;
         let mut tries = 0;
         while off < m && tries < 1000 {
@@ -688,16 +852,66 @@ fn echo_loop(fd: OwnedFd, stop: Arc<AtomicBool>) -> io::Result<u64> {
     Ok(answered)
 }
 
+/// Send the first `m` replies in `tx` as GSO groups (one per destination and
+/// size); returns how many datagrams went out.
+fn echo_send_gso(
+    fd: RawFd,
+    tx: &MsgBatch<256>,
+    m: usize,
+    gtx: &mut GsoBatch,
+    order: &mut Vec<(u64, usize, usize)>,
+) -> io::Result<usize> {
+    order.clear();
+    for i in 0..m {
+        let key = from_storage(&tx.names[i]).map_or(0, |a| {
+            (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port())
+        });
+        order.push((key, tx.lens[i], i));
+    }
+    order.sort_unstable();
+    gtx.groups.clear();
+    let mut off = 0;
+    let mut last_key = None;
+    for &(key, len, i) in order.iter() {
+        let Some(dst) = gtx.data.get_mut(off..off + len) else {
+            break;
+        };
+        dst.copy_from_slice(&tx.bufs[i][..len]);
+        match gtx.groups.last_mut() {
+            Some(g) if last_key == Some(key) && g.seg == len && g.count < GSO_MAX_SEGS => {
+                g.count += 1
+            }
+            _ => gtx.groups.push(Group {
+                off,
+                seg: len,
+                count: 1,
+                dest: Some(tx.names[i]),
+            }),
+        }
+        last_key = Some(key);
+        off += len;
+    }
+    let mut sent = 0;
+    let mut tries = 0;
+    while !gtx.groups.is_empty() && tries < 1000 {
+        tries += 1;
+        let g = gtx.send(fd)?;
+        sent += gtx.groups.drain(..g).map(|g| g.count).sum::<usize>();
+    }
+    Ok(sent)
+}
+
 /// Bind the echo responder and run it on its own thread.
 fn spawn_echo(
     addr: SocketAddrV4,
     stop: Arc<AtomicBool>,
+    gso: bool,
 ) -> io::Result<(SocketAddrV4, std::thread::JoinHandle<io::Result<u64>>)> {
     let fd = udp_socket(addr, false)?;
     let bound = local_addr(fd.as_raw_fd())?;
     let h = std::thread::Builder::new()
         .name("echo".into())
-        .spawn(move || echo_loop(fd, stop))?;
+        .spawn(move || echo_loop(fd, stop, gso))?;
     Ok((bound, h))
 }
 
@@ -833,6 +1047,12 @@ struct Gen {
     mix_cum: [u32; 3],
     /// Send scratch.
     tx: MsgBatch<SEND_BUF>,
+    /// Send scratch for UDP GSO.
+    gtx: GsoBatch,
+    /// Whether UDP GSO is in use (cleared if the kernel refuses it).
+    gso: bool,
+    /// Slots of one batch, sorted by query kind.
+    by_kind: [Vec<u16>; 3],
     /// Receive scratch.
     rx: MsgBatch<RECV_BUF>,
     /// Counters.
@@ -891,6 +1111,7 @@ impl Gen {
             mix_cum[i] = acc;
         }
         let warm_end_ns = (opts.warmup * 1e9) as u64;
+        let gso = !opts.no_gso;
         Ok(Gen {
             opts,
             sources,
@@ -898,6 +1119,9 @@ impl Gen {
             rng,
             mix_cum,
             tx: MsgBatch::new(),
+            gtx: GsoBatch::new(3, GSO_MAX_SEGS * SEND_BUF),
+            gso,
+            by_kind: [Vec::new(), Vec::new(), Vec::new()],
             rx: MsgBatch::new(),
             stats: Stats::new(),
             start: Instant::now(),
@@ -920,6 +1144,105 @@ impl Gen {
 
     /// Send queries for as many pending slots of source `si` as the socket takes.
     fn flush(&mut self, si: usize) {
+        if self.gso {
+            self.flush_gso(si);
+        } else {
+            self.flush_plain(si);
+        }
+    }
+
+    /// [`Gen::flush`] with UDP GSO: each batch is sorted by query kind, and
+    /// each kind (all of one size) goes out as one GSO group.
+    fn flush_gso(&mut self, si: usize) {
+        let mut guard = 0;
+        while !self.sources[si].pending.is_empty() && guard < 64 {
+            guard += 1;
+            let n = self.sources[si].pending.len().min(GSO_MAX_SEGS);
+            let base = self.sources[si].pending.len() - n;
+            for v in self.by_kind.iter_mut() {
+                v.clear();
+            }
+            for k in 0..n {
+                let slot_idx = self.sources[si].pending[base + k];
+                let kind = self.pick_kind();
+                self.by_kind[kind as usize].push(slot_idx);
+            }
+            let mut w = base;
+            for list in &self.by_kind {
+                for &slot_idx in list {
+                    self.sources[si].pending[w] = slot_idx;
+                    w += 1;
+                }
+            }
+            self.gtx.groups.clear();
+            let mut off = 0;
+            let mut idx = base;
+            for (kind_i, kind) in Kind::ALL.into_iter().enumerate() {
+                let cnt = self.by_kind[kind_i].len();
+                for _ in 0..cnt {
+                    let slot_idx = self.sources[si].pending[idx];
+                    idx += 1;
+                    let mut key = [0u8; 20];
+                    self.rng.fill_bytes(&mut key);
+                    let id = if self.opts.fresh_ids {
+                        let mut id = [0u8; 20];
+                        self.rng.fill_bytes(&mut id);
+                        id
+                    } else {
+                        self.sources[si].id
+                    };
+                    let slot = &mut self.sources[si].slots[usize::from(slot_idx)];
+                    slot.kind = kind as u8;
+                    let s = slot_idx.to_be_bytes();
+                    let g = slot.gen.to_be_bytes();
+                    let tid = [s[0], s[1], g[0], g[1]];
+                    let Some(buf) = self.gtx.data.get_mut(off..off + SEND_BUF) else {
+                        break;
+                    };
+                    let len = build_query(buf, kind, &id, &key, &tid, self.opts.read_only);
+                    match self.gtx.groups.last_mut() {
+                        Some(g) if g.seg == len && g.off + g.seg * g.count == off => g.count += 1,
+                        _ => self.gtx.groups.push(Group {
+                            off,
+                            seg: len,
+                            count: 1,
+                            dest: None,
+                        }),
+                    }
+                    off += len;
+                }
+            }
+            let fd = self.sources[si].fd.as_raw_fd();
+            let sent_groups = match self.gtx.send(fd) {
+                Ok(g) => g,
+                Err(e) if gso_unsupported(&e) => {
+                    self.gso = false;
+                    self.flush_plain(si);
+                    return;
+                }
+                Err(_) => {
+                    self.stats.send_errors += 1;
+                    0
+                }
+            };
+            let sent: usize = self.gtx.groups[..sent_groups].iter().map(|g| g.count).sum();
+            let now = self.now_ns();
+            for k in 0..sent {
+                let slot_idx = self.sources[si].pending[base + k];
+                let slot = &mut self.sources[si].slots[usize::from(slot_idx)];
+                slot.outstanding = true;
+                slot.sent_ns = now;
+            }
+            self.sources[si].pending.drain(base..base + sent);
+            self.stats.sent_total += sent as u64;
+            if sent < n {
+                break;
+            }
+        }
+    }
+
+    /// [`Gen::flush`] with one datagram per sendmmsg message.
+    fn flush_plain(&mut self, si: usize) {
         let mut guard = 0;
         while !self.sources[si].pending.is_empty() && guard < 64 {
             guard += 1;
@@ -1232,7 +1555,7 @@ impl Report<'_> {
 fn run(opts: Opts) -> io::Result<i32> {
     let stop = Arc::new(AtomicBool::new(false));
     if let Some(addr) = opts.echo_only {
-        let (bound, h) = spawn_echo(addr, stop.clone())?;
+        let (bound, h) = spawn_echo(addr, stop.clone(), !opts.no_gso)?;
         eprintln!(
             "echo responder on {bound} for {}s",
             opts.warmup + opts.duration
@@ -1250,7 +1573,7 @@ fn run(opts: Opts) -> io::Result<i32> {
         let want = opts
             .target
             .unwrap_or(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
-        let (bound, h) = spawn_echo(want, stop.clone())?;
+        let (bound, h) = spawn_echo(want, stop.clone(), !opts.no_gso)?;
         echo = Some(h);
         bound
     } else {

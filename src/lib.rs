@@ -6,4 +6,6 @@
 pub mod dht;
 pub mod id;
 pub mod krpc;
+pub mod net;
+pub mod torrent;
 pub mod wire;

@@ -116,6 +116,13 @@ pub enum Event {
         /// announce_peer queries sent afterwards.
         announced: usize,
     },
+    /// A node acknowledged our announce_peer for a lookup's info-hash.
+    AnnounceAcked {
+        /// The get_peers lookup that announced.
+        lookup: LookupId,
+        /// The node that stored us.
+        node: SocketAddrV4,
+    },
     /// The bootstrap lookup finished.
     Bootstrapped {
         /// Routing table size afterwards.
@@ -236,17 +243,23 @@ impl Dht {
     /// routers and saved nodes) and whatever the table already holds. The addresses are
     /// remembered and retried while the table stays nearly empty.
     pub fn bootstrap(&mut self, now: Time, addrs: &[SocketAddrV4]) -> LookupId {
-        for a in addrs {
-            if !self.bootstrap_addrs.contains(a) {
-                self.bootstrap_addrs.push(*a);
-            }
-        }
+        self.add_bootstrap_addrs(addrs);
         self.last_bootstrap = Some(now);
         let target = self.id;
         let bare = self.bootstrap_addrs.clone();
         let lid = self.start_lookup(now, target, LookupKind::FindNode, &bare);
         self.bootstrap_lookup = Some(lid);
         lid
+    }
+
+    /// Remembers bootstrap addresses without joining now: lookups fall back on them while
+    /// the table is nearly empty (a short-lived `lookup` does not need a full join).
+    pub fn add_bootstrap_addrs(&mut self, addrs: &[SocketAddrV4]) {
+        for a in addrs {
+            if !self.bootstrap_addrs.contains(a) {
+                self.bootstrap_addrs.push(*a);
+            }
+        }
     }
 
     /// Pings `addr` so it can enter the routing table if it answers.
@@ -578,7 +591,11 @@ impl Dht {
                 }
                 self.step_lookup(now, lid);
             }
-            Purpose::Ping | Purpose::Announce(_) => {}
+            Purpose::Announce(lid) => self.events.push_back(Event::AnnounceAcked {
+                lookup: lid,
+                node: from,
+            }),
+            Purpose::Ping => {}
         }
     }
 

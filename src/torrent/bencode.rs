@@ -180,9 +180,18 @@ pub fn validate(buf: &[u8]) -> Result<(), BencodeError> {
     Ok(())
 }
 
+/// Where one entry of a dictionary sits in the input buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DictEntry {
+    /// Byte range of the key's content (without the length prefix).
+    pub key: Range<usize>,
+    /// Byte range of the whole encoded value.
+    pub value: Range<usize>,
+}
+
 /// For a buffer holding one top-level dictionary, lists each key's raw bytes and the byte
 /// range of its value, in input order (duplicates included). Validates the whole buffer.
-pub fn dict_spans(buf: &[u8]) -> Result<Vec<(Range<usize>, Range<usize>)>, BencodeError> {
+pub fn dict_spans(buf: &[u8]) -> Result<Vec<DictEntry>, BencodeError> {
     validate(buf)?;
     match buf.first() {
         Some(b'd') => {}
@@ -198,7 +207,10 @@ pub fn dict_spans(buf: &[u8]) -> Result<Vec<(Range<usize>, Range<usize>)>, Benco
         let key = scan_str(buf, pos)?;
         let vstart = key.end;
         let vend = value_end(buf, vstart)?;
-        out.push((key, vstart..vend));
+        out.push(DictEntry {
+            key,
+            value: vstart..vend,
+        });
         pos = vend;
     }
 }
@@ -222,9 +234,27 @@ mod tests {
     #[test]
     fn rejects_malformed() {
         let bad: &[&[u8]] = &[
-            b"", b"i", b"ie", b"i-e", b"i12", b"i1x2e", b"5:abc", b"99999999999999999999999:x",
-            b"184467440737095516160:", b":", b"-1:", b"l", b"d", b"d3:abc", b"di1ei2ee",
-            b"dlee1:x", b"d1:ae", b"x", b"e", b"l1:ae1", b"18446744073709551615:",
+            b"",
+            b"i",
+            b"ie",
+            b"i-e",
+            b"i12",
+            b"i1x2e",
+            b"5:abc",
+            b"99999999999999999999999:x",
+            b"184467440737095516160:",
+            b":",
+            b"-1:",
+            b"l",
+            b"d",
+            b"d3:abc",
+            b"di1ei2ee",
+            b"dlee1:x",
+            b"d1:ae",
+            b"x",
+            b"e",
+            b"l1:ae1",
+            b"18446744073709551615:",
         ];
         for b in bad {
             assert!(validate(b).is_err(), "{:?}", String::from_utf8_lossy(b));
@@ -255,10 +285,10 @@ mod tests {
         let buf = b"d1:bi1e1:a3:xyze";
         let spans = dict_spans(buf).unwrap();
         assert_eq!(spans.len(), 2);
-        assert_eq!(&buf[spans[0].0.clone()], b"b");
-        assert_eq!(&buf[spans[0].1.clone()], b"i1e");
-        assert_eq!(&buf[spans[1].0.clone()], b"a");
-        assert_eq!(&buf[spans[1].1.clone()], b"3:xyz");
+        assert_eq!(&buf[spans[0].key.clone()], b"b");
+        assert_eq!(&buf[spans[0].value.clone()], b"i1e");
+        assert_eq!(&buf[spans[1].key.clone()], b"a");
+        assert_eq!(&buf[spans[1].value.clone()], b"3:xyz");
         assert!(dict_spans(b"li1ee").is_err());
     }
 }

@@ -171,7 +171,7 @@ impl Layout {
     pub fn segments(&self, piece: u32, offset: u32, len: u32) -> Result<Vec<Segment>, LayoutError> {
         let size = self.piece_size(piece)?;
         let end = offset.checked_add(len);
-        if len == 0 || end.map_or(true, |e| e > size) {
+        if len == 0 || end.is_none_or(|e| e > size) {
             return Err(LayoutError::RangeOutOfPiece {
                 piece,
                 offset,
@@ -241,7 +241,11 @@ mod tests {
         assert!(l.piece_size(3).is_err());
         assert_eq!(
             l.piece_segments(2).unwrap(),
-            vec![Segment { file: 0, offset: 32, len: 8 }]
+            vec![Segment {
+                file: 0,
+                offset: 32,
+                len: 8
+            }]
         );
     }
 
@@ -253,22 +257,46 @@ mod tests {
         assert_eq!(
             l.piece_segments(0).unwrap(),
             vec![
-                Segment { file: 0, offset: 0, len: 10 },
-                Segment { file: 2, offset: 0, len: 6 }
+                Segment {
+                    file: 0,
+                    offset: 0,
+                    len: 10
+                },
+                Segment {
+                    file: 2,
+                    offset: 0,
+                    len: 6
+                }
             ]
         );
         assert_eq!(
             l.piece_segments(2).unwrap(),
             vec![
-                Segment { file: 2, offset: 22, len: 3 },
-                Segment { file: 3, offset: 0, len: 5 }
+                Segment {
+                    file: 2,
+                    offset: 22,
+                    len: 3
+                },
+                Segment {
+                    file: 3,
+                    offset: 0,
+                    len: 5
+                }
             ]
         );
         assert_eq!(
             l.segments(0, 9, 2).unwrap(),
             vec![
-                Segment { file: 0, offset: 9, len: 1 },
-                Segment { file: 2, offset: 0, len: 1 }
+                Segment {
+                    file: 0,
+                    offset: 9,
+                    len: 1
+                },
+                Segment {
+                    file: 2,
+                    offset: 0,
+                    len: 1
+                }
             ]
         );
         assert_eq!(l.pieces_of_file(0), Some(0..1));
@@ -280,7 +308,11 @@ mod tests {
 
     #[test]
     fn blocks() {
-        let l = Layout::new(u64::from(BLOCK_SIZE) * 2, &[u64::from(BLOCK_SIZE) * 3 + 100]).unwrap();
+        let l = Layout::new(
+            u64::from(BLOCK_SIZE) * 2,
+            &[u64::from(BLOCK_SIZE) * 3 + 100],
+        )
+        .unwrap();
         assert_eq!(l.num_pieces(), 2);
         assert_eq!(l.num_blocks(0), Ok(2));
         assert_eq!(l.num_blocks(1), Ok(2));
@@ -305,7 +337,11 @@ mod tests {
         assert_eq!(l.piece_size(l.num_pieces() - 1), Ok(5));
         assert_eq!(
             l.piece_segments(l.num_pieces() - 1).unwrap(),
-            vec![Segment { file: 0, offset: 1 << 57, len: 5 }]
+            vec![Segment {
+                file: 0,
+                offset: 1 << 57,
+                len: 5
+            }]
         );
         let l = Layout::new(16, &[40]).unwrap();
         assert!(l.segments(0, 0, 0).is_err());

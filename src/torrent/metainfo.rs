@@ -121,7 +121,11 @@ impl Info {
         let name_raw = get(d, "name.utf-8")
             .or_else(|| get(d, "name"))
             .ok_or(MetainfoError::Missing("name"))?;
-        let name = lossy(name_raw.as_byte_str().ok_or(MetainfoError::WrongType("name"))?);
+        let name = lossy(
+            name_raw
+                .as_byte_str()
+                .ok_or(MetainfoError::WrongType("name"))?,
+        );
         let name_path = SafePath::new([name.clone()])?;
 
         let piece_length = get(d, "piece length")
@@ -223,7 +227,9 @@ fn parse_files(files: &Value, name: &SafePath) -> Result<Vec<FileEntry>, Metainf
             .ok_or(MetainfoError::WrongType("path"))?;
         let mut names = Vec::with_capacity(comps.len());
         for c in comps {
-            names.push(lossy(c.as_byte_str().ok_or(MetainfoError::WrongType("path"))?));
+            names.push(lossy(
+                c.as_byte_str().ok_or(MetainfoError::WrongType("path"))?,
+            ));
         }
         let rel = name.join(&SafePath::new(names)?);
         // A path used twice, or both as a file and as a directory, cannot be laid out on disk.
@@ -289,12 +295,12 @@ impl Metainfo {
             e => e.into(),
         })?;
         let mut info_range = None;
-        for (k, v) in &spans {
-            if buf.get(k.clone()) == Some(b"info".as_slice()) {
+        for e in &spans {
+            if buf.get(e.key.clone()) == Some(b"info".as_slice()) {
                 if info_range.is_some() {
                     return Err(MetainfoError::DuplicateInfo);
                 }
-                info_range = Some(v.clone());
+                info_range = Some(e.value.clone());
             }
         }
         let info_bytes = info_range
@@ -468,7 +474,10 @@ pub(crate) mod tests {
         put_str(&mut t, b"hi");
         put_str(&mut t, b"info");
         t.extend_from_slice(&info);
-        put_nodes(&mut t, &[("router.example".into(), 6881), ("1.2.3.4".into(), 1)]);
+        put_nodes(
+            &mut t,
+            &[("router.example".into(), 6881), ("1.2.3.4".into(), 1)],
+        );
         t.push(b'e');
         let m = Metainfo::from_bytes(&t).unwrap();
         assert_eq!(m.info.name, "a.bin");
@@ -479,7 +488,10 @@ pub(crate) mod tests {
         assert_eq!(m.info.num_pieces(), 3);
         assert_eq!(m.info_bytes, info);
         assert_eq!(m.info_hash, Id(Sha1::digest(&info).into()));
-        assert_eq!(m.nodes, vec![("router.example".into(), 6881), ("1.2.3.4".into(), 1)]);
+        assert_eq!(
+            m.nodes,
+            vec![("router.example".into(), 6881), ("1.2.3.4".into(), 1)]
+        );
         assert_eq!(m.comment.as_deref(), Some("hi"));
         assert!(!m.info.private);
         assert_eq!(m.magnet().info_hash, m.info_hash);
@@ -521,7 +533,8 @@ pub(crate) mod tests {
         t.push(b'e');
         let m = Metainfo::from_bytes(&t).unwrap();
         assert_eq!(m.info_hash, info_hash_of(&info));
-        let canonical = bt_bencode::to_vec(&bt_bencode::from_slice::<Value>(&info).unwrap()).unwrap();
+        let canonical =
+            bt_bencode::to_vec(&bt_bencode::from_slice::<Value>(&info).unwrap()).unwrap();
         assert_ne!(canonical, info);
         assert_ne!(m.info_hash, info_hash_of(&canonical));
     }
@@ -533,10 +546,15 @@ pub(crate) mod tests {
     #[test]
     fn hostile_infos() {
         // path traversal
-        let mut i = b"d5:filesld6:lengthi1e4:pathl2:..6:passwdeee4:name1:r12:piece lengthi4e6:pieces20:".to_vec();
+        let mut i =
+            b"d5:filesld6:lengthi1e4:pathl2:..6:passwdeee4:name1:r12:piece lengthi4e6:pieces20:"
+                .to_vec();
         i.extend_from_slice(&[0u8; 20]);
         i.push(b'e');
-        assert!(matches!(err_of(&i), MetainfoError::Path(PathError::ParentDir)));
+        assert!(matches!(
+            err_of(&i),
+            MetainfoError::Path(PathError::ParentDir)
+        ));
         // traversal through the name
         let info = single_info("..", 4, b"abc");
         assert!(matches!(err_of(&info), MetainfoError::Path(_)));
@@ -548,33 +566,50 @@ pub(crate) mod tests {
             "d6:lengthi1e4:pathl1:aeed6:lengthi1e4:pathl1:a1:bee",
             "d6:lengthi1e4:pathl1:a1:beed6:lengthi1e4:pathl1:aee",
         ] {
-            let mut i = format!("d5:filesl{files}e4:name1:r12:piece lengthi4e6:pieces20:").into_bytes();
+            let mut i =
+                format!("d5:filesl{files}e4:name1:r12:piece lengthi4e6:pieces20:").into_bytes();
             i.extend_from_slice(&[0u8; 20]);
             i.push(b'e');
-            assert!(matches!(err_of(&i), MetainfoError::DuplicatePath(_)), "{files}");
+            assert!(
+                matches!(err_of(&i), MetainfoError::DuplicatePath(_)),
+                "{files}"
+            );
         }
         // piece length 0 / too big
         let mut i = b"d6:lengthi3e4:name1:x12:piece lengthi0e6:pieces20:".to_vec();
         i.extend_from_slice(&[0u8; 20]);
         i.push(b'e');
-        assert!(matches!(err_of(&i), MetainfoError::Layout(LayoutError::PieceLength(0))));
+        assert!(matches!(
+            err_of(&i),
+            MetainfoError::Layout(LayoutError::PieceLength(0))
+        ));
         let mut i = b"d6:lengthi3e4:name1:x12:piece lengthi67108865e6:pieces20:".to_vec();
         i.extend_from_slice(&[0u8; 20]);
         i.push(b'e');
         assert!(matches!(err_of(&i), MetainfoError::Layout(_)));
         // pieces not a multiple of 20
         let i = b"d6:lengthi3e4:name1:x12:piece lengthi4e6:pieces19:aaaaaaaaaaaaaaaaaaae";
-        assert!(matches!(err_of(i), MetainfoError::PiecesNotMultipleOf20(19)));
+        assert!(matches!(
+            err_of(i),
+            MetainfoError::PiecesNotMultipleOf20(19)
+        ));
         // huge length, one piece hash
-        let mut i = b"d6:lengthi18446744073709551615e4:name1:x12:piece lengthi16384e6:pieces20:".to_vec();
+        let mut i =
+            b"d6:lengthi18446744073709551615e4:name1:x12:piece lengthi16384e6:pieces20:".to_vec();
         i.extend_from_slice(&[0u8; 20]);
         i.push(b'e');
-        assert!(matches!(err_of(&i), MetainfoError::PieceCount { .. } | MetainfoError::Layout(_)));
+        assert!(matches!(
+            err_of(&i),
+            MetainfoError::PieceCount { .. } | MetainfoError::Layout(_)
+        ));
         // lengths that overflow u64 when summed
         let mut i = b"d5:filesld6:lengthi18446744073709551615e4:pathl1:aeed6:lengthi1e4:pathl1:beee4:name1:r12:piece lengthi4e6:pieces20:".to_vec();
         i.extend_from_slice(&[0u8; 20]);
         i.push(b'e');
-        assert!(matches!(err_of(&i), MetainfoError::Layout(LayoutError::Overflow)));
+        assert!(matches!(
+            err_of(&i),
+            MetainfoError::Layout(LayoutError::Overflow)
+        ));
         // negative length
         let mut i = b"d6:lengthi-3e4:name1:x12:piece lengthi4e6:pieces20:".to_vec();
         i.extend_from_slice(&[0u8; 20]);
@@ -606,7 +641,10 @@ pub(crate) mod tests {
         dup.extend_from_slice(b"4:info");
         dup.extend_from_slice(&info);
         dup.push(b'e');
-        assert!(matches!(Metainfo::from_bytes(&dup), Err(MetainfoError::DuplicateInfo)));
+        assert!(matches!(
+            Metainfo::from_bytes(&dup),
+            Err(MetainfoError::DuplicateInfo)
+        ));
     }
 
     #[test]
@@ -618,7 +656,10 @@ pub(crate) mod tests {
         }
         let mut deep = b"d4:info".to_vec();
         deep.extend(vec![b'l'; 100_000]);
-        assert!(matches!(Metainfo::from_bytes(&deep), Err(MetainfoError::Bencode(_))));
+        assert!(matches!(
+            Metainfo::from_bytes(&deep),
+            Err(MetainfoError::Bencode(_))
+        ));
         let mut trailing = t.clone();
         trailing.push(b'x');
         assert!(Metainfo::from_bytes(&trailing).is_err());
@@ -636,7 +677,10 @@ pub(crate) mod tests {
         let mut t2 = b"d4:info".to_vec();
         t2.extend_from_slice(&info);
         t2.extend_from_slice(b"5:nodesll1:hi70000eel0:i1eei5el1:ai0eel1:bi2eeee");
-        assert_eq!(Metainfo::from_bytes(&t2).unwrap().nodes, vec![("b".into(), 2)]);
+        assert_eq!(
+            Metainfo::from_bytes(&t2).unwrap().nodes,
+            vec![("b".into(), 2)]
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! (from blocking tasks where it touches the disk).
 
 pub mod bencode;
+pub mod build;
 pub mod layout;
 pub mod magnet;
 pub mod metainfo;
@@ -12,6 +13,7 @@ pub mod path;
 pub mod resume;
 pub mod storage;
 
+pub use build::{build_torrent, choose_piece_length, BuildError, BuildOptions, Built};
 pub use layout::{Layout, LayoutError, Segment, BLOCK_SIZE};
 pub use magnet::{parse_infohash_arg, Magnet, MagnetError};
 pub use metainfo::{info_hash_of, FileEntry, Info, Metainfo, MetainfoError};

@@ -89,7 +89,11 @@ pub fn check_component(c: &str) -> Result<(), PathError> {
         return Err(PathError::Control(c.to_string()));
     }
     // Windows ignores extensions and trailing spaces/dots: "nul.txt", "CON ", "aux." are devices.
-    let stem = c.split('.').next().unwrap_or(c).trim_end_matches([' ', '.']);
+    let stem = c
+        .split('.')
+        .next()
+        .unwrap_or(c)
+        .trim_end_matches([' ', '.']);
     if WINDOWS_RESERVED
         .iter()
         .any(|r| r.eq_ignore_ascii_case(stem))
@@ -227,15 +231,44 @@ mod tests {
         assert_eq!(SafePath::parse("a//b"), Err(PathError::EmptyComponent));
         assert_eq!(SafePath::parse("a/"), Err(PathError::EmptyComponent));
         assert_eq!(SafePath::parse(""), Err(PathError::EmptyPath));
-        assert!(matches!(SafePath::parse("/etc/passwd"), Err(PathError::Absolute(_))));
-        assert!(matches!(SafePath::parse("C:/x"), Err(PathError::Absolute(_))));
-        assert!(matches!(SafePath::parse("\\\\server\\x"), Err(PathError::Absolute(_))));
-        assert!(matches!(SafePath::new(["a/b"]), Err(PathError::Separator(_))));
-        assert!(matches!(SafePath::new(["..\\..\\x"]), Err(PathError::Separator(_))));
+        assert!(matches!(
+            SafePath::parse("/etc/passwd"),
+            Err(PathError::Absolute(_))
+        ));
+        assert!(matches!(
+            SafePath::parse("C:/x"),
+            Err(PathError::Absolute(_))
+        ));
+        assert!(matches!(
+            SafePath::parse("\\\\server\\x"),
+            Err(PathError::Absolute(_))
+        ));
+        assert!(matches!(
+            SafePath::new(["a/b"]),
+            Err(PathError::Separator(_))
+        ));
+        assert!(matches!(
+            SafePath::new(["..\\..\\x"]),
+            Err(PathError::Separator(_))
+        ));
         assert!(matches!(SafePath::new(["a\0b"]), Err(PathError::Nul(_))));
-        assert!(matches!(SafePath::new(["a\nb"]), Err(PathError::Control(_))));
-        for r in ["CON", "nul", "Nul.txt", "com1", "LPT9.tar.gz", "aux ", "prn."] {
-            assert!(matches!(SafePath::new([r]), Err(PathError::Reserved(_))), "{r}");
+        assert!(matches!(
+            SafePath::new(["a\nb"]),
+            Err(PathError::Control(_))
+        ));
+        for r in [
+            "CON",
+            "nul",
+            "Nul.txt",
+            "com1",
+            "LPT9.tar.gz",
+            "aux ",
+            "prn.",
+        ] {
+            assert!(
+                matches!(SafePath::new([r]), Err(PathError::Reserved(_))),
+                "{r}"
+            );
         }
         assert_eq!(
             SafePath::new(["x".repeat(256)]),
@@ -246,7 +279,10 @@ mod tests {
             SafePath::new(vec!["a"; MAX_DEPTH + 1]),
             Err(PathError::TooDeep(MAX_DEPTH + 1))
         );
-        assert_eq!(SafePath::new(Vec::<String>::new()), Err(PathError::EmptyPath));
+        assert_eq!(
+            SafePath::new(Vec::<String>::new()),
+            Err(PathError::EmptyPath)
+        );
     }
 
     #[test]
@@ -255,7 +291,9 @@ mod tests {
         let p = join_under(root, &SafePath::parse("a/b.txt").unwrap()).unwrap();
         assert_eq!(p, Path::new("/data/out/a/b.txt"));
         assert!(p.starts_with(root));
-        let joined = SafePath::parse("x").unwrap().join(&SafePath::parse("y/z").unwrap());
+        let joined = SafePath::parse("x")
+            .unwrap()
+            .join(&SafePath::parse("y/z").unwrap());
         assert_eq!(joined.to_string(), "x/y/z");
     }
 

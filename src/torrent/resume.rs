@@ -157,8 +157,8 @@ impl ResumeFile {
     /// Loads the record at `path` for this torrent. A missing, unreadable, truncated or
     /// corrupt file, or one for another torrent or piece count, gives an empty record.
     pub fn load(path: &Path, info_hash: Id, num_pieces: u32) -> ResumeFile {
-        let verified = read_record(path, info_hash, num_pieces)
-            .unwrap_or_else(|| Bitfield::new(num_pieces));
+        let verified =
+            read_record(path, info_hash, num_pieces).unwrap_or_else(|| Bitfield::new(num_pieces));
         ResumeFile {
             path: path.to_path_buf(),
             info_hash,
@@ -351,7 +351,10 @@ mod tests {
         let back = ResumeFile::load(&path, id, 7);
         assert_eq!(back.verified().iter().collect::<Vec<_>>(), vec![0, 3, 6]);
         // Another torrent, or another piece count: empty.
-        assert_eq!(ResumeFile::load(&path, Id([8; 20]), 7).verified().count(), 0);
+        assert_eq!(
+            ResumeFile::load(&path, Id([8; 20]), 7).verified().count(),
+            0
+        );
         assert_eq!(ResumeFile::load(&path, id, 8).verified().count(), 0);
         // Unmark persists too.
         r.unmark(3);
@@ -379,7 +382,11 @@ mod tests {
             let mut bad = good.clone();
             bad[i] ^= 0x01;
             std::fs::write(&path, &bad).unwrap();
-            assert_eq!(ResumeFile::load(&path, id, 7).verified().count(), 0, "byte {i}");
+            assert_eq!(
+                ResumeFile::load(&path, id, 7).verified().count(),
+                0,
+                "byte {i}"
+            );
         }
         let mut long = good.clone();
         long.push(0);
@@ -428,6 +435,9 @@ mod tests {
         let p = ResumeFile::default_path(Path::new("/o"), &info);
         assert!(p.file_name().unwrap().len() <= 255);
         info.name = "x".into();
-        assert_eq!(ResumeFile::default_path(Path::new("/o"), &info), Path::new("/o/.x.dhtnode-resume"));
+        assert_eq!(
+            ResumeFile::default_path(Path::new("/o"), &info),
+            Path::new("/o/.x.dhtnode-resume")
+        );
     }
 }

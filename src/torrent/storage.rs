@@ -410,7 +410,9 @@ mod tests {
     }
 
     fn data(n: usize, seed: u8) -> Vec<u8> {
-        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
     }
 
     #[test]
@@ -422,8 +424,14 @@ mod tests {
         let all: Vec<u8> = [a.clone(), c.clone()].concat();
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path(), &info, OpenMode::Create).unwrap();
-        assert_eq!(std::fs::metadata(dir.path().join("t/sub/c")).unwrap().len(), 25);
-        assert_eq!(std::fs::metadata(dir.path().join("t/empty")).unwrap().len(), 0);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("t/sub/c")).unwrap().len(),
+            25
+        );
+        assert_eq!(
+            std::fs::metadata(dir.path().join("t/empty")).unwrap().len(),
+            0
+        );
         assert_eq!(s.verify_all().unwrap(), vec![]);
         for p in 0..s.layout().num_pieces() {
             let size = s.layout().piece_size(p).unwrap() as usize;
@@ -442,10 +450,16 @@ mod tests {
         // Seeding the same data read-only.
         let ro = Storage::open(dir.path(), &info, OpenMode::Existing).unwrap();
         assert_eq!(ro.verify_all().unwrap().len(), 3);
-        assert!(matches!(ro.write_piece(0, &all[..16]), Err(StorageError::ReadOnly)));
+        assert!(matches!(
+            ro.write_piece(0, &all[..16]),
+            Err(StorageError::ReadOnly)
+        ));
 
         // Corrupt one byte: only that piece fails.
-        let f = OpenOptions::new().write(true).open(dir.path().join("t/sub/c")).unwrap();
+        let f = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("t/sub/c"))
+            .unwrap();
         f.write_all_at(b"\xff", 20).unwrap();
         let ok: Vec<u32> = ro.verify_all().unwrap().iter().map(|v| v.index()).collect();
         assert_eq!(ok, vec![0, 2]);
@@ -457,12 +471,21 @@ mod tests {
         let info = info_for(&[("f", &a)], 16);
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path(), &info, OpenMode::Create).unwrap();
-        assert!(matches!(s.write_piece(0, &a[..15]), Err(StorageError::WrongSize { .. })));
+        assert!(matches!(
+            s.write_piece(0, &a[..15]),
+            Err(StorageError::WrongSize { .. })
+        ));
         let mut bad = a[..16].to_vec();
         bad[0] ^= 1;
-        assert!(matches!(s.write_piece(0, &bad), Err(StorageError::HashMismatch(0))));
+        assert!(matches!(
+            s.write_piece(0, &bad),
+            Err(StorageError::HashMismatch(0))
+        ));
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), vec![0u8; 40]);
-        assert!(matches!(s.write_piece(3, &a[..8]), Err(StorageError::Layout(_))));
+        assert!(matches!(
+            s.write_piece(3, &a[..8]),
+            Err(StorageError::Layout(_))
+        ));
         assert!(s.verify_piece(9).is_err());
         assert!(s.read_block(0, 10, 10).is_err());
     }
@@ -525,6 +548,9 @@ mod tests {
         assert!(lock(&s.open).len() <= MAX_OPEN_FILES);
         s.sync().unwrap();
         assert!(lock(&s.unsynced).is_empty());
-        assert_eq!(s.verify_all().unwrap().len(), s.layout().num_pieces() as usize);
+        assert_eq!(
+            s.verify_all().unwrap().len(),
+            s.layout().num_pieces() as usize
+        );
     }
 }

@@ -1,0 +1,122 @@
+//! `dhtnode bootstrap`: a long-lived DHT node with persistent state and status lines.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use dhtnode::net::state::{self, SavedState};
+use dhtnode::net::{DhtHandle, NodeOptions, NodeStats};
+
+use super::{bind_arg, bootstrap_list};
+
+/// Arguments of `dhtnode bootstrap`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Local UDP address.
+    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:6881", value_parser = bind_arg)]
+    bind: SocketAddr,
+    /// Bootstrap node (repeatable); replaces the public routers; `none` starts alone.
+    #[arg(long, value_name = "HOST:PORT")]
+    bootstrap: Vec<String>,
+    /// Where the node id and routing table are kept (default: the platform data dir).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Seconds between status lines.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    status_interval: u64,
+    /// Print status as one JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How often the routing table is saved while running.
+const SAVE_EVERY: Duration = Duration::from_secs(180);
+
+fn default_state_dir() -> PathBuf {
+    dirs::data_dir()
+        .map(|d| d.join("dhtnode"))
+        .unwrap_or_else(|| PathBuf::from(".dhtnode"))
+}
+
+fn print_status(s: &NodeStats, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(s)?);
+    } else {
+        println!(
+            "node {} | {} nodes ({} good) in {} buckets | {} peers for {} info-hashes | queries in {} out {}",
+            s.node_id,
+            s.nodes,
+            s.good_nodes,
+            s.buckets,
+            s.stored_peers,
+            s.stored_infohashes,
+            s.queries_in,
+            s.queries_out
+        );
+    }
+    Ok(())
+}
+
+async fn save(node: &DhtHandle, dir: &std::path::Path) -> anyhow::Result<()> {
+    let nodes = node.saved_nodes().await?;
+    state::save(
+        dir,
+        &SavedState {
+            id: node.id(),
+            nodes,
+        },
+    )
+    .with_context(|| format!("saving state to {}", dir.display()))
+}
+
+/// Runs the node until SIGINT/SIGTERM, then saves its state.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let saved = state::load(&dir)?;
+    let (id, known) = match &saved {
+        Some(s) => (Some(s.id), s.nodes.iter().map(|n| n.addr).collect()),
+        None => (None, Vec::new()),
+    };
+    let node = DhtHandle::spawn(NodeOptions {
+        bind: args.bind,
+        bootstrap: bootstrap_list(&args.bootstrap),
+        known_nodes: known,
+        id,
+        ..NodeOptions::default()
+    })
+    .await
+    .context("starting the DHT node")?;
+    tracing::info!(
+        "node {} listening on {} (state in {}, {} saved contacts)",
+        node.id(),
+        node.local_addr(),
+        dir.display(),
+        saved.as_ref().map_or(0, |s| s.nodes.len())
+    );
+    // Save right away so the id survives even an early kill -9.
+    save(&node, &dir).await?;
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut status = tokio::time::interval(Duration::from_secs(args.status_interval.max(1)));
+    let mut saver = tokio::time::interval(SAVE_EVERY);
+    saver.tick().await;
+    loop {
+        tokio::select! {
+            _ = status.tick() => print_status(&node.stats().await?, args.json)?,
+            _ = saver.tick() => {
+                if let Err(e) = save(&node, &dir).await {
+                    tracing::warn!("{e:#}");
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    save(&node, &dir).await?;
+    print_status(&node.stats().await?, args.json)?;
+    node.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}

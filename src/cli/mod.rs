@@ -1,0 +1,113 @@
+//! Command-line interface: clap definitions, shared argument handling, and dispatch.
+//!
+//! Flag names and JSON field names are a contract other tools rely on; keep them stable.
+
+mod bootstrap;
+mod lookup;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dhtnode::torrent::{parse_infohash_arg, Magnet};
+
+/// Public routers used when no `--bootstrap` is given.
+pub const DEFAULT_BOOTSTRAP: &[&str] = &[
+    "router.bittorrent.com:6881",
+    "dht.transmissionbt.com:6881",
+    "router.utorrent.com:6881",
+    "dht.libtorrent.org:25401",
+];
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dhtnode",
+    version,
+    about = "A trackerless BitTorrent node on the Mainline DHT"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a long-lived DHT node until SIGINT/SIGTERM.
+    Bootstrap(bootstrap::Args),
+    /// Find peers of one info-hash through the DHT (and optionally announce ourselves).
+    Lookup(lookup::Args),
+}
+
+/// Parses an info-hash argument (hex, base32 or magnet) for clap.
+pub fn infohash_arg(s: &str) -> Result<Magnet, String> {
+    parse_infohash_arg(s).map_err(|e| e.to_string())
+}
+
+/// Turns `--bootstrap` values into the list to resolve: the defaults when none is given,
+/// nothing for `none`.
+pub fn bootstrap_list(given: &[String]) -> Vec<String> {
+    if given.is_empty() {
+        return DEFAULT_BOOTSTRAP.iter().map(|s| s.to_string()).collect();
+    }
+    given
+        .iter()
+        .filter(|s| !s.eq_ignore_ascii_case("none"))
+        .cloned()
+        .collect()
+}
+
+/// Parses `IP:PORT` for `--bind`, refusing IPv6 with a clear message.
+pub fn bind_arg(s: &str) -> Result<SocketAddr, String> {
+    let a: SocketAddr = s
+        .parse()
+        .map_err(|_| format!("invalid address {s:?}: expected IP:PORT, e.g. 0.0.0.0:6881"))?;
+    if !a.is_ipv4() {
+        return Err(format!("{s}: only IPv4 addresses are supported"));
+    }
+    Ok(a)
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Entry point: parse, run, map the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Bootstrap(a) => {
+                init_tracing("info");
+                bootstrap::run(a).await
+            }
+            Command::Lookup(a) => {
+                init_tracing("warn");
+                lookup::run(a).await
+            }
+        }
+    });
+    // Do not wait for stray blocking tasks (DNS lookups) on the way out.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

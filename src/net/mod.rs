@@ -1,0 +1,561 @@
+//! The tokio driver of the DHT core: one task owns the UDP socket and the [`Dht`] state
+//! machine, maps the wall clock onto the core's [`Time`], and talks to the rest of the program
+//! through a cloneable [`DhtHandle`].
+//!
+//! Everything protocol-related lives in `dht`; this file only moves bytes, time and commands.
+
+pub mod state;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::dht::{self, AnnounceSpec, Dht, Event, LookupId, LookupStats, Time};
+use crate::id::Id;
+
+/// Errors of the network driver.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The UDP socket could not be set up.
+    #[error("cannot bind UDP socket on {addr}: {source}")]
+    Bind {
+        /// Address we tried.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// Only IPv4 is supported (BEP 5 compact formats).
+    #[error("only IPv4 addresses are supported, got {0}")]
+    NotIpv4(SocketAddr),
+    /// The driver task has stopped.
+    #[error("the DHT node has shut down")]
+    Closed,
+}
+
+/// How to start a node.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// Local UDP address.
+    pub bind: SocketAddr,
+    /// Bootstrap contacts as `host:port`, resolved by the driver.
+    pub bootstrap: Vec<String>,
+    /// Extra known node addresses (e.g. from saved state).
+    pub known_nodes: Vec<SocketAddrV4>,
+    /// Node id; random if `None`.
+    pub id: Option<Id>,
+    /// Core tunables.
+    pub dht: dht::Config,
+    /// Run a find_node lookup for our own id at start (a long-lived node joins; a one-shot
+    /// lookup only needs the bootstrap contacts as a starting point).
+    pub join: bool,
+    /// Seed of the core's RNG; random if `None`.
+    pub seed: Option<u64>,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            bootstrap: Vec::new(),
+            known_nodes: Vec::new(),
+            id: None,
+            dht: dht::Config::default(),
+            join: true,
+            seed: None,
+        }
+    }
+}
+
+/// A snapshot of the node for status lines and persistence.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct NodeStats {
+    /// Our id, hex.
+    pub node_id: String,
+    /// Entries answering within 15 minutes.
+    pub good_nodes: usize,
+    /// All routing table entries.
+    pub nodes: usize,
+    /// Buckets in the table.
+    pub buckets: usize,
+    /// Info-hashes with stored peers.
+    pub stored_infohashes: usize,
+    /// Stored peers.
+    pub stored_peers: usize,
+    /// Queries received.
+    pub queries_in: u64,
+    /// Queries sent.
+    pub queries_out: u64,
+    /// Responses received.
+    pub responses_in: u64,
+    /// Our queries that timed out.
+    pub timeouts: u64,
+    /// Undecodable datagrams received.
+    pub malformed_in: u64,
+    /// Lookups running.
+    pub active_lookups: usize,
+    /// Our address as others see it.
+    pub external_addr: Option<String>,
+}
+
+/// What a lookup reports when it ends.
+#[derive(Clone, Debug, Default)]
+pub struct LookupSummary {
+    /// Counters from the core.
+    pub stats: LookupStats,
+    /// Wall time of the lookup.
+    pub elapsed: Duration,
+    /// announce_peer queries sent.
+    pub announced: usize,
+}
+
+/// Messages from a running lookup to whoever started it.
+#[derive(Clone, Debug)]
+pub enum LookupUpdate {
+    /// Peers, as soon as an answer carries them.
+    Peers(Vec<SocketAddrV4>),
+    /// The lookup ended.
+    Done(LookupSummary),
+    /// A node stored our announce.
+    AnnounceAcked(SocketAddrV4),
+}
+
+enum Command {
+    GetPeers {
+        info_hash: Id,
+        announce: Option<AnnounceSpec>,
+        updates: mpsc::UnboundedSender<LookupUpdate>,
+    },
+    AddNode(SocketAddrV4),
+    Stats(oneshot::Sender<NodeStats>),
+    SavedNodes(oneshot::Sender<Vec<crate::krpc::NodeInfo>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A cloneable handle to a running node. Dropping every handle stops the node.
+#[derive(Clone)]
+pub struct DhtHandle {
+    tx: mpsc::UnboundedSender<Command>,
+    local_addr: SocketAddrV4,
+    id: Id,
+    bootstrapped: watch::Receiver<Option<usize>>,
+}
+
+/// Peers of a get_peers lookup, as a stream; [`PeerStream::summary`] once it has ended.
+pub struct PeerStream {
+    rx: mpsc::UnboundedReceiver<LookupUpdate>,
+    buffered: std::collections::VecDeque<SocketAddrV4>,
+    summary: Option<LookupSummary>,
+    acks: Vec<SocketAddrV4>,
+}
+
+impl PeerStream {
+    /// The next update (peers, announce acknowledgements, the end), or `None` once the
+    /// lookup and its announce acknowledgements are over or the node stopped.
+    pub async fn next_update(&mut self) -> Option<LookupUpdate> {
+        let u = self.rx.recv().await?;
+        match &u {
+            LookupUpdate::Done(s) => self.summary = Some(s.clone()),
+            LookupUpdate::AnnounceAcked(a) => self.acks.push(*a),
+            LookupUpdate::Peers(_) => {}
+        }
+        Some(u)
+    }
+
+    /// The lookup's summary, once [`LookupUpdate::Done`] has been seen.
+    pub fn summary(&self) -> Option<&LookupSummary> {
+        self.summary.as_ref()
+    }
+
+    /// Nodes that acknowledged our announce so far.
+    pub fn acks(&self) -> &[SocketAddrV4] {
+        &self.acks
+    }
+}
+
+impl futures_core::Stream for PeerStream {
+    type Item = SocketAddrV4;
+
+    /// Yields peers one by one; ends when the lookup does.
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SocketAddrV4>> {
+        loop {
+            if let Some(p) = self.buffered.pop_front() {
+                return Poll::Ready(Some(p));
+            }
+            if self.summary.is_some() {
+                return Poll::Ready(None);
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(LookupUpdate::Peers(p))) => self.buffered.extend(p),
+                Poll::Ready(Some(LookupUpdate::Done(s))) => self.summary = Some(s),
+                Poll::Ready(Some(LookupUpdate::AnnounceAcked(a))) => self.acks.push(a),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+fn bind_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    sock.set_reuse_address(true)?;
+    // A deep receive buffer rides out bursts (answers to many parallel lookups, floods).
+    let _ = sock.set_recv_buffer_size(8 << 20);
+    let _ = sock.set_send_buffer_size(4 << 20);
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    Ok(sock.into())
+}
+
+impl DhtHandle {
+    /// Binds the socket and starts the node task on the current tokio runtime.
+    pub async fn spawn(opts: NodeOptions) -> Result<DhtHandle, NetError> {
+        if !opts.bind.is_ipv4() {
+            return Err(NetError::NotIpv4(opts.bind));
+        }
+        let std_sock = bind_socket(opts.bind).map_err(|source| NetError::Bind {
+            addr: opts.bind,
+            source,
+        })?;
+        let socket = UdpSocket::from_std(std_sock).map_err(|source| NetError::Bind {
+            addr: opts.bind,
+            source,
+        })?;
+        let local_addr = match socket.local_addr() {
+            Ok(SocketAddr::V4(a)) => a,
+            Ok(other) => return Err(NetError::NotIpv4(other)),
+            Err(source) => {
+                return Err(NetError::Bind {
+                    addr: opts.bind,
+                    source,
+                })
+            }
+        };
+        let seed = opts.seed.unwrap_or_else(rand::random);
+        let id = opts.id.unwrap_or_else(|| {
+            use rand::SeedableRng;
+            Id::random(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed))
+        });
+        let epoch = Instant::now();
+        let dht = Dht::new(id, opts.dht.clone(), seed, Time(0));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (boot_tx, boot_rx) = watch::channel(None);
+        let driver = Driver {
+            socket,
+            dht,
+            epoch,
+            rx,
+            lookups: HashMap::new(),
+            boot_tx,
+        };
+        tokio::spawn(driver.run(opts));
+        Ok(DhtHandle {
+            tx,
+            local_addr,
+            id,
+            bootstrapped: boot_rx,
+        })
+    }
+
+    /// The UDP address the node listens on.
+    pub fn local_addr(&self) -> SocketAddrV4 {
+        self.local_addr
+    }
+
+    /// Our node id.
+    pub fn id(&self) -> Id {
+        self.id
+    }
+
+    /// Starts a get_peers lookup; peers stream out as answers arrive.
+    pub fn get_peers(&self, info_hash: Id) -> Result<PeerStream, NetError> {
+        self.lookup(info_hash, None)
+    }
+
+    /// Starts a get_peers lookup that announces us (TCP `port`) to the closest nodes at the
+    /// end; the stream then also reports acknowledgements.
+    pub fn announce(&self, info_hash: Id, port: u16) -> Result<PeerStream, NetError> {
+        self.lookup(
+            info_hash,
+            Some(AnnounceSpec {
+                port,
+                implied_port: false,
+            }),
+        )
+    }
+
+    fn lookup(
+        &self,
+        info_hash: Id,
+        announce: Option<AnnounceSpec>,
+    ) -> Result<PeerStream, NetError> {
+        let (updates, rx) = mpsc::unbounded_channel();
+        self.tx
+            .send(Command::GetPeers {
+                info_hash,
+                announce,
+                updates,
+            })
+            .map_err(|_| NetError::Closed)?;
+        Ok(PeerStream {
+            rx,
+            buffered: Default::default(),
+            summary: None,
+            acks: Vec::new(),
+        })
+    }
+
+    /// Pings a node so it can enter our routing table.
+    pub fn add_node(&self, addr: SocketAddrV4) -> Result<(), NetError> {
+        self.tx
+            .send(Command::AddNode(addr))
+            .map_err(|_| NetError::Closed)
+    }
+
+    /// A snapshot of the node's counters and table.
+    pub async fn stats(&self) -> Result<NodeStats, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Stats(tx))
+            .map_err(|_| NetError::Closed)?;
+        rx.await.map_err(|_| NetError::Closed)
+    }
+
+    /// The routing table entries worth saving.
+    pub async fn saved_nodes(&self) -> Result<Vec<crate::krpc::NodeInfo>, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::SavedNodes(tx))
+            .map_err(|_| NetError::Closed)?;
+        rx.await.map_err(|_| NetError::Closed)
+    }
+
+    /// Waits until the initial join lookup has finished; returns the table size then.
+    pub async fn wait_bootstrapped(&self) -> Result<usize, NetError> {
+        let mut rx = self.bootstrapped.clone();
+        let v = rx
+            .wait_for(|v| v.is_some())
+            .await
+            .map_err(|_| NetError::Closed)?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Stops the node task (after flushing what it has to send).
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+struct Driver {
+    socket: UdpSocket,
+    dht: Dht,
+    epoch: Instant,
+    rx: mpsc::UnboundedReceiver<Command>,
+    lookups: HashMap<LookupId, mpsc::UnboundedSender<LookupUpdate>>,
+    boot_tx: watch::Sender<Option<usize>>,
+}
+
+/// Datagrams read per wake-up before servicing timers and commands again.
+const RECV_BATCH: usize = 256;
+
+impl Driver {
+    fn now(&self) -> Time {
+        Time(self.epoch.elapsed().as_millis() as u64)
+    }
+
+    async fn resolve(bootstrap: &[String]) -> Vec<SocketAddrV4> {
+        let mut out = Vec::new();
+        for host in bootstrap {
+            match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(host)).await
+            {
+                Ok(Ok(addrs)) => {
+                    for a in addrs {
+                        if let SocketAddr::V4(v4) = a {
+                            out.push(v4);
+                        }
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!("cannot resolve bootstrap node {host}: {e}"),
+                Err(_) => tracing::warn!("resolving bootstrap node {host} timed out"),
+            }
+        }
+        out
+    }
+
+    async fn run(mut self, opts: NodeOptions) {
+        let mut addrs = Driver::resolve(&opts.bootstrap).await;
+        addrs.extend(opts.known_nodes.iter().copied());
+        let now = self.now();
+        if opts.join {
+            self.dht.bootstrap(now, &addrs);
+        } else {
+            self.dht.add_bootstrap_addrs(&addrs);
+            let _ = self.boot_tx.send(Some(0));
+        }
+        let mut buf = vec![0u8; 65536];
+        loop {
+            if !self.flush().await {
+                break;
+            }
+            self.dispatch_events();
+            let deadline = self
+                .dht
+                .poll_timeout()
+                .map(|t| self.epoch + Duration::from_millis(t.0));
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => {
+                    self.on_recv(r, &buf);
+                    // Drain what else is queued without going back through the reactor.
+                    for _ in 0..RECV_BATCH {
+                        match self.socket.try_recv_from(&mut buf) {
+                            Ok(x) => self.on_recv(Ok(x), &buf),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                cmd = self.rx.recv() => {
+                    match cmd {
+                        Some(Command::Shutdown(done)) => {
+                            let _ = self.flush().await;
+                            let _ = done.send(());
+                            break;
+                        }
+                        Some(c) => self.on_command(c),
+                        None => break,
+                    }
+                }
+                _ = sleep => {
+                    let now = self.now();
+                    self.dht.handle_timeout(now);
+                }
+            }
+        }
+    }
+
+    fn on_recv(&mut self, r: io::Result<(usize, SocketAddr)>, buf: &[u8]) {
+        match r {
+            Ok((n, SocketAddr::V4(from))) => {
+                let now = self.now();
+                if let Some(data) = buf.get(..n) {
+                    self.dht.handle_datagram(now, from, data);
+                }
+            }
+            Ok((_, SocketAddr::V6(_))) => {}
+            Err(e) => tracing::debug!("recv error: {e}"),
+        }
+    }
+
+    /// Sends everything the core queued. Returns false if the socket is unusable.
+    async fn flush(&mut self) -> bool {
+        while let Some(t) = self.dht.poll_transmit() {
+            match self.socket.try_send_to(&t.data, SocketAddr::V4(t.to)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.socket.send_to(&t.data, SocketAddr::V4(t.to)).await {
+                        tracing::debug!("send to {} failed: {e}", t.to);
+                    }
+                }
+                // Unreachable hosts, ICMP errors: a lost datagram, as UDP allows.
+                Err(e) => tracing::debug!("send to {} failed: {e}", t.to),
+            }
+        }
+        true
+    }
+
+    fn dispatch_events(&mut self) {
+        while let Some(ev) = self.dht.poll_event() {
+            match ev {
+                Event::Peers { lookup, peers } => {
+                    if let Some(tx) = self.lookups.get(&lookup) {
+                        let _ = tx.send(LookupUpdate::Peers(peers));
+                    }
+                }
+                Event::LookupDone {
+                    lookup,
+                    stats,
+                    elapsed,
+                    announced,
+                    ..
+                } => {
+                    let summary = LookupSummary {
+                        stats,
+                        elapsed,
+                        announced,
+                    };
+                    // Keep the channel while acknowledgements may still arrive.
+                    let keep = announced > 0;
+                    if let Some(tx) = self.lookups.get(&lookup) {
+                        let _ = tx.send(LookupUpdate::Done(summary));
+                    }
+                    if !keep {
+                        self.lookups.remove(&lookup);
+                    }
+                }
+                Event::AnnounceAcked { lookup, node } => {
+                    if let Some(tx) = self.lookups.get(&lookup) {
+                        let _ = tx.send(LookupUpdate::AnnounceAcked(node));
+                    }
+                }
+                Event::Bootstrapped { nodes } => {
+                    tracing::info!("bootstrap finished: {nodes} nodes in the routing table");
+                    let _ = self.boot_tx.send(Some(nodes));
+                }
+            }
+        }
+        // Forget lookups whose receivers went away.
+        self.lookups.retain(|_, tx| !tx.is_closed());
+    }
+
+    fn on_command(&mut self, c: Command) {
+        let now = self.now();
+        match c {
+            Command::GetPeers {
+                info_hash,
+                announce,
+                updates,
+            } => {
+                let lid = self.dht.get_peers(now, info_hash, announce);
+                self.lookups.insert(lid, updates);
+            }
+            Command::AddNode(a) => self.dht.add_node(now, a),
+            Command::Stats(tx) => {
+                let t = self.dht.routing_table();
+                let st = self.dht.stats();
+                let _ = tx.send(NodeStats {
+                    node_id: self.dht.id().to_hex(),
+                    good_nodes: t.good_count(now),
+                    nodes: t.len(),
+                    buckets: t.buckets().len(),
+                    stored_infohashes: self.dht.store().infohash_count(),
+                    stored_peers: self.dht.store().peer_count(),
+                    queries_in: st.queries_in,
+                    queries_out: st.queries_out,
+                    responses_in: st.responses_in,
+                    timeouts: st.timeouts,
+                    malformed_in: st.malformed_in,
+                    active_lookups: self.dht.active_lookups(),
+                    external_addr: self.dht.external_addr().map(|a| a.to_string()),
+                });
+            }
+            Command::SavedNodes(tx) => {
+                let _ = tx.send(self.dht.saved_nodes(now));
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+}
