@@ -101,6 +101,9 @@ struct Opts {
     read_only: bool,
     /// Never use UDP GSO (plain sendmmsg only).
     no_gso: bool,
+    /// Sleep this long between event-loop passes so replies pile up into
+    /// bigger batches (less generator CPU per query against a slow target).
+    coalesce: Duration,
 }
 
 impl Default for Opts {
@@ -120,6 +123,7 @@ impl Default for Opts {
             fresh_ids: false,
             read_only: false,
             no_gso: false,
+            coalesce: Duration::ZERO,
         }
     }
 }
@@ -139,6 +143,8 @@ loadgen: closed-loop KRPC load generator
   --fresh-ids          new random node id in every query (default: one per socket)
   --read-only          send BEP 43 ro=1
   --no-gso             plain sendmmsg only (default: UDP GSO batches when the kernel has it)
+  --coalesce-us US     sleep US between event-loop passes: bigger batches, less generator
+                       CPU, more latency (default 0)
   --json               print one JSON object
   --self-test-echo     start a KRPC echo responder thread and load it (generator ceiling)
   --echo-only IP:PORT  only run the echo responder, for warmup+duration seconds
@@ -190,6 +196,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Opts>, St
             "--fresh-ids" => o.fresh_ids = true,
             "--read-only" => o.read_only = true,
             "--no-gso" => o.no_gso = true,
+            "--coalesce-us" => o.coalesce = Duration::from_micros(parse_val(&name, val())?),
             other => return Err(format!("unknown option {other:?}")),
         }
     }
@@ -960,8 +967,12 @@ struct Stats {
     lost_total: u64,
     /// Well-formed replies whose tid matched no outstanding query (e.g. late).
     unmatched: u64,
-    /// Datagrams that were not a KRPC reply dictionary.
+    /// Datagrams that were not a KRPC message dictionary.
     malformed: u64,
+    /// Queries the target sent to our sources (e.g. pings); not answered.
+    incoming_queries: u64,
+    /// CPU seconds the generator thread used during the run.
+    gen_cpu_s: f64,
     /// Send errors other than EAGAIN.
     send_errors: u64,
     /// Matched replies in the measured window, by query kind.
@@ -990,6 +1001,8 @@ impl Stats {
             lost_total: 0,
             unmatched: 0,
             malformed: 0,
+            incoming_queries: 0,
+            gen_cpu_s: 0.0,
             send_errors: 0,
             answered_by_kind: [0; 3],
             hist: vec![0; HIST_US],
@@ -1309,6 +1322,10 @@ impl Gen {
         let is_err = match y {
             b"r" => false,
             b"e" => true,
+            b"q" => {
+                self.stats.incoming_queries += 1;
+                return;
+            }
             _ => {
                 self.stats.malformed += 1;
                 return;
@@ -1403,6 +1420,7 @@ impl Gen {
             self.flush(si);
         }
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        let mut cpu_at_warm: Option<f64> = None;
         let mut next_scan = 0u64;
         let mut next_sec = 1_000_000_000u64;
         let scan_every = (self.opts.timeout.as_nanos() as u64 / 4).clamp(1_000_000, 50_000_000);
@@ -1422,6 +1440,9 @@ impl Gen {
                     self.drain(si);
                 }
             }
+            if !self.opts.coalesce.is_zero() {
+                std::thread::sleep(self.opts.coalesce);
+            }
             let now = self.now_ns();
             if now >= next_scan {
                 self.scan_timeouts(now);
@@ -1434,11 +1455,27 @@ impl Gen {
                 self.stats.this_sec = 0;
                 next_sec += 1_000_000_000;
             }
+            if cpu_at_warm.is_none() && now >= self.warm_end_ns {
+                cpu_at_warm = Some(thread_cpu_s());
+            }
             if now >= end_ns {
+                self.stats.gen_cpu_s = thread_cpu_s() - cpu_at_warm.unwrap_or(0.0);
                 return (now - self.warm_end_ns.min(now)) as f64 / 1e9;
             }
         }
     }
+}
+
+/// CPU time (user + system) of the calling thread, in seconds.
+fn thread_cpu_s() -> f64 {
+    // SAFETY: rusage is plain old data; getrusage fills the live struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: ru is a live rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// Everything the final report says.
@@ -1453,6 +1490,8 @@ struct Report<'a> {
     window_s: f64,
     /// Replies the self-test echo sent, if it ran.
     echo_answered: Option<u64>,
+    /// Whether UDP GSO was still in use at the end.
+    gso: bool,
 }
 
 impl Report<'_> {
@@ -1468,6 +1507,7 @@ impl Report<'_> {
                 "\"qps_median\":{},\"qps_overall\":{:.0},\"answered\":{},\"errors\":{},",
                 "\"answered_ping\":{},\"answered_find_node\":{},\"answered_get_peers\":{},",
                 "\"lost\":{},\"lost_total\":{},\"unmatched\":{},\"malformed\":{},\"send_errors\":{},",
+                "\"incoming_queries\":{},\"gen_cpu_s\":{:.3},\"gen_cpu_util\":{:.3},\"gso\":{},",
                 "\"sent_total\":{},\"answered_total\":{},",
                 "\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},",
                 "\"per_second\":[{}],\"echo_answered\":{}}}"
@@ -1493,6 +1533,10 @@ impl Report<'_> {
             s.unmatched,
             s.malformed,
             s.send_errors,
+            s.incoming_queries,
+            s.gen_cpu_s,
+            self.cpu_util(),
+            self.gso,
             s.sent_total,
             s.answered_total,
             opt(s.percentile(0.50)),
@@ -1502,6 +1546,15 @@ impl Report<'_> {
             per_sec.join(","),
             opt(self.echo_answered),
         )
+    }
+
+    /// Fraction of one core the generator thread used in the window.
+    fn cpu_util(&self) -> f64 {
+        if self.window_s > 0.0 {
+            self.stats.gen_cpu_s / self.window_s
+        } else {
+            0.0
+        }
     }
 
     /// Answered queries per second over the whole measured window.
@@ -1520,7 +1573,8 @@ impl Report<'_> {
         format!(
             "target {} sources {} inflight {} mix {}:{}:{} window {:.2}s\n\
              answered/s: median {} overall {:.0}  (answered {}, e-replies {}, ping/find_node/get_peers {}/{}/{})\n\
-             lost {} (whole run {}), unmatched {}, malformed {}, send errors {}\n\
+             lost {} (whole run {}), unmatched {}, malformed {}, send errors {}, queries from target {}\n\
+             generator: {:.2} CPU s ({:.0}% of a core), gso {}\n\
              latency us: p50 {} p99 {} p99.9 {} max {}\n\
              per second: {:?}\n",
             self.target,
@@ -1542,6 +1596,10 @@ impl Report<'_> {
             s.unmatched,
             s.malformed,
             s.send_errors,
+            s.incoming_queries,
+            s.gen_cpu_s,
+            self.cpu_util() * 100.0,
+            self.gso,
             p(0.50),
             p(0.99),
             p(0.999),
@@ -1601,6 +1659,7 @@ fn run(opts: Opts) -> io::Result<i32> {
         stats: &g.stats,
         window_s,
         echo_answered,
+        gso: g.gso,
     };
     if opts.json {
         println!("{}", rep.json());

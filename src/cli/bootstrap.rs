@@ -98,6 +98,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Save right away so the id survives even an early kill -9.
     save(&node, &dir).await?;
 
+    // And again once the join has filled the table, so a crash soon after start still
+    // leaves contacts to rejoin through.
+    let joined = {
+        let node = node.clone();
+        async move { node.wait_bootstrapped().await }
+    };
+    tokio::pin!(joined);
+    let mut joined_done = false;
+
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let mut status = tokio::time::interval(Duration::from_secs(args.status_interval.max(1)));
@@ -107,6 +116,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         tokio::select! {
             _ = status.tick() => print_status(&node.stats().await?, args.json)?,
             _ = saver.tick() => {
+                if let Err(e) = save(&node, &dir).await {
+                    tracing::warn!("{e:#}");
+                }
+            }
+            r = &mut joined, if !joined_done => {
+                joined_done = true;
+                if let Ok(n) = r {
+                    tracing::info!("joined the DHT: {n} nodes in the routing table");
+                }
                 if let Err(e) = save(&node, &dir).await {
                     tracing::warn!("{e:#}");
                 }

@@ -116,6 +116,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let summary = stream.summary().cloned().unwrap_or_default();
     let timed_out = stream.summary().is_none();
+    for n in &summary.closest {
+        tracing::debug!("closest: {} {}", n.id, n.addr);
+    }
     let report = Report {
         infohash: info_hash.to_hex(),
         peers,

@@ -59,7 +59,8 @@ pub struct Config {
     pub max_values: usize,
     /// Verification pings sent to unknown queriers per second at most.
     pub verify_pings_per_sec: u32,
-    /// Retry bootstrap this often while the table holds fewer than `k` nodes.
+    /// First retry of the join while the table holds fewer than `k` nodes; each further
+    /// retry waits twice as long, up to 5 minutes.
     pub bootstrap_retry: Duration,
 }
 
@@ -77,7 +78,7 @@ impl Default for Config {
             read_only: false,
             max_values: 50,
             verify_pings_per_sec: 20,
-            bootstrap_retry: Duration::from_secs(30),
+            bootstrap_retry: Duration::from_secs(5),
         }
     }
 }
@@ -168,6 +169,7 @@ pub struct Dht {
     bootstrap_addrs: Vec<SocketAddrV4>,
     bootstrap_lookup: Option<LookupId>,
     last_bootstrap: Option<Time>,
+    bootstrap_backoff: Duration,
     next_maintenance: Time,
     verify_window: (Time, u32),
     external_ip: Option<SocketAddrV4>,
@@ -182,6 +184,7 @@ impl Dht {
         let mut rng = SmallRng::seed_from_u64(seed);
         let tokens = Tokens::new(&mut rng, now, cfg.token_interval);
         let rpc = Rpc::new(rng.gen());
+        let backoff = cfg.bootstrap_retry;
         Dht {
             table: RoutingTable::new(id, cfg.k, cfg.one_per_ip, now),
             store: PeerStore::new(cfg.store.clone()),
@@ -198,6 +201,7 @@ impl Dht {
             bootstrap_addrs: Vec::new(),
             bootstrap_lookup: None,
             last_bootstrap: None,
+            bootstrap_backoff: backoff,
             next_maintenance: now + MAINTENANCE_EVERY,
             verify_window: (now, 0),
             external_ip: None,
@@ -385,6 +389,21 @@ impl Dht {
         }
         if self.bootstrap_lookup == Some(l.id) {
             self.bootstrap_lookup = None;
+            // The own-id lookup filled the buckets near us; fill the farther ones that are
+            // not full with a lookup into each (as libtorrent does after joining).
+            let sparse: Vec<usize> = self
+                .table
+                .buckets()
+                .iter()
+                .enumerate()
+                .take(self.table.buckets().len().saturating_sub(1))
+                .filter(|(_, b)| b.entries.len() < self.cfg.k)
+                .map(|(i, _)| i)
+                .collect();
+            for b in sparse {
+                let target = self.id.random_in_bucket(b, &mut self.rng);
+                self.find_node(now, target);
+            }
             self.events.push_back(Event::Bootstrapped {
                 nodes: self.table.len(),
             });
@@ -657,14 +676,15 @@ impl Dht {
                 self.find_node(now, target);
             }
         }
+        // A young or partitioned network: join again, backing off, until the table fills.
+        if self.table.len() >= self.cfg.k {
+            self.bootstrap_backoff = self.cfg.bootstrap_retry;
+        }
         let retry_due = self
             .last_bootstrap
-            .is_some_and(|t| now.since(t) >= self.cfg.bootstrap_retry);
-        if retry_due
-            && self.bootstrap_lookup.is_none()
-            && self.table.len() < self.cfg.k
-            && !self.bootstrap_addrs.is_empty()
-        {
+            .is_some_and(|t| now.since(t) >= self.bootstrap_backoff);
+        if retry_due && self.bootstrap_lookup.is_none() && self.table.len() < self.cfg.k {
+            self.bootstrap_backoff = (self.bootstrap_backoff * 2).min(Duration::from_secs(300));
             self.bootstrap(now, &[]);
         }
     }

@@ -112,6 +112,8 @@ pub struct LookupSummary {
     pub elapsed: Duration,
     /// announce_peer queries sent.
     pub announced: usize,
+    /// The closest nodes that answered, closest first.
+    pub closest: Vec<crate::krpc::NodeInfo>,
 }
 
 /// Messages from a running lookup to whoever started it.
@@ -490,12 +492,14 @@ impl Driver {
                     stats,
                     elapsed,
                     announced,
+                    closest,
                     ..
                 } => {
                     let summary = LookupSummary {
                         stats,
                         elapsed,
                         announced,
+                        closest,
                     };
                     // Keep the channel while acknowledgements may still arrive.
                     let keep = announced > 0;

@@ -95,8 +95,22 @@ def parse_hash(text):
     return lt.sha1_hash(raw)
 
 
-def settings_for(ip, port, single, bootstrap):
-    """The settings_pack dict for one session on ip:port."""
+def parse_setting(text):
+    """'name=value' -> (name, bool|int|str) for --set."""
+    name, sep, val = text.partition("=")
+    if not sep or not name:
+        raise ValueError("--set wants NAME=VALUE, got %r" % text)
+    low = val.lower()
+    if low in ("true", "false"):
+        return name, low == "true"
+    try:
+        return name, int(val, 0)
+    except ValueError:
+        return name, val
+
+
+def settings_for(ip, port, single, bootstrap, extra=()):
+    """The settings_pack dict for one session on ip:port (extra: (name, value) overrides)."""
     mask = CAT.error_notification | CAT.status_notification
     if not single:
         # dht: dht_live_nodes_alert; dht_operation: dht_get_peers_reply_alert.
@@ -137,7 +151,12 @@ def settings_for(ip, port, single, bootstrap):
         "active_downloads": -1,
         "active_seeds": -1,
         "active_limit": -1,
+        # libtorrent applies these to its UDP socket too; the kernel default
+        # (~208 KiB) overflows under load and datagrams are dropped unseen.
+        "recv_socket_buffer_size": 8 << 20,
+        "send_socket_buffer_size": 8 << 20,
     }
+    sp.update(dict(extra))
     return sp
 
 
@@ -159,9 +178,9 @@ def node_id_of(ses):
 class Session:
     """One libtorrent session plus the alerts collected for it."""
 
-    def __init__(self, ip, port, single, bootstrap, save_dir):
+    def __init__(self, ip, port, single, bootstrap, save_dir, extra=()):
         self.ip = ip
-        self.ses = lt.session(settings_for(ip, port, single, bootstrap))
+        self.ses = lt.session(settings_for(ip, port, single, bootstrap, extra))
         self.udp_port = None
         self.save_dir = save_dir
         self.peers = {}  # info_hash hex -> list of (time, "ip:port")
@@ -208,7 +227,8 @@ class Harness:
         base = ipaddress.IPv4Address(args.base_ip)
         n = 1 if args.single_node else args.sessions
         self.sessions = [
-            Session(str(base + i), args.port, args.single_node, args.bootstrap, self.save_dir)
+            Session(str(base + i), args.port, args.single_node, args.bootstrap, self.save_dir,
+                    [parse_setting(x) for x in args.set or []])
             for i in range(n)
         ]
 
@@ -478,6 +498,8 @@ def main():
                     help="also add_dht_node this address on every session (repeatable)")
     ap.add_argument("--bootstrap", default="",
                     help="dht_bootstrap_nodes value (default empty: no routers, never the public ones)")
+    ap.add_argument("--set", action="append", metavar="NAME=VALUE",
+                    help="extra settings_pack entry for every session (repeatable; int/true/false/str)")
     args = ap.parse_args()
     if args.sessions < 1 or args.sessions > 1000:
         ap.error("--sessions must be 1..1000")

@@ -1,0 +1,237 @@
+//! Connection plumbing: per-peer errors, a bounded frame reader, socket options and the
+//! BitTorrent handshake exchange.
+//!
+//! The reader never grows its buffer on a peer's word alone: a frame's length is validated by
+//! [`crate::wire::frame_len`] (per message type, against [`Limits`]) before any room is made
+//! for it, so a hostile length prefix costs us nothing.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::id::Id;
+use crate::wire::{
+    frame_len, ExtensionError, Handshake, HandshakeError, Limits, MetadataError, WireError,
+    HANDSHAKE_LEN,
+};
+
+/// Why one peer connection ended. Never fatal to the download: the peer is just dropped.
+#[derive(Debug, Error)]
+pub(crate) enum PeerError {
+    /// Socket error.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The peer closed the connection.
+    #[error("connection closed by peer")]
+    Closed,
+    /// Connect, handshake or idle timeout.
+    #[error("timed out")]
+    Timeout,
+    /// A frame violated the wire protocol (oversized, bad length, ...).
+    #[error("wire: {0}")]
+    Wire(#[from] WireError),
+    /// Not a BitTorrent handshake.
+    #[error("handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// Bad extension handshake (e.g. a huge `metadata_size`).
+    #[error("extension: {0}")]
+    Extension(#[from] ExtensionError),
+    /// Bad `ut_metadata` message or piece.
+    #[error("metadata: {0}")]
+    Metadata(#[from] MetadataError),
+    /// Another protocol violation.
+    #[error("protocol: {0}")]
+    Protocol(&'static str),
+    /// More requests queued than [`super::EngineConfig::max_requests_per_peer`].
+    #[error("too many outstanding requests")]
+    TooManyRequests,
+    /// Handshake for a torrent we do not have.
+    #[error("unknown or wrong info-hash")]
+    WrongTorrent,
+    /// We dialed ourselves.
+    #[error("connected to ourselves")]
+    SelfConnection,
+    /// The peer was banned (sent bad data) or refused by a cap.
+    #[error("dropped: {0}")]
+    Dropped(&'static str),
+    /// The torrent or engine is shutting down.
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// Initial read buffer; grows only to fit a validated frame.
+const READ_BUF: usize = 256 * 1024;
+
+/// Buffered reader of length-prefixed frames.
+pub(crate) struct Reader {
+    rd: OwnedReadHalf,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Reader {
+    /// Wraps the read half of a connection.
+    pub(crate) fn new(rd: OwnedReadHalf) -> Reader {
+        Reader {
+            rd,
+            buf: vec![0; READ_BUF],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Bytes buffered and not yet consumed.
+    pub(crate) fn available(&self) -> &[u8] {
+        self.buf.get(self.start..self.end).unwrap_or_default()
+    }
+
+    /// Drops `n` consumed bytes from the front.
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Makes room so that `need` bytes from the current start fit in the buffer (`need`
+    /// must come from a validated frame length).
+    fn make_room(&mut self, need: usize) {
+        if self.start + need <= self.buf.len() && self.end < self.buf.len() {
+            return;
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if need > self.buf.len() {
+            self.buf.resize(need, 0);
+        }
+    }
+
+    /// Reads more bytes from the socket (at least one); `Closed` on EOF.
+    pub(crate) async fn fill(&mut self, limits: &Limits) -> Result<(), PeerError> {
+        // Room for the next whole frame if its header is already here, else a full buffer.
+        let need = match frame_len(self.available(), limits)? {
+            Some(total) => total.max(self.end - self.start + 1),
+            None => self.end - self.start + 64,
+        };
+        self.make_room(need);
+        let dst = self.buf.get_mut(self.end..).unwrap_or_default();
+        let n = self.rd.read(dst).await?;
+        if n == 0 {
+            return Err(PeerError::Closed);
+        }
+        self.end += n;
+        Ok(())
+    }
+
+    /// The next complete frame's length (prefix included), if one is fully buffered.
+    pub(crate) fn next_frame(&self, limits: &Limits) -> Result<Option<usize>, PeerError> {
+        match frame_len(self.available(), limits)? {
+            Some(total) if total <= self.end - self.start => Ok(Some(total)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Reads the peer's 68-byte handshake.
+    pub(crate) async fn read_handshake(&mut self) -> Result<Handshake, PeerError> {
+        loop {
+            if let Some(hs) = Handshake::decode(self.available())? {
+                self.consume(HANDSHAKE_LEN);
+                return Ok(hs);
+            }
+            let dst = self.buf.get_mut(self.end..).unwrap_or_default();
+            let n = self.rd.read(dst).await?;
+            if n == 0 {
+                return Err(PeerError::Closed);
+            }
+            self.end += n;
+        }
+    }
+}
+
+/// Applies our socket options (no Nagle: requests are small and latency-bound).
+pub(crate) fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+}
+
+/// Dials `addr` with a timeout, setting buffer sizes before connecting (so the window
+/// scale negotiated in the SYN fits them).
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    socket_buffer: Option<u32>,
+) -> Result<TcpStream, PeerError> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(size) = socket_buffer {
+        let _ = socket.set_recv_buffer_size(size);
+        let _ = socket.set_send_buffer_size(size);
+    }
+    let stream = tokio::time::timeout(timeout, socket.connect(addr))
+        .await
+        .map_err(|_| PeerError::Timeout)??;
+    tune(&stream);
+    Ok(stream)
+}
+
+/// Outgoing side: sends our handshake, reads theirs, checks the info-hash and that we did
+/// not dial ourselves.
+pub(crate) async fn handshake_outgoing(
+    stream: TcpStream,
+    ours: Handshake,
+    timeout: Duration,
+) -> Result<(Reader, OwnedWriteHalf, Handshake), PeerError> {
+    let (rd, mut wr) = stream.into_split();
+    let mut reader = Reader::new(rd);
+    let theirs = tokio::time::timeout(timeout, async {
+        wr.write_all(&ours.to_bytes()).await?;
+        reader.read_handshake().await
+    })
+    .await
+    .map_err(|_| PeerError::Timeout)??;
+    if theirs.info_hash != ours.info_hash {
+        return Err(PeerError::WrongTorrent);
+    }
+    if theirs.peer_id == ours.peer_id {
+        return Err(PeerError::SelfConnection);
+    }
+    Ok((reader, wr, theirs))
+}
+
+/// Incoming side, first half: reads the peer's handshake so the caller can look up the
+/// torrent by info-hash.
+pub(crate) async fn handshake_incoming(
+    stream: TcpStream,
+    timeout: Duration,
+) -> Result<(Reader, OwnedWriteHalf, Handshake), PeerError> {
+    tune(&stream);
+    let (rd, wr) = stream.into_split();
+    let mut reader = Reader::new(rd);
+    let theirs = tokio::time::timeout(timeout, reader.read_handshake())
+        .await
+        .map_err(|_| PeerError::Timeout)??;
+    Ok((reader, wr, theirs))
+}
+
+/// Incoming side, second half: answers with our handshake.
+pub(crate) async fn send_handshake(
+    wr: &mut OwnedWriteHalf,
+    info_hash: Id,
+    peer_id: Id,
+) -> Result<(), PeerError> {
+    wr.write_all(&Handshake::new(info_hash, peer_id).to_bytes())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,743 @@
+//! Piece picker: decides which 16 KiB blocks to request from which peer.
+//!
+//! Pure logic (no sockets, no clock, randomness injected) so the policy can be unit-tested:
+//! - **rarest first** among the pieces a peer has, ties broken at random (seeded RNG), so a
+//!   swarm spreads pieces instead of everybody fetching the same ones;
+//! - **whole pieces to fast peers**: a peer marked fast *owns* the pieces it starts, so one
+//!   piece's blocks come from one peer (fewer half-finished pieces, clean smart-ban evidence);
+//! - pieces that failed their hash check are re-fetched from a single peer (owned), so a
+//!   second failure points at one culprit;
+//! - a cap on pieces in progress bounds the memory held in piece buffers;
+//! - **endgame**: once no piece is untouched, blocks already requested are requested again
+//!   from other peers (at most [`PickerConfig::endgame_dup`] requesters), and when a block
+//!   arrives the other requesters are returned so the caller can send `cancel`s.
+//!
+//! Peers are opaque [`PeerKey`]s chosen by the caller.
+
+use std::collections::BTreeMap;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::torrent::{Bitfield, Layout, BLOCK_SIZE};
+use crate::wire::BlockRequest;
+
+/// Opaque peer identity chosen by the caller (a connection id).
+pub type PeerKey = u64;
+
+/// Tunables of the picker; exists so tests and the session can shape its behaviour.
+#[derive(Clone, Debug)]
+pub struct PickerConfig {
+    /// Most pieces in progress (partially requested or received) at once: bounds the memory
+    /// spent on piece buffers.
+    pub max_partials: usize,
+    /// In endgame, a block is requested from at most this many peers at once.
+    pub endgame_dup: usize,
+}
+
+impl Default for PickerConfig {
+    fn default() -> Self {
+        PickerConfig {
+            max_partials: 64,
+            endgame_dup: 2,
+        }
+    }
+}
+
+/// State of one block of a piece in progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Block {
+    /// Not requested from anyone.
+    Free,
+    /// Requested from these peers (more than one only in endgame).
+    Requested(Vec<PeerKey>),
+    /// Received from this peer (remembered for smart-ban).
+    Received(PeerKey),
+}
+
+/// A piece with at least one block requested or received.
+#[derive(Clone, Debug)]
+struct Partial {
+    blocks: Vec<Block>,
+    free: u32,
+    received: u32,
+    /// Peer that owns the piece exclusively (fast peer or a suspect piece).
+    owner: Option<PeerKey>,
+}
+
+/// Per-piece state outside the `partials` map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Nothing requested yet.
+    Missing,
+    /// In `partials`.
+    Partial,
+    /// All blocks received; being hashed and written.
+    Hashing,
+    /// Verified and written.
+    Have,
+}
+
+/// What happened to a received block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlockOutcome {
+    /// Not wanted (already received, piece not in progress, or misaligned/wrong length): drop
+    /// the data.
+    Unwanted,
+    /// Stored. `complete` says the piece now has every block (hash it); `cancel` lists other
+    /// peers that still have this block requested (endgame) and should get a `cancel`.
+    Accepted {
+        /// Every block of the piece has arrived.
+        complete: bool,
+        /// Peers to send `cancel` to.
+        cancel: Vec<PeerKey>,
+    },
+}
+
+/// The piece picker for one torrent.
+#[derive(Debug)]
+pub struct Picker {
+    layout: Layout,
+    cfg: PickerConfig,
+    state: Vec<State>,
+    availability: Vec<u32>,
+    partials: BTreeMap<u32, Partial>,
+    /// Pieces that failed a hash check at least once: re-fetched from one peer.
+    suspect: Vec<bool>,
+    /// Senders of pieces being hashed (for smart-ban), by piece.
+    hashing: BTreeMap<u32, Vec<PeerKey>>,
+    missing: u32,
+    have: u32,
+    rng: SmallRng,
+}
+
+impl Picker {
+    /// A picker for `layout`, nothing downloaded, randomness from `seed`.
+    pub fn new(layout: Layout, cfg: PickerConfig, seed: u64) -> Picker {
+        let n = layout.num_pieces();
+        Picker {
+            state: vec![State::Missing; n as usize],
+            availability: vec![0; n as usize],
+            suspect: vec![false; n as usize],
+            partials: BTreeMap::new(),
+            hashing: BTreeMap::new(),
+            missing: n,
+            have: 0,
+            layout,
+            cfg,
+            rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    /// The torrent geometry.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Number of pieces in the torrent.
+    pub fn num_pieces(&self) -> u32 {
+        self.layout.num_pieces()
+    }
+
+    /// Number of verified pieces.
+    pub fn have_count(&self) -> u32 {
+        self.have
+    }
+
+    /// Whether every piece is verified.
+    pub fn is_complete(&self) -> bool {
+        self.have == self.num_pieces()
+    }
+
+    /// Whether piece `p` is verified.
+    pub fn has(&self, p: u32) -> bool {
+        self.state.get(p as usize) == Some(&State::Have)
+    }
+
+    /// Our pieces as a wire bitfield.
+    pub fn bitfield(&self) -> Bitfield {
+        let mut b = Bitfield::new(self.num_pieces());
+        for (i, s) in (0u32..).zip(&self.state) {
+            if *s == State::Have {
+                b.set(i, true);
+            }
+        }
+        b
+    }
+
+    /// Marks piece `p` as already verified (resume); it will never be requested.
+    pub fn set_have(&mut self, p: u32) {
+        let Some(s) = self.state.get_mut(p as usize) else {
+            return;
+        };
+        match *s {
+            State::Have => return,
+            State::Missing => self.missing -= 1,
+            State::Partial => {
+                self.partials.remove(&p);
+            }
+            State::Hashing => {
+                self.hashing.remove(&p);
+            }
+        }
+        *s = State::Have;
+        self.have += 1;
+    }
+
+    /// A peer announced all pieces in `bits` (its bitfield).
+    pub fn add_peer_bits(&mut self, bits: &Bitfield) {
+        for p in bits.iter() {
+            if let Some(a) = self.availability.get_mut(p as usize) {
+                *a += 1;
+            }
+        }
+    }
+
+    /// A peer that had `bits` went away.
+    pub fn remove_peer_bits(&mut self, bits: &Bitfield) {
+        for p in bits.iter() {
+            if let Some(a) = self.availability.get_mut(p as usize) {
+                *a = a.saturating_sub(1);
+            }
+        }
+    }
+
+    /// A peer announced piece `p` (`have`).
+    pub fn add_have(&mut self, p: u32) {
+        if let Some(a) = self.availability.get_mut(p as usize) {
+            *a += 1;
+        }
+    }
+
+    /// Whether a peer with `bits` has a piece we still need.
+    pub fn interesting(&self, bits: &Bitfield) -> bool {
+        if self.is_complete() {
+            return false;
+        }
+        bits.iter().any(|p| {
+            matches!(
+                self.state.get(p as usize),
+                Some(State::Missing | State::Partial)
+            )
+        })
+    }
+
+    fn new_partial(&self, p: u32, owner: Option<PeerKey>) -> Partial {
+        let n = self.layout.num_blocks(p).unwrap_or(0);
+        Partial {
+            blocks: vec![Block::Free; n as usize],
+            free: n,
+            received: 0,
+            owner,
+        }
+    }
+
+    fn request_of(&self, p: u32, b: u32) -> Option<BlockRequest> {
+        let (begin, length) = self.layout.block(p, b).ok()?;
+        Some(BlockRequest {
+            index: p,
+            begin,
+            length,
+        })
+    }
+
+    /// Takes free blocks of partial `p` for `peer`, appending requests to `out`.
+    fn take_free(&mut self, p: u32, peer: PeerKey, max: usize, out: &mut Vec<BlockRequest>) {
+        let Some(part) = self.partials.get_mut(&p) else {
+            return;
+        };
+        let mut taken = Vec::new();
+        for (b, blk) in (0u32..).zip(part.blocks.iter_mut()) {
+            if out.len() + taken.len() >= max || part.free == 0 {
+                break;
+            }
+            if *blk == Block::Free {
+                *blk = Block::Requested(vec![peer]);
+                part.free -= 1;
+                taken.push(b);
+            }
+        }
+        for b in taken {
+            if let Some(r) = self.request_of(p, b) {
+                out.push(r);
+            }
+        }
+    }
+
+    /// Rarest missing piece the peer has (random among equals), if any.
+    fn rarest_missing(&mut self, has: &Bitfield) -> Option<u32> {
+        let mut best: Option<(u32, u32)> = None; // (availability, piece)
+        let mut ties = 0u32;
+        for (p, (s, a)) in (0u32..).zip(self.state.iter().zip(&self.availability)) {
+            if *s != State::Missing || !has.get(p) {
+                continue;
+            }
+            match best {
+                Some((ba, _)) if *a > ba => {}
+                Some((ba, _)) if *a == ba => {
+                    // Reservoir sampling: each tied piece ends up chosen with equal odds.
+                    ties += 1;
+                    if self.rng.gen_range(0..ties) == 0 {
+                        best = Some((*a, p));
+                    }
+                }
+                _ => {
+                    best = Some((*a, p));
+                    ties = 1;
+                }
+            }
+        }
+        best.map(|(_, p)| p)
+    }
+
+    /// Picks up to `max` blocks to request from `peer`, which has the pieces in `has`.
+    /// `fast` peers get whole pieces of their own. The returned blocks are recorded as
+    /// requested from `peer`.
+    pub fn pick(
+        &mut self,
+        peer: PeerKey,
+        has: &Bitfield,
+        max: usize,
+        fast: bool,
+    ) -> Vec<BlockRequest> {
+        let mut out = Vec::new();
+        if max == 0 || self.is_complete() {
+            return out;
+        }
+        // 1. Pieces this peer owns.
+        let owned: Vec<u32> = self
+            .partials
+            .iter()
+            .filter(|(_, pt)| pt.owner == Some(peer) && pt.free > 0)
+            .map(|(&p, _)| p)
+            .collect();
+        for p in owned {
+            self.take_free(p, peer, max, &mut out);
+        }
+        // 2. Shared pieces in progress (slow peers first help finish them).
+        if !fast {
+            self.take_shared(peer, has, max, &mut out);
+        }
+        // 3. New pieces, rarest first.
+        while out.len() < max && self.partials.len() < self.cfg.max_partials {
+            let Some(p) = self.rarest_missing(has) else {
+                break;
+            };
+            let suspect = self.suspect.get(p as usize).copied().unwrap_or(false);
+            let owner = (fast || suspect).then_some(peer);
+            let part = self.new_partial(p, owner);
+            self.partials.insert(p, part);
+            if let Some(s) = self.state.get_mut(p as usize) {
+                *s = State::Partial;
+            }
+            self.missing -= 1;
+            self.take_free(p, peer, max, &mut out);
+        }
+        // 4. A fast peer that could not start new pieces helps with shared ones.
+        if fast {
+            self.take_shared(peer, has, max, &mut out);
+        }
+        // 5. Nothing untouched left: steal free blocks of other peers' (non-suspect) pieces.
+        if out.len() < max && self.missing_for(has) == 0 {
+            let steal: Vec<u32> = self
+                .partials
+                .iter()
+                .filter(|(&p, pt)| {
+                    pt.free > 0
+                        && pt.owner.is_some()
+                        && pt.owner != Some(peer)
+                        && has.get(p)
+                        && !self.suspect.get(p as usize).copied().unwrap_or(false)
+                })
+                .map(|(&p, _)| p)
+                .collect();
+            for p in steal {
+                self.take_free(p, peer, max, &mut out);
+            }
+        }
+        // 6. Endgame: duplicate requests for blocks still in flight elsewhere.
+        if out.len() < max && self.missing == 0 {
+            self.endgame(peer, has, max, &mut out);
+        }
+        out
+    }
+
+    /// Missing pieces this peer could give us.
+    fn missing_for(&self, has: &Bitfield) -> usize {
+        if self.missing == 0 {
+            return 0;
+        }
+        (0u32..)
+            .zip(&self.state)
+            .filter(|(p, s)| **s == State::Missing && has.get(*p))
+            .count()
+    }
+
+    fn take_shared(&mut self, peer: PeerKey, has: &Bitfield, max: usize, out: &mut Vec<BlockRequest>) {
+        if out.len() >= max {
+            return;
+        }
+        let shared: Vec<u32> = self
+            .partials
+            .iter()
+            .filter(|(&p, pt)| pt.owner.is_none() && pt.free > 0 && has.get(p))
+            .map(|(&p, _)| p)
+            .collect();
+        for p in shared {
+            if out.len() >= max {
+                break;
+            }
+            self.take_free(p, peer, max, out);
+        }
+    }
+
+    fn endgame(&mut self, peer: PeerKey, has: &Bitfield, max: usize, out: &mut Vec<BlockRequest>) {
+        let dup = self.cfg.endgame_dup;
+        let mut add = Vec::new();
+        for (&p, part) in self.partials.iter_mut() {
+            if !has.get(p) || self.suspect.get(p as usize).copied().unwrap_or(false) {
+                continue;
+            }
+            for (b, blk) in (0u32..).zip(part.blocks.iter_mut()) {
+                if out.len() + add.len() >= max {
+                    break;
+                }
+                if let Block::Requested(peers) = blk {
+                    if peers.len() < dup && !peers.contains(&peer) {
+                        peers.push(peer);
+                        add.push((p, b));
+                    }
+                }
+            }
+        }
+        for (p, b) in add {
+            if let Some(r) = self.request_of(p, b) {
+                out.push(r);
+            }
+        }
+    }
+
+    /// Records a block that arrived from `peer`; says whether to keep it and what to cancel.
+    pub fn on_block(&mut self, peer: PeerKey, index: u32, begin: u32, len: u32) -> BlockOutcome {
+        if begin % BLOCK_SIZE != 0 {
+            return BlockOutcome::Unwanted;
+        }
+        let b = begin / BLOCK_SIZE;
+        match self.layout.block(index, b) {
+            Ok((_, l)) if l == len => {}
+            _ => return BlockOutcome::Unwanted,
+        }
+        let Some(part) = self.partials.get_mut(&index) else {
+            return BlockOutcome::Unwanted;
+        };
+        let Some(blk) = part.blocks.get_mut(b as usize) else {
+            return BlockOutcome::Unwanted;
+        };
+        let cancel = match blk {
+            Block::Received(_) => return BlockOutcome::Unwanted,
+            Block::Free => {
+                part.free -= 1;
+                Vec::new()
+            }
+            Block::Requested(peers) => peers.iter().copied().filter(|&q| q != peer).collect(),
+        };
+        *blk = Block::Received(peer);
+        part.received += 1;
+        let complete = part.received as usize == part.blocks.len();
+        if complete {
+            if let Some(part) = self.partials.remove(&index) {
+                let senders = part
+                    .blocks
+                    .iter()
+                    .map(|b| match b {
+                        Block::Received(p) => *p,
+                        _ => peer,
+                    })
+                    .collect();
+                self.hashing.insert(index, senders);
+            }
+            if let Some(s) = self.state.get_mut(index as usize) {
+                *s = State::Hashing;
+            }
+        }
+        BlockOutcome::Accepted { complete, cancel }
+    }
+
+    /// Whether block (`index`, `begin`) is still wanted (not yet received): lets the caller
+    /// skip copying data that [`Picker::on_block`] would reject.
+    pub fn wants(&self, index: u32, begin: u32) -> bool {
+        self.partials
+            .get(&index)
+            .and_then(|pt| pt.blocks.get((begin / BLOCK_SIZE) as usize))
+            .is_some_and(|b| !matches!(b, Block::Received(_)))
+    }
+
+    /// `peer` will not deliver `req` (choked us, rejected, or was snubbed): the block becomes
+    /// free again unless others still have it requested.
+    pub fn release(&mut self, peer: PeerKey, req: &BlockRequest) {
+        let Some(part) = self.partials.get_mut(&req.index) else {
+            return;
+        };
+        if let Some(blk) = part.blocks.get_mut((req.begin / BLOCK_SIZE) as usize) {
+            if let Block::Requested(peers) = blk {
+                peers.retain(|&q| q != peer);
+                if peers.is_empty() {
+                    *blk = Block::Free;
+                    part.free += 1;
+                }
+            }
+        }
+        self.tidy(req.index);
+    }
+
+    /// Releases everything `peer` has requested and any ownership it holds (disconnect,
+    /// choke, snub).
+    pub fn release_peer(&mut self, peer: PeerKey) {
+        let mut empty = Vec::new();
+        for (&p, part) in self.partials.iter_mut() {
+            if part.owner == Some(peer) {
+                part.owner = None;
+            }
+            for blk in part.blocks.iter_mut() {
+                if let Block::Requested(peers) = blk {
+                    peers.retain(|&q| q != peer);
+                    if peers.is_empty() {
+                        *blk = Block::Free;
+                        part.free += 1;
+                    }
+                }
+            }
+            if part.received == 0 && part.free as usize == part.blocks.len() {
+                empty.push(p);
+            }
+        }
+        for p in empty {
+            self.drop_partial(p);
+        }
+    }
+
+    /// A partial with nothing requested or received goes back to Missing, so it does not
+    /// count against `max_partials`.
+    fn tidy(&mut self, p: u32) {
+        if self
+            .partials
+            .get(&p)
+            .is_some_and(|pt| pt.received == 0 && pt.free as usize == pt.blocks.len())
+        {
+            self.drop_partial(p);
+        }
+    }
+
+    fn drop_partial(&mut self, p: u32) {
+        if self.partials.remove(&p).is_some() {
+            if let Some(s) = self.state.get_mut(p as usize) {
+                *s = State::Missing;
+            }
+            self.missing += 1;
+        }
+    }
+
+    /// Piece `p` passed its hash check and is on disk. Returns who sent its blocks.
+    pub fn piece_passed(&mut self, p: u32) -> Vec<PeerKey> {
+        let senders = self.hashing.remove(&p).unwrap_or_default();
+        if let Some(s) = self.state.get_mut(p as usize) {
+            if *s != State::Have {
+                *s = State::Have;
+                self.have += 1;
+            }
+        }
+        senders
+    }
+
+    /// Piece `p` failed its hash check: it becomes missing again (and suspect, so it is
+    /// re-fetched from a single peer). Returns the sender of each block, in block order.
+    pub fn piece_failed(&mut self, p: u32) -> Vec<PeerKey> {
+        let senders = self.hashing.remove(&p).unwrap_or_default();
+        if let Some(s) = self.state.get_mut(p as usize) {
+            if *s == State::Hashing {
+                *s = State::Missing;
+                self.missing += 1;
+            }
+        }
+        if let Some(s) = self.suspect.get_mut(p as usize) {
+            *s = true;
+        }
+        senders
+    }
+
+    /// Whether piece `p` failed a hash check before.
+    pub fn is_suspect(&self, p: u32) -> bool {
+        self.suspect.get(p as usize).copied().unwrap_or(false)
+    }
+
+    /// Number of pieces in progress (for tests and stats).
+    pub fn partial_count(&self) -> usize {
+        self.partials.len()
+    }
+
+    /// Whether the endgame has started (no untouched pieces left).
+    pub fn in_endgame(&self) -> bool {
+        self.missing == 0 && !self.is_complete()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(pieces: u64, piece_len: u64) -> Layout {
+        Layout::new(piece_len, &[pieces * piece_len]).unwrap()
+    }
+
+    fn all(n: u32) -> Bitfield {
+        let mut b = Bitfield::new(n);
+        for i in 0..n {
+            b.set(i, true);
+        }
+        b
+    }
+
+    #[test]
+    fn rarest_first_with_random_ties() {
+        let l = layout(8, 16384);
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..40 {
+            let mut p = Picker::new(l.clone(), PickerConfig::default(), seed);
+            p.add_peer_bits(&all(8));
+            // Pieces 3 and 5 are rare (availability 1); others have 3.
+            let mut common = all(8);
+            common.set(3, false);
+            common.set(5, false);
+            p.add_peer_bits(&common);
+            p.add_peer_bits(&common);
+            let r = p.pick(1, &all(8), 1, false);
+            assert_eq!(r.len(), 1);
+            assert!(r[0].index == 3 || r[0].index == 5, "{r:?}");
+            seen.insert(r[0].index);
+        }
+        assert_eq!(seen.len(), 2, "ties broken both ways across seeds");
+    }
+
+    #[test]
+    fn blocks_and_completion() {
+        // 2 pieces of 40 KiB: 3 blocks (16+16+8 KiB); last piece shorter.
+        let l = Layout::new(40 * 1024, &[40 * 1024 + 20 * 1024]).unwrap();
+        let mut p = Picker::new(l, PickerConfig::default(), 1);
+        let has = all(2);
+        p.add_peer_bits(&has);
+        let reqs = p.pick(7, &has, 100, false);
+        assert_eq!(reqs.len(), 5);
+        assert_eq!(reqs.iter().map(|r| r.length).sum::<u32>(), 60 * 1024);
+        // Nothing left to hand out to another peer except endgame duplicates.
+        let dup = p.pick(8, &has, 100, false);
+        assert_eq!(dup.len(), 5);
+        assert!(p.in_endgame());
+        let r0 = reqs[0];
+        match p.on_block(8, r0.index, r0.begin, r0.length) {
+            BlockOutcome::Accepted { complete, cancel } => {
+                assert!(!complete);
+                assert_eq!(cancel, vec![7]);
+            }
+            o => panic!("{o:?}"),
+        }
+        // Second copy is unwanted.
+        assert_eq!(
+            p.on_block(7, r0.index, r0.begin, r0.length),
+            BlockOutcome::Unwanted
+        );
+        // Wrong length / misaligned are unwanted.
+        assert_eq!(p.on_block(7, r0.index, 1, 10), BlockOutcome::Unwanted);
+        assert_eq!(p.on_block(7, r0.index, 16384, 10), BlockOutcome::Unwanted);
+        let mut completed = Vec::new();
+        for r in &reqs[1..] {
+            if let BlockOutcome::Accepted { complete: true, .. } =
+                p.on_block(7, r.index, r.begin, r.length)
+            {
+                completed.push(r.index);
+            }
+        }
+        completed.sort();
+        assert_eq!(completed, vec![0, 1]);
+        let s = p.piece_passed(0);
+        assert_eq!(s.len(), 3);
+        p.piece_passed(1);
+        assert!(p.is_complete());
+        assert!(p.pick(7, &has, 10, false).is_empty());
+    }
+
+    #[test]
+    fn fast_peer_owns_whole_pieces() {
+        let l = layout(4, 4 * 16384);
+        let mut p = Picker::new(l, PickerConfig::default(), 3);
+        let has = all(4);
+        p.add_peer_bits(&has);
+        let a = p.pick(1, &has, 2, true);
+        assert_eq!(a.len(), 2);
+        // Another peer does not get blocks of peer 1's piece while untouched pieces remain.
+        let b = p.pick(2, &has, 4, false);
+        assert!(b.iter().all(|r| r.index != a[0].index));
+        // Peer 1 continues its own piece first.
+        let a2 = p.pick(1, &has, 2, true);
+        assert!(a2.iter().all(|r| r.index == a[0].index));
+    }
+
+    #[test]
+    fn release_and_failure_make_blocks_available_again() {
+        let l = layout(1, 2 * 16384);
+        let mut p = Picker::new(l, PickerConfig::default(), 3);
+        let has = all(1);
+        let r = p.pick(1, &has, 10, false);
+        assert_eq!(r.len(), 2);
+        p.release_peer(1);
+        assert_eq!(p.partial_count(), 0);
+        let r = p.pick(2, &has, 10, false);
+        assert_eq!(r.len(), 2);
+        p.on_block(2, 0, 0, 16384);
+        p.release(2, &r[1]);
+        let r3 = p.pick(3, &has, 10, false);
+        assert_eq!(r3, vec![r[1]]);
+        match p.on_block(3, 0, 16384, 16384) {
+            BlockOutcome::Accepted { complete: true, .. } => {}
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(p.piece_failed(0), vec![2, 3]);
+        assert!(p.is_suspect(0));
+        // A suspect piece is owned by whoever takes it: nobody else gets its blocks.
+        let a = p.pick(4, &has, 1, false);
+        assert_eq!(a.len(), 1);
+        assert!(p.pick(5, &has, 10, false).is_empty());
+    }
+
+    #[test]
+    fn max_partials_bounds_pieces_in_progress() {
+        let l = layout(100, 4 * 16384);
+        let cfg = PickerConfig {
+            max_partials: 3,
+            endgame_dup: 2,
+        };
+        let mut p = Picker::new(l, cfg, 3);
+        let has = all(100);
+        let r = p.pick(1, &has, 1000, true);
+        assert_eq!(r.len(), 12);
+        assert_eq!(p.partial_count(), 3);
+        assert!(!p.in_endgame());
+        // Not endgame: no duplicates while untouched pieces remain.
+        assert!(p.pick(2, &has, 1000, true).is_empty());
+    }
+
+    #[test]
+    fn resume_and_interest() {
+        let l = layout(3, 16384);
+        let mut p = Picker::new(l, PickerConfig::default(), 3);
+        p.set_have(0);
+        p.set_have(2);
+        let mut only0 = Bitfield::new(3);
+        only0.set(0, true);
+        assert!(!p.interesting(&only0));
+        assert!(p.interesting(&all(3)));
+        let r = p.pick(1, &all(3), 10, false);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].index, 1);
+        assert_eq!(p.bitfield().as_bytes(), &[0b1010_0000]);
+    }
+}

@@ -1,0 +1,436 @@
+//! Scenario files: what network to simulate and what to do in it, read from TOML.
+//!
+//! Every section and field has a default, so a scenario file states only what it changes;
+//! unknown keys are errors (a typo must not silently fall back to a default).
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dht::Config;
+
+use super::SimError;
+
+/// A whole simulation: the network, how nodes join, the DHT tunables, churn and workload.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name, used in reports and output file names.
+    pub name: String,
+    /// What the scenario shows (one line for the README table).
+    #[serde(default)]
+    pub description: String,
+    /// Seed of every random choice; `--seed` overrides it.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Number of node slots (ids); `--nodes` overrides it.
+    pub nodes: u32,
+    /// Latency, loss and NAT.
+    #[serde(default)]
+    pub network: NetworkSpec,
+    /// How the network forms.
+    #[serde(default)]
+    pub join: JoinSpec,
+    /// Tunables of the DHT core.
+    #[serde(default)]
+    pub dht: DhtSpec,
+    /// Arrivals and departures.
+    #[serde(default)]
+    pub churn: ChurnSpec,
+    /// Announces and lookups.
+    #[serde(default)]
+    pub workload: WorkloadSpec,
+    /// The perfect-table run every scenario is reported against.
+    #[serde(default)]
+    pub baseline: BaselineSpec,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+/// The network model.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// Median round-trip time between two nodes (per pair, fixed for the run).
+    pub rtt_median_ms: f64,
+    /// Sigma of the log-normal RTT distribution (0.6: p99 ≈ 4× the median).
+    pub rtt_sigma: f64,
+    /// Probability that any one datagram is lost.
+    pub loss: f64,
+    /// Fraction of nodes behind a NAT: they only receive from peers they sent to recently.
+    pub nat_fraction: f64,
+    /// How long a NAT keeps a mapping open after the last outgoing datagram.
+    pub nat_timeout_s: u64,
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        NetworkSpec {
+            rtt_median_ms: 100.0,
+            rtt_sigma: 0.6,
+            loss: 0.01,
+            nat_fraction: 0.0,
+            nat_timeout_s: 60,
+        }
+    }
+}
+
+/// How routing tables come to be.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinMode {
+    /// Nodes arrive one by one and bootstrap through the protocol (a self-lookup).
+    Bootstrap,
+    /// Tables are built directly: every bucket holds `k` live nodes of its range.
+    Perfect,
+}
+
+/// Which nodes a perfect table keeps when a bucket's range has more than `k`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PerfectPick {
+    /// Uniformly random nodes of the range (what a long-running table converges to).
+    Random,
+    /// The lowest-RTT nodes among a sample of the range (a latency-aware table).
+    LowestRtt,
+}
+
+/// The join phase.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct JoinSpec {
+    /// Bootstrap or perfect tables.
+    pub mode: JoinMode,
+    /// Bootstrap mode: arrivals are spread evenly over this window.
+    pub duration_s: f64,
+    /// Bootstrap mode: each newcomer is handed this many random nodes already online (the
+    /// role of router.bittorrent.com).
+    pub bootstrap_nodes: u32,
+    /// Bootstrap mode: after joining, every node also refreshes its buckets once this long
+    /// after arriving (0 = never), as a node running for a while would have.
+    pub refresh_after_join_s: f64,
+    /// Perfect mode: how bucket members are chosen.
+    pub perfect_pick: PerfectPick,
+    /// Perfect mode, `lowest_rtt`: how many nodes of a range are sampled.
+    pub perfect_sample: u32,
+    /// Time between the end of the join and the first announce.
+    pub settle_s: f64,
+}
+
+impl Default for JoinSpec {
+    fn default() -> Self {
+        JoinSpec {
+            mode: JoinMode::Bootstrap,
+            duration_s: 60.0,
+            bootstrap_nodes: 2,
+            refresh_after_join_s: 0.0,
+            perfect_pick: PerfectPick::Random,
+            perfect_sample: 64,
+            settle_s: 30.0,
+        }
+    }
+}
+
+/// Overrides of the core's [`Config`]; unset fields keep the core's defaults.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DhtSpec {
+    /// Bucket size and lookup width.
+    pub k: Option<usize>,
+    /// Queries in flight per lookup.
+    pub alpha: Option<usize>,
+    /// Delay after which a silent query stops counting against alpha.
+    pub widen_after_ms: Option<u64>,
+    /// Delay after which a query has failed.
+    pub query_timeout_ms: Option<u64>,
+    /// Bucket refresh interval.
+    pub refresh_after_s: Option<u64>,
+}
+
+impl DhtSpec {
+    /// The core configuration this spec describes.
+    pub fn config(&self) -> Config {
+        let mut c = Config::default();
+        if let Some(k) = self.k {
+            c.k = k;
+        }
+        if let Some(a) = self.alpha {
+            c.alpha = a;
+        }
+        if let Some(ms) = self.widen_after_ms {
+            c.widen_after = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.query_timeout_ms {
+            c.query_timeout = Duration::from_millis(ms);
+        }
+        if let Some(s) = self.refresh_after_s {
+            c.refresh_after = Duration::from_secs(s);
+        }
+        c
+    }
+}
+
+/// A distribution of durations in seconds.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "dist", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DurationDist {
+    /// Weibull: measured P2P session lengths fit shapes of 0.3–0.6 (Stutzbach & Rejaie 2006).
+    Weibull {
+        /// Shape; below 1 gives many short sessions and a long tail.
+        shape: f64,
+        /// Scale in seconds.
+        scale_s: f64,
+    },
+    /// Exponential with this mean.
+    Exponential {
+        /// Mean in seconds.
+        mean_s: f64,
+    },
+    /// Always this long.
+    Fixed {
+        /// Seconds.
+        s: f64,
+    },
+}
+
+impl DurationDist {
+    /// Maps a uniform sample `u` in [0, 1) to a duration in seconds (inverse CDF).
+    pub fn sample_s(&self, u: f64) -> f64 {
+        let tail = -(1.0 - u).max(f64::MIN_POSITIVE).ln();
+        match *self {
+            DurationDist::Weibull { shape, scale_s } => scale_s * tail.powf(1.0 / shape),
+            DurationDist::Exponential { mean_s } => mean_s * tail,
+            DurationDist::Fixed { s } => s,
+        }
+    }
+
+    fn validate(&self, what: &str) -> Result<(), SimError> {
+        let ok = match *self {
+            DurationDist::Weibull { shape, scale_s } => shape > 0.0 && scale_s > 0.0,
+            DurationDist::Exponential { mean_s } => mean_s > 0.0,
+            DurationDist::Fixed { s } => s > 0.0,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(SimError::Invalid(format!("{what}: parameters must be positive")))
+        }
+    }
+}
+
+/// Churn: nodes leave silently after a session and come back after an offline period.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChurnSpec {
+    /// Off by default.
+    pub enabled: bool,
+    /// Online session lengths.
+    pub session: DurationDist,
+    /// Offline period lengths.
+    pub offline: DurationDist,
+    /// Probability that a returning node keeps its id and routing table (else it comes back
+    /// as a new node with a fresh id and an empty table).
+    pub same_id: f64,
+}
+
+impl Default for ChurnSpec {
+    fn default() -> Self {
+        ChurnSpec {
+            enabled: false,
+            session: DurationDist::Weibull {
+                shape: 0.5,
+                scale_s: 3600.0,
+            },
+            offline: DurationDist::Weibull {
+                shape: 0.5,
+                scale_s: 3600.0,
+            },
+            same_id: 0.8,
+        }
+    }
+}
+
+/// What the nodes do once the network has formed.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkloadSpec {
+    /// Distinct info-hashes announced.
+    pub infohashes: u32,
+    /// Nodes announcing each info-hash.
+    pub announcers_per_infohash: u32,
+    /// Announces are spread over this window.
+    pub announce_window_s: f64,
+    /// Announcers still online announce again this often.
+    pub reannounce_s: f64,
+    /// get_peers lookups measured.
+    pub lookups: u32,
+    /// Lookups start evenly spread over this window, after the announces.
+    pub lookup_window_s: f64,
+    /// Pause between the announce window and the lookup window.
+    pub gap_s: f64,
+}
+
+impl Default for WorkloadSpec {
+    fn default() -> Self {
+        WorkloadSpec {
+            infohashes: 100,
+            announcers_per_infohash: 1,
+            announce_window_s: 10.0,
+            reannounce_s: 1800.0,
+            lookups: 1000,
+            lookup_window_s: 60.0,
+            gap_s: 10.0,
+        }
+    }
+}
+
+/// The perfect-table reference run.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BaselineSpec {
+    /// Also run the same network with perfect tables, no churn, no loss and no NAT, and
+    /// report this scenario as ratios to it.
+    pub enabled: bool,
+    /// Lookups of the baseline run (fewer is enough for its medians).
+    pub lookups: u32,
+}
+
+impl Default for BaselineSpec {
+    fn default() -> Self {
+        BaselineSpec {
+            enabled: true,
+            lookups: 2000,
+        }
+    }
+}
+
+impl Scenario {
+    /// Parses and checks a scenario.
+    pub fn from_toml_str(s: &str) -> Result<Scenario, SimError> {
+        let sc: Scenario = toml::from_str(s).map_err(|e| SimError::Toml(e.to_string()))?;
+        sc.validate()?;
+        Ok(sc)
+    }
+
+    /// Reads, parses and checks a scenario file.
+    pub fn from_path(path: &Path) -> Result<Scenario, SimError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SimError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Scenario::from_toml_str(&text)
+    }
+
+    /// Rejects values the simulator cannot run (so errors name the field, not a panic).
+    pub fn validate(&self) -> Result<(), SimError> {
+        let bad = |m: &str| Err(SimError::Invalid(m.to_string()));
+        if self.nodes < 2 {
+            return bad("nodes must be at least 2");
+        }
+        if self.nodes > 16_000_000 {
+            return bad("nodes must be at most 16,000,000 (one IPv4 /8 of addresses)");
+        }
+        let n = &self.network;
+        if !(n.rtt_median_ms > 0.0 && n.rtt_sigma >= 0.0) {
+            return bad("network.rtt_median_ms must be > 0 and rtt_sigma >= 0");
+        }
+        if !(0.0..1.0).contains(&n.loss) {
+            return bad("network.loss must be in [0, 1)");
+        }
+        if !(0.0..=1.0).contains(&n.nat_fraction) {
+            return bad("network.nat_fraction must be in [0, 1]");
+        }
+        let j = &self.join;
+        if j.duration_s < 0.0 || j.settle_s < 0.0 || j.refresh_after_join_s < 0.0 {
+            return bad("join durations must be >= 0");
+        }
+        let cfg = self.dht.config();
+        if cfg.k == 0 || cfg.alpha == 0 {
+            return bad("dht.k and dht.alpha must be > 0");
+        }
+        if self.churn.enabled {
+            self.churn.session.validate("churn.session")?;
+            self.churn.offline.validate("churn.offline")?;
+        }
+        if !(0.0..=1.0).contains(&self.churn.same_id) {
+            return bad("churn.same_id must be in [0, 1]");
+        }
+        let w = &self.workload;
+        if w.lookups > 0 && (w.infohashes == 0 || w.announcers_per_infohash == 0) {
+            return bad("lookups need infohashes and announcers_per_infohash > 0");
+        }
+        if w.announce_window_s < 0.0 || w.lookup_window_s < 0.0 || w.gap_s < 0.0 {
+            return bad("workload windows must be >= 0");
+        }
+        if w.reannounce_s <= 0.0 {
+            return bad("workload.reannounce_s must be > 0");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_file_takes_defaults() {
+        let s = Scenario::from_toml_str("name = \"x\"\nnodes = 10\n").unwrap();
+        assert_eq!(s.seed, 1);
+        assert_eq!(s.network, NetworkSpec::default());
+        assert_eq!(s.join.mode, JoinMode::Bootstrap);
+        assert_eq!(s.dht.config().k, 8);
+    }
+
+    #[test]
+    fn sections_and_distributions_parse() {
+        let s = Scenario::from_toml_str(
+            r#"
+            name = "c"
+            nodes = 100
+            [join]
+            mode = "perfect"
+            [dht]
+            alpha = 8
+            [churn]
+            enabled = true
+            session = { dist = "weibull", shape = 0.5, scale_s = 600.0 }
+            offline = { dist = "exponential", mean_s = 60.0 }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.join.mode, JoinMode::Perfect);
+        assert_eq!(s.dht.config().alpha, 8);
+        assert_eq!(
+            s.churn.offline,
+            DurationDist::Exponential { mean_s: 60.0 }
+        );
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors() {
+        assert!(matches!(
+            Scenario::from_toml_str("name = \"x\"\nnodes = 10\nnode = 3\n"),
+            Err(SimError::Toml(_))
+        ));
+        assert!(matches!(
+            Scenario::from_toml_str("name = \"x\"\nnodes = 10\n[network]\nloss = 1.5\n"),
+            Err(SimError::Invalid(_))
+        ));
+        assert!(Scenario::from_toml_str("nodes = ").is_err());
+    }
+
+    #[test]
+    fn weibull_inverse_cdf_median() {
+        let d = DurationDist::Weibull {
+            shape: 0.5,
+            scale_s: 100.0,
+        };
+        // Median of Weibull(k, λ) is λ (ln 2)^(1/k).
+        let m = d.sample_s(0.5);
+        assert!((m - 100.0 * 2f64.ln().powi(2)).abs() < 1e-9, "{m}");
+    }
+}
