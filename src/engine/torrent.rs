@@ -227,6 +227,10 @@ pub(crate) struct Torrent {
     pub hash_tx: Mutex<Option<mpsc::Sender<HashJob>>>,
     /// Test hook: serve corrupted data for some pieces.
     pub corrupt: Option<Corruptor>,
+    /// Piece payload bytes received from all peers (including wasted duplicates).
+    pub downloaded: AtomicU64,
+    /// Piece payload bytes sent to all peers.
+    pub uploaded: AtomicU64,
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
@@ -286,6 +290,8 @@ impl TorrentParams {
             events,
             hash_tx: Mutex::new(None),
             corrupt: self.corrupt,
+            downloaded: AtomicU64::new(0),
+            uploaded: AtomicU64::new(0),
         };
         (Arc::new(t), rx)
     }

@@ -93,8 +93,8 @@ pub fn mean_tail(v: Vec<f64>) -> MeanTail {
     };
     MeanTail {
         mean: round3(mean),
-        p50: percentile(&s, 50.0),
-        p99: percentile(&s, 99.0),
+        p50: round3(percentile(&s, 50.0)),
+        p99: round3(percentile(&s, 99.0)),
     }
 }
 
