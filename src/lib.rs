@@ -4,6 +4,7 @@
 //! simulator (`sim`) drives `dht` directly with a virtual clock.
 
 pub mod dht;
+pub mod engine;
 pub mod id;
 pub mod krpc;
 pub mod net;

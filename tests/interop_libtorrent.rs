@@ -112,7 +112,10 @@ fn our_node_joins_libtorrent_dht_and_enters_routing_tables() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert!(holders >= 2, "only {holders} libtorrent tables contain our node");
+    assert!(
+        holders >= 2,
+        "only {holders} libtorrent tables contain our node"
+    );
 }
 
 #[test]

@@ -3,7 +3,11 @@
 //! Flag names and JSON field names are a contract other tools rely on; keep them stable.
 
 mod bootstrap;
+mod demo;
+mod fetch;
 mod lookup;
+mod seed;
+mod swarm;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -36,6 +40,12 @@ enum Command {
     Bootstrap(bootstrap::Args),
     /// Find peers of one info-hash through the DHT (and optionally announce ourselves).
     Lookup(lookup::Args),
+    /// Download a torrent by info-hash, magnet link or .torrent file, with no tracker.
+    Fetch(fetch::Args),
+    /// Share a file or directory: build the torrent, announce it into the DHT, serve peers.
+    Seed(seed::Args),
+    /// The whole system offline on loopback: DHT nodes, a seeder, a fetch by info-hash.
+    Demo(demo::Args),
 }
 
 /// Parses an info-hash argument (hex, base32 or magnet) for clap.
@@ -65,6 +75,16 @@ pub fn bind_arg(s: &str) -> Result<SocketAddr, String> {
         return Err(format!("{s}: only IPv4 addresses are supported"));
     }
     Ok(a)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }
 
 fn init_tracing(default: &str) {
@@ -98,6 +118,18 @@ pub fn main() -> ExitCode {
             Command::Lookup(a) => {
                 init_tracing("warn");
                 lookup::run(a).await
+            }
+            Command::Fetch(a) => {
+                init_tracing("warn");
+                fetch::run(a).await
+            }
+            Command::Seed(a) => {
+                init_tracing("info");
+                seed::run(a).await
+            }
+            Command::Demo(a) => {
+                init_tracing("warn");
+                demo::run(a).await
             }
         }
     });

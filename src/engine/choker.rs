@@ -101,7 +101,12 @@ impl Choker {
     /// [`ChokerConfig::optimistic_rotate`]; otherwise it only fills free slots with newly
     /// interested peers and chokes peers that lost interest. Call it on a timer and whenever
     /// a peer's interest changes.
-    pub fn update(&mut self, now: Instant, peers: &[PeerStat], seeding: bool) -> Vec<(PeerKey, bool)> {
+    pub fn update(
+        &mut self,
+        now: Instant,
+        peers: &[PeerStat],
+        seeding: bool,
+    ) -> Vec<(PeerKey, bool)> {
         let interested: Vec<&PeerStat> = peers.iter().filter(|p| p.interested).collect();
         let is_interested: HashSet<PeerKey> = interested.iter().map(|p| p.key).collect();
         let rotate = self
@@ -230,7 +235,9 @@ mod tests {
         assert_eq!(count, 3, "two regular + one optimistic");
         // Rates change; nothing moves before 10 s...
         let peers2: Vec<PeerStat> = (1..=6).map(|k| stat(k, true, (7 - k) * 100, 0)).collect();
-        assert!(c.update(t0 + Duration::from_secs(5), &peers2, false).is_empty());
+        assert!(c
+            .update(t0 + Duration::from_secs(5), &peers2, false)
+            .is_empty());
         // ...and at 10 s the regular slots follow the new rates.
         c.update(t0 + Duration::from_secs(10), &peers2, false);
         assert!(c.is_unchoked(1) && c.is_unchoked(2));

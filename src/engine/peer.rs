@@ -26,7 +26,7 @@ use crate::torrent::{Bitfield, BLOCK_SIZE};
 use crate::wire::message::ids;
 use crate::wire::{
     decode, encode, encode_extended_header, encode_piece_header, BlockRequest, ExtensionHandshake,
-    Handshake, Limits, MetadataAssembler, MetadataError, MetadataMessage, Message, Received,
+    Handshake, Limits, Message, MetadataAssembler, MetadataError, MetadataMessage, Received,
     METADATA_PIECE_LEN, UT_METADATA,
 };
 
@@ -602,13 +602,17 @@ impl Conn {
         };
         let n = meta.layout.num_pieces();
         let bits = Bitfield::from_bytes(&raw, n).ok_or(PeerError::Protocol("bad bitfield"))?;
-        let mut st = self.t.state();
-        if let Some(p) = st.picker.as_mut() {
-            if let Some(old) = &self.bits {
-                p.remove_peer_bits(old);
-            }
-            p.add_peer_bits(&bits);
-            let want = p.interesting(&bits);
+        let want = {
+            let mut st = self.t.state();
+            st.picker.as_mut().map(|p| {
+                if let Some(old) = &self.bits {
+                    p.remove_peer_bits(old);
+                }
+                p.add_peer_bits(&bits);
+                p.interesting(&bits)
+            })
+        };
+        if let Some(want) = want {
             self.set_interest(want);
         }
         self.bits = Some(bits);
@@ -923,10 +927,9 @@ impl Conn {
         if !self.outstanding.is_empty() && want < (target / 16).max(1) {
             return;
         }
-        let blocks_per_piece = self
-            .meta
-            .as_ref()
-            .map_or(1, |m| (m.layout.piece_length() / u64::from(BLOCK_SIZE)).max(1) as usize);
+        let blocks_per_piece = self.meta.as_ref().map_or(1, |m| {
+            (m.layout.piece_length() / u64::from(BLOCK_SIZE)).max(1) as usize
+        });
         let fast = target >= blocks_per_piece;
         let (reqs, interesting) = {
             let mut st = self.t.state();
@@ -981,8 +984,8 @@ impl Conn {
                 0.5 * self.rate + 0.5 * r
             };
             if self.window_active && !self.snubbed && self.window_bytes > 0 {
-                let q = (self.rate * cfg.queue_window.as_secs_f64() / f64::from(BLOCK_SIZE))
-                    .ceil() as usize;
+                let q = (self.rate * cfg.queue_window.as_secs_f64() / f64::from(BLOCK_SIZE)).ceil()
+                    as usize;
                 self.queue_target = q.clamp(cfg.min_queue.max(1), cfg.max_queue.max(1));
             }
             self.window_bytes = 0;

@@ -373,7 +373,13 @@ impl Picker {
             .count()
     }
 
-    fn take_shared(&mut self, peer: PeerKey, has: &Bitfield, max: usize, out: &mut Vec<BlockRequest>) {
+    fn take_shared(
+        &mut self,
+        peer: PeerKey,
+        has: &Bitfield,
+        max: usize,
+        out: &mut Vec<BlockRequest>,
+    ) {
         if out.len() >= max {
             return;
         }

@@ -167,6 +167,9 @@ pub struct Report {
     pub perfect: Option<PerfectFigures>,
     /// This run as ratios to the reference run.
     pub ratio_to_perfect: Option<Ratios>,
+    /// The same network run with the scenario's `[variant]` tunables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<Box<Report>>,
     /// Every measured lookup (CSV only).
     #[serde(skip)]
     pub records: Vec<LookupRecord>,
@@ -182,6 +185,7 @@ impl Report {
         Report {
             wall_seconds: 0.0,
             peak_rss_mb: 0.0,
+            variant: self.variant.as_ref().map(|v| Box::new(v.deterministic())),
             ..self.clone()
         }
     }
@@ -248,6 +252,19 @@ pub fn run_scenario(
         sc.baseline.enabled = b;
     }
     sc.validate()?;
+    let variant = match sc.variant.take() {
+        Some(v) => {
+            let mut vs = sc.clone();
+            vs.name = format!("{}/{}", sc.name, v.name);
+            vs.dht = v.dht;
+            let mut relay = |mut u: ProgressUpdate| {
+                u.phase = "variant";
+                progress(u);
+            };
+            Some(Box::new(run_scenario(&vs, &RunOptions::default(), &mut relay)?))
+        }
+        None => None,
+    };
     let is_perfect_ref = sc.join.mode == JoinMode::Perfect
         && !sc.churn.enabled
         && sc.network.loss == 0.0
@@ -310,6 +327,7 @@ pub fn run_scenario(
         },
         perfect,
         ratio_to_perfect,
+        variant,
         records: out.records,
         success_over_time: out.bins,
     })

@@ -44,6 +44,20 @@ pub struct Scenario {
     /// The perfect-table run every scenario is reported against.
     #[serde(default)]
     pub baseline: BaselineSpec,
+    /// A second run of the same network with other DHT tunables (e.g. stock vs tuned).
+    #[serde(default)]
+    pub variant: Option<VariantSpec>,
+}
+
+/// Another set of tunables to run on the very same network, for side-by-side comparison.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VariantSpec {
+    /// Its name in the report.
+    pub name: String,
+    /// Its DHT tunables (unset fields take the core defaults, not the main run's).
+    #[serde(default)]
+    pub dht: DhtSpec,
 }
 
 fn default_seed() -> u64 {

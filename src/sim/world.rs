@@ -13,7 +13,6 @@ use rand::{Rng, SeedableRng};
 
 use crate::dht::{AnnounceSpec, Config, Dht, Event, Time, Transmit};
 use crate::id::Id;
-use crate::krpc::{Body, Message};
 
 use super::metrics::{LookupRecord, SuccessBin};
 use super::net::{addr_of, mix64, node_of, node_of_ip, Latency, Nat, PORT};
@@ -770,23 +769,55 @@ fn seed_entry(dht: &mut Dht, now: Time, peer: Id, addr: SocketAddrV4) {
     let Some(t) = dht.poll_transmit() else {
         return;
     };
-    let Ok(ping) = Message::decode(&t.data) else {
-        return;
-    };
-    let answer = Message {
-        tid: ping.tid,
-        version: None,
-        ip: None,
-        read_only: false,
-        body: Body::Response(crate::krpc::Response {
-            id: peer,
-            ..Default::default()
-        }),
-    };
-    dht.handle_datagram(now, addr, &answer.encode());
+    if let Some(tid) = bencode_dict_str(&t.data, b"t") {
+        // d1:rd2:id20:<id>e1:t<len>:<tid>1:y1:re — keys in sorted order, as bencode wants.
+        let mut answer = Vec::with_capacity(48 + tid.len());
+        answer.extend_from_slice(b"d1:rd2:id20:");
+        answer.extend_from_slice(&peer.0);
+        answer.extend_from_slice(format!("e1:t{}:", tid.len()).as_bytes());
+        answer.extend_from_slice(tid);
+        answer.extend_from_slice(b"1:y1:re");
+        dht.handle_datagram(now, addr, &answer);
+    }
     while dht.poll_transmit().is_some() {}
     // Drops the answered query's stale deadline entries at once, so they hold no memory.
     let _ = dht.poll_timeout();
+}
+
+/// The byte-string value of `key` in a top-level bencoded dictionary (a minimal walker: the
+/// simulator only reads the transaction id of messages its own core just encoded).
+fn bencode_dict_str<'a>(b: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    fn string(b: &[u8], i: usize) -> Option<(&[u8], usize)> {
+        let colon = i + b.get(i..)?.iter().position(|&c| c == b':')?;
+        let len: usize = std::str::from_utf8(b.get(i..colon)?).ok()?.parse().ok()?;
+        let end = colon + 1 + len;
+        Some((b.get(colon + 1..end)?, end))
+    }
+    fn skip(b: &[u8], i: usize) -> Option<usize> {
+        match *b.get(i)? {
+            b'i' => Some(i + b.get(i..)?.iter().position(|&c| c == b'e')? + 1),
+            b'l' | b'd' => {
+                let mut j = i + 1;
+                while *b.get(j)? != b'e' {
+                    j = skip(b, j)?;
+                }
+                Some(j + 1)
+            }
+            _ => string(b, i).map(|(_, end)| end),
+        }
+    }
+    if b.first() != Some(&b'd') {
+        return None;
+    }
+    let mut i = 1;
+    while *b.get(i)? != b'e' {
+        let (k, after) = string(b, i)?;
+        if k == key {
+            return string(b, after).map(|(v, _)| v);
+        }
+        i = skip(b, after)?;
+    }
+    None
 }
 
 /// A remaining session length for a node seen online at a random moment of a stationary
@@ -861,6 +892,15 @@ mod tests {
             .sum::<f64>()
             / n as f64;
         assert!((m - 10.0).abs() < 0.3, "{m}");
+    }
+
+    #[test]
+    fn bencode_walker_finds_the_transaction_id() {
+        let msg = b"d1:ad2:id20:aaaaaaaaaaaaaaaaaaaae1:q4:ping1:t2:xy1:v4:DN011:y1:qe";
+        assert_eq!(bencode_dict_str(msg, b"t"), Some(&b"xy"[..]));
+        assert_eq!(bencode_dict_str(b"d1:ai3e1:t1:ze", b"t"), Some(&b"z"[..]));
+        assert_eq!(bencode_dict_str(b"d1:al1:xe1:t", b"t"), None);
+        assert_eq!(bencode_dict_str(b"le", b"t"), None);
     }
 
     #[test]
