@@ -29,6 +29,10 @@ pub struct Args {
     /// Print status as one JSON object per line.
     #[arg(long)]
     json: bool,
+    /// Packets per second one IP may send on average before it is ignored for 5 minutes
+    /// (0 = no limit, e.g. for load tests).
+    #[arg(long, value_name = "PKTS", default_value_t = 50)]
+    ip_rate_limit: u32,
 }
 
 /// How often the routing table is saved while running.
@@ -84,6 +88,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         bootstrap: bootstrap_list(&args.bootstrap),
         known_nodes: known,
         id,
+        dht: dhtnode::dht::Config {
+            rate_limits: dhtnode::dht::RateLimits {
+                per_ip_per_sec: args.ip_rate_limit,
+                ..dhtnode::dht::RateLimits::default()
+            },
+            ..dhtnode::dht::Config::default()
+        },
         ..NodeOptions::default()
     })
     .await

@@ -7,6 +7,7 @@
 //! simulator (`sim`) run this same code.
 
 pub mod lookup;
+pub mod ratelimit;
 pub mod routing;
 pub mod rpc;
 pub mod store;
@@ -23,6 +24,7 @@ use crate::id::Id;
 use crate::krpc::{Body, ErrorCode, KrpcError, Message, Method, NodeInfo, Query, Response};
 
 pub use lookup::{AnnounceSpec, LookupId, LookupKind, LookupStats};
+pub use ratelimit::{RateLimiter, RateLimits};
 pub use routing::{Insert, NodeState, RoutingTable, TimeoutOutcome};
 pub use rpc::Purpose;
 pub use store::{PeerStore, StoreLimits, Tokens};
@@ -59,6 +61,8 @@ pub struct Config {
     pub max_values: usize,
     /// Verification pings sent to unknown queriers per second at most.
     pub verify_pings_per_sec: u32,
+    /// Flood protection (per-IP packet budget, global reply budget).
+    pub rate_limits: RateLimits,
     /// First retry of the join while the table holds fewer than `k` nodes; each further
     /// retry waits twice as long, up to 5 minutes.
     pub bootstrap_retry: Duration,
@@ -79,6 +83,7 @@ impl Default for Config {
             max_values: 50,
             verify_pings_per_sec: 20,
             bootstrap_retry: Duration::from_secs(5),
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -150,6 +155,8 @@ pub struct Stats {
     pub announces_in: u64,
     /// Datagrams sent.
     pub datagrams_out: u64,
+    /// Datagrams dropped by the per-IP limiter.
+    pub dropped_rate_limited: u64,
 }
 
 /// The DHT node state machine.
@@ -173,6 +180,7 @@ pub struct Dht {
     next_maintenance: Time,
     verify_window: (Time, u32),
     external_ip: Option<SocketAddrV4>,
+    limiter: RateLimiter,
 }
 
 /// How often housekeeping runs at most (store expiry, refresh checks, token rotation).
@@ -185,6 +193,7 @@ impl Dht {
         let tokens = Tokens::new(&mut rng, now, cfg.token_interval);
         let rpc = Rpc::new(rng.gen());
         let backoff = cfg.bootstrap_retry;
+        let cfg_limits = cfg.rate_limits.clone();
         Dht {
             table: RoutingTable::new(id, cfg.k, cfg.one_per_ip, now),
             store: PeerStore::new(cfg.store.clone()),
@@ -205,6 +214,7 @@ impl Dht {
             next_maintenance: now + MAINTENANCE_EVERY,
             verify_window: (now, 0),
             external_ip: None,
+            limiter: RateLimiter::new(cfg_limits),
         }
     }
 
@@ -467,6 +477,10 @@ impl Dht {
 
     /// Feeds one received datagram.
     pub fn handle_datagram(&mut self, now: Time, from: SocketAddrV4, data: &[u8]) {
+        if !self.limiter.allow_packet(*from.ip(), now) {
+            self.stats.dropped_rate_limited += 1;
+            return;
+        }
         let msg = match Message::decode(data) {
             Ok(m) => m,
             Err(e) => {
@@ -493,7 +507,7 @@ impl Dht {
 
     fn handle_query(&mut self, now: Time, from: SocketAddrV4, tid: Vec<u8>, ro: bool, q: Query) {
         self.stats.queries_in += 1;
-        if self.cfg.read_only {
+        if self.cfg.read_only || !self.limiter.allow_reply(now) {
             return;
         }
         let known = ro || self.table.on_query(&q.id, from, now);

@@ -469,3 +469,42 @@ fn deterministic_for_a_seed() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn a_flooding_ip_is_ignored_while_others_are_served() {
+    let cfg = Config {
+        rate_limits: RateLimits {
+            per_ip_per_sec: 5,
+            per_ip_burst: 20,
+            ..RateLimits::default()
+        },
+        ..Config::default()
+    };
+    let mut node = Dht::new(Id([1; 20]), cfg, 1, Time(0));
+    let ping = |tid: u32| {
+        Message {
+            tid: tid.to_be_bytes().to_vec(),
+            version: None,
+            ip: None,
+            read_only: true,
+            body: Body::Query(Query {
+                id: Id([9; 20]),
+                method: Method::Ping,
+            }),
+        }
+        .encode()
+    };
+    let flooder = addr(1);
+    let mut answered = 0;
+    for i in 0..1000 {
+        node.handle_datagram(Time(u64::from(i)), flooder, &ping(i));
+        while node.poll_transmit().is_some() {
+            answered += 1;
+        }
+    }
+    assert!(answered <= 30, "flooder got {answered} answers");
+    assert!(node.stats().dropped_rate_limited >= 970);
+    // A polite client on another IP is answered throughout.
+    node.handle_datagram(Time(1000), addr(2), &ping(5000));
+    assert!(node.poll_transmit().is_some());
+}

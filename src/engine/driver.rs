@@ -511,6 +511,18 @@ impl Driver {
                 let _ = p.tx.send(Cmd::Close("banned"));
             }
         }
+        // Whatever it delivered into unfinished pieces is not trusted either.
+        let keys: Vec<PeerKey> = self
+            .key_addr
+            .iter()
+            .filter(|(_, a)| **a == addr)
+            .map(|(k, _)| *k)
+            .collect();
+        if let Some(p) = st.picker.as_mut() {
+            for k in keys {
+                p.forget_peer(k);
+            }
+        }
         drop(st);
         self.addrs.insert(addr, (AddrState::Banned, 0));
         self.queue.retain(|a| *a != addr);
@@ -577,9 +589,18 @@ impl Driver {
                 let mut distinct = senders.clone();
                 distinct.sort_unstable();
                 distinct.dedup();
+                let already_banned = {
+                    let st = self.t.state();
+                    distinct
+                        .iter()
+                        .any(|k| self.key_addr.get(k).is_some_and(|a| st.banned.contains(a)))
+                };
                 if let [only] = distinct.as_slice() {
                     // One peer sent every block: certainly the culprit.
                     self.ban_key(*only);
+                } else if already_banned {
+                    // A banned peer's data explains the failure; the others keep their trust
+                    // (smart-ban below still compares blocks once the piece passes).
                 } else {
                     for k in &distinct {
                         if let Some(&addr) = self.key_addr.get(k) {

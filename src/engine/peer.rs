@@ -309,6 +309,12 @@ impl Conn {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Frames may already be buffered (read together with the handshake).
+            while let Some(total) = reader.next_frame(&self.limits)? {
+                let frame = reader.available().get(..total).unwrap_or_default();
+                self.on_frame(frame)?;
+                reader.consume(total);
+            }
             self.flush().await?;
             let limits = self.limits;
             let waiting_meta = self.meta.is_none();
@@ -330,11 +336,6 @@ impl Conn {
                 r = reader.fill(&limits) => {
                     r?;
                     self.last_recv = Instant::now();
-                    while let Some(total) = reader.next_frame(&self.limits)? {
-                        let frame = reader.available().get(..total).unwrap_or_default();
-                        self.on_frame(frame)?;
-                        reader.consume(total);
-                    }
                 }
                 _ = tick.tick() => self.on_tick()?,
             }
@@ -520,6 +521,7 @@ impl Conn {
     }
 
     fn on_message(&mut self, msg: Message) -> Result<(), PeerError> {
+        tracing::trace!(key = self.key, ?msg, "recv");
         match msg {
             Message::KeepAlive | Message::Piece(_) | Message::Unknown { .. } => {}
             Message::Choke => {
@@ -773,6 +775,7 @@ impl Conn {
                     None | Some(Ok(Received::Duplicate)) => {}
                     Some(Ok(Received::Stored)) => self.request_metadata(),
                     Some(Ok(Received::Complete(bytes))) => {
+                        tracing::debug!(len = bytes.len(), "metadata complete");
                         {
                             let mut st = self.t.state();
                             st.meta_x.done = true;

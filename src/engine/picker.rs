@@ -209,16 +209,16 @@ impl Picker {
         }
     }
 
-    /// Whether a peer with `bits` has a piece we still need.
+    /// Whether a peer with `bits` has a piece we still lack. Pieces being hashed count: they
+    /// may fail and be needed again, and losing interest meanwhile would stall the peer.
     pub fn interesting(&self, bits: &Bitfield) -> bool {
         if self.is_complete() {
             return false;
         }
         bits.iter().any(|p| {
-            matches!(
-                self.state.get(p as usize),
-                Some(State::Missing | State::Partial)
-            )
+            self.state
+                .get(p as usize)
+                .is_some_and(|s| *s != State::Have)
         })
     }
 
@@ -522,6 +522,28 @@ impl Picker {
         }
     }
 
+    /// Discards every block received from `peer` in pieces still in progress (the peer was
+    /// banned: its data is not trusted) and releases its requests and ownership.
+    pub fn forget_peer(&mut self, peer: PeerKey) {
+        self.release_peer(peer);
+        let mut empty = Vec::new();
+        for (&p, part) in self.partials.iter_mut() {
+            for blk in part.blocks.iter_mut() {
+                if *blk == Block::Received(peer) {
+                    *blk = Block::Free;
+                    part.free += 1;
+                    part.received -= 1;
+                }
+            }
+            if part.received == 0 && part.free as usize == part.blocks.len() {
+                empty.push(p);
+            }
+        }
+        for p in empty {
+            self.drop_partial(p);
+        }
+    }
+
     /// A partial with nothing requested or received goes back to Missing, so it does not
     /// count against `max_partials`.
     fn tidy(&mut self, p: u32) {
@@ -712,6 +734,20 @@ mod tests {
         let a = p.pick(4, &has, 1, false);
         assert_eq!(a.len(), 1);
         assert!(p.pick(5, &has, 10, false).is_empty());
+    }
+
+    #[test]
+    fn forget_peer_discards_its_blocks() {
+        let l = layout(1, 3 * 16384);
+        let mut p = Picker::new(l, PickerConfig::default(), 3);
+        let has = all(1);
+        let r = p.pick(1, &has, 2, false);
+        p.on_block(1, 0, r[0].begin, r[0].length);
+        assert!(!p.wants(0, r[0].begin));
+        p.forget_peer(1);
+        // Nothing of peer 1's is kept: the whole piece is handed out again.
+        let r3 = p.pick(3, &has, 5, false);
+        assert_eq!(r3.len(), 3);
     }
 
     #[test]

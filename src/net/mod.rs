@@ -4,6 +4,7 @@
 //!
 //! Everything protocol-related lives in `dht`; this file only moves bytes, time and commands.
 
+pub mod batch;
 pub mod state;
 
 use std::collections::HashMap;
@@ -97,6 +98,8 @@ pub struct NodeStats {
     pub timeouts: u64,
     /// Undecodable datagrams received.
     pub malformed_in: u64,
+    /// Datagrams dropped by flood protection.
+    pub dropped_rate_limited: u64,
     /// Lookups running.
     pub active_lookups: usize,
     /// Our address as others see it.
@@ -216,7 +219,8 @@ fn bind_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 }
 
 impl DhtHandle {
-    /// Binds the socket and starts the node task on the current tokio runtime.
+    /// Binds the socket and starts the node on a thread of its own (with a single-threaded
+    /// runtime), so the DHT keeps answering however busy the caller's runtime is.
     pub async fn spawn(opts: NodeOptions) -> Result<DhtHandle, NetError> {
         if !opts.bind.is_ipv4() {
             return Err(NetError::NotIpv4(opts.bind));
@@ -225,11 +229,7 @@ impl DhtHandle {
             addr: opts.bind,
             source,
         })?;
-        let socket = UdpSocket::from_std(std_sock).map_err(|source| NetError::Bind {
-            addr: opts.bind,
-            source,
-        })?;
-        let local_addr = match socket.local_addr() {
+        let local_addr = match std_sock.local_addr() {
             Ok(SocketAddr::V4(a)) => a,
             Ok(other) => return Err(NetError::NotIpv4(other)),
             Err(source) => {
@@ -244,19 +244,50 @@ impl DhtHandle {
             use rand::SeedableRng;
             Id::random(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed))
         });
-        let epoch = Instant::now();
-        let dht = Dht::new(id, opts.dht.clone(), seed, Time(0));
         let (tx, rx) = mpsc::unbounded_channel();
         let (boot_tx, boot_rx) = watch::channel(None);
-        let driver = Driver {
-            socket,
-            dht,
-            epoch,
-            rx,
-            lookups: HashMap::new(),
-            boot_tx,
-        };
-        tokio::spawn(driver.run(opts));
+        let (started_tx, started_rx) = oneshot::channel();
+        let bind = opts.bind;
+        std::thread::Builder::new()
+            .name(format!("dht-{local_addr}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(source) => {
+                        let _ = started_tx.send(Err(source));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let socket = match UdpSocket::from_std(std_sock) {
+                        Ok(s) => s,
+                        Err(source) => {
+                            let _ = started_tx.send(Err(source));
+                            return;
+                        }
+                    };
+                    let _ = started_tx.send(Ok(()));
+                    let driver = Driver {
+                        socket,
+                        dht: Dht::new(id, opts.dht.clone(), seed, Time(0)),
+                        epoch: Instant::now(),
+                        rx,
+                        lookups: HashMap::new(),
+                        boot_tx,
+                        send: batch::SendBatch::new(),
+                    };
+                    driver.run(opts).await;
+                });
+            })
+            .map_err(|source| NetError::Bind { addr: bind, source })?;
+        match started_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => return Err(NetError::Bind { addr: bind, source }),
+            Err(_) => return Err(NetError::Closed),
+        }
         Ok(DhtHandle {
             tx,
             local_addr,
@@ -364,10 +395,11 @@ struct Driver {
     rx: mpsc::UnboundedReceiver<Command>,
     lookups: HashMap<LookupId, mpsc::UnboundedSender<LookupUpdate>>,
     boot_tx: watch::Sender<Option<usize>>,
+    send: batch::SendBatch,
 }
 
-/// Datagrams read per wake-up before servicing timers and commands again.
-const RECV_BATCH: usize = 256;
+/// Batches read per wake-up before servicing timers and commands again.
+const RECV_ROUNDS: usize = 16;
 
 impl Driver {
     fn now(&self) -> Time {
@@ -403,11 +435,9 @@ impl Driver {
             self.dht.add_bootstrap_addrs(&addrs);
             let _ = self.boot_tx.send(Some(0));
         }
-        let mut buf = vec![0u8; 65536];
+        let mut recv = batch::RecvBatch::new();
         loop {
-            if !self.flush().await {
-                break;
-            }
+            self.flush().await;
             self.dispatch_events();
             let deadline = self
                 .dht
@@ -420,20 +450,16 @@ impl Driver {
                 }
             };
             tokio::select! {
-                r = self.socket.recv_from(&mut buf) => {
-                    self.on_recv(r, &buf);
-                    // Drain what else is queued without going back through the reactor.
-                    for _ in 0..RECV_BATCH {
-                        match self.socket.try_recv_from(&mut buf) {
-                            Ok(x) => self.on_recv(Ok(x), &buf),
-                            Err(_) => break,
-                        }
+                r = self.socket.readable() => {
+                    if r.is_err() {
+                        break;
                     }
+                    self.drain(&mut recv).await;
                 }
                 cmd = self.rx.recv() => {
                     match cmd {
                         Some(Command::Shutdown(done)) => {
-                            let _ = self.flush().await;
+                            self.flush().await;
                             let _ = done.send(());
                             break;
                         }
@@ -449,34 +475,67 @@ impl Driver {
         }
     }
 
-    fn on_recv(&mut self, r: io::Result<(usize, SocketAddr)>, buf: &[u8]) {
-        match r {
-            Ok((n, SocketAddr::V4(from))) => {
-                let now = self.now();
-                if let Some(data) = buf.get(..n) {
+    /// Reads what is queued on the socket, a batch at a time, answering as it goes.
+    async fn drain(&mut self, recv: &mut batch::RecvBatch) {
+        use std::os::fd::AsRawFd;
+        let fd = self.socket.as_raw_fd();
+        for _ in 0..RECV_ROUNDS {
+            let n = match self
+                .socket
+                .try_io(tokio::io::Interest::READABLE, || recv.recv(fd))
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!("recv error: {e}");
+                    return;
+                }
+            };
+            let now = self.now();
+            for i in 0..n {
+                if let Some((from, data)) = recv.get(i) {
                     self.dht.handle_datagram(now, from, data);
                 }
             }
-            Ok((_, SocketAddr::V6(_))) => {}
-            Err(e) => tracing::debug!("recv error: {e}"),
+            self.flush().await;
+            if n < batch::BATCH {
+                return;
+            }
         }
     }
 
-    /// Sends everything the core queued. Returns false if the socket is unusable.
-    async fn flush(&mut self) -> bool {
-        while let Some(t) = self.dht.poll_transmit() {
-            match self.socket.try_send_to(&t.data, SocketAddr::V4(t.to)) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(e) = self.socket.send_to(&t.data, SocketAddr::V4(t.to)).await {
-                        tracing::debug!("send to {} failed: {e}", t.to);
+    /// Sends everything the core queued, in batches.
+    async fn flush(&mut self) {
+        use std::os::fd::AsRawFd;
+        let fd = self.socket.as_raw_fd();
+        loop {
+            while !self.send.is_full() {
+                match self.dht.poll_transmit() {
+                    Some(t) => self.send.push(&t.to, t.data),
+                    None => break,
+                }
+            }
+            if self.send.pending() == 0 {
+                return;
+            }
+            loop {
+                match self
+                    .socket
+                    .try_io(tokio::io::Interest::WRITABLE, || self.send.send(fd))
+                {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if self.socket.writable().await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!("send error: {e}");
+                        break;
                     }
                 }
-                // Unreachable hosts, ICMP errors: a lost datagram, as UDP allows.
-                Err(e) => tracing::debug!("send to {} failed: {e}", t.to),
             }
         }
-        true
     }
 
     fn dispatch_events(&mut self) {
@@ -552,6 +611,7 @@ impl Driver {
                     responses_in: st.responses_in,
                     timeouts: st.timeouts,
                     malformed_in: st.malformed_in,
+                    dropped_rate_limited: st.dropped_rate_limited,
                     active_lookups: self.dht.active_lookups(),
                     external_addr: self.dht.external_addr().map(|a| a.to_string()),
                 });

@@ -146,14 +146,15 @@ impl LookupSummary {
                     .filter_map(|r| r.first_peer_ms.map(f64::from))
                     .collect(),
             ),
-            lookup_ms: percentiles(ended.iter().filter_map(|r| r.done_ms.map(f64::from)).collect()),
+            lookup_ms: percentiles(
+                ended
+                    .iter()
+                    .filter_map(|r| r.done_ms.map(f64::from))
+                    .collect(),
+            ),
             hops: mean_tail(ok.iter().filter_map(|r| r.hops.map(f64::from)).collect()),
-            messages_per_lookup: mean_tail(
-                ended.iter().map(|r| f64::from(r.messages)).collect(),
-            ),
-            timeouts_per_lookup: mean_tail(
-                ended.iter().map(|r| f64::from(r.timeouts)).collect(),
-            ),
+            messages_per_lookup: mean_tail(ended.iter().map(|r| f64::from(r.messages)).collect()),
+            timeouts_per_lookup: mean_tail(ended.iter().map(|r| f64::from(r.timeouts)).collect()),
         }
     }
 }

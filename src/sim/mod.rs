@@ -261,7 +261,11 @@ pub fn run_scenario(
                 u.phase = "variant";
                 progress(u);
             };
-            Some(Box::new(run_scenario(&vs, &RunOptions::default(), &mut relay)?))
+            Some(Box::new(run_scenario(
+                &vs,
+                &RunOptions::default(),
+                &mut relay,
+            )?))
         }
         None => None,
     };
@@ -298,10 +302,7 @@ pub fn run_scenario(
         first_peer_p90: ratio(summary.first_peer_ms.p90, p.first_peer_ms.p90),
         first_peer_p99: ratio(summary.first_peer_ms.p99, p.first_peer_ms.p99),
         lookup_p50: ratio(summary.lookup_ms.p50, p.lookup_ms.p50),
-        messages_mean: ratio(
-            summary.messages_per_lookup.mean,
-            p.messages_per_lookup.mean,
-        ),
+        messages_mean: ratio(summary.messages_per_lookup.mean, p.messages_per_lookup.mean),
     });
     let c = &out.counters;
     Ok(Report {

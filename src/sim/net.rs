@@ -125,7 +125,10 @@ mod tests {
             assert_eq!(node_of(&addr_of(i), 16_000_000), Some(i));
         }
         assert_eq!(node_of(&addr_of(10), 10), None);
-        assert_eq!(node_of(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, PORT), 10), None);
+        assert_eq!(
+            node_of(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, PORT), 10),
+            None
+        );
         let other_port = SocketAddrV4::new(*addr_of(3).ip(), 1);
         assert_eq!(node_of(&other_port, 10), None);
         assert_eq!(node_of_ip(other_port.ip(), 10), Some(3));

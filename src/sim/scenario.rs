@@ -230,7 +230,9 @@ impl DurationDist {
         if ok {
             Ok(())
         } else {
-            Err(SimError::Invalid(format!("{what}: parameters must be positive")))
+            Err(SimError::Invalid(format!(
+                "{what}: parameters must be positive"
+            )))
         }
     }
 }
@@ -418,10 +420,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.join.mode, JoinMode::Perfect);
         assert_eq!(s.dht.config().alpha, 8);
-        assert_eq!(
-            s.churn.offline,
-            DurationDist::Exponential { mean_s: 60.0 }
-        );
+        assert_eq!(s.churn.offline, DurationDist::Exponential { mean_s: 60.0 });
     }
 
     #[test]

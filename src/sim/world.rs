@@ -22,8 +22,9 @@ use super::ProgressUpdate;
 
 const US_PER_MS: u64 = 1000;
 const US_PER_S: u64 = 1_000_000;
-/// How long after the last lookup start the run may go on for stragglers.
-const DRAIN_US: u64 = 120 * US_PER_S;
+/// How long after the last lookup start the run may go on for stragglers (stock-regime
+/// lookups with 20 s timeouts can take minutes).
+const DRAIN_US: u64 = 600 * US_PER_S;
 /// Progress is reported every this many events.
 const PROGRESS_EVERY: u64 = 1 << 16;
 
@@ -270,7 +271,7 @@ impl<'p> World<'p> {
                 break;
             }
             self.counters.events += 1;
-            if self.counters.events % PROGRESS_EVERY == 0 {
+            if self.counters.events.is_multiple_of(PROGRESS_EVERY) {
                 self.report_progress();
             }
             self.dispatch(at, ev);
@@ -440,7 +441,8 @@ impl<'p> World<'p> {
                 let ih = self.records[rec as usize].infohash as usize;
                 let announced = peers.iter().any(|p| {
                     p.port() == PORT
-                        && node_of_ip(p.ip(), self.n).is_some_and(|a| self.announcers[ih].contains(&a))
+                        && node_of_ip(p.ip(), self.n)
+                            .is_some_and(|a| self.announcers[ih].contains(&a))
                 });
                 let r = &mut self.records[rec as usize];
                 if announced && r.first_peer_ms.is_none() {
@@ -679,7 +681,7 @@ impl<'p> World<'p> {
                 let peer = self.nodes[j as usize].dht.id();
                 seed_entry(&mut self.nodes[i as usize].dht, now, peer, addr_of(j));
             }
-            if i % 4096 == 0 {
+            if i.is_multiple_of(4096) {
                 let u = ProgressUpdate {
                     phase: "build",
                     sim_seconds: 0.0,
@@ -702,7 +704,10 @@ impl<'p> World<'p> {
         // Lookups still open at the end: aborted if the origin left, else failed.
         for (rec, ep) in self.rec_epoch.iter().enumerate() {
             let r = &mut self.records[rec];
-            if r.done_ms.is_none() && r.origin != u32::MAX && self.nodes[r.origin as usize].epoch != *ep {
+            if r.done_ms.is_none()
+                && r.origin != u32::MAX
+                && self.nodes[r.origin as usize].epoch != *ep
+            {
                 r.aborted = true;
             }
         }

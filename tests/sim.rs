@@ -1,0 +1,115 @@
+//! Simulator tests: same seed → same output byte for byte; the CI scenario reaches ≥ 99%
+//! success; every shipped scenario file parses; outputs are written.
+
+use std::path::PathBuf;
+
+use dhtnode::sim::{run_scenario, write_outputs, RunOptions, Scenario};
+
+fn sims_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("simulations")
+}
+
+fn small() -> Scenario {
+    Scenario::from_path(&sims_dir().join("small.toml")).expect("small.toml parses")
+}
+
+fn quiet() -> impl FnMut(dhtnode::sim::ProgressUpdate) {
+    |_| {}
+}
+
+#[test]
+fn same_seed_same_json_and_csv() {
+    let opts = RunOptions {
+        nodes: Some(300),
+        lookups: Some(200),
+        baseline: Some(true),
+        ..RunOptions::default()
+    };
+    let a = run_scenario(&small(), &opts, &mut quiet()).unwrap();
+    let b = run_scenario(&small(), &opts, &mut quiet()).unwrap();
+    assert_eq!(a.deterministic().to_json(), b.deterministic().to_json());
+    assert_eq!(
+        dhtnode::sim::output::lookups_csv(&a),
+        dhtnode::sim::output::lookups_csv(&b)
+    );
+    let other = RunOptions {
+        seed: Some(2),
+        ..opts
+    };
+    let c = run_scenario(&small(), &other, &mut quiet()).unwrap();
+    assert_ne!(
+        dhtnode::sim::output::lookups_csv(&a),
+        dhtnode::sim::output::lookups_csv(&c),
+        "the seed must matter"
+    );
+}
+
+#[test]
+fn small_scenario_succeeds_at_least_99_percent() {
+    let r = run_scenario(&small(), &RunOptions::default(), &mut quiet()).unwrap();
+    let s = &r.summary;
+    assert_eq!(s.lookups, 1000);
+    assert!(s.success_rate >= 0.99, "success rate {}", s.success_rate);
+    assert!(s.hops.p99 <= 8.0, "hops p99 {}", s.hops.p99);
+    assert!(s.first_peer_ms.p50 > 0.0 && s.first_peer_ms.p50 < 1000.0);
+    let ratio = r.ratio_to_perfect.expect("baseline ran");
+    assert!(ratio.first_peer_p50 < 2.0, "{ratio:?}");
+}
+
+#[test]
+fn shipped_scenarios_parse() {
+    let mut n = 0;
+    for e in std::fs::read_dir(sims_dir()).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            Scenario::from_path(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 5, "{n} scenario files");
+}
+
+#[test]
+fn outputs_are_written() {
+    let opts = RunOptions {
+        nodes: Some(200),
+        lookups: Some(100),
+        baseline: Some(false),
+        ..RunOptions::default()
+    };
+    let r = run_scenario(&small(), &opts, &mut quiet()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_outputs(&r, dir.path()).unwrap();
+    let csv = std::fs::read_to_string(dir.path().join("lookups.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 101);
+    for f in [
+        "first_peer_cdf.svg",
+        "hops_hist.svg",
+        "success_over_time.svg",
+        "report.json",
+    ] {
+        let meta = std::fs::metadata(dir.path().join(f)).unwrap();
+        assert!(meta.len() > 100, "{f}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+    for key in [
+        "nodes",
+        "lookups",
+        "success_rate",
+        "first_peer_ms",
+        "lookup_ms",
+        "hops",
+        "messages_per_lookup",
+        "sim_seconds",
+        "wall_seconds",
+        "peak_rss_mb",
+    ] {
+        assert!(json.get(key).is_some(), "missing {key}");
+    }
+}
+
+#[test]
+fn missing_file_is_an_error_not_a_panic() {
+    let e = Scenario::from_path(&sims_dir().join("no-such.toml")).unwrap_err();
+    assert!(e.to_string().contains("no-such.toml"), "{e}");
+}
