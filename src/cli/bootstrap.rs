@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use dhtnode::net::state::{self, SavedState};
+use dhtnode::net::state;
 use dhtnode::net::{DhtHandle, NodeOptions, NodeStats};
 
 use super::{bind_arg, bootstrap_list};
@@ -64,15 +64,8 @@ fn print_status(s: &NodeStats, json: bool) -> anyhow::Result<()> {
 }
 
 async fn save(node: &DhtHandle, dir: &std::path::Path) -> anyhow::Result<()> {
-    let nodes = node.saved_nodes().await?;
-    state::save(
-        dir,
-        &SavedState {
-            id: node.id(),
-            nodes,
-        },
-    )
-    .with_context(|| format!("saving state to {}", dir.display()))
+    let st = node.saved_state().await?;
+    state::save(dir, &st).with_context(|| format!("saving state to {}", dir.display()))
 }
 
 /// Runs the node until SIGINT/SIGTERM, then saves its state.

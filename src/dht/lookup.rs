@@ -294,7 +294,8 @@ impl Lookup {
         true
     }
 
-    /// The `k` closest nodes that answered, with the token each gave (for announce_peer).
+    /// The `2k` closest nodes that answered, closest first, with the token each gave (for
+    /// announce_peer; the caller picks `k` of them).
     pub fn closest_responded(&self) -> Vec<(NodeInfo, Option<Vec<u8>>)> {
         self.candidates
             .iter()
@@ -304,7 +305,7 @@ impl Lookup {
                 }
                 _ => None,
             })
-            .take(self.k)
+            .take(self.k * 2)
             .collect()
     }
 

@@ -6,6 +6,7 @@
 //! ([`Dht::poll_timeout`]) and results ([`Dht::poll_event`]). The tokio driver (`net`) and the
 //! simulator (`sim`) run this same code.
 
+pub mod bep42;
 pub mod lookup;
 pub mod ratelimit;
 pub mod routing;
@@ -25,7 +26,7 @@ use crate::krpc::{Body, ErrorCode, KrpcError, Message, Method, NodeInfo, Query, 
 
 pub use lookup::{AnnounceSpec, LookupId, LookupKind, LookupStats};
 pub use ratelimit::{RateLimiter, RateLimits};
-pub use routing::{Insert, NodeState, RoutingTable, TimeoutOutcome};
+pub use routing::{Bep42Mode, Insert, NodeState, RoutingTable, TimeoutOutcome};
 pub use rpc::Purpose;
 pub use store::{PeerStore, StoreLimits, Tokens};
 pub use time::Time;
@@ -63,6 +64,10 @@ pub struct Config {
     pub verify_pings_per_sec: u32,
     /// Flood protection (per-IP packet budget, global reply budget).
     pub rate_limits: RateLimits,
+    /// BEP 42 node-id verification: off, prefer verified nodes, or enforce.
+    pub bep42: Bep42Mode,
+    /// Re-derive our id from our external IP (BEP 42) once other nodes agree on that IP.
+    pub bep42_derive_id: bool,
     /// First retry of the join while the table holds fewer than `k` nodes; each further
     /// retry waits twice as long, up to 5 minutes.
     pub bootstrap_retry: Duration,
@@ -84,6 +89,8 @@ impl Default for Config {
             verify_pings_per_sec: 20,
             bootstrap_retry: Duration::from_secs(5),
             rate_limits: RateLimits::default(),
+            bep42: Bep42Mode::Prefer,
+            bep42_derive_id: true,
         }
     }
 }
@@ -128,6 +135,13 @@ pub enum Event {
         lookup: LookupId,
         /// The node that stored us.
         node: SocketAddrV4,
+    },
+    /// Our id changed to match our external IP (BEP 42).
+    IdChanged {
+        /// The new id.
+        id: Id,
+        /// The external address it was derived from.
+        external: std::net::Ipv4Addr,
     },
     /// The bootstrap lookup finished.
     Bootstrapped {
@@ -181,6 +195,7 @@ pub struct Dht {
     verify_window: (Time, u32),
     external_ip: Option<SocketAddrV4>,
     limiter: RateLimiter,
+    ip_vote: bep42::ExternalIpVote,
 }
 
 /// How often housekeeping runs at most (store expiry, refresh checks, token rotation).
@@ -194,8 +209,10 @@ impl Dht {
         let rpc = Rpc::new(rng.gen());
         let backoff = cfg.bootstrap_retry;
         let cfg_limits = cfg.rate_limits.clone();
+        let mut table = RoutingTable::new(id, cfg.k, cfg.one_per_ip, now);
+        table.set_bep42(cfg.bep42);
         Dht {
-            table: RoutingTable::new(id, cfg.k, cfg.one_per_ip, now),
+            table,
             store: PeerStore::new(cfg.store.clone()),
             cfg,
             id,
@@ -215,6 +232,7 @@ impl Dht {
             verify_window: (now, 0),
             external_ip: None,
             limiter: RateLimiter::new(cfg_limits),
+            ip_vote: bep42::ExternalIpVote::default(),
         }
     }
 
@@ -372,7 +390,13 @@ impl Dht {
     }
 
     fn finish_lookup(&mut self, now: Time, l: Lookup) {
-        let closest = l.closest_responded();
+        let mut closest = l.closest_responded();
+        if self.cfg.bep42 != Bep42Mode::Off {
+            // Announce preferably to nodes whose id matches their address (BEP 42):
+            // stable sort keeps distance order within each group.
+            closest.sort_by_key(|(n, _)| !RoutingTable::verified(n));
+        }
+        closest.truncate(self.cfg.k);
         let mut announced = 0;
         if let LookupKind::GetPeers {
             announce: Some(spec),
@@ -473,6 +497,29 @@ impl Dht {
             body,
         };
         self.push_transmit(to, msg.encode());
+    }
+
+    /// Counts another node's view of our address; once a quorum agrees on a public address
+    /// our id does not match, take a BEP 42 id for it and re-centre the table.
+    fn on_external_ip(&mut self, now: Time, voter: std::net::Ipv4Addr, ours: SocketAddrV4) {
+        if bep42::is_exempt(&voter) && !bep42::is_exempt(ours.ip()) {
+            // A local peer cannot vouch for a public address.
+            return;
+        }
+        if let Some(ip) = self.ip_vote.vote(voter, *ours.ip()) {
+            self.external_ip = Some(SocketAddrV4::new(ip, ours.port()));
+            if self.cfg.bep42_derive_id
+                && self.cfg.bep42 != Bep42Mode::Off
+                && !bep42::is_valid(&self.id, &ip)
+            {
+                let id = bep42::id_for_ip(&ip, &mut self.rng);
+                self.id = id;
+                self.table.recentre(id, now);
+                self.events.push_back(Event::IdChanged { id, external: ip });
+            }
+        } else if self.external_ip.is_none() {
+            self.external_ip = Some(ours);
+        }
     }
 
     /// Feeds one received datagram.
@@ -600,8 +647,8 @@ impl Dht {
             return;
         };
         self.stats.responses_in += 1;
-        if ip.is_some() {
-            self.external_ip = ip;
+        if let Some(ours) = ip {
+            self.on_external_ip(now, *from.ip(), ours);
         }
         let node = NodeInfo {
             id: r.id,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::id::Id;
 use crate::krpc::NodeInfo;
 
+use super::bep42;
 use super::time::Time;
 
 /// A node counts as good if it answered us this recently (BEP 5: 15 minutes).
@@ -19,6 +20,21 @@ pub const GOOD_FOR: Duration = Duration::from_secs(15 * 60);
 pub const BAD_AFTER_FAILS: u8 = 2;
 /// Longest replacement cache kept per bucket.
 const REPLACEMENTS: usize = 8;
+/// Entries from one /24 allowed per bucket (public addresses only): a cheap Sybil brake.
+pub const MAX_PER_SLASH24: usize = 2;
+
+/// How BEP 42 node-id verification shapes the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Bep42Mode {
+    /// Ignore it.
+    Off,
+    /// Verified nodes displace unverified ones in full buckets and are preferred as announce
+    /// targets; unverified nodes are still used.
+    #[default]
+    Prefer,
+    /// Unverified nodes never enter the table.
+    Enforce,
+}
 
 /// One routing table entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +119,7 @@ pub struct RoutingTable {
     /// holds every node sharing at least `len-1` bits (it is the one that splits).
     buckets: Vec<Bucket>,
     one_per_ip: bool,
+    bep42: Bep42Mode,
 }
 
 impl RoutingTable {
@@ -116,6 +133,41 @@ impl RoutingTable {
                 ..Bucket::default()
             }],
             one_per_ip,
+            bep42: Bep42Mode::Prefer,
+        }
+    }
+
+    /// Sets how BEP 42 verification is used.
+    pub fn set_bep42(&mut self, mode: Bep42Mode) {
+        self.bep42 = mode;
+    }
+
+    /// Whether a node's id matches its address under BEP 42 (exempt addresses always do).
+    pub fn verified(node: &NodeInfo) -> bool {
+        bep42::is_valid(&node.id, node.addr.ip())
+    }
+
+    /// Moves the table to a new own id (after BEP 42 re-derivation): same contacts,
+    /// re-bucketed around the new id.
+    pub fn recentre(&mut self, own: Id, now: Time) {
+        let old: Vec<Entry> = self.iter().cloned().collect();
+        *self = RoutingTable {
+            own,
+            k: self.k,
+            buckets: vec![Bucket {
+                last_changed: now,
+                ..Bucket::default()
+            }],
+            one_per_ip: self.one_per_ip,
+            bep42: self.bep42,
+        };
+        for e in old {
+            if self.on_response(e.node, e.last_response) == Insert::Added {
+                if let Some(n) = self.find_mut(&e.node.id) {
+                    n.last_query = e.last_query;
+                    n.fails = e.fails;
+                }
+            }
         }
     }
 
@@ -209,6 +261,23 @@ impl RoutingTable {
         if self.one_per_ip && self.ip_taken(node.addr.ip(), &node.id) {
             return Insert::Refused;
         }
+        let verified = RoutingTable::verified(&node);
+        if self.bep42 == Bep42Mode::Enforce && !verified {
+            return Insert::Refused;
+        }
+        if self.one_per_ip && !bep42::is_exempt(node.addr.ip()) {
+            let net = u32::from(*node.addr.ip()) >> 8;
+            let b = self.bucket_index(&node.id);
+            let same_net = self.buckets.get(b).map_or(0, |b| {
+                b.entries
+                    .iter()
+                    .filter(|e| u32::from(*e.node.addr.ip()) >> 8 == net)
+                    .count()
+            });
+            if same_net >= MAX_PER_SLASH24 {
+                return Insert::Refused;
+            }
+        }
         self.insert_new(node, now)
     }
 
@@ -238,6 +307,22 @@ impl RoutingTable {
             if bi == n_buckets - 1 && n_buckets < 160 {
                 self.split_last();
                 continue;
+            }
+            // A verified newcomer displaces the stalest unverified entry.
+            if self.bep42 == Bep42Mode::Prefer && RoutingTable::verified(&node) {
+                let victim = bucket
+                    .entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| !RoutingTable::verified(&e.node))
+                    .min_by_key(|(_, e)| e.last_response)
+                    .map(|(i, _)| i);
+                if let Some(i) = victim {
+                    let old = std::mem::replace(&mut bucket.entries[i], Entry::new(node, now));
+                    bucket.last_changed = now;
+                    push_replacement(bucket, old.node);
+                    return Insert::Added;
+                }
             }
             push_replacement(bucket, node);
             // Ping the least recently seen questionable node that is not already being pinged.
@@ -567,5 +652,64 @@ mod tests {
         assert_eq!(t.stale_buckets(Time(0) + age, age), vec![0]);
         t.touch(&node(0x80, 2).id, Time(0) + age);
         assert!(t.stale_buckets(Time(0) + age, age).is_empty());
+    }
+
+    #[test]
+    fn at_most_two_per_slash24_per_bucket_on_public_addresses() {
+        let mut t = RoutingTable::new(Id::ZERO, 8, true, Time(0));
+        for i in 0..5u8 {
+            let mut id = [0x80u8; 20];
+            id[19] = i;
+            let n = NodeInfo {
+                id: Id(id),
+                addr: SocketAddrV4::new(Ipv4Addr::new(80, 1, 2, i + 1), 6881),
+            };
+            let r = t.on_response(n, Time(0));
+            assert_eq!(r == Insert::Added, i < 2, "node {i}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn enforce_refuses_unverified_and_prefer_displaces_them() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let ip = Ipv4Addr::new(84, 124, 73, 14);
+        let good = NodeInfo {
+            id: bep42::id_for_ip(&ip, &mut rng),
+            addr: SocketAddrV4::new(ip, 1),
+        };
+        let bad = NodeInfo {
+            id: Id([0x77; 20]),
+            addr: SocketAddrV4::new(Ipv4Addr::new(85, 1, 1, 1), 1),
+        };
+        let mut t = RoutingTable::new(Id::ZERO, 8, true, Time(0));
+        t.set_bep42(Bep42Mode::Enforce);
+        assert_eq!(t.on_response(bad, Time(0)), Insert::Refused);
+        assert_eq!(t.on_response(good, Time(0)), Insert::Added);
+
+        // Prefer: with our id at 0xff.., ids starting with a 0 bit share the far bucket.
+        // Fill it with two unverified public nodes, split it off, then offer a verified one
+        // (84.124.73.14's ids start with 0x1b, a 0 bit).
+        let mut t = RoutingTable::new(Id([0xff; 20]), 2, true, Time(0));
+        for i in 0..2u8 {
+            let n = NodeInfo {
+                id: Id([0x10 + i * 0x10; 20]),
+                addr: SocketAddrV4::new(Ipv4Addr::new(91, i, 0, 1), 1),
+            };
+            assert_eq!(t.on_response(n, Time(0)), Insert::Added);
+        }
+        let near = NodeInfo {
+            id: Id([0xc0; 20]),
+            addr: SocketAddrV4::new(Ipv4Addr::new(92, 0, 0, 1), 1),
+        };
+        assert_eq!(t.on_response(near, Time(0)), Insert::Added);
+        assert_eq!(t.buckets().len(), 2);
+        let v = NodeInfo {
+            id: bep42::id_for_ip(&ip, &mut rng),
+            addr: SocketAddrV4::new(ip, 1),
+        };
+        assert_eq!(t.bucket_index(&v.id), 0);
+        assert_eq!(t.on_response(v, Time(1)), Insert::Added);
+        assert!(t.get(&v.id).is_some());
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use sha1::{Digest, Sha1};
 use tokio::sync::mpsc;
 
-use super::torrent::{lock, Event, Meta};
+use super::torrent::{lock, Event, Meta, Torrent};
 use crate::torrent::{StorageError, VerifiedPiece, BLOCK_SIZE};
 
 /// A complete piece to check and write.
@@ -27,8 +27,8 @@ pub(crate) struct HashJob {
     pub meta: Arc<Meta>,
     /// Also return per-block hashes on success (the piece failed before: smart-ban compares).
     pub block_hashes: bool,
-    /// Where to report.
-    pub events: mpsc::UnboundedSender<super::torrent::Event>,
+    /// Where to report (events) and recycle the buffer.
+    pub torrent: Arc<Torrent>,
 }
 
 /// Outcome of a hash job.
@@ -64,8 +64,8 @@ fn run(job: HashJob) {
         Err(StorageError::HashMismatch(_)) => HashOutcome::Failed(block_hashes(&job.data)),
         Err(e) => HashOutcome::Error(e),
     };
-    drop(job.data);
-    let _ = job.events.send(Event::Hashed(HashResult {
+    job.torrent.give_buffer(job.data);
+    let _ = job.torrent.events.send(Event::Hashed(HashResult {
         piece: job.piece,
         outcome,
     }));

@@ -488,10 +488,11 @@ impl Conn {
         if let BlockOutcome::Accepted { complete, cancel } =
             picker.on_block(self.key, index, begin, len)
         {
+            let t = &self.t;
             let buf = st
                 .buffers
                 .entry(index)
-                .or_insert_with(|| vec![0u8; size as usize]);
+                .or_insert_with(|| t.take_buffer(size as usize));
             if let Some(dst) = buf.get_mut(begin as usize..begin as usize + data.len()) {
                 dst.copy_from_slice(data);
             }
@@ -512,7 +513,7 @@ impl Conn {
                         data,
                         meta: Arc::clone(&meta),
                         block_hashes: picker.is_suspect(index),
-                        events: self.t.events.clone(),
+                        torrent: Arc::clone(&self.t),
                     });
                 }
             }

@@ -425,7 +425,7 @@ impl Picker {
 
     /// Records a block that arrived from `peer`; says whether to keep it and what to cancel.
     pub fn on_block(&mut self, peer: PeerKey, index: u32, begin: u32, len: u32) -> BlockOutcome {
-        if begin % BLOCK_SIZE != 0 {
+        if !begin.is_multiple_of(BLOCK_SIZE) {
             return BlockOutcome::Unwanted;
         }
         let b = begin / BLOCK_SIZE;

@@ -224,7 +224,13 @@ async fn lying_peer_is_banned_and_download_completes() {
         64 * 1024,
         3,
     );
-    let liar = start_seeder(&mi, src.path(), 9, Some(Arc::new(|p: u32| p % 2 == 0))).await;
+    let liar = start_seeder(
+        &mi,
+        src.path(),
+        9,
+        Some(Arc::new(|p: u32| p.is_multiple_of(2))),
+    )
+    .await;
     let h1 = start_seeder(&mi, src.path(), 1, None).await;
     let h2 = start_seeder(&mi, src.path(), 2, None).await;
     let out = run_fetch(

@@ -231,6 +231,31 @@ pub(crate) struct Torrent {
     pub downloaded: AtomicU64,
     /// Piece payload bytes sent to all peers.
     pub uploaded: AtomicU64,
+    /// Recycled piece buffers: fresh large allocations cost page faults and zeroing per
+    /// piece, which shows at loopback speed.
+    pub buffer_pool: Mutex<Vec<Vec<u8>>>,
+}
+
+/// Most piece buffers kept for reuse.
+pub(crate) const POOL_MAX: usize = 16;
+
+impl Torrent {
+    /// A buffer of exactly `size` bytes, recycled when possible (contents unspecified).
+    pub(crate) fn take_buffer(&self, size: usize) -> Vec<u8> {
+        let mut pool = lock(&self.buffer_pool);
+        match pool.iter().position(|b| b.len() == size) {
+            Some(i) => pool.swap_remove(i),
+            None => vec![0u8; size],
+        }
+    }
+
+    /// Returns a buffer to the pool (dropped if the pool is full).
+    pub(crate) fn give_buffer(&self, buf: Vec<u8>) {
+        let mut pool = lock(&self.buffer_pool);
+        if pool.len() < POOL_MAX {
+            pool.push(buf);
+        }
+    }
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
@@ -292,6 +317,7 @@ impl TorrentParams {
             corrupt: self.corrupt,
             downloaded: AtomicU64::new(0),
             uploaded: AtomicU64::new(0),
+            buffer_pool: Mutex::new(Vec::new()),
         };
         (Arc::new(t), rx)
     }

@@ -138,7 +138,7 @@ enum Command {
     },
     AddNode(SocketAddrV4),
     Stats(oneshot::Sender<NodeStats>),
-    SavedNodes(oneshot::Sender<Vec<crate::krpc::NodeInfo>>),
+    SavedState(oneshot::Sender<state::SavedState>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -301,7 +301,7 @@ impl DhtHandle {
         self.local_addr
     }
 
-    /// Our node id.
+    /// Our node id at start (see [`DhtHandle::saved_state`] for the current one).
     pub fn id(&self) -> Id {
         self.id
     }
@@ -360,11 +360,12 @@ impl DhtHandle {
         rx.await.map_err(|_| NetError::Closed)
     }
 
-    /// The routing table entries worth saving.
-    pub async fn saved_nodes(&self) -> Result<Vec<crate::krpc::NodeInfo>, NetError> {
+    /// What to persist: the current id (it may have changed under BEP 42) and the routing
+    /// table entries worth keeping.
+    pub async fn saved_state(&self) -> Result<state::SavedState, NetError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::SavedNodes(tx))
+            .send(Command::SavedState(tx))
             .map_err(|_| NetError::Closed)?;
         rx.await.map_err(|_| NetError::Closed)
     }
@@ -574,6 +575,9 @@ impl Driver {
                         let _ = tx.send(LookupUpdate::AnnounceAcked(node));
                     }
                 }
+                Event::IdChanged { id, external } => {
+                    tracing::info!("external address {external}: new BEP 42 node id {id}");
+                }
                 Event::Bootstrapped { nodes } => {
                     tracing::info!("bootstrap finished: {nodes} nodes in the routing table");
                     let _ = self.boot_tx.send(Some(nodes));
@@ -616,8 +620,11 @@ impl Driver {
                     external_addr: self.dht.external_addr().map(|a| a.to_string()),
                 });
             }
-            Command::SavedNodes(tx) => {
-                let _ = tx.send(self.dht.saved_nodes(now));
+            Command::SavedState(tx) => {
+                let _ = tx.send(state::SavedState {
+                    id: self.dht.id(),
+                    nodes: self.dht.saved_nodes(now),
+                });
             }
             Command::Shutdown(_) => {}
         }

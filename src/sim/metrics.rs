@@ -139,7 +139,7 @@ impl LookupSummary {
             success_rate: if counted.is_empty() {
                 0.0
             } else {
-                round3(ok.len() as f64 / counted.len() as f64 * 100.0) / 100.0
+                (ok.len() as f64 / counted.len() as f64 * 10_000.0).round() / 10_000.0
             },
             first_peer_ms: percentiles(
                 ok.iter()

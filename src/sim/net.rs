@@ -1,8 +1,9 @@
 //! The network model: where nodes live, how long datagrams take, which ones are lost, and
 //! which nodes sit behind a NAT.
 //!
-//! Node `i` lives at `11.x.y.z:6881` with `x.y.z = i + 1`, so an address maps back to its
-//! node by arithmetic and needs no table. Latency is a pure function of the (unordered) pair
+//! Node `i` lives at `10.x.y.z:6881` with `x.y.z = i + 1`, so an address maps back to its
+//! node by arithmetic and needs no table. 10/8 is private space, which BEP 42 exempts: ids
+//! stay the random ones the simulator drew (the simulation has no attackers to keep out). Latency is a pure function of the (unordered) pair
 //! and the seed: a million nodes need no latency matrix.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -10,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use super::queue::SimTime;
 use super::scenario::NetworkSpec;
 
-const BASE_IP: u32 = 0x0B00_0000;
+const BASE_IP: u32 = 0x0A00_0000;
 /// UDP port every simulated node listens on.
 pub const PORT: u16 = 6881;
 

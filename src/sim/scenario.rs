@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dht::Config;
+use crate::dht::{Config, RateLimits};
 
 use super::SimError;
 
@@ -162,6 +162,10 @@ pub struct DhtSpec {
     pub query_timeout_ms: Option<u64>,
     /// Bucket refresh interval.
     pub refresh_after_s: Option<u64>,
+    /// Keep the core's per-IP flood protection on. Off by default: the simulated nodes are
+    /// honest, and the limiter's per-node table of recent IPs costs ~10 KB a node, which a
+    /// million-node run cannot afford.
+    pub flood_protection: bool,
 }
 
 impl DhtSpec {
@@ -182,6 +186,9 @@ impl DhtSpec {
         }
         if let Some(s) = self.refresh_after_s {
             c.refresh_after = Duration::from_secs(s);
+        }
+        if !self.flood_protection {
+            c.rate_limits = RateLimits::unlimited();
         }
         c
     }

@@ -80,7 +80,7 @@ pub struct Outcome {
     pub bins: Vec<SuccessBin>,
     /// Network counters.
     pub counters: Counters,
-    /// Virtual time at the end, in seconds.
+    /// Virtual time simulated after set-up (a perfect build counts as set-up), in seconds.
     pub sim_seconds: f64,
     /// Routing-table sizes of the nodes online at the end.
     pub table_sizes: Vec<f64>,
@@ -116,6 +116,8 @@ pub struct World<'p> {
     counters: Counters,
     progress: &'p mut dyn FnMut(ProgressUpdate),
     phase: &'static str,
+    /// Virtual time at which the run proper began (perfect tables: after their build).
+    start_us: SimTime,
 }
 
 impl<'p> World<'p> {
@@ -175,6 +177,7 @@ impl<'p> World<'p> {
             counters: Counters::default(),
             progress,
             phase: "setup",
+            start_us: 0,
             sc: sc.clone(),
         }
     }
@@ -217,7 +220,7 @@ impl<'p> World<'p> {
             JoinMode::Perfect => {
                 self.phase = "build";
                 self.build_perfect();
-                0
+                self.q.now()
             }
             JoinMode::Bootstrap => {
                 let d = secs(sc.join.duration_s);
@@ -636,7 +639,10 @@ impl<'p> World<'p> {
             .collect();
         sorted.sort_unstable();
         let k = self.cfg.k;
-        let now = Time(0);
+        // Each table is filled at a random moment of one refresh interval, and the run
+        // starts at the end of it: bucket refreshes then come spread out, as in a network
+        // that has been running, not all at once 15 minutes in.
+        let spread_ms = self.cfg.refresh_after.as_millis() as u64;
         let mut picks: Vec<u32> = Vec::with_capacity(k * 24);
         for i in 0..self.n {
             picks.clear();
@@ -677,6 +683,7 @@ impl<'p> World<'p> {
                     break;
                 }
             }
+            let now = Time(self.rng.gen_range(0..=spread_ms));
             for &j in &picks {
                 let peer = self.nodes[j as usize].dht.id();
                 seed_entry(&mut self.nodes[i as usize].dht, now, peer, addr_of(j));
@@ -693,6 +700,8 @@ impl<'p> World<'p> {
                 (self.progress)(u);
             }
         }
+        self.q.advance_to(spread_ms * US_PER_MS);
+        self.start_us = self.q.now();
         for i in 0..self.n {
             self.set_online(i, true);
             self.drain(i, false);
@@ -727,7 +736,7 @@ impl<'p> World<'p> {
                 super::metrics::round3(ok as f64 / rs.len() as f64)
             };
         }
-        let secs_run = (now as f64 / US_PER_S as f64).max(1e-9);
+        let secs_run = (now.saturating_sub(self.start_us) as f64 / US_PER_S as f64).max(1e-9);
         let mut table_sizes = Vec::with_capacity(self.online.len());
         let mut traffic = Vec::with_capacity(self.online.len());
         for nd in self.nodes.iter().filter(|nd| nd.online) {

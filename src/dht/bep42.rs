@@ -1,0 +1,173 @@
+//! BEP 42 (DHT security extension): node ids tied to the node's external IP, so an attacker
+//! cannot pick ids next to a target info-hash at will.
+//!
+//! We derive our own id from our external IP (learnt from the `ip` field of responses, by
+//! majority vote), check other nodes' ids, and prefer verified nodes where trust matters.
+//! Local and private addresses are exempt: every id is valid for them.
+
+use std::net::Ipv4Addr;
+
+use rand::Rng;
+
+use crate::id::Id;
+
+/// Whether BEP 42 does not apply to `ip` (loopback, private, link-local, unspecified).
+pub fn is_exempt(ip: &Ipv4Addr) -> bool {
+    ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
+}
+
+fn prefix_crc(ip: &Ipv4Addr, r: u8) -> u32 {
+    let o = ip.octets();
+    let mask = [0x03u8, 0x0f, 0x3f, 0xff];
+    let mut b = [
+        o[0] & mask[0],
+        o[1] & mask[1],
+        o[2] & mask[2],
+        o[3] & mask[3],
+    ];
+    b[0] |= (r & 7) << 5;
+    crc32c::crc32c(&b)
+}
+
+/// A random id valid for `ip` (for exempt addresses: a fully random id).
+pub fn id_for_ip<R: Rng + ?Sized>(ip: &Ipv4Addr, rng: &mut R) -> Id {
+    let mut id = Id::random(rng);
+    if is_exempt(ip) {
+        return id;
+    }
+    let rand_byte: u8 = rng.gen();
+    let crc = prefix_crc(ip, rand_byte).to_be_bytes();
+    id.0[0] = crc[0];
+    id.0[1] = crc[1];
+    id.0[2] = (crc[2] & 0xf8) | (id.0[2] & 0x07);
+    id.0[19] = rand_byte;
+    id
+}
+
+/// Whether `id` is a valid BEP 42 id for `ip` (always true for exempt addresses).
+pub fn is_valid(id: &Id, ip: &Ipv4Addr) -> bool {
+    if is_exempt(ip) {
+        return true;
+    }
+    let crc = prefix_crc(ip, id.0[19]).to_be_bytes();
+    id.0[0] == crc[0] && id.0[1] == crc[1] && (id.0[2] & 0xf8) == (crc[2] & 0xf8)
+}
+
+/// Majority vote over the external address other nodes report (`ip` in responses).
+/// Bounded: at most a handful of candidates are kept, and each voter counts once per round.
+#[derive(Clone, Debug, Default)]
+pub struct ExternalIpVote {
+    candidates: Vec<(Ipv4Addr, u32)>,
+    voters: Vec<Ipv4Addr>,
+    winner: Option<Ipv4Addr>,
+}
+
+/// Votes needed before an address is believed.
+const QUORUM: u32 = 5;
+/// Candidate addresses tracked at once.
+const MAX_CANDIDATES: usize = 8;
+/// Distinct voters remembered (a voter counts once until the list rolls over).
+const MAX_VOTERS: usize = 64;
+
+impl ExternalIpVote {
+    /// Records that `voter` says our address is `ours`. Returns the new winner when the
+    /// majority changes.
+    pub fn vote(&mut self, voter: Ipv4Addr, ours: Ipv4Addr) -> Option<Ipv4Addr> {
+        if self.voters.contains(&voter) {
+            return None;
+        }
+        if self.voters.len() >= MAX_VOTERS {
+            self.voters.remove(0);
+        }
+        self.voters.push(voter);
+        match self.candidates.iter_mut().find(|(ip, _)| *ip == ours) {
+            Some((_, n)) => *n += 1,
+            None => {
+                if self.candidates.len() >= MAX_CANDIDATES {
+                    // Forget the weakest candidate.
+                    if let Some(pos) = self
+                        .candidates
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, (_, n))| *n)
+                        .map(|(i, _)| i)
+                    {
+                        self.candidates.remove(pos);
+                    }
+                }
+                self.candidates.push((ours, 1));
+            }
+        }
+        let best = self
+            .candidates
+            .iter()
+            .max_by_key(|(_, n)| *n)
+            .filter(|(_, n)| *n >= QUORUM)
+            .map(|(ip, _)| *ip);
+        if best.is_some() && best != self.winner {
+            self.winner = best;
+            return best;
+        }
+        None
+    }
+
+    /// The address most nodes agree on, once a quorum has voted.
+    pub fn winner(&self) -> Option<Ipv4Addr> {
+        self.winner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bep42_test_vectors() {
+        let vectors = [
+            ("124.31.75.21", "5fbfbff10c5d6a4ec8a88e4c6ab4c28b95eee401"),
+            ("21.75.31.124", "5a3ce9c14e7a08645677bbd1cfe7d8f956d53256"),
+            ("65.23.51.170", "a5d43220bc8f112a3d426c84764f8c2a1150e616"),
+            ("84.124.73.14", "1b0321dd1bb1fe518101ceef99462b947a01ff41"),
+            ("43.213.53.83", "e56f6cbf5b7c4be0237986d5243b87aa6d51305a"),
+        ];
+        for (ip, id) in vectors {
+            let ip: Ipv4Addr = ip.parse().unwrap();
+            let id = Id::from_hex(id).unwrap();
+            assert!(is_valid(&id, &ip), "{ip}");
+            let mut wrong = id;
+            wrong.0[0] ^= 0x80;
+            assert!(!is_valid(&wrong, &ip), "{ip} flipped");
+        }
+    }
+
+    #[test]
+    fn derived_ids_are_valid_and_local_ips_are_exempt() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let ip = Ipv4Addr::new(84, 124, 73, 14);
+        for _ in 0..100 {
+            assert!(is_valid(&id_for_ip(&ip, &mut rng), &ip));
+        }
+        assert!(is_valid(&Id([0; 20]), &Ipv4Addr::new(127, 0, 0, 1)));
+        assert!(is_valid(&Id([0; 20]), &Ipv4Addr::new(10, 1, 2, 3)));
+        assert!(!is_valid(&Id([0; 20]), &ip));
+    }
+
+    #[test]
+    fn vote_needs_a_quorum_of_distinct_voters() {
+        let mut v = ExternalIpVote::default();
+        let ours = Ipv4Addr::new(84, 124, 73, 14);
+        // One voter repeating itself does not count.
+        for _ in 0..10 {
+            v.vote(Ipv4Addr::new(1, 1, 1, 1), ours);
+        }
+        assert_eq!(v.winner(), None);
+        for i in 2..=4 {
+            assert_eq!(v.vote(Ipv4Addr::new(1, 1, 1, i), ours), None);
+        }
+        // A liar does not change the outcome.
+        v.vote(Ipv4Addr::new(9, 9, 9, 9), Ipv4Addr::new(6, 6, 6, 6));
+        assert_eq!(v.vote(Ipv4Addr::new(1, 1, 1, 5), ours), Some(ours));
+        assert_eq!(v.winner(), Some(ours));
+    }
+}
