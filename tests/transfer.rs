@@ -161,6 +161,13 @@ impl Seed {
     fn infohash(&self) -> String {
         self.info["infohash"].as_str().unwrap().to_string()
     }
+
+    /// SIGTERM: the seeder stops serving and exits 0.
+    fn stop(mut self) {
+        self.proc.signal(libc::SIGTERM);
+        let st = self.proc.wait_exit(Duration::from_secs(10));
+        assert!(st.success(), "seed exited with {st} on SIGTERM");
+    }
 }
 
 /// `dhtnode seed PATH --bind ADDR --bootstrap BOOT --json [extra...]`; waits for the JSON line.
@@ -263,7 +270,7 @@ fn fetch_ok(a: &[&str], seed: &Seed) -> serde_json::Value {
         assert!(r.get(key).is_some(), "fetch JSON lacks {key}: {r}");
     }
     assert!(r["peers_connected"].as_u64().unwrap() >= 1, "{r}");
-    eprintln!("fetch {:?}: {r}", a.first());
+    eprintln!("fetch {}: {r}", a[0]);
     r
 }
 
@@ -309,7 +316,7 @@ fn single_file_seed_then_fetch_by_infohash_through_the_dht() {
     assert_eq!(r["pieces_resumed"], 0, "{r}");
     assert_eq!(visible_entries(&out), vec!["random.bin"]);
     assert_same_file(&src, &out.join("random.bin"));
-    drop(seed);
+    seed.stop();
     drop(dht);
 }
 

@@ -1,0 +1,379 @@
+//! Transfers between `dhtnode` and a real BitTorrent client, libtorrent 2.0 (Debian's
+//! python3-libtorrent, driven by tests/interop/lt_torrent.py), over a loopback DHT with no
+//! tracker anywhere:
+//! - a libtorrent session seeds a trackerless torrent into a DHT of libtorrent nodes
+//!   (tests/interop/lt_dht.py) and `dhtnode fetch <infohash>` downloads it, metadata via BEP 9;
+//! - `dhtnode seed` serves into a DHT of `dhtnode bootstrap` nodes and a libtorrent session
+//!   downloads it knowing only the info-hash.
+//!
+//! Single-file and multi-file torrents each way; bytes must be identical. Each test owns one
+//! 127.N.0.0/16 range (N = 96..=99). libtorrent runs TCP only (uTP off) with the loopback
+//! settings of lt_dht.py (see tests/interop/README.md).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{args, json, libtorrent_python, run_dhtnode, Proc};
+
+const SCRIPT_DHT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/lt_dht.py");
+const SCRIPT_TORRENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/lt_torrent.py");
+
+// ----- data -------------------------------------------------------------------------------
+
+/// Deterministic pseudo-random bytes (xorshift64*).
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        out.extend_from_slice(&s.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn write_random(path: &Path, len: usize, seed: u64) {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    std::fs::write(path, random_bytes(len, seed)).unwrap();
+}
+
+/// A single file of a few MiB, not a multiple of any piece size.
+fn make_single(dir: &Path, seed: u64) -> PathBuf {
+    let p = dir.join("payload.bin");
+    write_random(&p, 3 * 1024 * 1024 + 9_876, seed);
+    p
+}
+
+/// A directory with nested files, an empty file, and sizes off piece boundaries.
+fn make_tree(dir: &Path, seed: u64) -> PathBuf {
+    let root = dir.join("tree");
+    write_random(&root.join("a.bin"), 1024 * 1024 + 11, seed);
+    write_random(&root.join("sub").join("b.bin"), 1536 * 1024 + 5, seed + 1);
+    write_random(
+        &root.join("sub").join("deep").join("c.txt"),
+        4_999,
+        seed + 2,
+    );
+    std::fs::write(root.join("sub").join("empty.txt"), b"").unwrap();
+    write_random(&root.join("z.bin"), 123_457, seed + 3);
+    root
+}
+
+/// Every regular file under `dir`, relative, sorted.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push(p.strip_prefix(base).unwrap().to_path_buf());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if dir.is_dir() {
+        walk(dir, dir, &mut out);
+    }
+    out.sort();
+    out
+}
+
+fn assert_same_file(want: &Path, got: &Path) {
+    let a = std::fs::read(want).unwrap_or_else(|e| panic!("read {}: {e}", want.display()));
+    let b = std::fs::read(got).unwrap_or_else(|e| panic!("read {}: {e}", got.display()));
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "{} has {} bytes, want {}",
+        got.display(),
+        b.len(),
+        a.len()
+    );
+    if let Some(i) = a.iter().zip(&b).position(|(x, y)| x != y) {
+        panic!(
+            "{} differs from {} at byte {i}",
+            got.display(),
+            want.display()
+        );
+    }
+}
+
+/// `got` (a file or directory) has the same files and bytes as `want`.
+fn assert_same(want: &Path, got: &Path) {
+    if want.is_file() {
+        return assert_same_file(want, got);
+    }
+    let w = files_under(want);
+    let g = files_under(got);
+    assert_eq!(g, w, "files under {} differ from the source", got.display());
+    for rel in &w {
+        assert_same_file(&want.join(rel), &got.join(rel));
+    }
+}
+
+// ----- libtorrent processes ---------------------------------------------------------------
+
+/// Sends one request to a harness and waits (bounded) for its reply, echoing progress events
+/// to stderr; panics when the reply is not ok.
+fn lt_call(p: &mut Proc, cmd: serde_json::Value, timeout: Duration) -> serde_json::Value {
+    p.send_line(&cmd.to_string());
+    let want = cmd["cmd"].as_str().unwrap().to_string();
+    let line = p.wait_line(timeout, &want, |l| {
+        let v = json(l);
+        if v.get("event").is_some() {
+            eprintln!("{l}");
+        }
+        v["cmd"].as_str() == Some(want.as_str())
+    });
+    let r = json(&line);
+    assert_eq!(r["ok"], true, "libtorrent command {cmd} failed: {r}");
+    r
+}
+
+/// A private DHT of libtorrent sessions (lt_dht.py) on 127.NET.0.1.., fully wired.
+fn start_lt_dht(net: u8, sessions: usize) -> (Proc, Vec<String>) {
+    let py = libtorrent_python();
+    let proc = Proc::spawn(
+        "lt_dht",
+        py,
+        &args(&[
+            SCRIPT_DHT,
+            "--sessions",
+            &sessions.to_string(),
+            "--base-ip",
+            &format!("127.{net}.0.1"),
+            "--port",
+            "6881",
+        ]),
+    );
+    let ready = json(&proc.wait_line(Duration::from_secs(30), "ready", |l| l.contains("ready")));
+    assert_eq!(ready["ready"], true, "lt_dht.py failed: {ready}");
+    let nodes = ready["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| format!("{}:{}", n["ip"].as_str().unwrap(), n["port"]))
+        .collect();
+    (proc, nodes)
+}
+
+/// One libtorrent session (lt_torrent.py) on `ip`, wired to the DHT nodes `nodes`.
+fn start_lt_torrent(name: &str, ip: &str, nodes: &[String]) -> Proc {
+    let py = libtorrent_python();
+    let mut a = args(&[SCRIPT_TORRENT, "--ip", ip]);
+    for n in nodes {
+        a.push("--add-node".into());
+        a.push(n.clone());
+    }
+    let proc = Proc::spawn(name, py, &a);
+    let ready = json(&proc.wait_line(Duration::from_secs(30), "ready", |l| l.contains("ready")));
+    assert_eq!(ready["ready"], true, "lt_torrent.py failed: {ready}");
+    proc
+}
+
+// ----- dhtnode processes ------------------------------------------------------------------
+
+fn node_addr(net: u8, i: usize) -> String {
+    format!("127.{net}.0.{}:6881", i + 1)
+}
+
+/// `n` `dhtnode bootstrap` nodes on 127.NET.0.1.., started one after another.
+fn start_dhtnode_dht(net: u8, n: usize, dir: &Path) -> Vec<Proc> {
+    let mut procs = Vec::new();
+    for i in 0..n {
+        let boot = if i == 0 {
+            "none".to_string()
+        } else {
+            node_addr(net, i % 3.min(i))
+        };
+        let p = Proc::dhtnode(
+            &format!("node{i}"),
+            &args(&[
+                "bootstrap",
+                "--bind",
+                &node_addr(net, i),
+                "--bootstrap",
+                &boot,
+                "--state-dir",
+                dir.join(format!("n{i}")).to_str().unwrap(),
+                "--status-interval",
+                "1",
+                "--json",
+            ]),
+        );
+        p.wait_line(Duration::from_secs(10), "first status line", |l| {
+            json(l).get("node_id").is_some()
+        });
+        procs.push(p);
+    }
+    procs[n - 1].wait_line(Duration::from_secs(20), "nodes >= 3", |l| {
+        json(l)["nodes"].as_u64().unwrap_or(0) >= 3.min(n as u64 - 1)
+    });
+    procs
+}
+
+/// Waits (bounded) until `dhtnode lookup` through `via` returns `want` for `ih`.
+fn wait_announced(net: u8, ih: &str, via: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let (_code, out, err) = run_dhtnode(
+            &args(&[
+                "lookup",
+                ih,
+                "--bind",
+                &format!("127.{net}.1.1:0"),
+                "--bootstrap",
+                via,
+                "--json",
+                "--timeout",
+                "10",
+            ]),
+            Duration::from_secs(30),
+        );
+        if let Ok(r) = serde_json::from_str::<serde_json::Value>(out.trim()) {
+            if r["peers"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p.as_str() == Some(want)))
+            {
+                return;
+            }
+        }
+        last = format!("stdout {out} stderr {err}");
+    }
+    panic!("{want} never became visible in the DHT for {ih}; last lookup: {last}");
+}
+
+// ----- libtorrent seeds, dhtnode fetches --------------------------------------------------
+
+/// A libtorrent session seeds `src` (trackerless, v1) into a private libtorrent DHT;
+/// `dhtnode fetch <infohash>`, bootstrapped from one libtorrent node, downloads it.
+fn libtorrent_seeds_dhtnode_fetches(net: u8, make: fn(&Path, u64) -> PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make(&tmp.path().join("src"), u64::from(net));
+    let (_dht, nodes) = start_lt_dht(net, 6);
+    let mut seeder = start_lt_torrent("lt_seed", &format!("127.{net}.0.100"), &nodes);
+    let started = Instant::now();
+    let s = lt_call(
+        &mut seeder,
+        serde_json::json!({"cmd": "seed", "path": src, "wait_announced": true, "timeout": 60}),
+        Duration::from_secs(90),
+    );
+    eprintln!("libtorrent seeds: {s} ({:?})", started.elapsed());
+    let ih = s["info_hash"].as_str().unwrap().to_string();
+
+    let out = tmp.path().join("out");
+    let started = Instant::now();
+    let (code, stdout, stderr) = run_dhtnode(
+        &args(&[
+            "fetch",
+            &ih,
+            "--output",
+            out.to_str().unwrap(),
+            "--bind",
+            &format!("127.{net}.0.201:0"),
+            "--bootstrap",
+            &nodes[3],
+            "--json",
+        ]),
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        code,
+        0,
+        "dhtnode fetch from libtorrent failed after {:?}\nstdout: {stdout}\nstderr: {stderr}",
+        started.elapsed()
+    );
+    let r = json(stdout.lines().last().expect("JSON report"));
+    eprintln!("dhtnode fetch: {r}");
+    assert_eq!(r["infohash"].as_str(), Some(ih.as_str()), "{r}");
+    assert_eq!(r["name"], s["name"], "{r}");
+    assert_eq!(r["bytes"], s["bytes"], "{r}");
+    assert_eq!(r["pieces"], s["pieces"], "{r}");
+    assert!(
+        r["metadata_ms"].as_u64().is_some(),
+        "metadata not fetched: {r}"
+    );
+    assert!(r["peers_connected"].as_u64().unwrap_or(0) >= 1, "{r}");
+    let name = s["name"].as_str().unwrap();
+    assert_same(&src, &out.join(name));
+}
+
+#[test]
+fn libtorrent_seeds_single_file_dhtnode_fetches_by_infohash() {
+    libtorrent_seeds_dhtnode_fetches(96, make_single);
+}
+
+#[test]
+fn libtorrent_seeds_directory_dhtnode_fetches_by_infohash() {
+    libtorrent_seeds_dhtnode_fetches(97, make_tree);
+}
+
+// ----- dhtnode seeds, libtorrent downloads ------------------------------------------------
+
+/// `dhtnode seed` announces `src` into a DHT of `dhtnode bootstrap` nodes; a libtorrent
+/// session wired to those nodes downloads it knowing only the info-hash.
+fn dhtnode_seeds_libtorrent_fetches(net: u8, make: fn(&Path, u64) -> PathBuf) {
+    libtorrent_python();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make(&tmp.path().join("src"), u64::from(net));
+    let dht = start_dhtnode_dht(net, 6, &tmp.path().join("dht"));
+    let seed_addr = format!("127.{net}.0.200:7000");
+    let seed = Proc::dhtnode(
+        "seed",
+        &args(&[
+            "seed",
+            src.to_str().unwrap(),
+            "--bind",
+            &seed_addr,
+            "--bootstrap",
+            &node_addr(net, 0),
+            "--json",
+        ]),
+    );
+    let info = json(
+        &seed
+            .next_line(Duration::from_secs(60))
+            .expect("seed printed no JSON line within 60 s"),
+    );
+    let ih = info["infohash"].as_str().unwrap().to_string();
+    wait_announced(net, &ih, &node_addr(net, 4), &seed_addr);
+
+    let nodes: Vec<String> = (0..6).map(|i| node_addr(net, i)).collect();
+    let mut leecher = start_lt_torrent("lt_download", &format!("127.{net}.0.100"), &nodes);
+    let save = tmp.path().join("lt-save");
+    let started = Instant::now();
+    let r = lt_call(
+        &mut leecher,
+        serde_json::json!({"cmd": "download", "info_hash": ih, "save_path": save, "timeout": 90}),
+        Duration::from_secs(120),
+    );
+    eprintln!("libtorrent download: {r} ({:?})", started.elapsed());
+    assert_eq!(r["finished"], true, "{r}");
+    assert_eq!(r["name"], info["name"], "{r} vs {info}");
+    assert_eq!(r["bytes"], info["bytes"], "{r} vs {info}");
+    assert_eq!(r["pieces"], info["pieces"], "{r} vs {info}");
+    let name = info["name"].as_str().unwrap();
+    assert_same(&src, &save.join(name));
+    drop(leecher);
+    drop(seed);
+    drop(dht);
+}
+
+#[test]
+fn dhtnode_seeds_single_file_libtorrent_downloads_by_infohash() {
+    dhtnode_seeds_libtorrent_fetches(98, make_single);
+}
+
+#[test]
+fn dhtnode_seeds_directory_libtorrent_downloads_by_infohash() {
+    dhtnode_seeds_libtorrent_fetches(99, make_tree);
+}
