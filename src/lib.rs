@@ -8,5 +8,6 @@ pub mod engine;
 pub mod id;
 pub mod krpc;
 pub mod net;
+pub mod sim;
 pub mod torrent;
 pub mod wire;

@@ -195,7 +195,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         t0,
         format!("client starts with only the info-hash and one DHT node ({entry})"),
     );
-    let fetch_start = Instant::now();
     let (tx, rx) = mpsc::channel(256);
     let feed = FeedStats::new();
     spawn_peer_feed(
@@ -227,7 +226,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         t0,
         format!(
             "lookup found the seeder after {} ms ({} hop(s), {} nodes queried)",
-            first_peer.map_or("-".into(), |v| v.to_string()),
+            first_peer.map_or("-".into(), |d| format!("{:.2}", d.as_secs_f64() * 1000.0)),
             feed.first_peer_hops.load(Ordering::Relaxed),
             feed.nodes_queried.load(Ordering::Relaxed),
         ),
@@ -236,8 +235,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         say(
             t0,
             format!(
-                "metadata (BEP 9) fetched from the peer in {} ms",
-                m.as_millis()
+                "metadata (BEP 9) fetched from the peer in {:.2} ms",
+                m.as_secs_f64() * 1000.0
             ),
         );
     }
@@ -260,7 +259,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "MISMATCH: the fetched file differs from the original".to_string()
         },
     );
-    let _ = fetch_start;
     client.shutdown().await;
     seed_node.shutdown().await;
     seeder.shutdown();

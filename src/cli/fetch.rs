@@ -185,7 +185,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         first_peer_ms: r
             .first_peer
             .map(|d| d.as_millis() as u64)
-            .or_else(|| feed.first_peer()),
+            .or_else(|| feed.first_peer().map(|d| d.as_millis() as u64)),
         metadata_ms: r.metadata.map(|d| d.as_millis() as u64),
         peers_connected: r.peers_connected,
         download_mb_s: r.download_mb_s(),

@@ -7,6 +7,7 @@ mod demo;
 mod fetch;
 mod lookup;
 mod seed;
+mod simulate;
 mod swarm;
 
 use std::net::SocketAddr;
@@ -44,6 +45,8 @@ enum Command {
     Fetch(fetch::Args),
     /// Share a file or directory: build the torrent, announce it into the DHT, serve peers.
     Seed(seed::Args),
+    /// Run a network simulation scenario on the production DHT core (virtual time).
+    Simulate(simulate::Args),
     /// The whole system offline on loopback: DHT nodes, a seeder, a fetch by info-hash.
     Demo(demo::Args),
 }
@@ -126,6 +129,10 @@ pub fn main() -> ExitCode {
             Command::Seed(a) => {
                 init_tracing("info");
                 seed::run(a).await
+            }
+            Command::Simulate(a) => {
+                init_tracing("warn");
+                tokio::task::block_in_place(|| simulate::run(a))
             }
             Command::Demo(a) => {
                 init_tracing("warn");

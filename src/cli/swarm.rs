@@ -19,8 +19,8 @@ pub const REANNOUNCE_EVERY: Duration = Duration::from_secs(15 * 60);
 /// What the peer feed learnt, for the final report and the demo's story.
 #[derive(Default)]
 pub struct FeedStats {
-    /// Milliseconds from feed start to the first peer (u64::MAX = none yet).
-    pub first_peer_ms: AtomicU64,
+    /// Microseconds from feed start to the first peer (u64::MAX = none yet).
+    pub first_peer_us: AtomicU64,
     /// Lookup depth of the answer that gave the first peer (0 = unknown).
     pub first_peer_hops: AtomicU64,
     /// Nodes queried by all lookups.
@@ -33,15 +33,15 @@ impl FeedStats {
     /// A fresh record.
     pub fn new() -> Arc<FeedStats> {
         let s = FeedStats::default();
-        s.first_peer_ms.store(u64::MAX, Ordering::Relaxed);
+        s.first_peer_us.store(u64::MAX, Ordering::Relaxed);
         Arc::new(s)
     }
 
     /// Time to the first peer, if one came.
-    pub fn first_peer(&self) -> Option<u64> {
-        match self.first_peer_ms.load(Ordering::Relaxed) {
+    pub fn first_peer(&self) -> Option<Duration> {
+        match self.first_peer_us.load(Ordering::Relaxed) {
             u64::MAX => None,
-            v => Some(v),
+            v => Some(Duration::from_micros(v)),
         }
     }
 }
@@ -82,8 +82,8 @@ pub fn spawn_peer_feed(
                                 continue;
                             }
                             if stats.first_peer().is_none() {
-                                let ms = started.elapsed().as_millis() as u64;
-                                stats.first_peer_ms.store(ms, Ordering::Relaxed);
+                                let us = started.elapsed().as_micros() as u64;
+                                stats.first_peer_us.store(us, Ordering::Relaxed);
                             }
                             if tx.send(p).await.is_err() {
                                 return;

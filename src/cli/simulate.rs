@@ -1,0 +1,109 @@
+//! `dhtnode simulate`: runs a scenario of the network simulator (the production DHT core under
+//! a virtual clock) and reports the figures; `--out` also writes CSV and plots.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use dhtnode::sim::{run_scenario, write_outputs, ProgressUpdate, RunOptions, Scenario};
+
+/// Arguments of `dhtnode simulate`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Scenario file (see simulations/*.toml).
+    #[arg(value_name = "SCENARIO.toml")]
+    scenario: PathBuf,
+    /// RNG seed (overrides the scenario's); same seed, same output.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Number of nodes (overrides the scenario's).
+    #[arg(long, value_name = "N")]
+    nodes: Option<u32>,
+    /// Directory for lookups.csv and the plots.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print one JSON object at the end.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the scenario.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let scenario = match Scenario::from_path(&args.scenario) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let opts = RunOptions {
+        seed: args.seed,
+        nodes: args.nodes,
+        ..RunOptions::default()
+    };
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {pos}/{len} lookups [{elapsed_precise}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let mut last_line = std::time::Instant::now();
+    let mut progress = |u: ProgressUpdate| match &bar {
+        Some(b) => {
+            b.set_length(u64::from(u.lookups_total));
+            b.set_position(u64::from(u.lookups_done));
+            b.set_message(format!(
+                "{} t={:.0}s online={}",
+                u.phase, u.sim_seconds, u.online
+            ));
+        }
+        None => {
+            if last_line.elapsed().as_secs() >= 5 {
+                last_line = std::time::Instant::now();
+                eprintln!(
+                    "{}: sim time {:.0} s, {} online, {}/{} lookups",
+                    u.phase, u.sim_seconds, u.online, u.lookups_done, u.lookups_total
+                );
+            }
+        }
+    };
+    let report = run_scenario(&scenario, &opts, &mut progress)
+        .with_context(|| format!("running {}", args.scenario.display()))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if let Some(dir) = &args.out {
+        write_outputs(&report, dir).with_context(|| format!("writing {}", dir.display()))?;
+    }
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        let s = &report.summary;
+        println!(
+            "{}: {} nodes, {} lookups, success {:.2}%, first peer p50 {:.0} ms p90 {:.0} ms p99 {:.0} ms, hops mean {:.2}, {:.1} messages/lookup; {:.0} s simulated in {:.1} s, peak RSS {:.0} MB",
+            report.scenario,
+            report.nodes,
+            s.lookups,
+            s.success_rate * 100.0,
+            s.first_peer_ms.p50,
+            s.first_peer_ms.p90,
+            s.first_peer_ms.p99,
+            s.hops.mean,
+            s.messages_per_lookup.mean,
+            report.sim_seconds,
+            report.wall_seconds,
+            report.peak_rss_mb
+        );
+        if let Some(r) = &report.ratio_to_perfect {
+            println!("ratio to the perfect-table limit: {r:?}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
