@@ -665,11 +665,18 @@ fn run_libtorrent(o: &Opts) -> Value {
         lt.call(json!({"cmd": "add_node", "session": 0, "addr": a.to_string()}));
     }
     let mut table = 0;
+    let mut grew = Instant::now();
     while t0.elapsed() < FILL_TIMEOUT {
-        table = stats(&mut lt)
+        let now = stats(&mut lt)
             .and_then(|s| s["routing_table_nodes"].as_u64())
             .unwrap_or(0) as usize;
-        if table >= want {
+        if now > table {
+            grew = Instant::now();
+        }
+        table = now;
+        // libtorrent's table layout differs from ours (it stops at 160 of the 168 here): stop
+        // once it has not grown for 10 s.
+        if table >= want || (table > 0 && grew.elapsed() > Duration::from_secs(10)) {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
