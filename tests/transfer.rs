@@ -647,7 +647,6 @@ fn kill_9_mid_download_then_fetch_again_resumes_without_refetching_verified_piec
         started.elapsed()
     );
     let r = json(stdout.lines().last().expect("JSON report"));
-    eprintln!("resumed fetch: {r}; first run forwarded {before_kill} bytes before kill -9");
     assert_eq!(r["pieces"].as_u64(), Some(pieces), "{r}");
     let resumed = r["pieces_resumed"].as_u64().expect("pieces_resumed");
     assert!(resumed > 0, "no piece resumed after kill -9: {r}");
@@ -661,6 +660,10 @@ fn kill_9_mid_download_then_fetch_again_resumes_without_refetching_verified_piec
     // Verified pieces were not fetched again: what came through the relay covers only the
     // missing pieces (plus metadata and message framing).
     let fetched = relay.take_down_bytes();
+    eprintln!(
+        "resumed fetch: {r}; the relay forwarded {before_kill} bytes before kill -9 and \
+         {fetched} bytes after"
+    );
     let missing = (pieces - resumed + 1) * piece_len;
     assert!(
         fetched <= missing + missing / 50 + 256 * 1024,
@@ -921,4 +924,110 @@ fn bad_arguments_exit_2_with_a_message() {
         Duration::from_secs(20),
     );
     assert!(err.contains("40 hex"), "{err}");
+}
+
+/// What a fake peer saw from `dhtnode fetch`.
+#[derive(Default, Debug)]
+struct FakePeerLog {
+    connections: usize,
+    metadata_requests: usize,
+}
+
+/// One connection of a fake peer that announces `metadata_size` in its BEP 10 handshake and
+/// then only listens, counting ut_metadata requests (extension message id 3 is ours).
+fn fake_metadata_peer(mut s: TcpStream, metadata_size: u64, log: &Mutex<FakePeerLog>) {
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut hs = [0u8; 68];
+    if s.read_exact(&mut hs).is_err() || &hs[..20] != b"\x13BitTorrent protocol" {
+        return;
+    }
+    log.lock().unwrap().connections += 1;
+    let mut reply = Vec::with_capacity(68);
+    reply.extend_from_slice(b"\x13BitTorrent protocol");
+    reply.extend_from_slice(&[0, 0, 0, 0, 0, 0x10, 0, 0]);
+    reply.extend_from_slice(&hs[28..48]);
+    reply.extend_from_slice(b"-XX0001-fakepeer1234");
+    let ext = format!("d1:md11:ut_metadatai3ee13:metadata_sizei{metadata_size}ee");
+    let mut msg = ((ext.len() + 2) as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&[20, 0]);
+    msg.extend_from_slice(ext.as_bytes());
+    reply.extend_from_slice(&msg);
+    if s.write_all(&reply).is_err() {
+        return;
+    }
+    loop {
+        let mut len = [0u8; 4];
+        if s.read_exact(&mut len).is_err() {
+            return;
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > 1 << 20 {
+            return;
+        }
+        let mut body = vec![0u8; len];
+        if s.read_exact(&mut body).is_err() {
+            return;
+        }
+        if body.len() >= 2 && body[0] == 20 && body[1] == 3 {
+            log.lock().unwrap().metadata_requests += 1;
+        }
+    }
+}
+
+#[test]
+fn peer_claiming_huge_metadata_size_is_refused_without_a_crash() {
+    let net = 94;
+    let tmp = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind(format!("127.{net}.0.210:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Mutex::new(FakePeerLog::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = {
+        let (log, stop) = (log.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for c in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(c) = c else { continue };
+                let log = log.clone();
+                // 1 TiB of "metadata": far above any sane cap (dhtnode's default is 16 MiB).
+                std::thread::spawn(move || fake_metadata_peer(c, 1 << 40, &log));
+            }
+        })
+    };
+    let out = tmp.path().join("out");
+    let started = Instant::now();
+    let (code, stdout, stderr) = fetch(&[
+        "5a5f0e6e0d6a2c8e9b1d3f7a9c0b2d4e6f8a1c3e",
+        "--output",
+        out.to_str().unwrap(),
+        "--bind",
+        &format!("127.{net}.0.202:0"),
+        "--bootstrap",
+        "none",
+        "--peer",
+        &addr.to_string(),
+        "--json",
+    ]);
+    stop.store(true, Ordering::SeqCst);
+    let _ = TcpStream::connect(addr);
+    server.join().unwrap();
+    let log = log.lock().unwrap();
+    eprintln!(
+        "huge metadata_size: exit {code} after {:?}, {log:?}, stderr {stderr:?}",
+        started.elapsed()
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(code, 0, "fetch succeeded from a lying peer: {stdout}");
+    assert!(stderr.contains("error"), "no clear message: {stderr}");
+    assert!(log.connections >= 1, "fetch never connected to the peer");
+    assert_eq!(
+        log.metadata_requests, 0,
+        "fetch requested metadata pieces of a 1 TiB info dictionary"
+    );
+    assert!(
+        !out.exists() || visible_entries(&out).is_empty(),
+        "files written without metadata"
+    );
 }
