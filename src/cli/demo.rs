@@ -218,7 +218,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let _ = progress.await;
     let report = match outcome {
         Ok(Ok(o)) => o.report,
-        Ok(Err(e)) => anyhow::bail!("the fetch failed: {e}"),
+        Ok(Err(e)) => return Err(anyhow::Error::from(e).context("the fetch failed")),
         Err(_) => anyhow::bail!("the fetch did not finish within 120 s"),
     };
     let first_peer = feed.first_peer();

@@ -168,9 +168,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 n.shutdown().await;
             }
             eprintln!(
-                "error: download of {} failed after {:.1} s: {e}",
-                target.info_hash,
-                started.elapsed().as_secs_f64()
+                "error: download of {} failed after {:.1} s: {:#}",
+                info_hash,
+                started.elapsed().as_secs_f64(),
+                anyhow::Error::from(e)
             );
             return Ok(ExitCode::FAILURE);
         }

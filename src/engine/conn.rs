@@ -24,7 +24,7 @@ use crate::wire::{
 #[derive(Debug, Error)]
 pub(crate) enum PeerError {
     /// Socket error.
-    #[error("i/o: {0}")]
+    #[error("i/o")]
     Io(#[from] io::Error),
     /// The peer closed the connection.
     #[error("connection closed by peer")]
@@ -33,16 +33,16 @@ pub(crate) enum PeerError {
     #[error("timed out")]
     Timeout,
     /// A frame violated the wire protocol (oversized, bad length, ...).
-    #[error("wire: {0}")]
+    #[error("wire")]
     Wire(#[from] WireError),
     /// Not a BitTorrent handshake.
-    #[error("handshake: {0}")]
+    #[error("handshake")]
     Handshake(#[from] HandshakeError),
     /// Bad extension handshake (e.g. a huge `metadata_size`).
-    #[error("extension: {0}")]
+    #[error("extension")]
     Extension(#[from] ExtensionError),
     /// Bad `ut_metadata` message or piece.
-    #[error("metadata: {0}")]
+    #[error("metadata")]
     Metadata(#[from] MetadataError),
     /// Another protocol violation.
     #[error("protocol: {0}")]

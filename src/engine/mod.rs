@@ -112,7 +112,7 @@ impl Default for EngineConfig {
             max_requests_per_peer: 500,
             max_metadata_size: crate::wire::DEFAULT_MAX_METADATA_SIZE,
             metadata_requests_per_peer: 4,
-            metadata_timeout: Duration::from_secs(10),
+            metadata_timeout: Duration::from_secs(5),
             choker: ChokerConfig::default(),
             queue_window: Duration::from_secs(3),
             min_queue: 2,
@@ -148,7 +148,7 @@ pub enum EngineError {
     #[error(transparent)]
     Resume(#[from] ResumeError),
     /// The info dictionary (fetched or given) is invalid.
-    #[error("invalid torrent metadata: {0}")]
+    #[error("invalid torrent metadata")]
     Metainfo(#[from] MetainfoError),
     /// The torrent's geometry is invalid.
     #[error(transparent)]

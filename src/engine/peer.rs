@@ -204,6 +204,7 @@ pub(crate) async fn run_peer(
         meta_ok: false,
         meta_rejected: false,
         meta_inflight: HashMap::new(),
+        meta_timeouts: 0,
         bits: None,
         raw_bits: None,
         raw_haves: Vec::new(),
@@ -255,6 +256,8 @@ struct Conn {
     meta_ok: bool,
     meta_rejected: bool,
     meta_inflight: HashMap<u32, Instant>,
+    /// Metadata requests this peer let time out; a peer that ignores them is dropped.
+    meta_timeouts: u32,
     /// The peer's pieces, once the piece count is known.
     bits: Option<Bitfield>,
     /// A bitfield received before the metadata (validated once the piece count is known).
@@ -289,6 +292,10 @@ fn be_u32(buf: &[u8], at: usize) -> Option<u32> {
     let b: [u8; 4] = buf.get(at..at + 4)?.try_into().ok()?;
     Some(u32::from_be_bytes(b))
 }
+
+/// Metadata requests a peer may leave unanswered before we drop it (a peer that advertises
+/// metadata and never sends it would otherwise hold a metadata-only fetch forever).
+const MAX_METADATA_TIMEOUTS: u32 = 2;
 
 impl Conn {
     async fn run(
@@ -1023,8 +1030,12 @@ impl Conn {
                 self.meta_rejected = true;
             }
             drop(st);
+            self.meta_timeouts += expired.len() as u32;
             for p in expired {
                 self.meta_inflight.remove(&p);
+            }
+            if self.meta_timeouts >= MAX_METADATA_TIMEOUTS {
+                return Err(PeerError::Timeout);
             }
         }
         self.request_metadata();

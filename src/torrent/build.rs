@@ -56,7 +56,7 @@ pub enum BuildError {
     #[error("piece length {0} must be a power of two between 16 KiB and 16 MiB")]
     PieceLength(u64),
     /// The result failed validation (e.g. more pieces than the wire can address).
-    #[error("built torrent is invalid: {0}")]
+    #[error("built torrent is invalid")]
     Invalid(#[from] MetainfoError),
 }
 

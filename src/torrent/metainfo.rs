@@ -25,10 +25,10 @@ pub const MAX_TORRENT_FILE: u64 = 64 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum MetainfoError {
     /// Not well-formed bencode (or nested too deep, or with trailing bytes).
-    #[error("malformed bencode: {0}")]
+    #[error("malformed bencode")]
     Bencode(#[from] BencodeError),
     /// Well-formed at the byte level, but the decoder refused it (e.g. an integer too big).
-    #[error("cannot decode bencode: {0}")]
+    #[error("cannot decode bencode")]
     Decode(#[from] bt_bencode::Error),
     /// The top level (or the info value) is not a dictionary.
     #[error("{0} is not a dictionary")]
@@ -60,13 +60,13 @@ pub enum MetainfoError {
         actual: usize,
     },
     /// Piece length out of range, total overflow, or no data.
-    #[error("bad geometry: {0}")]
+    #[error("bad geometry")]
     Layout(#[from] LayoutError),
     /// A multi-file torrent with an empty `files` list.
     #[error("multi-file torrent lists no files")]
     NoFiles,
     /// A file name or path is unsafe.
-    #[error("unsafe path in torrent: {0}")]
+    #[error("unsafe path in torrent")]
     Path(#[from] PathError),
     /// Two files share a path, or a file is also used as a directory.
     #[error("conflicting file path {0:?}")]
@@ -75,7 +75,7 @@ pub enum MetainfoError {
     #[error("torrent file is larger than {MAX_TORRENT_FILE} bytes")]
     TooLarge,
     /// The `.torrent` file could not be read.
-    #[error("cannot read torrent file: {0}")]
+    #[error("cannot read torrent file")]
     Io(#[from] std::io::Error),
 }
 

@@ -29,7 +29,7 @@ const MAGIC: &[u8; 8] = b"DHTNRES1";
 #[derive(Debug, thiserror::Error)]
 pub enum ResumeError {
     /// Syncing the piece data failed: the record was not written.
-    #[error("cannot sync piece data: {0}")]
+    #[error("cannot sync piece data")]
     Storage(#[from] StorageError),
     /// Writing the record failed; the previous record (if any) is intact.
     #[error("cannot write resume file {}: {source}", path.display())]

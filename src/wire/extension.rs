@@ -27,7 +27,7 @@ pub const MAX_EXTENSION_DEPTH: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ExtensionError {
     /// The payload is not well-formed bencode (or nests too deep).
-    #[error("malformed bencode: {0}")]
+    #[error("malformed bencode")]
     Malformed(#[from] ScanError),
     /// `bt_bencode` refused the value (kept as text so the error stays `Clone + Eq`).
     #[error("bencode decode error: {0}")]

@@ -22,7 +22,7 @@ pub const UT_METADATA: &str = "ut_metadata";
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum MetadataError {
     /// The bencoded dictionary is malformed, not a dictionary, or has negative numbers.
-    #[error("bad ut_metadata dictionary: {0}")]
+    #[error("bad ut_metadata dictionary")]
     Bencode(#[from] ExtensionError),
     /// A required key is missing or has the wrong type.
     #[error("ut_metadata message lacks {0}")]
