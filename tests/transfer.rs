@@ -1031,3 +1031,103 @@ fn peer_claiming_huge_metadata_size_is_refused_without_a_crash() {
         "files written without metadata"
     );
 }
+
+/// Issue 5 item 6: `kill -9` of `fetch` at 20 random moments, restarting each time. After every
+/// kill, every piece the resume record calls verified must hash right on disk; at the end the
+/// file is byte-identical.
+#[test]
+fn twenty_random_kill_9s_never_record_a_wrong_piece_and_the_file_ends_identical() {
+    use dhtnode::torrent::{Metainfo, OpenMode, ResumeFile, Storage};
+    use rand::{Rng, SeedableRng};
+
+    let net = 95;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src").join("crash.bin");
+    let size = 64 * 1024 * 1024 + 4321;
+    write_random(&src, size, 95);
+    let torrent = tmp.path().join("crash.torrent");
+    let seed = start_seed(
+        &format!("127.{net}.0.200:7000"),
+        &src,
+        "none",
+        &["--torrent-out", torrent.to_str().unwrap()],
+    );
+    let ih = seed.infohash();
+    let mi = Metainfo::read_file(&torrent).expect("seed wrote its torrent");
+    // Slow enough (4 MiB/s) that kills land mid-download, in metadata, writes and flushes.
+    let relay = Relay::start(
+        &format!("127.{net}.0.202:0"),
+        seed.addr.parse().unwrap(),
+        4 * 1024 * 1024,
+    );
+    let out = tmp.path().join("out");
+    let relay_addr = relay.addr.to_string();
+    let fetch_args = args(&[
+        "fetch",
+        &ih,
+        "--output",
+        out.to_str().unwrap(),
+        "--bind",
+        &format!("127.{net}.0.201:0"),
+        "--bootstrap",
+        "none",
+        "--peer",
+        &relay_addr,
+        "--json",
+    ]);
+    let resume_path = ResumeFile::default_path(&out, &mi.info);
+    let num_pieces = mi.info.num_pieces() as u32;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(95);
+    let mut checked_pieces = 0u64;
+    let mut kills = 0;
+    while kills < 20 {
+        let mut p = Proc::dhtnode("fetch", &fetch_args);
+        // A random moment: from right at start-up to well into the download.
+        let wait = Duration::from_millis(rng.gen_range(0..4000));
+        let deadline = Instant::now() + wait;
+        let mut exited = None;
+        while Instant::now() < deadline {
+            if let Some(st) = p.try_exit() {
+                exited = Some(st);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if exited.is_some() {
+            // It finished before the kill: the download is complete; stop killing.
+            break;
+        }
+        p.signal(libc::SIGKILL);
+        let st = p.wait_exit(Duration::from_secs(10));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&st),
+            Some(libc::SIGKILL)
+        );
+        kills += 1;
+        // The invariant: every piece recorded as verified is right on disk.
+        let record = ResumeFile::load(&resume_path, mi.info_hash, num_pieces);
+        let verified: Vec<u32> = record.verified().iter().collect();
+        if !verified.is_empty() {
+            let storage = Storage::open(&out, &mi.info, OpenMode::Existing)
+                .expect("data files exist once pieces are recorded");
+            for i in &verified {
+                assert!(
+                    storage.verify_piece(*i).unwrap().is_some(),
+                    "after kill {kills}: piece {i} is recorded as verified but wrong on disk"
+                );
+            }
+            checked_pieces += verified.len() as u64;
+        }
+    }
+    // A last run completes; the bytes are the original's.
+    let (code, stdout, stderr) = run_dhtnode(&fetch_args, FETCH_TIMEOUT);
+    assert_eq!(code, 0, "final fetch failed: {stdout} {stderr}");
+    assert_same_file(&src, &out.join("crash.bin"));
+    eprintln!("{kills} kills, {checked_pieces} recorded pieces checked against the disk");
+    assert!(
+        kills >= 10,
+        "the download finished too fast to kill it often ({kills} kills)"
+    );
+    drop(relay);
+    seed.stop();
+}

@@ -16,7 +16,7 @@ use dhtnode::torrent::{parse_infohash_arg, Metainfo};
 use tokio::sync::{mpsc, watch};
 
 use super::swarm::{spawn_announcer, spawn_peer_feed, spawn_progress, FeedStats};
-use super::{bind_arg, bootstrap_list, wait_for_shutdown_signal};
+use super::{bind_arg, bootstrap_list, ShutdownSignal};
 
 /// Arguments of `dhtnode fetch`.
 #[derive(clap::Args, Debug)]
@@ -90,6 +90,7 @@ const MAX_LOOKUPS: u32 = 6;
 
 /// Runs the fetch; exit 0 only when every piece is verified and on disk.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut signals = ShutdownSignal::install()?;
     let target = match parse_target(&args.target) {
         Ok(t) => t,
         Err(e) => {
@@ -159,7 +160,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let (ptx, prx) = watch::channel(Progress::default());
     let progress = spawn_progress(prx, args.json);
-    let outcome = fetch(opts, rx, ptx).await;
+    // Ctrl-C / SIGTERM stops the download; verified pieces are already durable (resume).
+    let outcome = tokio::select! {
+        r = fetch(opts, rx, ptx) => r,
+        _ = signals.wait() => {
+            if let Some(n) = &node {
+                n.shutdown().await;
+            }
+            eprintln!("interrupted; run the same command again to resume");
+            return Ok(ExitCode::from(130));
+        }
+    };
     let _ = progress.await;
     let outcome = match outcome {
         Ok(o) => o,
@@ -215,7 +226,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             spawn_announcer(n.clone(), info_hash, seeder.local_addr().port());
         }
         eprintln!("seeding on {}; Ctrl-C to stop", seeder.local_addr());
-        wait_for_shutdown_signal().await?;
+        signals.wait().await;
         seeder.shutdown();
     }
     if let Some(n) = &node {

@@ -80,14 +80,30 @@ pub fn bind_arg(s: &str) -> Result<SocketAddr, String> {
     Ok(a)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
+/// SIGINT/SIGTERM handlers installed up front, so a signal that arrives while a command is
+/// still starting up is noticed instead of killing the process mid-write.
+pub struct ShutdownSignal {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    /// Installs the handlers (call at the very start of a long-running command).
+    pub fn install() -> anyhow::Result<ShutdownSignal> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignal {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    /// Resolves on the next SIGINT or SIGTERM.
+    pub async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 fn init_tracing(default: &str) {

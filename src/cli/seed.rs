@@ -11,8 +11,8 @@ use dhtnode::engine::{EngineConfig, Seeder};
 use dhtnode::net::{DhtHandle, NodeOptions};
 use dhtnode::torrent::{build_torrent, BuildOptions, Metainfo};
 
-use super::swarm::{announce_once, spawn_announcer};
-use super::{bind_arg, bootstrap_list, wait_for_shutdown_signal};
+use super::swarm::spawn_announcer;
+use super::{bind_arg, bootstrap_list, ShutdownSignal};
 
 /// Arguments of `dhtnode seed`.
 #[derive(clap::Args, Debug)]
@@ -60,6 +60,7 @@ fn data_dir_for(path: &Path, name: &str) -> PathBuf {
 
 /// Runs the seeder until a signal arrives.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut signals = ShutdownSignal::install()?;
     if !args.path.exists() {
         eprintln!("error: {} does not exist", args.path.display());
         return Ok(ExitCode::from(2));
@@ -123,21 +124,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         seeder.local_addr(),
         node.local_addr()
     );
-    let _ = node.wait_bootstrapped().await;
-    let acks = announce_once(&node, metainfo.info_hash, port)
-        .await
-        .unwrap_or(0);
-    tracing::info!("announced to {acks} DHT node(s)");
-    // Re-announce every 15 minutes (the first round is done above).
+    // Announce once the join is done, and every 15 minutes after that.
     {
         let node = node.clone();
         let ih = metainfo.info_hash;
         tokio::spawn(async move {
-            tokio::time::sleep(super::swarm::REANNOUNCE_EVERY).await;
+            let _ = node.wait_bootstrapped().await;
             spawn_announcer(node, ih, port);
         });
     }
-    wait_for_shutdown_signal().await?;
+    signals.wait().await;
     tracing::info!(
         "stopping; uploaded {} bytes",
         seeder.uploaded(&metainfo.info_hash).unwrap_or(0)

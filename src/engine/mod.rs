@@ -121,7 +121,7 @@ impl Default for EngineConfig {
             piece_buffer_budget: 48 * 1024 * 1024,
             hash_threads: 0,
             socket_buffer: None,
-            resume_flush_interval: Duration::from_secs(5),
+            resume_flush_interval: Duration::from_secs(2),
             reconnect_attempts: 3,
             reconnect_delay: Duration::from_secs(2),
             client_name: format!("dhtnode {}", env!("CARGO_PKG_VERSION")),

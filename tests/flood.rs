@@ -1,0 +1,65 @@
+//! Issue 5, item 2: a query flood from 100,000 spoofed loopback sources announcing 1,000,000
+//! distinct info-hashes, plus one hammering IP, against one node of a small network of
+//! `dhtnode bootstrap` processes. The node's memory stays bounded, its store stays within its
+//! limits, the hammering IP is banned, and a polite client's lookups through the flooded node
+//! keep finding a peer announced before the flood. The scenario is in `common/flood.rs`
+//! (shared with `benches/flood.rs`, which prints the figures).
+
+mod common;
+#[path = "common/flood.rs"]
+mod flood;
+
+use flood::{FloodConfig, POLITE_PORT};
+
+/// Peak RSS (VmHWM) the flooded node may reach, in kB. Measured (`cargo bench --bench flood`,
+/// 2 busy cores): 6 MB before the flood, 18 MB peak; the bound leaves over 2.5x margin.
+const RSS_BOUND_KB: u64 = 48 * 1024;
+
+#[test]
+fn flood_from_100k_sources_keeps_memory_bounded_and_lookups_working() {
+    let cfg = FloodConfig::default();
+    let r = flood::run(&cfg);
+    let summary = serde_json::to_string_pretty(&r).unwrap();
+    eprintln!("{summary}");
+
+    let f = &r.flood;
+    assert!(
+        f.completed,
+        "flood did not finish in {:?}: {summary}",
+        cfg.flood_limit
+    );
+    assert_eq!(
+        f.infohashes_announced,
+        u64::from(cfg.sources) * u64::from(cfg.per_source),
+        "{summary}"
+    );
+    assert!(
+        f.announces_acked >= f.infohashes_announced * 9 / 10,
+        "most announces must be accepted: {summary}"
+    );
+    assert!(r.target_alive, "the flooded node died: {summary}");
+    assert!(
+        r.target_rss_peak_kb > 0 && r.target_rss_peak_kb < RSS_BOUND_KB,
+        "peak RSS {} kB over the bound {RSS_BOUND_KB} kB: {summary}",
+        r.target_rss_peak_kb
+    );
+    assert!(r.after("stored_infohashes") <= 20_000, "{summary}");
+    assert!(r.after("stored_peers") <= 200_000, "{summary}");
+    // The flood sources stay within their budget; every drop is the hammering IP's.
+    let dropped = r.after("dropped_rate_limited");
+    assert!(dropped > 0, "the hammering IP was not limited: {summary}");
+    assert!(
+        f.hammer_answered < 2_000 && f.hammer_answered < f.hammer_sent / 2,
+        "the hammering IP kept being answered: {summary}"
+    );
+    assert!(r.polite_announce_acks >= 4, "{summary}");
+    assert!(
+        r.lookups.len() >= 3,
+        "too few polite lookups ran: {summary}"
+    );
+    assert_eq!(
+        r.lookups_ok(),
+        r.lookups.len(),
+        "a polite lookup for the peer on port {POLITE_PORT} failed during the flood: {summary}"
+    );
+}
