@@ -198,7 +198,7 @@ pub struct Dht {
     ip_vote: bep42::ExternalIpVote,
 }
 
-/// How often housekeeping runs at most (store expiry, refresh checks, token rotation).
+/// How soon housekeeping looks again when bucket refreshes were deferred.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
 
 impl Dht {
@@ -292,6 +292,14 @@ impl Dht {
                 self.bootstrap_addrs.push(*a);
             }
         }
+    }
+
+    /// Puts `node` in the routing table as if it had just answered: for contacts the caller
+    /// vouches for (the simulator's perfect tables; a table restored from a trusted source).
+    /// Saved state from disk goes through [`Dht::bootstrap`] instead, so dead contacts are
+    /// weeded out by pings.
+    pub fn insert_node(&mut self, now: Time, node: NodeInfo) -> Insert {
+        self.table.on_response(node, now)
     }
 
     /// Pings `addr` so it can enter the routing table if it answers.
@@ -727,7 +735,6 @@ impl Dht {
     }
 
     fn maintenance(&mut self, now: Time) {
-        self.next_maintenance = now + MAINTENANCE_EVERY;
         self.tokens.maybe_rotate(now, &mut self.rng);
         self.store.expire(now);
         // Refresh stale buckets, one lookup each, unless a lookup is already running.
@@ -748,6 +755,40 @@ impl Dht {
             self.bootstrap_backoff = (self.bootstrap_backoff * 2).min(Duration::from_secs(300));
             self.bootstrap(now, &[]);
         }
+        // Give back what a burst (join, many lookups) grew, once idle: a million simulated
+        // nodes keep only what they use.
+        if self.lookups.is_empty() {
+            self.lookups.shrink_to_fit();
+        }
+        self.transmits.shrink_to(4);
+        self.events.shrink_to(4);
+        self.rpc.shrink_if_idle();
+        self.next_maintenance = self.next_maintenance_after(now);
+    }
+
+    /// When housekeeping is next needed: the token rotation, the first bucket due for refresh,
+    /// a join retry, peer expiry — not a fixed tick, so idle nodes (a million in the simulator)
+    /// cost nothing between deadlines.
+    fn next_maintenance_after(&self, now: Time) -> Time {
+        let soon = now + Duration::from_secs(1);
+        let mut next = self.tokens.rotates_at();
+        if self.lookups.len() >= 4 {
+            // Refreshes were deferred for running lookups: look again shortly.
+            next = next.min(now + MAINTENANCE_EVERY);
+        } else if !self.table.is_empty() {
+            if let Some(due) = self.table.next_refresh_due(self.cfg.refresh_after) {
+                next = next.min(due);
+            }
+        }
+        if self.store.peer_count() > 0 {
+            next = next.min(now + Duration::from_secs(60));
+        }
+        if self.table.len() < self.cfg.k && !self.bootstrap_addrs.is_empty() {
+            if let Some(t) = self.last_bootstrap {
+                next = next.min(t + self.bootstrap_backoff);
+            }
+        }
+        next.max(soon)
     }
 
     /// The next datagram to send, if any.

@@ -143,6 +143,15 @@ impl Rpc {
         }
     }
 
+    /// Releases memory grown by a burst once nothing is outstanding.
+    pub fn shrink_if_idle(&mut self) {
+        if self.pending.is_empty() {
+            self.pending.shrink_to_fit();
+            self.widen_queue.shrink_to(8);
+            self.timeout_queue.shrink_to(8);
+        }
+    }
+
     /// Number of outstanding queries.
     pub fn len(&self) -> usize {
         self.pending.len()
