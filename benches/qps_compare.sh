@@ -21,9 +21,12 @@ trap cleanup EXIT
 target/release/dhtnode bootstrap --bind 127.83.0.1:6881 --bootstrap none --state-dir "$state" \
   --status-interval 3600 --ip-rate-limit 0 >/dev/null 2>&1 &
 pids+=($!)
-# The harness exits when its stdin closes; keep a pipe open for the whole run.
-(sleep 100000 | /usr/bin/python3 tests/interop/lt_dht.py --single-node --base-ip 127.84.0.1 --port 6881 >"$state/lt.out" 2>&1) &
+# The harness exits when its stdin closes: feed it from a fifo this script holds open.
+mkfifo "$state/lt.in"
+/usr/bin/python3 tests/interop/lt_dht.py --single-node --base-ip 127.84.0.1 --port 6881 \
+  <"$state/lt.in" >"$state/lt.out" 2>&1 &
 pids+=($!)
+exec 3>"$state/lt.in"
 for _ in $(seq 1 100); do grep -q '"ready": *true' "$state/lt.out" 2>/dev/null && break; sleep 0.1; done
 grep -q '"ready": *true' "$state/lt.out" || { echo "libtorrent harness did not start: $(cat "$state/lt.out")" >&2; exit 1; }
 

@@ -1131,3 +1131,53 @@ fn twenty_random_kill_9s_never_record_a_wrong_piece_and_the_file_ends_identical(
     drop(relay);
     seed.stop();
 }
+
+/// A peer that advertises metadata and then never sends it (nor anything else) is dropped
+/// after a bounded time, and a fetch with no other peer fails with a clear message instead of
+/// hanging.
+#[test]
+fn peer_that_never_answers_metadata_requests_is_dropped_and_fetch_ends() {
+    let net = 94;
+    let tmp = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind(format!("127.{net}.0.211:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Mutex::new(FakePeerLog::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = {
+        let (log, stop) = (log.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for c in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(c) = c else { continue };
+                let log = log.clone();
+                std::thread::spawn(move || fake_metadata_peer(c, 1000, &log));
+            }
+        })
+    };
+    let out = tmp.path().join("out");
+    let started = Instant::now();
+    let (code, _stdout, stderr) = fetch(&[
+        "5a5f0e6e0d6a2c8e9b1d3f7a9c0b2d4e6f8a1c3e",
+        "--output",
+        out.to_str().unwrap(),
+        "--bind",
+        &format!("127.{net}.0.203:0"),
+        "--bootstrap",
+        "none",
+        "--peer",
+        &addr.to_string(),
+        "--json",
+    ]);
+    let took = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let _ = TcpStream::connect(addr);
+    server.join().unwrap();
+    let log = log.lock().unwrap();
+    eprintln!("silent peer: exit {code} after {took:?}, {log:?}");
+    assert_ne!(code, 0);
+    assert!(stderr.contains("ran out of peers"), "{stderr}");
+    assert!(log.metadata_requests >= 1, "metadata was never requested");
+    assert!(took < Duration::from_secs(100), "took {took:?}");
+}

@@ -38,6 +38,9 @@ enum AddrState {
 /// What a finished flush hands back.
 type FlushDone = (ResumeFile, Result<(), ResumeError>);
 
+/// A connection that lasted this long was useful: its address gets a fresh set of retries.
+const LONG_LIVED: Duration = Duration::from_secs(60);
+
 /// Inputs of a driver.
 pub(crate) struct DriverParams {
     pub t: Arc<Torrent>,
@@ -67,6 +70,9 @@ pub(crate) struct Driver {
     half_open: usize,
     peers_open: bool,
     key_addr: HashMap<PeerKey, SocketAddr>,
+    /// When each connected address came up: a connection that lasted resets its retry count,
+    /// one that dies young (e.g. a peer that never answers) does not, so retries stay bounded.
+    up_since: HashMap<SocketAddr, Instant>,
     peers_seen: usize,
     choker: Choker,
     counts: HashMap<PeerKey, (u64, u64, u64, u64)>,
@@ -108,6 +114,7 @@ impl Driver {
             half_open: 0,
             peers_open: true,
             key_addr: HashMap::new(),
+            up_since: HashMap::new(),
             peers_seen: 0,
             counts: HashMap::new(),
             last_rates: now,
@@ -446,16 +453,23 @@ impl Driver {
                 self.first_peer.get_or_insert_with(Instant::now);
                 self.peers_seen += 1;
                 self.key_addr.insert(key, addr);
-                if let Some((s, n)) = self.addrs.get_mut(&addr) {
+                if let Some((s, _)) = self.addrs.get_mut(&addr) {
                     *s = AddrState::Connected;
-                    *n = 0;
                 }
+                self.up_since.insert(addr, Instant::now());
                 self.publish_current();
             }
             Event::PeerDown { key, addr, fatal } => {
                 self.choker.remove(key);
                 self.counts.remove(&key);
-                if let Some((s, _)) = self.addrs.get_mut(&addr) {
+                let lasted = self
+                    .up_since
+                    .remove(&addr)
+                    .is_some_and(|t| t.elapsed() >= LONG_LIVED);
+                if let Some((s, n)) = self.addrs.get_mut(&addr) {
+                    if lasted {
+                        *n = 0;
+                    }
                     if *s == AddrState::Connected {
                         *s = AddrState::Idle(None);
                         if fatal {

@@ -124,6 +124,28 @@ pub struct NodeFigures {
     pub datagrams_per_s: MeanTail,
 }
 
+/// The lying nodes of a run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AttackFigures {
+    /// Fraction of node slots that lie.
+    pub fraction: f64,
+    /// What they do.
+    pub behaviour: &'static str,
+    /// How many there are.
+    pub attackers: u32,
+    /// Datagrams honest nodes sent to them.
+    pub queries_to_attackers: u64,
+}
+
+/// Progress phases of the per-behaviour attack runs.
+const ATTACK_PHASES: [&str; 5] = [
+    "attack run 1",
+    "attack run 2",
+    "attack run 3",
+    "attack run 4",
+    "attack run 5",
+];
+
 /// Network counters.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct NetFigures {
@@ -170,6 +192,12 @@ pub struct Report {
     /// The same network run with the scenario's `[variant]` tunables.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub variant: Option<Box<Report>>,
+    /// The lying nodes of this run, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attack: Option<AttackFigures>,
+    /// The same network with each behaviour of `[attack] also`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attack_runs: Vec<Report>,
     /// Every measured lookup (CSV only).
     #[serde(skip)]
     pub records: Vec<LookupRecord>,
@@ -186,6 +214,7 @@ impl Report {
             wall_seconds: 0.0,
             peak_rss_mb: 0.0,
             variant: self.variant.as_ref().map(|v| Box::new(v.deterministic())),
+            attack_runs: self.attack_runs.iter().map(Report::deterministic).collect(),
             ..self.clone()
         }
     }
@@ -228,6 +257,8 @@ pub fn baseline_of(sc: &Scenario) -> Scenario {
     b.network.nat_fraction = 0.0;
     b.workload.lookups = sc.workload.lookups.min(sc.baseline.lookups);
     b.baseline.enabled = false;
+    b.attack.fraction = 0.0;
+    b.attack.also.clear();
     b
 }
 
@@ -252,6 +283,20 @@ pub fn run_scenario(
         sc.baseline.enabled = b;
     }
     sc.validate()?;
+    let mut attack_runs = Vec::new();
+    for (i, beh) in std::mem::take(&mut sc.attack.also).into_iter().enumerate() {
+        let mut a = sc.clone();
+        a.name = format!("{}/{}", sc.name, scenario::behaviour_name(beh));
+        a.attack.behaviour = beh;
+        a.baseline.enabled = false;
+        a.variant = None;
+        let phase: &'static str = ATTACK_PHASES[i % ATTACK_PHASES.len()];
+        let mut relay = |mut u: ProgressUpdate| {
+            u.phase = phase;
+            progress(u);
+        };
+        attack_runs.push(run_scenario(&a, &RunOptions::default(), &mut relay)?);
+    }
     let variant = match sc.variant.take() {
         Some(v) => {
             let mut vs = sc.clone();
@@ -297,6 +342,12 @@ pub fn run_scenario(
     };
     let out = world::World::new(&sc, progress).run();
     let summary = LookupSummary::of(&out.records);
+    let attack = (out.attackers > 0).then(|| AttackFigures {
+        fraction: sc.attack.fraction,
+        behaviour: scenario::behaviour_name(sc.attack.behaviour),
+        attackers: out.attackers,
+        queries_to_attackers: out.counters.to_attackers,
+    });
     let ratio_to_perfect = perfect.as_ref().map(|p| Ratios {
         first_peer_p50: ratio(summary.first_peer_ms.p50, p.first_peer_ms.p50),
         first_peer_p90: ratio(summary.first_peer_ms.p90, p.first_peer_ms.p90),
@@ -329,6 +380,8 @@ pub fn run_scenario(
         perfect,
         ratio_to_perfect,
         variant,
+        attack,
+        attack_runs,
         records: out.records,
         success_over_time: out.bins,
     })

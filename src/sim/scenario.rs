@@ -47,6 +47,65 @@ pub struct Scenario {
     /// A second run of the same network with other DHT tunables (e.g. stock vs tuned).
     #[serde(default)]
     pub variant: Option<VariantSpec>,
+    /// Lying nodes (Sybils) among the nodes; none by default.
+    #[serde(default)]
+    pub attack: AttackSpec,
+}
+
+/// What a lying node does. Attackers are scripted responders of the simulator, not DHT
+/// cores: they never start a lookup, never leave, and answer queries as below.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Behaviour {
+    /// Answers find_node/get_peers with 8 nodes that do not exist: ids drawn close to the
+    /// target (so a lookup wants to query them), addresses nobody listens on.
+    BogusNodes,
+    /// Claims to be close to every target: answers with its own id remade next to the
+    /// target, and with 8 other such attackers, each also under an id next to the target
+    /// (a consistent Sybil: queried about that target, each answers with the id it was
+    /// claimed under). Accepts announces and drops them; never returns peers.
+    ClaimClose,
+    /// Never answers anything (it is in tables, then goes silent).
+    Drop,
+    /// Answers like an honest node (with the truly closest honest nodes) but hands out
+    /// tokens that do not work: announces to it fail with error 203, and it stores nothing.
+    BadTokens,
+    /// Each attacker takes one of the four behaviours above (by a hash of its index).
+    Mixed,
+}
+
+/// The scenario-file name of a behaviour.
+pub fn behaviour_name(b: Behaviour) -> &'static str {
+    match b {
+        Behaviour::BogusNodes => "bogus_nodes",
+        Behaviour::ClaimClose => "claim_close",
+        Behaviour::Drop => "drop",
+        Behaviour::BadTokens => "bad_tokens",
+        Behaviour::Mixed => "mixed",
+    }
+}
+
+/// Lying nodes: a fraction of all node slots, each with a behaviour.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttackSpec {
+    /// Fraction of node slots that are attackers (0 = none).
+    pub fraction: f64,
+    /// What they do.
+    pub behaviour: Behaviour,
+    /// Also run the very same network with each of these behaviours (reported in
+    /// `attack_runs`), for a per-behaviour table from one scenario file.
+    pub also: Vec<Behaviour>,
+}
+
+impl Default for AttackSpec {
+    fn default() -> Self {
+        AttackSpec {
+            fraction: 0.0,
+            behaviour: Behaviour::Mixed,
+            also: Vec::new(),
+        }
+    }
 }
 
 /// Another set of tunables to run on the very same network, for side-by-side comparison.
@@ -78,6 +137,9 @@ pub struct NetworkSpec {
     pub nat_fraction: f64,
     /// How long a NAT keeps a mapping open after the last outgoing datagram.
     pub nat_timeout_s: u64,
+    /// Put nodes on public addresses (32/8) with BEP 42-valid ids instead of private 10/8
+    /// ones, so the core's BEP 42 checks and per-/24 limits apply.
+    pub public_ips: bool,
 }
 
 impl Default for NetworkSpec {
@@ -88,6 +150,7 @@ impl Default for NetworkSpec {
             loss: 0.01,
             nat_fraction: 0.0,
             nat_timeout_s: 60,
+            public_ips: false,
         }
     }
 }
@@ -390,6 +453,14 @@ impl Scenario {
         }
         if w.reannounce_s <= 0.0 {
             return bad("workload.reannounce_s must be > 0");
+        }
+        if !(0.0..1.0).contains(&self.attack.fraction) {
+            return bad("attack.fraction must be in [0, 1)");
+        }
+        if self.attack.fraction > 0.0 && self.join.mode != JoinMode::Perfect {
+            // Attackers get into tables through the perfect build (a network that has been
+            // running with them); they do not join through the protocol themselves.
+            return bad("attack needs join.mode = \"perfect\"");
         }
         Ok(())
     }

@@ -13,11 +13,12 @@ use rand::{Rng, SeedableRng};
 
 use crate::dht::{AnnounceSpec, Config, Dht, Event, Time, Transmit};
 use crate::id::Id;
+use crate::krpc::{Body, ErrorCode, KrpcError, Message, Method, NodeInfo, Response};
 
 use super::metrics::{LookupRecord, SuccessBin};
-use super::net::{addr_of, mix64, node_of, node_of_ip, Latency, Nat, PORT};
+use super::net::{mix64, Addrs, Latency, Nat, PORT};
 use super::queue::{EventQueue, SimTime};
-use super::scenario::{DurationDist, JoinMode, PerfectPick, Scenario};
+use super::scenario::{Behaviour, DurationDist, JoinMode, PerfectPick, Scenario};
 use super::ProgressUpdate;
 
 const US_PER_MS: u64 = 1000;
@@ -70,6 +71,8 @@ pub struct Counters {
     pub nat_blocked: u64,
     /// Datagrams to addresses outside the simulation.
     pub misaddressed: u64,
+    /// Datagrams that reached an attacker.
+    pub to_attackers: u64,
 }
 
 /// What a finished run hands to the report.
@@ -88,6 +91,8 @@ pub struct Outcome {
     pub traffic: Vec<f64>,
     /// Nodes online at the end.
     pub online_at_end: u32,
+    /// Attackers in the network.
+    pub attackers: u32,
 }
 
 /// The whole simulated network.
@@ -118,6 +123,47 @@ pub struct World<'p> {
     phase: &'static str,
     /// Virtual time at which the run proper began (perfect tables: after their build).
     start_us: SimTime,
+    /// Per node: 0 = honest, else the attacker's behaviour code (`ATT_*`); empty when the
+    /// scenario has no attackers.
+    attack: Vec<u8>,
+    /// The `claim_close` attackers: the colluders they point to.
+    colluders: Vec<u32>,
+    /// Honest nodes' ids, sorted: what a `bad_tokens` attacker answers from.
+    honest_sorted: Vec<(Id, u32)>,
+    addrs: Addrs,
+}
+
+const ATT_BOGUS: u8 = 1;
+const ATT_CLOSE: u8 = 2;
+const ATT_DROP: u8 = 3;
+const ATT_BAD_TOKENS: u8 = 4;
+/// Bits of the target an attacker's claimed id shares: far closer than any honest node.
+const CLAIM_PREFIX_BITS: usize = 64;
+
+fn behaviour_code(b: Behaviour, i: u32, seed: u64) -> u8 {
+    match b {
+        Behaviour::BogusNodes => ATT_BOGUS,
+        Behaviour::ClaimClose => ATT_CLOSE,
+        Behaviour::Drop => ATT_DROP,
+        Behaviour::BadTokens => ATT_BAD_TOKENS,
+        Behaviour::Mixed => 1 + (mix64(seed ^ 0x6d69_7865_6400_0000 ^ u64::from(i)) % 4) as u8,
+    }
+}
+
+/// `target` with every bit after the first `CLAIM_PREFIX_BITS` replaced by a hash of
+/// (`target`, `who`, `salt`): an id "next to" the target, the same every time it is made.
+fn id_near(target: &Id, who: u64, salt: u64) -> Id {
+    let mut h = mix64(who ^ salt.rotate_left(17));
+    for chunk in target.0.chunks(8) {
+        let mut w = [0u8; 8];
+        w[..chunk.len()].copy_from_slice(chunk);
+        h = mix64(h ^ u64::from_le_bytes(w));
+    }
+    let mut out = target.0;
+    for (k, b) in out.iter_mut().enumerate().skip(CLAIM_PREFIX_BITS / 8) {
+        *b = (mix64(h ^ k as u64) & 0xff) as u8;
+    }
+    Id(out)
 }
 
 impl<'p> World<'p> {
@@ -129,8 +175,13 @@ impl<'p> World<'p> {
         let lat = Latency::new(&sc.network, sc.seed);
         let mut nodes = Vec::with_capacity(n as usize);
         let mut nat = Vec::new();
+        let addrs = Addrs::new(sc.network.public_ips);
         for i in 0..n {
-            let id = Id::random(&mut rng);
+            let id = if addrs.is_public() {
+                crate::dht::bep42::id_for_ip(addrs.addr_of(i).ip(), &mut rng)
+            } else {
+                Id::random(&mut rng)
+            };
             let seed = mix64(sc.seed ^ (u64::from(i) << 20));
             nodes.push(Node {
                 dht: Dht::new(id, cfg.clone(), seed, Time(0)),
@@ -153,6 +204,32 @@ impl<'p> World<'p> {
         };
         let w = &sc.workload;
         let infohashes: Vec<Id> = (0..w.infohashes).map(|_| Id::random(&mut rng)).collect();
+        let mut attack = Vec::new();
+        let mut colluders = Vec::new();
+        let mut honest_sorted = Vec::new();
+        if sc.attack.fraction > 0.0 {
+            let salt = mix64(sc.seed ^ 0x7379_6269_6c00_0000);
+            attack = (0..n)
+                .map(|i| {
+                    let u = (mix64(salt ^ u64::from(i)) >> 11) as f64 / (1u64 << 53) as f64;
+                    if u < sc.attack.fraction {
+                        behaviour_code(sc.attack.behaviour, i, sc.seed)
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            colluders = (0..n)
+                .filter(|&i| attack[i as usize] == ATT_CLOSE)
+                .collect();
+            if attack.contains(&ATT_BAD_TOKENS) {
+                honest_sorted = (0..n)
+                    .filter(|&i| attack[i as usize] == 0)
+                    .map(|i| (nodes[i as usize].dht.id(), i))
+                    .collect();
+                honest_sorted.sort_unstable();
+            }
+        }
         World {
             cfg,
             n,
@@ -179,7 +256,15 @@ impl<'p> World<'p> {
             phase: "setup",
             start_us: 0,
             sc: sc.clone(),
+            attack,
+            colluders,
+            honest_sorted,
+            addrs,
         }
+    }
+
+    fn is_attacker(&self, i: u32) -> bool {
+        self.attack.get(i as usize).is_some_and(|&a| a != 0)
     }
 
     fn now_time(&self) -> Time {
@@ -187,11 +272,16 @@ impl<'p> World<'p> {
     }
 
     fn set_online(&mut self, i: u32, on: bool) {
+        let attacker = self.is_attacker(i);
         let node = &mut self.nodes[i as usize];
         if node.online == on {
             return;
         }
         node.online = on;
+        if attacker {
+            // Attackers receive but are never picked as origins, announcers or contacts.
+            return;
+        }
         if on {
             self.online_pos[i as usize] = self.online.len() as u32;
             self.online.push(i);
@@ -233,6 +323,9 @@ impl<'p> World<'p> {
         };
         if sc.churn.enabled {
             for i in 0..self.n {
+                if self.is_attacker(i) {
+                    continue;
+                }
                 let u: f64 = self.rng.gen();
                 let first = residual_s(&sc.churn.session, u, &mut self.rng);
                 self.q.push(join_end + secs(first), Ev::Leave { node: i });
@@ -346,7 +439,7 @@ impl<'p> World<'p> {
                 break;
             }
             if let Some(c) = self.random_online() {
-                let a = addr_of(c);
+                let a = self.addrs.addr_of(c);
                 if !out.contains(&a) {
                     out.push(a);
                 }
@@ -389,7 +482,7 @@ impl<'p> World<'p> {
     fn send(&mut self, from: u32, t: Transmit) {
         self.counters.datagrams += 1;
         self.nodes[from as usize].sent += 1;
-        let Some(to) = node_of(&t.to, self.n) else {
+        let Some(to) = self.addrs.node_of(&t.to, self.n) else {
             self.counters.misaddressed += 1;
             return;
         };
@@ -415,6 +508,12 @@ impl<'p> World<'p> {
     }
 
     fn deliver(&mut self, from: u32, to: u32, data: &[u8]) {
+        if self.is_attacker(to) {
+            self.counters.to_attackers += 1;
+            self.nodes[to as usize].recv += 1;
+            self.attacker_reply(from, to, data);
+            return;
+        }
         if !self.nodes[to as usize].online {
             self.counters.to_offline += 1;
             return;
@@ -429,8 +528,121 @@ impl<'p> World<'p> {
         let now = self.now_time();
         let nd = &mut self.nodes[to as usize];
         nd.recv += 1;
-        nd.dht.handle_datagram(now, addr_of(from), data);
+        nd.dht.handle_datagram(now, self.addrs.addr_of(from), data);
         self.drain(to, false);
+    }
+
+    /// A lying node's answer to a datagram (scripted: attackers run no DHT core).
+    fn attacker_reply(&mut self, from: u32, me: u32, data: &[u8]) {
+        let kind = self.attack[me as usize];
+        if kind == ATT_DROP {
+            return;
+        }
+        let Ok(msg) = Message::decode(data) else {
+            return;
+        };
+        let Body::Query(q) = msg.body else {
+            return;
+        };
+        let my_id = self.nodes[me as usize].dht.id();
+        let who = u64::from(me);
+        let token = Some(mix64(who ^ 0x746f_6b00).to_be_bytes()[..4].to_vec());
+        let target = match q.method {
+            Method::Ping => None,
+            Method::FindNode { target } => Some(target),
+            Method::GetPeers { info_hash } => Some(info_hash),
+            Method::AnnouncePeer { info_hash, .. } => {
+                let body = if kind == ATT_BAD_TOKENS {
+                    Body::Error(KrpcError {
+                        code: ErrorCode::Protocol,
+                        message: b"bad token".to_vec(),
+                    })
+                } else {
+                    // Accepted, and forgotten.
+                    let id = if kind == ATT_CLOSE {
+                        id_near(&info_hash, who, 0)
+                    } else {
+                        my_id
+                    };
+                    Body::Response(Response {
+                        id,
+                        ..Response::default()
+                    })
+                };
+                self.attacker_send(me, from, msg.tid, body);
+                return;
+            }
+            Method::Unknown(_) => return,
+        };
+        let mut r = Response {
+            id: my_id,
+            ..Response::default()
+        };
+        if let Some(t) = target {
+            r.token = token;
+            match kind {
+                ATT_BOGUS => {
+                    let th = mix64(u64::from_le_bytes(t.0[..8].try_into().unwrap_or_default()));
+                    for j in 0..8u64 {
+                        let h = mix64(who ^ (j << 40) ^ th);
+                        // 10/8 like every simulated node, but on a port nobody listens on.
+                        let ip = 0x0A00_0000 | (h as u32 & 0x00ff_ffff);
+                        let port = 1024 + ((h >> 32) as u16 % 5000);
+                        r.nodes.push(NodeInfo {
+                            id: id_near(&t, h, 1),
+                            addr: SocketAddrV4::new(ip.into(), port),
+                        });
+                    }
+                }
+                ATT_CLOSE => {
+                    r.id = id_near(&t, who, 0);
+                    let c = self.colluders.len() as u64;
+                    for j in 0..8u64.min(c) {
+                        let pick = self.colluders
+                            [(mix64(who ^ (j << 48) ^ r.id.0[19] as u64) % c) as usize];
+                        if pick != me {
+                            r.nodes.push(NodeInfo {
+                                id: id_near(&t, u64::from(pick), 0),
+                                addr: self.addrs.addr_of(pick),
+                            });
+                        }
+                    }
+                }
+                _ => {
+                    // bad_tokens: the truly closest honest nodes (of the initial network).
+                    let hs = &self.honest_sorted;
+                    let p = hs.partition_point(|(id, _)| *id < t);
+                    let lo = p.saturating_sub(16);
+                    let hi = (p + 16).min(hs.len());
+                    let mut near: Vec<(Id, u32)> = hs[lo..hi].to_vec();
+                    near.sort_by_key(|(id, _)| id.distance(&t));
+                    r.nodes = near
+                        .iter()
+                        .take(8)
+                        .map(|&(id, j)| NodeInfo {
+                            id,
+                            addr: self.addrs.addr_of(j),
+                        })
+                        .collect();
+                }
+            }
+        }
+        self.attacker_send(me, from, msg.tid, Body::Response(r));
+    }
+
+    fn attacker_send(&mut self, me: u32, to: u32, tid: Vec<u8>, body: Body) {
+        let m = Message {
+            tid,
+            version: None,
+            ip: Some(self.addrs.addr_of(to)),
+            read_only: false,
+            body,
+        };
+        let t = Transmit {
+            to: self.addrs.addr_of(to),
+            data: m.encode(),
+        };
+        self.send(me, t);
     }
 
     fn on_event(&mut self, i: u32, e: Event) {
@@ -444,7 +656,9 @@ impl<'p> World<'p> {
                 let ih = self.records[rec as usize].infohash as usize;
                 let announced = peers.iter().any(|p| {
                     p.port() == PORT
-                        && node_of_ip(p.ip(), self.n)
+                        && self
+                            .addrs
+                            .node_of_ip(p.ip(), self.n)
                             .is_some_and(|a| self.announcers[ih].contains(&a))
                 });
                 let r = &mut self.records[rec as usize];
@@ -612,7 +826,11 @@ impl<'p> World<'p> {
         self.set_online(node, true);
         let now = self.now_time();
         if !self.rng.gen_bool(self.sc.churn.same_id) {
-            let id = Id::random(&mut self.rng);
+            let id = if self.addrs.is_public() {
+                crate::dht::bep42::id_for_ip(self.addrs.addr_of(node).ip(), &mut self.rng)
+            } else {
+                Id::random(&mut self.rng)
+            };
             let seed = self.rng.gen();
             self.nodes[node as usize].dht = Dht::new(id, self.cfg.clone(), seed, now);
         }
@@ -646,6 +864,9 @@ impl<'p> World<'p> {
         let mut picks: Vec<u32> = Vec::with_capacity(k * 24);
         for i in 0..self.n {
             picks.clear();
+            if self.is_attacker(i) {
+                continue;
+            }
             let me = self.nodes[i as usize].dht.id();
             for depth in 0..160 {
                 let (lo, hi) = prefix_range(&me, depth, true);
@@ -686,7 +907,12 @@ impl<'p> World<'p> {
             let now = Time(self.rng.gen_range(0..=spread_ms));
             for &j in &picks {
                 let peer = self.nodes[j as usize].dht.id();
-                seed_entry(&mut self.nodes[i as usize].dht, now, peer, addr_of(j));
+                seed_entry(
+                    &mut self.nodes[i as usize].dht,
+                    now,
+                    peer,
+                    self.addrs.addr_of(j),
+                );
             }
             if i.is_multiple_of(4096) {
                 let u = ProgressUpdate {
@@ -704,7 +930,9 @@ impl<'p> World<'p> {
         self.start_us = self.q.now();
         for i in 0..self.n {
             self.set_online(i, true);
-            self.drain(i, false);
+            if !self.is_attacker(i) {
+                self.drain(i, false);
+            }
         }
     }
 
@@ -739,7 +967,13 @@ impl<'p> World<'p> {
         let secs_run = (now.saturating_sub(self.start_us) as f64 / US_PER_S as f64).max(1e-9);
         let mut table_sizes = Vec::with_capacity(self.online.len());
         let mut traffic = Vec::with_capacity(self.online.len());
-        for nd in self.nodes.iter().filter(|nd| nd.online) {
+        let attack = &self.attack;
+        for (_, nd) in self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, nd)| nd.online && attack.get(*i).is_none_or(|&a| a == 0))
+        {
             table_sizes.push(nd.dht.routing_table().len() as f64);
             traffic.push(f64::from(nd.sent + nd.recv) / secs_run);
         }
@@ -751,6 +985,7 @@ impl<'p> World<'p> {
             table_sizes,
             traffic,
             online_at_end: self.online.len() as u32,
+            attackers: self.attack.iter().filter(|&&a| a != 0).count() as u32,
         }
     }
 }
@@ -776,62 +1011,10 @@ fn prefix_range(me: &Id, len: usize, flip_last: bool) -> (Id, Id) {
     (Id(lo), Id(hi))
 }
 
-/// Puts `peer` into `dht`'s table as a node that just answered: the core is pinged and is
-/// handed the answer it expects, so the entry goes through the production insertion path.
+/// Puts `peer` into `dht`'s table as a node that just answered (the core's `insert_node`:
+/// the simulator vouches that it is alive, as a saved table restored at start-up would).
 fn seed_entry(dht: &mut Dht, now: Time, peer: Id, addr: SocketAddrV4) {
-    dht.add_node(now, addr);
-    let Some(t) = dht.poll_transmit() else {
-        return;
-    };
-    if let Some(tid) = bencode_dict_str(&t.data, b"t") {
-        // d1:rd2:id20:<id>e1:t<len>:<tid>1:y1:re — keys in sorted order, as bencode wants.
-        let mut answer = Vec::with_capacity(48 + tid.len());
-        answer.extend_from_slice(b"d1:rd2:id20:");
-        answer.extend_from_slice(&peer.0);
-        answer.extend_from_slice(format!("e1:t{}:", tid.len()).as_bytes());
-        answer.extend_from_slice(tid);
-        answer.extend_from_slice(b"1:y1:re");
-        dht.handle_datagram(now, addr, &answer);
-    }
-    while dht.poll_transmit().is_some() {}
-    // Drops the answered query's stale deadline entries at once, so they hold no memory.
-    let _ = dht.poll_timeout();
-}
-
-/// The byte-string value of `key` in a top-level bencoded dictionary (a minimal walker: the
-/// simulator only reads the transaction id of messages its own core just encoded).
-fn bencode_dict_str<'a>(b: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    fn string(b: &[u8], i: usize) -> Option<(&[u8], usize)> {
-        let colon = i + b.get(i..)?.iter().position(|&c| c == b':')?;
-        let len: usize = std::str::from_utf8(b.get(i..colon)?).ok()?.parse().ok()?;
-        let end = colon + 1 + len;
-        Some((b.get(colon + 1..end)?, end))
-    }
-    fn skip(b: &[u8], i: usize) -> Option<usize> {
-        match *b.get(i)? {
-            b'i' => Some(i + b.get(i..)?.iter().position(|&c| c == b'e')? + 1),
-            b'l' | b'd' => {
-                let mut j = i + 1;
-                while *b.get(j)? != b'e' {
-                    j = skip(b, j)?;
-                }
-                Some(j + 1)
-            }
-            _ => string(b, i).map(|(_, end)| end),
-        }
-    }
-    if b.first() != Some(&b'd') {
-        return None;
-    }
-    let mut i = 1;
-    while *b.get(i)? != b'e' {
-        let (k, after) = string(b, i)?;
-        if k == key {
-            return string(b, after).map(|(v, _)| v);
-        }
-        i = skip(b, after)?;
-    }
-    None
+    let _ = dht.insert_node(now, NodeInfo { id: peer, addr });
 }
 
 /// A remaining session length for a node seen online at a random moment of a stationary
@@ -906,15 +1089,6 @@ mod tests {
             .sum::<f64>()
             / n as f64;
         assert!((m - 10.0).abs() < 0.3, "{m}");
-    }
-
-    #[test]
-    fn bencode_walker_finds_the_transaction_id() {
-        let msg = b"d1:ad2:id20:aaaaaaaaaaaaaaaaaaaae1:q4:ping1:t2:xy1:v4:DN011:y1:qe";
-        assert_eq!(bencode_dict_str(msg, b"t"), Some(&b"xy"[..]));
-        assert_eq!(bencode_dict_str(b"d1:ai3e1:t1:ze", b"t"), Some(&b"z"[..]));
-        assert_eq!(bencode_dict_str(b"d1:al1:xe1:t", b"t"), None);
-        assert_eq!(bencode_dict_str(b"le", b"t"), None);
     }
 
     #[test]
