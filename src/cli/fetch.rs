@@ -153,6 +153,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     opts.metainfo = target.metainfo;
     opts.seed_after = args.seed;
     opts.dht_port = node.as_ref().map(|n| n.local_addr().port());
+    if let Some(n) = &node {
+        // DHT nodes that peers tell us about (PORT messages) are pinged into our table.
+        let (ntx, mut nrx) = mpsc::unbounded_channel::<SocketAddr>();
+        opts.dht_nodes = Some(ntx);
+        let n = n.clone();
+        tokio::spawn(async move {
+            while let Some(a) = nrx.recv().await {
+                if let SocketAddr::V4(a) = a {
+                    if n.add_node(a).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+    }
     if args.seed {
         // Accept peers on the same IP; the same port number as the DHT when it is free.
         let port = node.as_ref().map_or(0, |n| n.local_addr().port());
