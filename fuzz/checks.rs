@@ -11,7 +11,9 @@
 use dhtnode::id::Id;
 use dhtnode::krpc;
 use dhtnode::torrent::{self, Info, Magnet, Metainfo};
-use dhtnode::wire::{self, ExtensionHandshake, Handshake, Limits, MetadataAssembler, MetadataMessage};
+use dhtnode::wire::{
+    self, ExtensionHandshake, Handshake, Limits, MetadataAssembler, MetadataMessage,
+};
 
 /// The targets, by the name of their corpus / regression folder.
 pub const TARGETS: &[&str] = &[
@@ -59,7 +61,10 @@ pub fn check_metainfo(data: &[u8]) {
         // The info dictionary alone must parse the same way (that is what BEP 9 fetches).
         let info = Info::from_bytes(&m.info_bytes)
             .unwrap_or_else(|e| panic!("info of a valid torrent does not parse alone: {e:?}"));
-        assert_eq!(info, m.info, "info parses differently alone and inside the torrent");
+        assert_eq!(
+            info, m.info,
+            "info parses differently alone and inside the torrent"
+        );
         let bytes = m.to_torrent_bytes();
         let again = Metainfo::from_bytes(&bytes)
             .unwrap_or_else(|e| panic!("to_torrent_bytes output does not parse: {e:?}"));
@@ -67,12 +72,17 @@ pub fn check_metainfo(data: &[u8]) {
     }
     if let Ok(info) = Info::from_bytes(data) {
         exercise_info(&info);
-        let m = Metainfo::from_info_bytes(data)
-            .unwrap_or_else(|e| panic!("from_info_bytes refuses what Info::from_bytes took: {e:?}"));
+        let m = Metainfo::from_info_bytes(data).unwrap_or_else(|e| {
+            panic!("from_info_bytes refuses what Info::from_bytes took: {e:?}")
+        });
         assert_eq!(m.info, info);
-        let again = Metainfo::from_bytes(&m.to_torrent_bytes())
-            .unwrap_or_else(|e| panic!("torrent wrapped around a valid info does not parse: {e:?}"));
-        assert_eq!(again.info_hash, m.info_hash, "wrapping changed the info-hash");
+        let again = Metainfo::from_bytes(&m.to_torrent_bytes()).unwrap_or_else(|e| {
+            panic!("torrent wrapped around a valid info does not parse: {e:?}")
+        });
+        assert_eq!(
+            again.info_hash, m.info_hash,
+            "wrapping changed the info-hash"
+        );
     }
 }
 
@@ -86,7 +96,15 @@ fn exercise_info(info: &Info) {
     assert_eq!(layout.total_length(), info.total_length());
     let n = layout.num_pieces();
     let mut sum = 0u64;
-    for p in [0, 1, n / 2, n.saturating_sub(2), n.saturating_sub(1), n, u32::MAX] {
+    for p in [
+        0,
+        1,
+        n / 2,
+        n.saturating_sub(2),
+        n.saturating_sub(1),
+        n,
+        u32::MAX,
+    ] {
         let in_range = p < n;
         let size = layout.piece_size(p);
         assert_eq!(size.is_ok(), in_range, "piece_size({p}) with {n} pieces");
@@ -104,7 +122,11 @@ fn exercise_info(info: &Info) {
         }
     }
     if n > 0 {
-        assert_eq!(sum, layout.total_length(), "piece sizes do not add up to the total");
+        assert_eq!(
+            sum,
+            layout.total_length(),
+            "piece sizes do not add up to the total"
+        );
     }
 }
 
@@ -112,14 +134,15 @@ fn exercise_info(info: &Info) {
 /// A parsed magnet renders to a URI that parses back to an equal magnet.
 pub fn check_magnet(data: &[u8]) {
     let s = String::from_utf8_lossy(data);
-    for parsed in [Magnet::parse(&s), torrent::parse_infohash_arg(&s)] {
-        if let Ok(m) = parsed {
-            let uri = m.to_uri();
-            let again = Magnet::parse(&uri)
-                .unwrap_or_else(|e| panic!("to_uri output {uri:?} does not parse: {e:?}"));
-            assert_eq!(m, again, "magnet round trip changed the link {uri:?}");
-            assert_eq!(uri, m.to_string());
-        }
+    for m in [Magnet::parse(&s), torrent::parse_infohash_arg(&s)]
+        .into_iter()
+        .flatten()
+    {
+        let uri = m.to_uri();
+        let again = Magnet::parse(&uri)
+            .unwrap_or_else(|e| panic!("to_uri output {uri:?} does not parse: {e:?}"));
+        assert_eq!(m, again, "magnet round trip changed the link {uri:?}");
+        assert_eq!(uri, m.to_string());
     }
 }
 
@@ -134,14 +157,23 @@ pub fn check_wire(data: &[u8]) {
     let (limits, mut buf) = if mode & 1 == 0 {
         (Limits::default(), rest)
     } else {
-        let n = rest.get(..2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-        (Limits::with_pieces(u32::from(n)), rest.get(2..).unwrap_or_default())
+        let n = rest
+            .get(..2)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+        (
+            Limits::with_pieces(u32::from(n)),
+            rest.get(2..).unwrap_or_default(),
+        )
     };
     // Handshake decoding on the same bytes, prefix and full.
     let prefix = Handshake::decode_prefix(buf);
     match Handshake::decode(buf) {
         Ok(Some(hs)) => {
-            assert_eq!(hs.to_bytes()[..], buf[..wire::HANDSHAKE_LEN], "handshake re-encoding");
+            assert_eq!(
+                hs.to_bytes()[..],
+                buf[..wire::HANDSHAKE_LEN],
+                "handshake re-encoding"
+            );
             let Ok(Some((reserved, info_hash))) = prefix else {
                 panic!("full handshake decodes but its prefix does not: {prefix:?}");
             };
@@ -151,14 +183,21 @@ pub fn check_wire(data: &[u8]) {
             }
         }
         Ok(None) => {}
-        Err(_) => assert!(prefix.is_err(), "prefix accepts what the full decode refused"),
+        Err(_) => assert!(
+            prefix.is_err(),
+            "prefix accepts what the full decode refused"
+        ),
     }
     let _ = wire::frame_len(buf, &limits);
     // A frame can be at least 4 bytes, so this bounds the loop even if `consumed` misbehaved.
     for _ in 0..=buf.len() / 4 {
         match wire::decode(buf, &limits) {
             Ok(Some((msg, consumed))) => {
-                assert!(consumed >= 4 && consumed <= buf.len(), "consumed {consumed} of {}", buf.len());
+                assert!(
+                    consumed >= 4 && consumed <= buf.len(),
+                    "consumed {consumed} of {}",
+                    buf.len()
+                );
                 let total = wire::frame_len(buf, &limits);
                 assert_eq!(total, Ok(Some(consumed)), "frame_len disagrees with decode");
                 let mut out = Vec::new();
@@ -259,7 +298,11 @@ pub fn check_assembler(data: &[u8]) {
             }
             2 => {
                 let piece = u32::from(r.u8().unwrap_or(0));
-                let total = if r.u8().unwrap_or(0) & 1 == 0 { size } else { u64::from(r.u16().unwrap_or(0)) };
+                let total = if r.u8().unwrap_or(0) & 1 == 0 {
+                    size
+                } else {
+                    u64::from(r.u16().unwrap_or(0))
+                };
                 let len = usize::from(r.u16().unwrap_or(0)) % (wire::METADATA_PIECE_LEN + 2);
                 let junk = r.take(len).to_vec();
                 Some(asm.receive(peer, piece, total, &junk))
@@ -289,16 +332,21 @@ pub fn check_assembler(data: &[u8]) {
                 let len = usize::from(r.u16().unwrap_or(0)) % (wire::METADATA_PIECE_LEN + 64);
                 let payload = r.take(len);
                 match MetadataMessage::decode(payload) {
-                    Ok(MetadataMessage::Data { piece, total_size, data }) => {
-                        Some(asm.receive(peer, piece, total_size, &data))
-                    }
+                    Ok(MetadataMessage::Data {
+                        piece,
+                        total_size,
+                        data,
+                    }) => Some(asm.receive(peer, piece, total_size, &data)),
                     _ => None,
                 }
             }
         };
         if let Some(Ok(wire::Received::Complete(buf))) = &result {
             assert!(!completed, "completed twice");
-            assert_eq!(buf, &truth, "completed with a buffer other than the true one");
+            assert_eq!(
+                buf, &truth,
+                "completed with a buffer other than the true one"
+            );
             completed = true;
         }
         assert_eq!(asm.is_complete(), completed);

@@ -6,50 +6,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{args, json, run_dhtnode, Proc};
+use common::{args, json, run_dhtnode, start_dht_network, Proc};
 
 const IH: &str = "5a5f0e6e0d6a2c8e9b1d3f7a9c0b2d4e6f8a1c3e";
-
-fn start_network(net: u8, n: usize, dir: &std::path::Path) -> Vec<Proc> {
-    let addr = |i: usize| format!("127.{net}.0.{}:6881", i + 1);
-    let mut procs = Vec::new();
-    for i in 0..n {
-        let boot = if i == 0 {
-            "none".to_string()
-        } else {
-            // Bootstrap through one of the first few nodes, not all through one.
-            addr(i % 3.min(i))
-        };
-        let p = Proc::dhtnode(
-            &format!("node{i}"),
-            &args(&[
-                "bootstrap",
-                "--bind",
-                &addr(i),
-                "--bootstrap",
-                &boot,
-                "--state-dir",
-                dir.join(format!("n{i}")).to_str().unwrap(),
-                "--status-interval",
-                "1",
-                "--json",
-            ]),
-        );
-        // The network grows one node at a time: each starts once the previous one is up
-        // (its first status line comes after its socket is bound).
-        p.wait_line(Duration::from_secs(10), "first status line", |l| {
-            json(l).get("node_id").is_some()
-        });
-        procs.push(p);
-    }
-    procs
-}
 
 #[test]
 fn thirty_two_nodes_form_a_network_and_lookup_finds_announced_peer() {
     let dir = tempfile::tempdir().unwrap();
     let net = 41;
-    let procs = start_network(net, 32, dir.path());
+    let procs = start_dht_network(net, 32, dir.path(), &[]);
     // Every node reaches a routing table of at least k = 8 nodes.
     for p in &procs {
         p.wait_line(Duration::from_secs(30), "nodes >= 8", |l| {
@@ -111,7 +76,7 @@ fn thirty_two_nodes_form_a_network_and_lookup_finds_announced_peer() {
 fn state_survives_kill_9_and_restart_keeps_the_id() {
     let dir = tempfile::tempdir().unwrap();
     let net = 42;
-    let mut procs = start_network(net, 10, dir.path());
+    let mut procs = start_dht_network(net, 10, dir.path(), &[]);
     let status = procs[5].wait_line(Duration::from_secs(20), "nodes >= 5", |l| {
         json(l)["nodes"].as_u64().unwrap_or(0) >= 5
     });
@@ -164,7 +129,7 @@ fn state_survives_kill_9_and_restart_keeps_the_id() {
 fn exit_codes_follow_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     let net = 43;
-    let procs = start_network(net, 1, dir.path());
+    let procs = start_dht_network(net, 1, dir.path(), &[]);
     procs[0].wait_line(Duration::from_secs(10), "a status line", |l| {
         json(l).get("node_id").is_some()
     });

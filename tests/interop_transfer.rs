@@ -15,7 +15,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{args, json, libtorrent_python, run_dhtnode, Proc};
+use common::{args, json, libtorrent_python, node_addr, run_dhtnode, start_dht_network, Proc};
 
 const SCRIPT_DHT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/lt_dht.py");
 const SCRIPT_TORRENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/lt_torrent.py");
@@ -181,45 +181,6 @@ fn start_lt_torrent(name: &str, ip: &str, nodes: &[String]) -> Proc {
 
 // ----- dhtnode processes ------------------------------------------------------------------
 
-fn node_addr(net: u8, i: usize) -> String {
-    format!("127.{net}.0.{}:6881", i + 1)
-}
-
-/// `n` `dhtnode bootstrap` nodes on 127.NET.0.1.., started one after another.
-fn start_dhtnode_dht(net: u8, n: usize, dir: &Path) -> Vec<Proc> {
-    let mut procs = Vec::new();
-    for i in 0..n {
-        let boot = if i == 0 {
-            "none".to_string()
-        } else {
-            node_addr(net, i % 3.min(i))
-        };
-        let p = Proc::dhtnode(
-            &format!("node{i}"),
-            &args(&[
-                "bootstrap",
-                "--bind",
-                &node_addr(net, i),
-                "--bootstrap",
-                &boot,
-                "--state-dir",
-                dir.join(format!("n{i}")).to_str().unwrap(),
-                "--status-interval",
-                "1",
-                "--json",
-            ]),
-        );
-        p.wait_line(Duration::from_secs(10), "first status line", |l| {
-            json(l).get("node_id").is_some()
-        });
-        procs.push(p);
-    }
-    procs[n - 1].wait_line(Duration::from_secs(20), "nodes >= 3", |l| {
-        json(l)["nodes"].as_u64().unwrap_or(0) >= 3.min(n as u64 - 1)
-    });
-    procs
-}
-
 /// Waits (bounded) until `dhtnode lookup` through `via` returns `want` for `ih`.
 fn wait_announced(net: u8, ih: &str, via: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -325,7 +286,7 @@ fn dhtnode_seeds_libtorrent_fetches(net: u8, make: fn(&Path, u64) -> PathBuf) {
     libtorrent_python();
     let tmp = tempfile::tempdir().unwrap();
     let src = make(&tmp.path().join("src"), u64::from(net));
-    let dht = start_dhtnode_dht(net, 6, &tmp.path().join("dht"));
+    let dht = start_dht_network(net, 6, &tmp.path().join("dht"), &[]);
     let seed_addr = format!("127.{net}.0.200:7000");
     let seed = Proc::dhtnode(
         "seed",

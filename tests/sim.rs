@@ -1,8 +1,10 @@
 //! Simulator tests: same seed → same output byte for byte; the CI scenario reaches ≥ 99%
-//! success; every shipped scenario file parses; outputs are written.
+//! success; lookups survive 20% lying nodes; every shipped scenario file parses; outputs are
+//! written.
 
 use std::path::PathBuf;
 
+use dhtnode::sim::scenario::Behaviour;
 use dhtnode::sim::{run_scenario, write_outputs, RunOptions, Scenario};
 
 fn sims_dir() -> PathBuf {
@@ -66,7 +68,7 @@ fn shipped_scenarios_parse() {
             n += 1;
         }
     }
-    assert!(n >= 5, "{n} scenario files");
+    assert!(n >= 8, "{n} scenario files");
 }
 
 #[test]
@@ -112,4 +114,57 @@ fn outputs_are_written() {
 fn missing_file_is_an_error_not_a_panic() {
     let e = Scenario::from_path(&sims_dir().join("no-such.toml")).unwrap_err();
     assert!(e.to_string().contains("no-such.toml"), "{e}");
+}
+
+/// sybil.toml cut down to `nodes` nodes and 1,000 lookups, with one behaviour.
+fn sybil(nodes: u32, b: Behaviour) -> Scenario {
+    let mut sc = Scenario::from_path(&sims_dir().join("sybil.toml")).expect("sybil.toml parses");
+    sc.nodes = nodes;
+    sc.workload.infohashes = 100;
+    sc.workload.lookups = 1000;
+    sc.attack.behaviour = b;
+    sc.attack.also.clear();
+    sc.baseline.enabled = false;
+    sc
+}
+
+#[test]
+fn sybil_runs_are_deterministic() {
+    let opts = RunOptions {
+        lookups: Some(200),
+        ..RunOptions::default()
+    };
+    let sc = sybil(300, Behaviour::Mixed);
+    let a = run_scenario(&sc, &opts, &mut quiet()).unwrap();
+    let b = run_scenario(&sc, &opts, &mut quiet()).unwrap();
+    assert_eq!(a.deterministic().to_json(), b.deterministic().to_json());
+    let att = a.attack.as_ref().expect("attackers present");
+    assert!((40..=80).contains(&att.attackers), "{att:?}");
+    assert!(att.queries_to_attackers > 0);
+}
+
+/// 1,000 nodes, 20% of them attackers: bogus nodes, silent nodes and broken tokens each
+/// leave ≥ 95% of lookups successful with today's core.
+#[test]
+fn lookups_survive_20_percent_bogus_silent_and_bad_token_nodes() {
+    for b in [Behaviour::BogusNodes, Behaviour::Drop, Behaviour::BadTokens] {
+        let r = run_scenario(&sybil(1000, b), &RunOptions::default(), &mut quiet()).unwrap();
+        let s = &r.summary;
+        assert_eq!(s.lookups, 1000);
+        assert!(s.success_rate >= 0.95, "{b:?}: success {}", s.success_rate);
+    }
+}
+
+/// Consistent Sybils claiming ids next to every target (alone and mixed with the others)
+/// capture lookups unless the core ranks candidates whose id is not BEP 42-valid for their
+/// address after the verified ones (simulations/README.md, "Lying nodes"). With that core
+/// change, 100% at 1,000 nodes; without, claim_close ≈ 4% and mixed ≈ 82%.
+#[test]
+#[ignore = "needs the BEP 42 candidate ranking in dht::lookup (proposed core change)"]
+fn lookups_survive_20_percent_claim_close_and_mixed_sybils() {
+    for b in [Behaviour::ClaimClose, Behaviour::Mixed] {
+        let r = run_scenario(&sybil(1000, b), &RunOptions::default(), &mut quiet()).unwrap();
+        let s = &r.summary;
+        assert!(s.success_rate >= 0.95, "{b:?}: success {}", s.success_rate);
+    }
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{args, json, run_dhtnode, Proc};
+use common::{args, json, node_addr, run_dhtnode, start_dht_network, Proc};
 
 /// Upper bound for one `dhtnode fetch` run in these tests.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -107,47 +107,6 @@ fn visible_entries(out: &Path) -> Vec<String> {
 }
 
 // ----- processes --------------------------------------------------------------------------
-
-fn node_addr(net: u8, i: usize) -> String {
-    format!("127.{net}.0.{}:6881", i + 1)
-}
-
-/// Starts `n` `dhtnode bootstrap` nodes on 127.NET.0.1.. one after another (each once the
-/// previous one printed its first status line), as tests/dht_network.rs does.
-fn start_dht(net: u8, n: usize, dir: &Path) -> Vec<Proc> {
-    let mut procs = Vec::new();
-    for i in 0..n {
-        let boot = if i == 0 {
-            "none".to_string()
-        } else {
-            node_addr(net, i % 3.min(i))
-        };
-        let p = Proc::dhtnode(
-            &format!("node{i}"),
-            &args(&[
-                "bootstrap",
-                "--bind",
-                &node_addr(net, i),
-                "--bootstrap",
-                &boot,
-                "--state-dir",
-                dir.join(format!("n{i}")).to_str().unwrap(),
-                "--status-interval",
-                "1",
-                "--json",
-            ]),
-        );
-        p.wait_line(Duration::from_secs(10), "first status line", |l| {
-            json(l).get("node_id").is_some()
-        });
-        procs.push(p);
-    }
-    // Wait until the last node has a few contacts, so lookups through any node work.
-    procs[n - 1].wait_line(Duration::from_secs(20), "nodes >= 3", |l| {
-        json(l)["nodes"].as_u64().unwrap_or(0) >= 3.min(n as u64 - 1)
-    });
-    procs
-}
 
 struct Seed {
     proc: Proc,
@@ -280,7 +239,7 @@ fn fetch_ok(a: &[&str], seed: &Seed) -> serde_json::Value {
 fn single_file_seed_then_fetch_by_infohash_through_the_dht() {
     let net = 90;
     let tmp = tempfile::tempdir().unwrap();
-    let dht = start_dht(net, 8, &tmp.path().join("dht"));
+    let dht = start_dht_network(net, 8, &tmp.path().join("dht"), &[]);
     // A few MiB, not a multiple of any piece size.
     let src = tmp.path().join("src").join("random.bin");
     write_random(&src, 3 * 1024 * 1024 + 12_345, 90);
@@ -324,7 +283,7 @@ fn single_file_seed_then_fetch_by_infohash_through_the_dht() {
 fn multi_file_directory_seed_then_fetch_by_infohash_through_the_dht() {
     let net = 91;
     let tmp = tempfile::tempdir().unwrap();
-    let dht = start_dht(net, 8, &tmp.path().join("dht"));
+    let dht = start_dht_network(net, 8, &tmp.path().join("dht"), &[]);
     // Nested files, an empty file, sizes that do not line up with piece boundaries (so
     // pieces span file boundaries).
     let src = tmp.path().join("src").join("album");
@@ -375,7 +334,7 @@ fn multi_file_directory_seed_then_fetch_by_infohash_through_the_dht() {
 fn fetch_by_magnet_by_torrent_file_and_by_direct_peer_without_dht() {
     let net = 92;
     let tmp = tempfile::tempdir().unwrap();
-    let dht = start_dht(net, 8, &tmp.path().join("dht"));
+    let dht = start_dht_network(net, 8, &tmp.path().join("dht"), &[]);
     let src = tmp.path().join("src").join("shared.dat");
     write_random(&src, 2 * 1024 * 1024 + 4_321, 92);
     let torrent = tmp.path().join("shared.torrent");

@@ -29,14 +29,13 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use dhtnode::id::Id;
 use dhtnode::krpc::{Body, Message, Method, Query};
 
-use crate::common::{args, json, run_dhtnode, Proc};
+use crate::common::{args, json, node_addr, run_dhtnode, start_dht_network, Proc};
 
 /// The polite peer's info-hash.
 pub const POLITE_IH: &str = "f1000d00000000000000000000000000000000ab";
@@ -194,10 +193,6 @@ impl FloodReport {
     }
 }
 
-fn node_addr(net: u8, i: usize) -> String {
-    format!("127.{net}.0.{}:6881", i + 1)
-}
-
 /// Address of flood source `i`: 127.(src_net + i / 64516).(1 + i / 254 % 254).(1 + i % 254).
 fn source_ip(src_net: u8, i: u32) -> Ipv4Addr {
     let hi = u32::from(src_net) + i / (254 * 254);
@@ -227,66 +222,6 @@ fn id_for(kind: u64, n: u32) -> Id {
     }
     b[16..].copy_from_slice(&n.to_be_bytes());
     Id(b)
-}
-
-/// Starts the nodes one after another (each once the previous one printed a status line).
-fn start_network(cfg: &FloodConfig, dir: &Path) -> Vec<Proc> {
-    let mut procs = Vec::new();
-    for i in 0..cfg.nodes {
-        let boot = if i == 0 {
-            "none".to_string()
-        } else {
-            node_addr(cfg.net, i % 3.min(i))
-        };
-        let p = Proc::dhtnode(
-            &format!("node{i}"),
-            &args(&[
-                "bootstrap",
-                "--bind",
-                &node_addr(cfg.net, i),
-                "--bootstrap",
-                &boot,
-                "--state-dir",
-                dir.join(format!("n{i}")).to_str().unwrap(),
-                "--status-interval",
-                "1",
-                "--json",
-                "--ip-rate-limit",
-                &cfg.ip_rate_limit.to_string(),
-            ]),
-        );
-        p.wait_line(Duration::from_secs(10), "first status line", |l| {
-            json(l).get("node_id").is_some()
-        });
-        procs.push(p);
-    }
-    procs
-}
-
-/// The pid of our child process whose command line contains `needle`.
-fn child_pid(needle: &str) -> Option<u32> {
-    let me = std::process::id();
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the parenthesised command: state, ppid, ...
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|s| s.parse::<u32>().ok());
-        if ppid != Some(me) {
-            continue;
-        }
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if cmd.split(|b| *b == 0).any(|a| a == needle.as_bytes()) {
-            return Some(pid);
-        }
-    }
-    None
 }
 
 /// A `kB` field of /proc/<pid>/status (VmRSS, VmHWM), or 0.
@@ -704,10 +639,11 @@ pub fn run(cfg: &FloodConfig) -> FloodReport {
     );
     assert!(cfg.nodes >= 2);
     let dir = tempfile::tempdir().expect("tempdir");
-    let procs = start_network(cfg, dir.path());
+    let rate = cfg.ip_rate_limit.to_string();
+    let procs = start_dht_network(cfg.net, cfg.nodes, dir.path(), &["--ip-rate-limit", &rate]);
     let target = &procs[0];
+    let pid = target.pid();
     let target_bind = node_addr(cfg.net, 0);
-    let pid = child_pid(&target_bind).expect("pid of the target node");
     // The target learns every other node (they join through it and it verifies them).
     let want = (cfg.nodes - 1) as u64;
     target.wait_line(Duration::from_secs(30), "a full routing table", |l| {

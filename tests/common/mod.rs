@@ -91,6 +91,11 @@ impl Proc {
         }
     }
 
+    /// The process id (for /proc readings).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The exit status if the process has exited, without waiting.
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().expect("try_wait")
@@ -155,6 +160,50 @@ pub fn run_dhtnode(args: &[String], timeout: Duration) -> (i32, String, String) 
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Address of node `i` of a test DHT on 127.NET.0.0/24 (nodes are numbered from 0).
+pub fn node_addr(net: u8, i: usize) -> String {
+    format!("127.{net}.0.{}:6881", i + 1)
+}
+
+/// Starts `n` `dhtnode bootstrap` nodes on 127.NET.0.1.. one after another, each once the
+/// previous one printed its first status line (its socket is bound): node 0 starts alone,
+/// the others join through one of the first three. `extra` flags go to every node. Returns
+/// once the last node has a few contacts, so lookups through any node work.
+pub fn start_dht_network(net: u8, n: usize, dir: &std::path::Path, extra: &[&str]) -> Vec<Proc> {
+    let mut procs = Vec::new();
+    for i in 0..n {
+        let boot = if i == 0 {
+            "none".to_string()
+        } else {
+            node_addr(net, i % 3.min(i))
+        };
+        let mut a = args(&[
+            "bootstrap",
+            "--bind",
+            &node_addr(net, i),
+            "--bootstrap",
+            &boot,
+            "--state-dir",
+            dir.join(format!("n{i}")).to_str().expect("utf-8 temp path"),
+            "--status-interval",
+            "1",
+            "--json",
+        ]);
+        a.extend(args(extra));
+        let p = Proc::dhtnode(&format!("node{i}"), &a);
+        p.wait_line(Duration::from_secs(10), "first status line", |l| {
+            json(l).get("node_id").is_some()
+        });
+        procs.push(p);
+    }
+    if n > 1 {
+        procs[n - 1].wait_line(Duration::from_secs(20), "nodes >= 3", |l| {
+            json(l)["nodes"].as_u64().unwrap_or(0) >= 3.min(n as u64 - 1)
+        });
+    }
+    procs
 }
 
 /// Converts string slices to owned args.
