@@ -160,7 +160,6 @@ fn lookups_survive_20_percent_bogus_silent_and_bad_token_nodes() {
 /// address after the verified ones (simulations/README.md, "Lying nodes"). With that core
 /// change, 100% at 1,000 nodes; without, claim_close ≈ 4% and mixed ≈ 82%.
 #[test]
-#[ignore = "needs the BEP 42 candidate ranking in dht::lookup (proposed core change)"]
 fn lookups_survive_20_percent_claim_close_and_mixed_sybils() {
     for b in [Behaviour::ClaimClose, Behaviour::Mixed] {
         let r = run_scenario(&sybil(1000, b), &RunOptions::default(), &mut quiet()).unwrap();

@@ -13,6 +13,8 @@ use std::net::SocketAddrV4;
 use crate::id::Id;
 use crate::krpc::NodeInfo;
 
+use super::bep42;
+use super::routing::Bep42Mode;
 use super::time::Time;
 
 /// Identifies a lookup across events.
@@ -57,6 +59,16 @@ struct Candidate {
     /// Hops from our own table: 1 for nodes we knew, n+1 for nodes learned from a hop-n node.
     depth: u8,
     state: CandState,
+    /// BEP 42: its id is not valid for its (public) address. Such candidates rank after
+    /// every verified one, so nodes that claim ids next to any target cannot crowd out the
+    /// truly closest verified nodes (and cannot end the lookup).
+    unverified: bool,
+}
+
+impl Candidate {
+    fn rank(&self) -> (bool, Id) {
+        (self.unverified, self.distance)
+    }
 }
 
 /// Counters a finished lookup reports.
@@ -93,6 +105,7 @@ pub struct Lookup {
     candidates: Vec<Candidate>,
     max_candidates: usize,
     seen_peers: std::collections::HashSet<SocketAddrV4>,
+    bep42: Bep42Mode,
 }
 
 /// A query the lookup wants sent.
@@ -129,6 +142,7 @@ impl Lookup {
             candidates: Vec::new(),
             max_candidates: k * 8,
             seen_peers: Default::default(),
+            bep42: Bep42Mode::Off,
         };
         for n in seeds {
             l.add_candidate(Some(n.id), n.addr, 1);
@@ -137,6 +151,23 @@ impl Lookup {
             l.add_candidate(None, *a, 1);
         }
         l
+    }
+
+    /// Applies BEP 42 to the candidates (`Prefer`: unverified ones rank last; `Enforce`:
+    /// they are not queried at all). Call before any answer arrives.
+    pub fn with_bep42(mut self, mode: Bep42Mode) -> Lookup {
+        self.bep42 = mode;
+        if mode == Bep42Mode::Off {
+            return self;
+        }
+        for c in self.candidates.iter_mut() {
+            c.unverified = c.id.is_some_and(|i| !bep42::is_valid(&i, c.addr.ip()));
+        }
+        if mode == Bep42Mode::Enforce {
+            self.candidates.retain(|c| !c.unverified);
+        }
+        self.candidates.sort_by_key(|c| c.rank());
+        self
     }
 
     fn add_candidate(&mut self, id: Option<Id>, addr: SocketAddrV4, depth: u8) {
@@ -149,7 +180,14 @@ impl Lookup {
         }
         // Unknown ids sort last: we cannot say how close they are.
         let distance = id.map_or(Id([0xff; 20]), |i| i.distance(&self.target));
-        let pos = self.candidates.partition_point(|c| c.distance <= distance);
+        let unverified =
+            self.bep42 != Bep42Mode::Off && id.is_some_and(|i| !bep42::is_valid(&i, addr.ip()));
+        if unverified && self.bep42 == Bep42Mode::Enforce {
+            return;
+        }
+        let pos = self
+            .candidates
+            .partition_point(|c| c.rank() <= (unverified, distance));
         if pos >= self.max_candidates {
             return;
         }
@@ -161,6 +199,7 @@ impl Lookup {
                 distance,
                 depth,
                 state: CandState::Fresh,
+                unverified,
             },
         );
         if self.candidates.len() > self.max_candidates {
@@ -225,6 +264,7 @@ impl Lookup {
         token: Option<Vec<u8>>,
     ) -> Vec<SocketAddrV4> {
         let target = self.target;
+        let check = self.bep42 != Bep42Mode::Off;
         let Some(c) = self.find(&from) else {
             return Vec::new();
         };
@@ -236,9 +276,10 @@ impl Lookup {
         if c.id.is_none() {
             c.id = Some(responder);
             c.distance = responder.distance(&target);
+            c.unverified = check && !bep42::is_valid(&responder, from.ip());
         }
         let depth = c.depth;
-        self.candidates.sort_by_key(|c| c.distance);
+        self.candidates.sort_by_key(|c| c.rank());
         self.stats.responses += 1;
         self.stats.max_depth = self.stats.max_depth.max(depth);
         for n in nodes {
@@ -434,5 +475,43 @@ mod tests {
         assert_eq!(q, vec![Outgoing { addr, id: None }]);
         l.on_response(addr, n(9).id, &[n(3)], &[], None);
         assert_eq!(l.next_queries()[0].addr, n(3).addr);
+    }
+
+    #[test]
+    fn bep42_unverified_candidates_rank_after_verified_ones() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let target = Id::ZERO;
+        // A Sybil claiming the id right next to the target from a public address.
+        let sybil = NodeInfo {
+            id: Id([0; 20]),
+            addr: SocketAddrV4::new(Ipv4Addr::new(93, 1, 1, 1), 1),
+        };
+        let ip = Ipv4Addr::new(84, 124, 73, 14);
+        let honest = NodeInfo {
+            id: super::bep42::id_for_ip(&ip, &mut rng),
+            addr: SocketAddrV4::new(ip, 1),
+        };
+        let mk = |mode| {
+            Lookup::new(
+                LookupId(1),
+                target,
+                LookupKind::FindNode,
+                8,
+                1,
+                Time(0),
+                &[sybil, honest],
+                &[],
+            )
+            .with_bep42(mode)
+        };
+        assert_eq!(mk(Bep42Mode::Off).next_queries()[0].addr, sybil.addr);
+        assert_eq!(mk(Bep42Mode::Prefer).next_queries()[0].addr, honest.addr);
+        let mut enforce = mk(Bep42Mode::Enforce);
+        assert_eq!(enforce.next_queries().len(), 1);
+        assert!(
+            enforce.next_queries().is_empty(),
+            "the Sybil is never queried"
+        );
     }
 }

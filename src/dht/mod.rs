@@ -357,7 +357,8 @@ impl Dht {
             now,
             &seeds,
             &bare,
-        );
+        )
+        .with_bep42(self.cfg.bep42);
         self.lookups.push(lookup);
         self.step_lookup(now, lid);
         lid
