@@ -508,10 +508,12 @@ mod tests {
         assert_eq!(mk(Bep42Mode::Off).next_queries()[0].addr, sybil.addr);
         assert_eq!(mk(Bep42Mode::Prefer).next_queries()[0].addr, honest.addr);
         let mut enforce = mk(Bep42Mode::Enforce);
-        assert_eq!(enforce.next_queries().len(), 1);
+        assert_eq!(enforce.next_queries()[0].addr, honest.addr);
+        enforce.on_failure(&honest.addr);
         assert!(
             enforce.next_queries().is_empty(),
             "the Sybil is never queried"
         );
+        assert!(enforce.is_done());
     }
 }
