@@ -401,6 +401,20 @@ struct Driver {
 
 /// Batches read per wake-up before servicing timers and commands again.
 const RECV_ROUNDS: usize = 16;
+/// How long a busy driver polls the socket before going back to sleep.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// Polls the socket for up to [`SPIN`]; the number of datagrams read, if any arrived.
+fn spin_recv(recv: &mut batch::RecvBatch, fd: std::os::fd::RawFd) -> Option<usize> {
+    let until = Instant::now() + SPIN;
+    while Instant::now() < until {
+        match recv.recv(fd) {
+            Ok(n) if n > 0 => return Some(n),
+            _ => std::hint::spin_loop(),
+        }
+    }
+    None
+}
 
 impl Driver {
     fn now(&self) -> Time {
@@ -480,13 +494,26 @@ impl Driver {
     async fn drain(&mut self, recv: &mut batch::RecvBatch) {
         use std::os::fd::AsRawFd;
         let fd = self.socket.as_raw_fd();
-        for _ in 0..RECV_ROUNDS {
+        let mut spun = false;
+        for round in 0..RECV_ROUNDS {
             let n = match self
                 .socket
                 .try_io(tokio::io::Interest::READABLE, || recv.recv(fd))
             {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Under load the next datagram is usually microseconds away: poll for a
+                    // moment instead of paying for a sleep and a wake-up. Only when busy
+                    // (this wake-up already found work), and only once per wake-up.
+                    if round == 0 || spun {
+                        return;
+                    }
+                    spun = true;
+                    match spin_recv(recv, fd) {
+                        Some(n) => n,
+                        None => return,
+                    }
+                }
                 Err(e) => {
                     tracing::debug!("recv error: {e}");
                     return;
@@ -499,9 +526,6 @@ impl Driver {
                 }
             }
             self.flush().await;
-            if n < batch::BATCH {
-                return;
-            }
         }
     }
 
