@@ -1140,3 +1140,85 @@ fn peer_that_never_answers_metadata_requests_is_dropped_and_fetch_ends() {
     assert!(log.metadata_requests >= 1, "metadata was never requested");
     assert!(took < Duration::from_secs(100), "took {took:?}");
 }
+
+/// Issue 5 item 5: slow-loris and half-open connections. 300 connections that never send a
+/// byte and one that trickles its handshake a byte every 300 ms do not stop a seeder from
+/// serving a normal fetch, and it closes all of them once its 10 s handshake timeout passes.
+#[test]
+fn idle_and_slow_loris_connections_are_cut_and_do_not_block_seeding() {
+    let net = 92;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src").join("loris.bin");
+    write_random(&src, 2 * 1024 * 1024 + 99, 92);
+    let seed = start_seed(&format!("127.{net}.0.200:7000"), &src, "none", &[]);
+    let ih = seed.infohash();
+    let target: SocketAddr = seed.addr.parse().unwrap();
+
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(target).expect("connect idle"))
+        .collect();
+    let loris_closed = Arc::new(AtomicBool::new(false));
+    let loris = {
+        let closed = loris_closed.clone();
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(target).expect("connect loris");
+            let started = Instant::now();
+            let hs = b"\x13BitTorrent protocol\0\0\0\0\0\x10\0\0";
+            for b in hs.iter().cycle().take(200) {
+                if s.write_all(&[*b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+                // A closed peer shows up as a read of 0 bytes / an error.
+                s.set_nonblocking(true).unwrap();
+                let mut buf = [0u8; 1];
+                let gone = match s.read(&mut buf) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                };
+                s.set_nonblocking(false).unwrap();
+                if gone {
+                    break;
+                }
+            }
+            closed.store(true, Ordering::SeqCst);
+            started.elapsed()
+        })
+    };
+
+    // Meanwhile a real fetch is served.
+    let out = tmp.path().join("out");
+    let (code, stdout, stderr) = fetch(&[
+        &ih,
+        "--output",
+        out.to_str().unwrap(),
+        "--bind",
+        &format!("127.{net}.0.201:0"),
+        "--bootstrap",
+        "none",
+        "--peer",
+        &seed.addr,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "fetch failed during the flood: {stdout} {stderr}");
+    assert_same_file(&src, &out.join("loris.bin"));
+
+    let loris_time = loris.join().unwrap();
+    assert!(loris_closed.load(Ordering::SeqCst));
+    assert!(
+        loris_time < Duration::from_secs(20),
+        "slow-loris connection lived {loris_time:?}"
+    );
+    // The idle connections were closed by the seeder too.
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut buf = [0u8; 1];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("an idle connection was not closed: {other:?}"),
+        }
+    }
+    seed.stop();
+}
