@@ -15,7 +15,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{args, json, libtorrent_python, node_addr, run_dhtnode, start_dht_network, Proc};
+use common::{
+    args, json, libtorrent_python, node_addr, run_dhtnode, start_dht_network, wait_announced, Proc,
+};
 
 const SCRIPT_DHT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/lt_dht.py");
 const SCRIPT_TORRENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/lt_torrent.py");
@@ -180,38 +182,6 @@ fn start_lt_torrent(name: &str, ip: &str, nodes: &[String]) -> Proc {
 }
 
 // ----- dhtnode processes ------------------------------------------------------------------
-
-/// Waits (bounded) until `dhtnode lookup` through `via` returns `want` for `ih`.
-fn wait_announced(net: u8, ih: &str, via: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        let (_code, out, err) = run_dhtnode(
-            &args(&[
-                "lookup",
-                ih,
-                "--bind",
-                &format!("127.{net}.1.1:0"),
-                "--bootstrap",
-                via,
-                "--json",
-                "--timeout",
-                "10",
-            ]),
-            Duration::from_secs(30),
-        );
-        if let Ok(r) = serde_json::from_str::<serde_json::Value>(out.trim()) {
-            if r["peers"]
-                .as_array()
-                .is_some_and(|ps| ps.iter().any(|p| p.as_str() == Some(want)))
-            {
-                return;
-            }
-        }
-        last = format!("stdout {out} stderr {err}");
-    }
-    panic!("{want} never became visible in the DHT for {ih}; last lookup: {last}");
-}
 
 // ----- libtorrent seeds, dhtnode fetches --------------------------------------------------
 

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{args, json, node_addr, run_dhtnode, start_dht_network, Proc};
+use common::{args, json, node_addr, run_dhtnode, start_dht_network, wait_announced, Proc};
 
 /// Upper bound for one `dhtnode fetch` run in these tests.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -155,39 +155,6 @@ fn start_seed(addr: &str, path: &Path, boot: &str, extra: &[&str]) -> Seed {
         info,
         addr: addr.to_string(),
     }
-}
-
-/// Waits (bounded) until `dhtnode lookup` through `via` returns `want` as a peer of `ih`:
-/// the seeder's announce has been stored in the DHT.
-fn wait_announced(net: u8, ih: &str, via: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        let (_code, out, err) = run_dhtnode(
-            &args(&[
-                "lookup",
-                ih,
-                "--bind",
-                &format!("127.{net}.1.1:0"),
-                "--bootstrap",
-                via,
-                "--json",
-                "--timeout",
-                "10",
-            ]),
-            Duration::from_secs(30),
-        );
-        if let Ok(r) = serde_json::from_str::<serde_json::Value>(out.trim()) {
-            if r["peers"]
-                .as_array()
-                .is_some_and(|ps| ps.iter().any(|p| p.as_str() == Some(want)))
-            {
-                return;
-            }
-        }
-        last = format!("stdout {out} stderr {err}");
-    }
-    panic!("the seeder {want} never became visible in the DHT for {ih}; last lookup: {last}");
 }
 
 /// Runs `dhtnode fetch ...` to completion (bounded); returns (exit code, stdout, stderr).
@@ -933,28 +900,62 @@ fn fake_metadata_peer(mut s: TcpStream, metadata_size: u64, log: &Mutex<FakePeer
     }
 }
 
+/// A fake peer listening on `bind` whose connections run [`fake_metadata_peer`]; `stop`
+/// ends it and returns what it saw.
+struct FakeMetadataServer {
+    addr: SocketAddr,
+    log: Arc<Mutex<FakePeerLog>>,
+    stop: Arc<AtomicBool>,
+    accept: JoinHandle<()>,
+}
+
+impl FakeMetadataServer {
+    fn start(bind: &str, metadata_size: u64) -> FakeMetadataServer {
+        let listener = TcpListener::bind(bind).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(FakePeerLog::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let accept = {
+            let (log, stop) = (log.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for c in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(c) = c else { continue };
+                    let log = log.clone();
+                    std::thread::spawn(move || fake_metadata_peer(c, metadata_size, &log));
+                }
+            })
+        };
+        FakeMetadataServer {
+            addr,
+            log,
+            stop,
+            accept,
+        }
+    }
+
+    fn stop(self) -> FakePeerLog {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop.
+        let _ = TcpStream::connect(self.addr);
+        self.accept.join().unwrap();
+        let log = self.log.lock().unwrap();
+        FakePeerLog {
+            connections: log.connections,
+            metadata_requests: log.metadata_requests,
+        }
+    }
+}
+
 #[test]
 fn peer_claiming_huge_metadata_size_is_refused_without_a_crash() {
     let net = 94;
     let tmp = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind(format!("127.{net}.0.210:0")).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let log = Arc::new(Mutex::new(FakePeerLog::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = {
-        let (log, stop) = (log.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for c in listener.incoming() {
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(c) = c else { continue };
-                let log = log.clone();
-                // 1 TiB of "metadata": far above any sane cap (dhtnode's default is 16 MiB).
-                std::thread::spawn(move || fake_metadata_peer(c, 1 << 40, &log));
-            }
-        })
-    };
+    // 1 TiB of "metadata": far above any sane cap (dhtnode's default is 16 MiB).
+    let fake = FakeMetadataServer::start(&format!("127.{net}.0.210:0"), 1 << 40);
+    let addr = fake.addr;
     let out = tmp.path().join("out");
     let started = Instant::now();
     let (code, stdout, stderr) = fetch(&[
@@ -969,10 +970,7 @@ fn peer_claiming_huge_metadata_size_is_refused_without_a_crash() {
         &addr.to_string(),
         "--json",
     ]);
-    stop.store(true, Ordering::SeqCst);
-    let _ = TcpStream::connect(addr);
-    server.join().unwrap();
-    let log = log.lock().unwrap();
+    let log = fake.stop();
     eprintln!(
         "huge metadata_size: exit {code} after {:?}, {log:?}, stderr {stderr:?}",
         started.elapsed()
@@ -1098,23 +1096,8 @@ fn twenty_random_kill_9s_never_record_a_wrong_piece_and_the_file_ends_identical(
 fn peer_that_never_answers_metadata_requests_is_dropped_and_fetch_ends() {
     let net = 94;
     let tmp = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind(format!("127.{net}.0.211:0")).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let log = Arc::new(Mutex::new(FakePeerLog::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = {
-        let (log, stop) = (log.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for c in listener.incoming() {
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(c) = c else { continue };
-                let log = log.clone();
-                std::thread::spawn(move || fake_metadata_peer(c, 1000, &log));
-            }
-        })
-    };
+    let fake = FakeMetadataServer::start(&format!("127.{net}.0.211:0"), 1000);
+    let addr = fake.addr;
     let out = tmp.path().join("out");
     let started = Instant::now();
     let (code, _stdout, stderr) = fetch(&[
@@ -1130,10 +1113,7 @@ fn peer_that_never_answers_metadata_requests_is_dropped_and_fetch_ends() {
         "--json",
     ]);
     let took = started.elapsed();
-    stop.store(true, Ordering::SeqCst);
-    let _ = TcpStream::connect(addr);
-    server.join().unwrap();
-    let log = log.lock().unwrap();
+    let log = fake.stop();
     eprintln!("silent peer: exit {code} after {took:?}, {log:?}");
     assert_ne!(code, 0);
     assert!(stderr.contains("ran out of peers"), "{stderr}");

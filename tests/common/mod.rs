@@ -206,6 +206,39 @@ pub fn start_dht_network(net: u8, n: usize, dir: &std::path::Path, extra: &[&str
     procs
 }
 
+/// Waits (bounded) until `dhtnode lookup` through `via` returns `want` as a peer of `ih`:
+/// the seeder's announce has been stored in the DHT.
+pub fn wait_announced(net: u8, ih: &str, via: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let (_code, out, err) = run_dhtnode(
+            &args(&[
+                "lookup",
+                ih,
+                "--bind",
+                &format!("127.{net}.1.1:0"),
+                "--bootstrap",
+                via,
+                "--json",
+                "--timeout",
+                "10",
+            ]),
+            Duration::from_secs(30),
+        );
+        if let Ok(r) = serde_json::from_str::<serde_json::Value>(out.trim()) {
+            if r["peers"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p.as_str() == Some(want)))
+            {
+                return;
+            }
+        }
+        last = format!("stdout {out} stderr {err}");
+    }
+    panic!("the seeder {want} never became visible in the DHT for {ih}; last lookup: {last}");
+}
+
 /// Converts string slices to owned args.
 pub fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
