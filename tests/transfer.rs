@@ -1126,7 +1126,7 @@ fn peer_that_never_answers_metadata_requests_is_dropped_and_fetch_ends() {
 /// serving a normal fetch, and it closes all of them once its 10 s handshake timeout passes.
 #[test]
 fn idle_and_slow_loris_connections_are_cut_and_do_not_block_seeding() {
-    let net = 92;
+    let net = 87;
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src").join("loris.bin");
     write_random(&src, 2 * 1024 * 1024 + 99, 92);
@@ -1134,6 +1134,16 @@ fn idle_and_slow_loris_connections_are_cut_and_do_not_block_seeding() {
     let ih = seed.infohash();
     let target: SocketAddr = seed.addr.parse().unwrap();
 
+    // The seed prints its JSON line before its listener is up: wait (bounded) until it
+    // accepts connections.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(target).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the seeder never listened on {target}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let idle: Vec<TcpStream> = (0..300)
         .map(|_| TcpStream::connect(target).expect("connect idle"))
         .collect();
