@@ -196,7 +196,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         format!("client starts with only the info-hash and one DHT node ({entry})"),
     );
     let (tx, rx) = mpsc::channel(256);
-    let feed = FeedStats::new();
+    let feed = FeedStats::new(Instant::now());
     spawn_peer_feed(
         Some(client.clone()),
         mi.info_hash,

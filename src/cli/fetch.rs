@@ -133,7 +133,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("creating {}", args.output.display()))?;
 
     let (tx, rx) = mpsc::channel(1024);
-    let feed = FeedStats::new();
+    let feed = FeedStats::new(started);
     let mut initial = args.peer.clone();
     initial.extend(target.peers.iter().copied());
     spawn_peer_feed(
@@ -209,10 +209,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         bytes: r.bytes,
         pieces: r.pieces,
         elapsed_ms: started.elapsed().as_millis() as u64,
-        first_peer_ms: r
-            .first_peer
-            .map(|d| d.as_millis() as u64)
-            .or_else(|| feed.first_peer().map(|d| d.as_millis() as u64)),
+        // From the start of the command to the first peer the DHT gave us; with only
+        // --peer / x.pe peers, to the first connected peer.
+        first_peer_ms: feed
+            .first_peer()
+            .or(r.first_peer)
+            .map(|d| d.as_millis() as u64),
         metadata_ms: r.metadata.map(|d| d.as_millis() as u64),
         peers_connected: r.peers_connected,
         download_mb_s: r.download_mb_s(),

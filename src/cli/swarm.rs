@@ -27,12 +27,17 @@ pub struct FeedStats {
     pub nodes_queried: AtomicU64,
     /// Lookups run.
     pub lookups: AtomicU64,
+    /// What `first_peer_us` counts from (the start of the command).
+    started: Option<Instant>,
 }
 
 impl FeedStats {
-    /// A fresh record.
-    pub fn new() -> Arc<FeedStats> {
-        let s = FeedStats::default();
+    /// A fresh record whose times count from `started` (the start of the command).
+    pub fn new(started: Instant) -> Arc<FeedStats> {
+        let s = FeedStats {
+            started: Some(started),
+            ..FeedStats::default()
+        };
         s.first_peer_us.store(u64::MAX, Ordering::Relaxed);
         Arc::new(s)
     }
@@ -59,7 +64,7 @@ pub fn spawn_peer_feed(
     max_lookups: u32,
 ) {
     tokio::spawn(async move {
-        let started = Instant::now();
+        let started = stats.started.unwrap_or_else(Instant::now);
         let mut sent = std::collections::HashSet::new();
         for p in initial {
             if sent.insert(p) && tx.send(p).await.is_err() {
