@@ -77,6 +77,47 @@ impl Proc {
         }
     }
 
+    /// Next stdout line that is JSON and satisfies `pred`, within `timeout`.
+    pub fn wait_json(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let line = self.lines.recv_timeout(left).ok()?;
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if pred(&v) {
+                    return Some(v);
+                }
+            }
+        }
+    }
+
+    /// The newest JSON line printed so far, if any (older ones are discarded).
+    pub fn latest_json(&self) -> Option<serde_json::Value> {
+        let mut last = None;
+        while let Ok(l) = self.lines.try_recv() {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
+                last = Some(v);
+            }
+        }
+        last
+    }
+
+    /// Sends a JSON command to a harness (tests/interop/*.py) and returns its reply, failing
+    /// the caller if none comes within `timeout` or the harness reports an error.
+    pub fn call_json(&mut self, cmd: serde_json::Value, timeout: Duration) -> serde_json::Value {
+        self.send_line(&cmd.to_string());
+        let want = cmd["cmd"].clone();
+        let r = self
+            .wait_json(timeout, |v| v["cmd"] == want)
+            .unwrap_or_else(|| panic!("{}: no reply to {cmd} within {timeout:?}", self.name));
+        assert_eq!(r["ok"], true, "{}: {cmd} failed: {r}", self.name);
+        r
+    }
+
     /// Writes one line to the process's stdin.
     pub fn send_line(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin open");
