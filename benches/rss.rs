@@ -39,16 +39,18 @@
 //! panic.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{args, Proc};
 use dhtnode::id::Id;
 use dhtnode::krpc::{Body, Message, Method, Query, Response};
 use rand::rngs::SmallRng;
@@ -111,96 +113,6 @@ fn parse_opts() -> Opts {
         "at most {SOURCES} peers per info-hash (one per source address)"
     );
     o
-}
-
-/// A child process, killed on drop, whose stdout lines arrive on a channel.
-struct Proc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(program: &str, args: &[&str]) -> Proc {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stdin = child.stdin.take();
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            stdin,
-            lines: rx,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Next JSON line satisfying `pred` within `timeout`.
-    fn wait_json(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            let line = self.lines.recv_timeout(left).ok()?;
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if pred(&v) {
-                    return Some(v);
-                }
-            }
-        }
-    }
-
-    /// Sends one harness command and waits (bounded) for its reply.
-    fn call(&mut self, cmd: Value) -> Option<Value> {
-        let stdin = self.stdin.as_mut()?;
-        writeln!(stdin, "{cmd}").ok()?;
-        stdin.flush().ok()?;
-        let want = cmd["cmd"].clone();
-        self.wait_json(Duration::from_secs(15), |v| v["cmd"] == want)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "dhtnode-bench-{tag}-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Builds the release binary (incrementally) and returns its path.
@@ -562,22 +474,23 @@ fn round2(x: f64) -> f64 {
 
 /// One run against `dhtnode bootstrap`.
 fn run_dhtnode(bin: &str, o: &Opts) -> Value {
-    let dir = TempDir::new("rss");
+    let dir = tempfile::tempdir().expect("temp dir");
     let addr = SocketAddrV4::new(TARGET_IP, TARGET_PORT);
     let node = Proc::spawn(
+        "dhtnode",
         bin,
-        &[
+        &args(&[
             "bootstrap",
             "--bind",
             &addr.to_string(),
             "--bootstrap",
             "none",
             "--state-dir",
-            dir.0.to_str().unwrap(),
+            dir.path().to_str().unwrap(),
             "--status-interval",
             "1",
             "--json",
-        ],
+        ]),
     );
     let first = node
         .wait_json(Duration::from_secs(15), |v| v["node_id"].is_string())
@@ -588,10 +501,8 @@ fn run_dhtnode(bin: &str, o: &Opts) -> Value {
     let latest = std::cell::RefCell::new(first);
     let status = |f: &str| -> usize {
         let mut l = latest.borrow_mut();
-        while let Ok(line) = node.lines.try_recv() {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                *l = v;
-            }
+        if let Some(v) = node.latest_json() {
+            *l = v;
         }
         l[f].as_u64().unwrap_or(0) as usize
     };
@@ -638,15 +549,16 @@ fn run_libtorrent(o: &Opts) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/lt_dht.py");
     let ip = Ipv4Addr::new(127, 70, 1, 1);
     let mut lt = Proc::spawn(
+        "libtorrent",
         "/usr/bin/python3",
-        &[
+        &args(&[
             script,
             "--single-node",
             "--base-ip",
             &ip.to_string(),
             "--port",
             &TARGET_PORT.to_string(),
-        ],
+        ]),
     );
     let ready = lt
         .wait_json(Duration::from_secs(30), |v| v.get("ready").is_some())
@@ -656,13 +568,21 @@ fn run_libtorrent(o: &Opts) -> Value {
     let addr = SocketAddrV4::new(ip, TARGET_PORT);
     std::thread::sleep(Duration::from_secs(1));
     let (idle_rss, _) = rss_mb(lt.pid());
-    let stats = |lt: &mut Proc| lt.call(json!({"cmd": "stats", "session": 0}));
+    let stats = |lt: &mut Proc| {
+        Some(lt.call_json(
+            json!({"cmd": "stats", "session": 0}),
+            Duration::from_secs(15),
+        ))
+    };
 
     let want = K * o.buckets;
     let t0 = Instant::now();
     let (fake, addrs) = FakeNodes::start(own, o.buckets, addr);
     for a in &addrs {
-        lt.call(json!({"cmd": "add_node", "session": 0, "addr": a.to_string()}));
+        lt.call_json(
+            json!({"cmd": "add_node", "session": 0, "addr": a.to_string()}),
+            Duration::from_secs(15),
+        );
     }
     let mut table = 0;
     let mut grew = Instant::now();
