@@ -15,6 +15,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::files::{assert_same_file, files_under, write_random};
 use common::{
     args, json, libtorrent_python, node_addr, run_dhtnode, start_dht_network, wait_announced, Proc,
 };
@@ -23,27 +24,6 @@ const SCRIPT_DHT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/lt_
 const SCRIPT_TORRENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/lt_torrent.py");
 
 // ----- data -------------------------------------------------------------------------------
-
-/// Deterministic pseudo-random bytes (xorshift64*).
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        s ^= s >> 12;
-        s ^= s << 25;
-        s ^= s >> 27;
-        out.extend_from_slice(&s.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn write_random(path: &Path, len: usize, seed: u64) {
-    if let Some(p) = path.parent() {
-        std::fs::create_dir_all(p).unwrap();
-    }
-    std::fs::write(path, random_bytes(len, seed)).unwrap();
-}
 
 /// A single file of a few MiB, not a multiple of any piece size.
 fn make_single(dir: &Path, seed: u64) -> PathBuf {
@@ -65,47 +45,6 @@ fn make_tree(dir: &Path, seed: u64) -> PathBuf {
     std::fs::write(root.join("sub").join("empty.txt"), b"").unwrap();
     write_random(&root.join("z.bin"), 123_457, seed + 3);
     root
-}
-
-/// Every regular file under `dir`, relative, sorted.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                walk(base, &p, out);
-            } else {
-                out.push(p.strip_prefix(base).unwrap().to_path_buf());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    if dir.is_dir() {
-        walk(dir, dir, &mut out);
-    }
-    out.sort();
-    out
-}
-
-fn assert_same_file(want: &Path, got: &Path) {
-    let a = std::fs::read(want).unwrap_or_else(|e| panic!("read {}: {e}", want.display()));
-    let b = std::fs::read(got).unwrap_or_else(|e| panic!("read {}: {e}", got.display()));
-    assert_eq!(
-        a.len(),
-        b.len(),
-        "{} has {} bytes, want {}",
-        got.display(),
-        b.len(),
-        a.len()
-    );
-    if let Some(i) = a.iter().zip(&b).position(|(x, y)| x != y) {
-        panic!(
-            "{} differs from {} at byte {i}",
-            got.display(),
-            want.display()
-        );
-    }
 }
 
 /// `got` (a file or directory) has the same files and bytes as `want`.
