@@ -216,7 +216,69 @@ class Session:
         return self.udp_port or self.ses.listen_port()
 
 
-class Harness:
+class JsonLineServer:
+    """The JSON-lines command loop both harnesses share: stdin lines are read on a thread,
+    each request `{"cmd": NAME, ...}` is answered by the subclass's `cmd_NAME(req)` with one
+    JSON line, alerts are pumped while idle, and EOF or `quit` ends the process. Subclasses
+    provide `lines` (a queue), `eof` (an Event), `start()`, `pump()` and `exit(code)`."""
+
+    def reader(self):
+        """Thread: stdin lines -> queue; EOF -> exit flag."""
+        try:
+            for line in sys.stdin:
+                self.lines.put(line)
+        finally:
+            self.eof.set()
+            self.lines.put(None)
+
+
+    def handle(self, line):
+        """Parse one request line and produce its reply dict."""
+        try:
+            req = json.loads(line)
+        except ValueError as exc:
+            return {"ok": False, "error": "bad json: %s" % exc}
+        if not isinstance(req, dict):
+            return {"ok": False, "error": "request must be a JSON object"}
+        cmd = req.get("cmd")
+        try:
+            if cmd == "quit":
+                rep = {"bye": True}
+            else:
+                fn = getattr(self, "cmd_%s" % cmd, None) if isinstance(cmd, str) else None
+                if fn is None:
+                    raise ValueError("unknown cmd %r" % (cmd,))
+                rep = fn(req)
+            rep = dict({"ok": True}, **rep)
+        except Exception as exc:  # noqa: BLE001 - report, keep serving
+            rep = {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}
+        if "id" in req:
+            rep["id"] = req["id"]
+        rep.setdefault("cmd", cmd)
+        return rep
+
+    def run(self):
+        """Start, then serve commands until quit / EOF."""
+        threading.Thread(target=self.reader, daemon=True).start()
+        self.start()
+        while True:
+            try:
+                line = self.lines.get(timeout=0.05)
+            except queue.Empty:
+                self.pump()
+                continue
+            if line is None:
+                self.exit(0)
+            line = line.strip()
+            if not line:
+                continue
+            rep = self.handle(line)
+            out(rep)
+            if rep.get("bye"):
+                self.exit(0)
+
+
+class Harness(JsonLineServer):
     """All sessions plus the command loop."""
 
     def __init__(self, args):
@@ -233,15 +295,6 @@ class Harness:
         ]
 
     # ----- plumbing -------------------------------------------------------------
-
-    def reader(self):
-        """Thread: stdin lines -> queue; EOF -> exit flag."""
-        try:
-            for line in sys.stdin:
-                self.lines.put(line)
-        finally:
-            self.eof.set()
-            self.lines.put(None)
 
     def pump(self):
         """Pop alerts of every session."""
@@ -439,50 +492,6 @@ class Harness:
             rep["counters"] = {k: v for k, v in vals.items() if k.startswith("dht.")}
         return rep
 
-    def handle(self, line):
-        """Parse one request line and produce its reply dict."""
-        try:
-            req = json.loads(line)
-        except ValueError as exc:
-            return {"ok": False, "error": "bad json: %s" % exc}
-        if not isinstance(req, dict):
-            return {"ok": False, "error": "request must be a JSON object"}
-        cmd = req.get("cmd")
-        try:
-            if cmd == "quit":
-                rep = {"bye": True}
-            else:
-                fn = getattr(self, "cmd_%s" % cmd, None) if isinstance(cmd, str) else None
-                if fn is None:
-                    raise ValueError("unknown cmd %r" % (cmd,))
-                rep = fn(req)
-            rep = dict({"ok": True}, **rep)
-        except Exception as exc:  # noqa: BLE001 - report, keep serving
-            rep = {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}
-        if "id" in req:
-            rep["id"] = req["id"]
-        rep.setdefault("cmd", cmd)
-        return rep
-
-    def run(self):
-        """Start sessions, then serve commands until quit / EOF."""
-        threading.Thread(target=self.reader, daemon=True).start()
-        self.start()
-        while True:
-            try:
-                line = self.lines.get(timeout=0.05)
-            except queue.Empty:
-                self.pump()
-                continue
-            if line is None:
-                self.exit(0)
-            line = line.strip()
-            if not line:
-                continue
-            rep = self.handle(line)
-            out(rep)
-            if rep.get("bye"):
-                self.exit(0)
 
 
 def main():

@@ -43,8 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 try:
     import libtorrent as lt
     # Same loopback settings as the DHT harness (see README.md for why each one).
-    from lt_dht import (die_with_parent, node_id_of, out, parse_addr, parse_hash,
-                        parse_setting, settings_for)
+    from lt_dht import (JsonLineServer, die_with_parent, node_id_of, out, parse_addr,
+                        parse_hash, parse_setting, settings_for)
 except ImportError as exc:  # pragma: no cover - depends on the machine
     sys.stdout.write(json.dumps({"ready": False, "error": "import: %s" % exc}) + "\n")
     sys.stdout.flush()
@@ -72,7 +72,7 @@ def state_name(st):
         return str(st.state)
 
 
-class Harness:
+class Harness(JsonLineServer):
     """One session, its torrents, and the command loop."""
 
     def __init__(self, args):
@@ -102,15 +102,6 @@ class Harness:
         self.peers = {}  # info_hash hex -> list of "ip:port" from dht_get_peers replies
 
     # ----- plumbing -------------------------------------------------------------
-
-    def reader(self):
-        """Thread: stdin lines -> queue; EOF -> exit flag."""
-        try:
-            for line in sys.stdin:
-                self.lines.put(line)
-        finally:
-            self.eof.set()
-            self.lines.put(None)
 
     def pump(self):
         """Pop and file the session's alerts."""
@@ -350,51 +341,6 @@ class Harness:
         st = h.status()
         return {"state": state_name(st), "progress": st.progress, "pieces": st.num_pieces,
                 "num_peers": st.num_peers, "finished": key in self.finished}
-
-    def handle(self, line):
-        """Parse one request line and produce its reply dict."""
-        try:
-            req = json.loads(line)
-        except ValueError as exc:
-            return {"ok": False, "error": "bad json: %s" % exc}
-        if not isinstance(req, dict):
-            return {"ok": False, "error": "request must be a JSON object"}
-        cmd = req.get("cmd")
-        try:
-            if cmd == "quit":
-                rep = {"bye": True}
-            else:
-                fn = getattr(self, "cmd_%s" % cmd, None) if isinstance(cmd, str) else None
-                if fn is None:
-                    raise ValueError("unknown cmd %r" % (cmd,))
-                rep = fn(req)
-            rep = dict({"ok": True}, **rep)
-        except Exception as exc:  # noqa: BLE001 - report, keep serving
-            rep = {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}
-        if "id" in req:
-            rep["id"] = req["id"]
-        rep.setdefault("cmd", cmd)
-        return rep
-
-    def run(self):
-        """Start the session, then serve commands until quit / EOF."""
-        threading.Thread(target=self.reader, daemon=True).start()
-        self.start()
-        while True:
-            try:
-                line = self.lines.get(timeout=0.05)
-            except queue.Empty:
-                self.pump()
-                continue
-            if line is None:
-                self.exit(0)
-            line = line.strip()
-            if not line:
-                continue
-            rep = self.handle(line)
-            out(rep)
-            if rep.get("bye"):
-                self.exit(0)
 
 
 def main():
