@@ -220,7 +220,10 @@ class JsonLineServer:
     """The JSON-lines command loop both harnesses share: stdin lines are read on a thread,
     each request `{"cmd": NAME, ...}` is answered by the subclass's `cmd_NAME(req)` with one
     JSON line, alerts are pumped while idle, and EOF or `quit` ends the process. Subclasses
-    provide `lines` (a queue), `eof` (an Event), `start()`, `pump()` and `exit(code)`."""
+    provide `lines` (a queue), `eof` (an Event), `start()` and `pump()`."""
+
+    # Alert polling interval: 1 ms is fine enough to time a loopback lookup.
+    POLL = 0.001
 
     def reader(self):
         """Thread: stdin lines -> queue; EOF -> exit flag."""
@@ -277,6 +280,34 @@ class JsonLineServer:
             if rep.get("bye"):
                 self.exit(0)
 
+    def sleep(self, secs):
+        """Sleep up to secs while pumping alerts; exits the process on stdin EOF."""
+        deadline = time.monotonic() + secs
+        while True:
+            self.pump()
+            if self.eof.is_set() and self.lines.empty():
+                self.exit(0)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(self.POLL, left))
+
+    def wait_for(self, pred, timeout):
+        """Pump until pred() is truthy or timeout; returns pred()'s last value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            v = pred()
+            if v or time.monotonic() >= deadline:
+                return v
+            self.sleep(0.01)
+
+    def exit(self, code):
+        """Leave immediately: session destructors can block, nothing needs saving."""
+        try:
+            sys.stdout.flush()
+        finally:
+            os._exit(code)
+
 
 class Harness(JsonLineServer):
     """All sessions plus the command loop."""
@@ -300,35 +331,6 @@ class Harness(JsonLineServer):
         """Pop alerts of every session."""
         for s in self.sessions:
             s.pump()
-
-    def sleep(self, secs):
-        """Sleep up to secs while pumping alerts; exits the process on stdin EOF."""
-        deadline = time.monotonic() + secs
-        while True:
-            self.pump()
-            if self.eof.is_set() and self.lines.empty():
-                self.exit(0)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            # 1 ms: fine enough to time a loopback lookup (sub-millisecond answers).
-            time.sleep(min(0.001, left))
-
-    def wait_for(self, pred, timeout):
-        """Pump until pred() is truthy or timeout; returns pred()'s last value."""
-        deadline = time.monotonic() + timeout
-        while True:
-            v = pred()
-            if v or time.monotonic() >= deadline:
-                return v
-            self.sleep(0.01)
-
-    def exit(self, code):
-        """Leave immediately: session destructors can block, nothing needs saving."""
-        try:
-            sys.stdout.flush()
-        finally:
-            os._exit(code)
 
     # ----- startup --------------------------------------------------------------
 

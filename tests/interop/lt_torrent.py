@@ -75,6 +75,8 @@ def state_name(st):
 class Harness(JsonLineServer):
     """One session, its torrents, and the command loop."""
 
+    POLL = 0.01
+
     def __init__(self, args):
         self.args = args
         self.ip = args.ip
@@ -138,34 +140,6 @@ class Harness(JsonLineServer):
     def port(self):
         """The listen port (TCP and UDP share it)."""
         return self.udp_port or self.ses.listen_port()
-
-    def sleep(self, secs):
-        """Sleep up to secs while pumping alerts; exits the process on stdin EOF."""
-        deadline = time.monotonic() + secs
-        while True:
-            self.pump()
-            if self.eof.is_set() and self.lines.empty():
-                self.exit(0)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(0.01, left))
-
-    def wait_for(self, pred, timeout):
-        """Pump until pred() is truthy or timeout; returns pred()'s last value."""
-        deadline = time.monotonic() + timeout
-        while True:
-            v = pred()
-            if v or time.monotonic() >= deadline:
-                return v
-            self.sleep(0.01)
-
-    def exit(self, code):
-        """Leave immediately: session destructors can block, nothing needs saving."""
-        try:
-            sys.stdout.flush()
-        finally:
-            os._exit(code)
 
     def start(self):
         """Wait for the session to listen and run its DHT, add nodes, say ready."""
