@@ -421,23 +421,43 @@ impl Driver {
         Time(self.epoch.elapsed().as_millis() as u64)
     }
 
+    /// Resolves the bootstrap hosts concurrently (each bounded to 5 s), so one slow or dead
+    /// name server entry does not hold up the others.
     async fn resolve(bootstrap: &[String]) -> Vec<SocketAddrV4> {
-        let mut out = Vec::new();
-        for host in bootstrap {
-            match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(host)).await
-            {
-                Ok(Ok(addrs)) => {
-                    for a in addrs {
-                        if let SocketAddr::V4(v4) = a {
-                            out.push(v4);
-                        }
-                    }
-                }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, host) in bootstrap.iter().enumerate() {
+            let host = host.clone();
+            tasks.spawn(async move {
+                let r = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio::net::lookup_host(host.clone()),
+                )
+                .await
+                .map(|r| r.map(|addrs| addrs.collect::<Vec<SocketAddr>>()));
+                (i, host, r)
+            });
+        }
+        let mut resolved: Vec<(usize, Vec<SocketAddrV4>)> = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((i, host, r)) = joined else { continue };
+            match r {
+                Ok(Ok(addrs)) => resolved.push((
+                    i,
+                    addrs
+                        .into_iter()
+                        .filter_map(|a| match a {
+                            SocketAddr::V4(v4) => Some(v4),
+                            SocketAddr::V6(_) => None,
+                        })
+                        .collect(),
+                )),
                 Ok(Err(e)) => tracing::warn!("cannot resolve bootstrap node {host}: {e}"),
                 Err(_) => tracing::warn!("resolving bootstrap node {host} timed out"),
             }
         }
-        out
+        // Keep the order the user gave.
+        resolved.sort_by_key(|(i, _)| *i);
+        resolved.into_iter().flat_map(|(_, a)| a).collect()
     }
 
     async fn run(mut self, opts: NodeOptions) {
