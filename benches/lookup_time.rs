@@ -35,7 +35,6 @@
 //! panic.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -70,24 +69,6 @@ fn our_ip(i: usize) -> Ipv4Addr {
 
 fn lt_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 72, 1, 1 + i as u8)
-}
-
-/// Builds the release binary (incrementally) and returns its path.
-fn release_binary() -> String {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(cargo)
-        .args(["build", "--release", "--bin", "dhtnode"])
-        .current_dir(&root)
-        .status()
-        .expect("run cargo build");
-    assert!(st.success(), "cargo build --release failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("release").join("dhtnode");
-    assert!(bin.exists(), "no binary at {}", bin.display());
-    bin.to_str().expect("utf-8 path").to_string()
 }
 
 /// Runs `dhtnode lookup ...` to completion (bounded); returns its JSON report and wall time.
@@ -214,7 +195,8 @@ fn main() {
                 .expect("--rounds wants a number");
         }
     }
-    let bin = release_binary();
+    // Cargo builds the binary for `cargo bench` and says where it is.
+    let bin = common::bin().to_string();
     let mut rng = SmallRng::seed_from_u64(2);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -41,7 +41,6 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -113,24 +112,6 @@ fn parse_opts() -> Opts {
         "at most {SOURCES} peers per info-hash (one per source address)"
     );
     o
-}
-
-/// Builds the release binary (incrementally) and returns its path.
-fn release_binary() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(cargo)
-        .args(["build", "--release", "--bin", "dhtnode"])
-        .current_dir(&root)
-        .status()
-        .expect("run cargo build");
-    assert!(st.success(), "cargo build --release failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("release").join("dhtnode");
-    assert!(bin.exists(), "no binary at {}", bin.display());
-    bin
 }
 
 /// (VmRSS, VmHWM) of a process in MB (MiB).
@@ -647,8 +628,8 @@ fn median_of(runs: &[Value], f: &str) -> f64 {
 
 fn main() {
     let o = parse_opts();
-    let bin = release_binary();
-    let bin = bin.to_str().expect("utf-8 path");
+    // Cargo builds the binary for `cargo bench` and says where it is.
+    let bin = common::bin();
     let mut ours = Vec::new();
     for i in 0..o.runs {
         let r = run_dhtnode(bin, &o);
