@@ -148,6 +148,21 @@ impl Net {
     }
 }
 
+/// A query from node id `[9; 20]` as a datagram (`ro` = BEP 43 read-only sender).
+fn query(tid: &[u8], ro: bool, method: Method) -> Vec<u8> {
+    Message {
+        tid: tid.to_vec(),
+        version: None,
+        ip: None,
+        read_only: ro,
+        body: Body::Query(Query {
+            id: Id([9; 20]),
+            method,
+        }),
+    }
+    .encode()
+}
+
 #[test]
 fn network_forms_and_announced_peer_is_found() {
     let mut net = Net::new(60, Config::default(), 1);
@@ -220,19 +235,7 @@ fn announce_needs_a_current_token() {
     let cfg = Config::default();
     let mut node = Dht::new(Id([1; 20]), cfg, 1, Time(0));
     let from = addr(7);
-    let q = |tid: &[u8], method: Method| {
-        Message {
-            tid: tid.to_vec(),
-            version: None,
-            ip: None,
-            read_only: true,
-            body: Body::Query(Query {
-                id: Id([9; 20]),
-                method,
-            }),
-        }
-        .encode()
-    };
+    let q = |tid: &[u8], method: Method| query(tid, true, method);
     let ih = Id([3; 20]);
     node.handle_datagram(Time(0), from, &q(b"a", Method::GetPeers { info_hash: ih }));
     let reply = Message::decode(&node.poll_transmit().unwrap().data).unwrap();
@@ -285,19 +288,7 @@ fn stored_peers_expire_after_30_minutes() {
     let mut node = Dht::new(Id([1; 20]), Config::default(), 1, Time(0));
     let from = addr(3);
     let ih = Id([3; 20]);
-    let gp = |tid: &[u8]| {
-        Message {
-            tid: tid.to_vec(),
-            version: None,
-            ip: None,
-            read_only: true,
-            body: Body::Query(Query {
-                id: Id([9; 20]),
-                method: Method::GetPeers { info_hash: ih },
-            }),
-        }
-        .encode()
-    };
+    let gp = |tid: &[u8]| query(tid, true, Method::GetPeers { info_hash: ih });
     node.handle_datagram(Time(0), from, &gp(b"a"));
     let Body::Response(r) = Message::decode(&node.poll_transmit().unwrap().data)
         .unwrap()
@@ -305,22 +296,17 @@ fn stored_peers_expire_after_30_minutes() {
     else {
         panic!()
     };
-    let ann = Message {
-        tid: b"b".to_vec(),
-        version: None,
-        ip: None,
-        read_only: true,
-        body: Body::Query(Query {
-            id: Id([9; 20]),
-            method: Method::AnnouncePeer {
-                info_hash: ih,
-                port: 0,
-                implied_port: true,
-                token: r.token.unwrap(),
-            },
-        }),
-    };
-    node.handle_datagram(Time(0), from, &ann.encode());
+    let ann = query(
+        b"b",
+        true,
+        Method::AnnouncePeer {
+            info_hash: ih,
+            port: 0,
+            implied_port: true,
+            token: r.token.unwrap(),
+        },
+    );
+    node.handle_datagram(Time(0), from, &ann);
     node.poll_transmit();
     // implied_port: the UDP source port is stored.
     node.handle_datagram(Time(10), from, &gp(b"c"));
@@ -380,19 +366,7 @@ fn unknown_method_gets_204_and_garbage_gets_203() {
 #[test]
 fn read_only_queriers_are_not_added_and_read_only_nodes_stay_silent() {
     let mut node = Dht::new(Id([1; 20]), Config::default(), 1, Time(0));
-    let ping = |ro: bool| {
-        Message {
-            tid: b"a".to_vec(),
-            version: None,
-            ip: None,
-            read_only: ro,
-            body: Body::Query(Query {
-                id: Id([9; 20]),
-                method: Method::Ping,
-            }),
-        }
-        .encode()
-    };
+    let ping = |ro: bool| query(b"a", ro, Method::Ping);
     node.handle_datagram(Time(0), addr(1), &ping(true));
     // Only the answer: no verification ping to a read-only node.
     assert!(node.poll_transmit().is_some());
@@ -481,19 +455,7 @@ fn a_flooding_ip_is_ignored_while_others_are_served() {
         ..Config::default()
     };
     let mut node = Dht::new(Id([1; 20]), cfg, 1, Time(0));
-    let ping = |tid: u32| {
-        Message {
-            tid: tid.to_be_bytes().to_vec(),
-            version: None,
-            ip: None,
-            read_only: true,
-            body: Body::Query(Query {
-                id: Id([9; 20]),
-                method: Method::Ping,
-            }),
-        }
-        .encode()
-    };
+    let ping = |tid: u32| query(&tid.to_be_bytes(), true, Method::Ping);
     let flooder = addr(1);
     let mut answered = 0;
     for i in 0..1000 {
