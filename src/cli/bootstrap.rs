@@ -9,7 +9,8 @@ use anyhow::Context;
 use dhtnode::net::state;
 use dhtnode::net::{DhtHandle, NodeOptions, NodeStats};
 
-use super::{bind_arg, bootstrap_list};
+use super::output::{self, Written};
+use super::{bind_arg, bootstrap_list, ShutdownSignal};
 
 /// Arguments of `dhtnode bootstrap`.
 #[derive(clap::Args, Debug)]
@@ -44,11 +45,12 @@ fn default_state_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".dhtnode"))
 }
 
-fn print_status(s: &NodeStats, json: bool) -> anyhow::Result<()> {
+/// Prints one status line; `Ok(Err(Closed))` once nobody reads stdout any more.
+fn print_status(s: &NodeStats, json: bool) -> std::io::Result<Written> {
     if json {
-        println!("{}", serde_json::to_string(s)?);
+        output::json_line(s)
     } else {
-        println!(
+        output::line(format_args!(
             "node {} | {} nodes ({} good) in {} buckets | {} peers for {} info-hashes | queries in {} out {}",
             s.node_id,
             s.nodes,
@@ -58,9 +60,8 @@ fn print_status(s: &NodeStats, json: bool) -> anyhow::Result<()> {
             s.stored_infohashes,
             s.queries_in,
             s.queries_out
-        );
+        ))
     }
-    Ok(())
 }
 
 async fn save(node: &DhtHandle, dir: &std::path::Path) -> anyhow::Result<()> {
@@ -68,8 +69,11 @@ async fn save(node: &DhtHandle, dir: &std::path::Path) -> anyhow::Result<()> {
     state::save(dir, &st).with_context(|| format!("saving state to {}", dir.display()))
 }
 
-/// Runs the node until SIGINT/SIGTERM, then saves its state.
+/// Runs the node until SIGINT/SIGTERM or until stdout's reader goes away (`| head`), then
+/// saves its state and exits 0.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut shutdown =
+        ShutdownSignal::install().context("installing the SIGINT/SIGTERM handlers")?;
     let dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     let saved = state::load(&dir)?;
     let (id, known) = match &saved {
@@ -111,14 +115,22 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     tokio::pin!(joined);
     let mut joined_done = false;
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
     let mut status = tokio::time::interval(Duration::from_secs(args.status_interval.max(1)));
     let mut saver = tokio::time::interval(SAVE_EVERY);
     saver.tick().await;
-    loop {
+    // Why the loop ended: a signal or a closed stdout is a clean stop, a failing stdout is an
+    // error to report (after saving, like any stop).
+    let stopped: anyhow::Result<()> = loop {
         tokio::select! {
-            _ = status.tick() => print_status(&node.stats().await?, args.json)?,
+            _ = status.tick() => match print_status(&node.stats().await?, args.json) {
+                Ok(Ok(())) => {}
+                Ok(Err(output::Closed)) => {
+                    // Nobody reads the status any more (`| head`): stop as on SIGTERM.
+                    tracing::info!("stdout closed: stopping");
+                    break Ok(());
+                }
+                Err(e) => break Err(anyhow::Error::new(e).context("writing the status to stdout")),
+            },
             _ = saver.tick() => {
                 if let Err(e) = save(&node, &dir).await {
                     tracing::warn!("{e:#}");
@@ -133,12 +145,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     tracing::warn!("{e:#}");
                 }
             }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
+            _ = shutdown.wait() => break Ok(()),
         }
-    }
+    };
     save(&node, &dir).await?;
-    print_status(&node.stats().await?, args.json)?;
+    stopped?;
+    // The final status line; if stdout is closed there is no one to tell, and that is fine.
+    let _ = print_status(&node.stats().await?, args.json)?;
     node.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

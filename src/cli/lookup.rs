@@ -9,6 +9,7 @@ use dhtnode::dht;
 use dhtnode::net::{DhtHandle, LookupUpdate, NodeOptions};
 use dhtnode::torrent::Magnet;
 
+use super::output::{self, err_line};
 use super::{bind_arg, bootstrap_list, infohash_arg};
 
 /// Arguments of `dhtnode lookup`.
@@ -46,7 +47,9 @@ struct Report {
     announce_acks: usize,
 }
 
-/// Runs the lookup; exit 0 if a peer was found, 1 if none.
+/// Runs the lookup; exit 0 if a peer was found, 1 if none. A closed stdout (`| head -1`) is
+/// no failure: the lookup stops early unless it still has an announce to make, and exits
+/// with the same status.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let info_hash = args.target.info_hash;
     let bootstrap = bootstrap_list(&args.bootstrap);
@@ -78,7 +81,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut peers: Vec<String> = Vec::new();
     let mut first_peer_ms = None;
     let mut ack_deadline = None;
-    loop {
+    'lookup: loop {
         let wait_until = ack_deadline.unwrap_or(deadline).min(deadline);
         let update = match tokio::time::timeout_at(wait_until, stream.next_update()).await {
             Ok(Some(u)) => u,
@@ -92,10 +95,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                         continue;
                     }
                     first_peer_ms.get_or_insert(started.elapsed().as_millis() as u64);
-                    if !args.json {
-                        println!("{s}");
-                    }
+                    let closed = !args.json && output::line(&s)?.is_err();
                     peers.push(s);
+                    if closed && args.announce.is_none() {
+                        // Nobody reads the peers any more and there is no announce to make.
+                        break 'lookup;
+                    }
                 }
             }
             LookupUpdate::Done(s) => {
@@ -131,9 +136,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     node.shutdown().await;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        // Closed: the reader left before the report; the exit status still tells the outcome.
+        let _ = output::json_line(&report)?;
     } else {
-        eprintln!(
+        err_line(format_args!(
             "{} peer(s) for {} in {} ms; {} nodes queried, {} answered{}",
             report.peers.len(),
             report.infohash,
@@ -148,10 +154,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 String::new()
             }
-        );
+        ));
     }
     if report.peers.is_empty() {
-        eprintln!(
+        err_line(format_args!(
             "no peers found for {}{}",
             report.infohash,
             if timed_out {
@@ -159,7 +165,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 String::new()
             }
-        );
+        ));
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)

@@ -6,6 +6,7 @@ mod bootstrap;
 mod demo;
 mod fetch;
 mod lookup;
+mod output;
 mod seed;
 mod simulate;
 mod swarm;

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use dhtnode::sim::{run_scenario, write_outputs, ProgressUpdate, RunOptions, Scenario};
 
+use super::output::{self, err_line};
+
 /// Arguments of `dhtnode simulate`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -32,7 +34,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let scenario = match Scenario::from_path(&args.scenario) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            err_line(format_args!("error: {e}"));
             return Ok(ExitCode::from(2));
         }
     };
@@ -67,10 +69,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => {
             if last_line.elapsed().as_secs() >= 5 {
                 last_line = std::time::Instant::now();
-                eprintln!(
+                err_line(format_args!(
                     "{}: sim time {:.0} s, {} online, {}/{} lookups",
                     u.phase, u.sim_seconds, u.online, u.lookups_done, u.lookups_total
-                );
+                ));
             }
         }
     };
@@ -82,11 +84,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.out {
         write_outputs(&report, dir).with_context(|| format!("writing {}", dir.display()))?;
     }
+    // A closed stdout (`| head`) ends the output quietly: the run itself succeeded.
     if args.json {
-        println!("{}", report.to_json());
+        let _ = output::line(report.to_json())?;
     } else {
         let s = &report.summary;
-        println!(
+        let _ = output::line(format_args!(
             "{}: {} nodes, {} lookups, success {:.2}%, first peer p50 {:.0} ms p90 {:.0} ms p99 {:.0} ms, hops mean {:.2}, {:.1} messages/lookup; {:.0} s simulated in {:.1} s, peak RSS {:.0} MB",
             report.scenario,
             report.nodes,
@@ -100,9 +103,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             report.sim_seconds,
             report.wall_seconds,
             report.peak_rss_mb
-        );
+        ))?;
         if let Some(r) = &report.ratio_to_perfect {
-            println!("ratio to the perfect-table limit: {r:?}");
+            let _ = output::line(format_args!("ratio to the perfect-table limit: {r:?}"))?;
         }
     }
     Ok(ExitCode::SUCCESS)
