@@ -8,6 +8,8 @@ pub mod engine;
 pub mod id;
 pub mod krpc;
 pub mod net;
+pub mod session;
 pub mod sim;
+mod sync;
 pub mod torrent;
 pub mod wire;

@@ -1,22 +1,17 @@
-//! `dhtnode fetch`: find peers through the DHT (and `--peer` / magnet `x.pe`), fetch the
-//! metadata if needed, download, verify and write the files; optionally keep seeding.
+//! `dhtnode fetch`: join the swarm of one torrent — find peers through the DHT, PEX, `--peer`
+//! and magnet `x.pe`, fetch the metadata if needed, download, verify and write the files,
+//! uploading what we have to the other downloaders all along; optionally keep seeding.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::Context;
-use dhtnode::dht;
-use dhtnode::engine::{fetch, FetchOptions, Progress};
-use dhtnode::id::Id;
-use dhtnode::net::{DhtHandle, NodeOptions};
-use dhtnode::torrent::{parse_infohash_arg, Metainfo};
-use tokio::sync::{mpsc, watch};
+use dhtnode::session::{AddTorrent, Session, SessionConfig, SessionError};
 
-use super::swarm::{spawn_announcer, spawn_peer_feed, spawn_progress, FeedStats};
-use super::{bind_arg, bootstrap_list, ShutdownSignal};
+use super::progress::spawn_progress;
+use super::{bind_arg, bootstrap_list, output, rate_arg, ShutdownSignal};
 
 /// Arguments of `dhtnode fetch`.
 #[derive(clap::Args, Debug)]
@@ -27,7 +22,8 @@ pub struct Args {
     /// Directory to write the files under.
     #[arg(long, value_name = "DIR", default_value = ".")]
     output: PathBuf,
-    /// Local address for the DHT (UDP) and for incoming peers (TCP).
+    /// Local address: UDP for the DHT, TCP for peers (same port), and the source IP of
+    /// outgoing connections.
     #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:0", value_parser = bind_arg)]
     bind: SocketAddr,
     /// Bootstrap node (repeatable); `none` to use only --peer.
@@ -39,9 +35,26 @@ pub struct Args {
     /// Keep seeding after the download completes, until SIGINT/SIGTERM.
     #[arg(long)]
     seed: bool,
-    /// Print one JSON object at the end.
+    /// Keep seeding after the download completes until R × the torrent's size is uploaded.
+    #[arg(long, value_name = "R", value_parser = ratio_arg)]
+    seed_ratio: Option<f64>,
+    /// Upload limit in bytes per second (0 = unlimited).
+    #[arg(long, value_name = "BYTES_PER_S", value_parser = rate_arg)]
+    upload_limit: Option<u64>,
+    /// Download limit in bytes per second (0 = unlimited).
+    #[arg(long, value_name = "BYTES_PER_S", value_parser = rate_arg)]
+    download_limit: Option<u64>,
+    /// Print one JSON object when the download is complete (and one more when a seeding
+    /// fetch stops).
     #[arg(long)]
     json: bool,
+}
+
+fn ratio_arg(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("{s:?}: expected a positive number, e.g. 1.5")),
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -54,155 +67,89 @@ struct Report {
     first_peer_ms: Option<u64>,
     metadata_ms: Option<u64>,
     peers_connected: usize,
+    peers_from_pex: usize,
     download_mb_s: f64,
+    uploaded_bytes: u64,
     pieces_resumed: u32,
     hash_failures: u32,
     peers_banned: usize,
 }
 
-/// What the positional argument named.
-struct Target {
-    info_hash: Id,
-    metainfo: Option<Metainfo>,
-    peers: Vec<SocketAddr>,
+#[derive(serde::Serialize)]
+struct Stopped {
+    event: &'static str,
+    uploaded_bytes: u64,
 }
-
-fn parse_target(s: &str) -> anyhow::Result<Target> {
-    let path = std::path::Path::new(s);
-    if s.ends_with(".torrent") || (path.is_file() && !s.starts_with("magnet:")) {
-        let mi = Metainfo::read_file(path).with_context(|| format!("reading {s}"))?;
-        return Ok(Target {
-            info_hash: mi.info_hash,
-            metainfo: Some(mi),
-            peers: Vec::new(),
-        });
-    }
-    let m = parse_infohash_arg(s).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(Target {
-        info_hash: m.info_hash,
-        metainfo: None,
-        peers: m.peers,
-    })
-}
-
-/// Lookups the peer feed runs before it gives up on finding more peers.
-const MAX_LOOKUPS: u32 = 6;
 
 /// Runs the fetch; exit 0 only when every piece is verified and on disk.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut signals = ShutdownSignal::install()?;
-    let target = match parse_target(&args.target) {
-        Ok(t) => t,
+    let started = Instant::now();
+    let mut add = match AddTorrent::parse(&args.target, args.output.clone()) {
+        Ok(a) => a,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            output::err_line(format_args!("error: {e}"));
             return Ok(ExitCode::from(2));
         }
     };
-    let started = Instant::now();
-    let info_hash = target.info_hash;
-    let bootstrap = bootstrap_list(&args.bootstrap);
-    let node =
-        if bootstrap.is_empty() && target.metainfo.as_ref().is_none_or(|m| m.nodes.is_empty()) {
-            None
-        } else {
-            let mut boot = bootstrap.clone();
-            if let Some(mi) = &target.metainfo {
-                // Trackerless torrents may list DHT nodes to start from (`nodes` key).
-                boot.extend(mi.nodes.iter().map(|(h, p)| format!("{h}:{p}")));
-            }
-            Some(
-                DhtHandle::spawn(NodeOptions {
-                    bind: args.bind,
-                    bootstrap: boot,
-                    join: args.seed,
-                    dht: dht::Config {
-                        read_only: !args.seed,
-                        ..dht::Config::default()
-                    },
-                    ..NodeOptions::default()
-                })
-                .await
-                .context("starting the DHT node")?,
-            )
-        };
-    if node.is_none() && target.peers.is_empty() && args.peer.is_empty() {
-        eprintln!("error: no way to find peers: give --bootstrap HOST:PORT or --peer IP:PORT");
+    add.peers = args.peer.clone();
+    add.seed_after = args.seed;
+    add.seed_ratio = args.seed_ratio;
+    let mut cfg = SessionConfig::new(args.bind);
+    cfg.bootstrap = bootstrap_list(&args.bootstrap);
+    if let Some(mi) = add.metainfo() {
+        // Trackerless torrents may list DHT nodes to start from (`nodes` key).
+        cfg.bootstrap
+            .extend(mi.nodes.iter().map(|(h, p)| format!("{h}:{p}")));
+    }
+    cfg.upload_limit = args.upload_limit;
+    cfg.download_limit = args.download_limit;
+    if cfg.bootstrap.is_empty() && add.initial_peers().is_empty() {
+        output::err_line(
+            "error: no way to find peers: give --bootstrap HOST:PORT or --peer IP:PORT",
+        );
         return Ok(ExitCode::from(2));
     }
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
-
-    let (tx, rx) = mpsc::channel(1024);
-    let feed = FeedStats::new(started);
-    let mut initial = args.peer.clone();
-    initial.extend(target.peers.iter().copied());
-    spawn_peer_feed(
-        node.clone(),
-        target.info_hash,
-        initial,
-        tx,
-        feed.clone(),
-        MAX_LOOKUPS,
-    );
-
-    let mut opts = FetchOptions::new(
-        target.info_hash,
-        args.output.clone(),
-        dhtnode::wire::generate_peer_id(&mut rand::thread_rng()),
-    );
-    opts.metainfo = target.metainfo;
-    opts.seed_after = args.seed;
-    opts.dht_port = node.as_ref().map(|n| n.local_addr().port());
-    if let Some(n) = &node {
-        // DHT nodes that peers tell us about (PORT messages) are pinged into our table.
-        let (ntx, mut nrx) = mpsc::unbounded_channel::<SocketAddr>();
-        opts.dht_nodes = Some(ntx);
-        let n = n.clone();
-        tokio::spawn(async move {
-            while let Some(a) = nrx.recv().await {
-                if let SocketAddr::V4(a) = a {
-                    if n.add_node(a).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-    }
-    if args.seed {
-        // Accept peers on the same IP; the same port number as the DHT when it is free.
-        let port = node.as_ref().map_or(0, |n| n.local_addr().port());
-        opts.listen = Some(SocketAddr::new(args.bind.ip(), port));
-    }
-    let (ptx, prx) = watch::channel(Progress::default());
-    let progress = spawn_progress(prx, args.json);
+    let session = Session::new(cfg).await.context("starting the session")?;
+    let info_hash = add.info_hash();
+    let handle = match session.add_torrent(add).await {
+        Ok(h) => h,
+        Err(e) => {
+            session.shutdown().await;
+            return Err(anyhow::Error::from(e).context(format!("starting {info_hash}")));
+        }
+    };
+    tracing::info!(listen = %session.listen_addr(), "fetching {info_hash}");
+    let progress = spawn_progress(handle.progress(), args.json);
     // Ctrl-C / SIGTERM stops the download; verified pieces are already durable (resume).
     let outcome = tokio::select! {
-        r = fetch(opts, rx, ptx) => r,
+        r = handle.wait_done() => r,
         _ = signals.wait() => {
-            if let Some(n) = &node {
-                n.shutdown().await;
-            }
-            eprintln!("interrupted; run the same command again to resume");
+            progress.abort();
+            session.shutdown().await;
+            output::err_line("interrupted; run the same command again to resume");
             return Ok(ExitCode::from(130));
         }
     };
-    let _ = progress.await;
-    let outcome = match outcome {
-        Ok(o) => o,
+    progress.abort();
+    let r = match outcome {
+        Ok(r) => r,
         Err(e) => {
-            if let Some(n) = &node {
-                n.shutdown().await;
-            }
-            eprintln!(
-                "error: download of {} failed after {:.1} s: {:#}",
-                info_hash,
+            session.shutdown().await;
+            let why = match e {
+                SessionError::Failed(s) => s,
+                other => other.to_string(),
+            };
+            output::err_line(format_args!(
+                "error: download of {info_hash} failed after {:.1} s: {why}",
                 started.elapsed().as_secs_f64(),
-                anyhow::Error::from(e)
-            );
+            ));
             return Ok(ExitCode::FAILURE);
         }
     };
-    let r = &outcome.report;
+    let feed = handle.feed_stats();
     let report = Report {
         infohash: r.info_hash.to_hex(),
         name: r.name.clone(),
@@ -213,20 +160,24 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         // --peer / x.pe peers, to the first connected peer.
         first_peer_ms: feed
             .first_peer()
+            .map(|d| d + handle_start_offset(started, r.elapsed))
             .or(r.first_peer)
             .map(|d| d.as_millis() as u64),
         metadata_ms: r.metadata.map(|d| d.as_millis() as u64),
         peers_connected: r.peers_connected,
+        peers_from_pex: r.peers_from_pex,
         download_mb_s: r.download_mb_s(),
+        uploaded_bytes: r.uploaded_bytes,
         pieces_resumed: r.pieces_resumed,
         hash_failures: r.hash_failures,
         peers_banned: r.peers_banned,
     };
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        // A closed stdout (`| head`) is fine: the download is done either way.
+        let _ = output::json_line(&report)?;
     } else {
-        eprintln!(
-            "done: {} ({} bytes, {} pieces, {} resumed) in {:.1} s at {:.1} MB/s from {} peer(s); first peer after {} ms, {} lookups",
+        output::err_line(format_args!(
+            "done: {} ({} bytes, {} pieces, {} resumed) in {:.1} s at {:.1} MB/s from {} peer(s) ({} via PEX); uploaded {} bytes meanwhile; first peer after {} ms, {} lookups",
             report.name,
             report.bytes,
             report.pieces,
@@ -234,20 +185,42 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             report.elapsed_ms as f64 / 1000.0,
             report.download_mb_s,
             report.peers_connected,
+            report.peers_from_pex,
+            report.uploaded_bytes,
             report.first_peer_ms.map_or("-".to_string(), |v| v.to_string()),
-            feed.lookups.load(Ordering::Relaxed),
-        );
+            feed.lookups(),
+        ));
     }
-    if let (true, Some(seeder)) = (args.seed, outcome.seeder) {
-        if let Some(n) = &node {
-            spawn_announcer(n.clone(), info_hash, seeder.local_addr().port());
+    if args.seed || args.seed_ratio.is_some() {
+        output::err_line(format_args!(
+            "seeding on {}; Ctrl-C to stop",
+            session.listen_addr()
+        ));
+        tokio::select! {
+            _ = signals.wait() => {}
+            _ = handle.stopped() => {}
         }
-        eprintln!("seeding on {}; Ctrl-C to stop", seeder.local_addr());
-        signals.wait().await;
-        seeder.shutdown();
+        let uploaded = handle.stats().uploaded;
+        session.shutdown().await;
+        if args.json {
+            let _ = output::json_line(&Stopped {
+                event: "stopped",
+                uploaded_bytes: uploaded,
+            })?;
+        } else {
+            output::err_line(format_args!("stopped; uploaded {uploaded} bytes"));
+        }
+        return Ok(ExitCode::SUCCESS);
     }
-    if let Some(n) = &node {
-        n.shutdown().await;
-    }
+    session.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Time between the command's start and the torrent's start (session and DHT start-up), so
+/// `first_peer_ms` counts from the start of the command.
+fn handle_start_offset(
+    started: Instant,
+    torrent_elapsed: std::time::Duration,
+) -> std::time::Duration {
+    started.elapsed().saturating_sub(torrent_elapsed)
 }

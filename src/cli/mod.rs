@@ -7,9 +7,9 @@ mod demo;
 mod fetch;
 mod lookup;
 mod output;
+mod progress;
 mod seed;
 mod simulate;
-mod swarm;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -79,6 +79,13 @@ pub fn bind_arg(s: &str) -> Result<SocketAddr, String> {
         return Err(format!("{s}: only IPv4 addresses are supported"));
     }
     Ok(a)
+}
+
+/// Parses a rate in bytes per second (`0` = unlimited) for `--upload-limit` and
+/// `--download-limit`; `None` means unlimited.
+pub fn rate_arg(s: &str) -> Result<u64, String> {
+    s.parse::<u64>()
+        .map_err(|_| format!("{s:?}: expected bytes per second, e.g. 4000000 (0 = unlimited)"))
 }
 
 /// SIGINT/SIGTERM handlers installed up front, so a signal that arrives while a command is

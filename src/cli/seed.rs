@@ -1,18 +1,15 @@
 //! `dhtnode seed`: share a file or directory with no tracker — build (or check) the torrent,
 //! announce it into the DHT, and serve peers until SIGINT/SIGTERM.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use dhtnode::engine::{EngineConfig, Seeder};
-use dhtnode::net::{DhtHandle, NodeOptions};
+use dhtnode::session::{AddTorrent, Session, SessionConfig};
 use dhtnode::torrent::{build_torrent, BuildOptions, Metainfo};
 
-use super::swarm::spawn_announcer;
-use super::{bind_arg, bootstrap_list, ShutdownSignal};
+use super::{bind_arg, bootstrap_list, output, rate_arg, ShutdownSignal};
 
 /// Arguments of `dhtnode seed`.
 #[derive(clap::Args, Debug)]
@@ -32,7 +29,11 @@ pub struct Args {
     /// Bootstrap node (repeatable); replaces the public routers; `none` starts alone.
     #[arg(long, value_name = "HOST:PORT")]
     bootstrap: Vec<String>,
-    /// Print the torrent's details as one JSON object on the first stdout line.
+    /// Upload limit in bytes per second (0 = unlimited).
+    #[arg(long, value_name = "BYTES_PER_S", value_parser = rate_arg)]
+    upload_limit: Option<u64>,
+    /// Print the torrent's details as one JSON object on the first stdout line (and one
+    /// more, with the bytes uploaded, when stopped).
     #[arg(long)]
     json: bool,
 }
@@ -62,7 +63,10 @@ fn data_dir_for(path: &Path, name: &str) -> PathBuf {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut signals = ShutdownSignal::install()?;
     if !args.path.exists() {
-        eprintln!("error: {} does not exist", args.path.display());
+        output::err_line(format_args!(
+            "error: {} does not exist",
+            args.path.display()
+        ));
         return Ok(ExitCode::from(2));
     }
     let (metainfo, verify) = match &args.torrent {
@@ -89,56 +93,54 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         bytes: info.total_length(),
         pieces: info.num_pieces(),
     };
-    {
-        let mut out = std::io::stdout().lock();
-        if args.json {
-            writeln!(out, "{}", serde_json::to_string(&announcement)?)?;
-        } else {
-            writeln!(out, "info-hash: {}", announcement.infohash)?;
-            writeln!(out, "magnet:    {}", announcement.magnet)?;
-        }
-        out.flush()?;
+    // A closed stdout is no reason to stop serving.
+    if args.json {
+        let _ = output::json_line(&announcement)?;
+    } else {
+        let _ = output::line(format_args!("info-hash: {}", announcement.infohash))?;
+        let _ = output::line(format_args!("magnet:    {}", announcement.magnet))?;
     }
 
     let data_dir = data_dir_for(&args.path, &info.name);
-    let peer_id = dhtnode::wire::generate_peer_id(&mut rand::thread_rng());
-    let seeder = Seeder::bind(args.bind, peer_id, None, EngineConfig::default())
+    let mut cfg = SessionConfig::new(args.bind);
+    cfg.bootstrap = bootstrap_list(&args.bootstrap);
+    // A seed is a DHT node even when it starts alone: others bootstrap from it.
+    cfg.dht_always = true;
+    cfg.upload_limit = args.upload_limit;
+    let session = Session::new(cfg).await.context("starting the session")?;
+    let info_hash = metainfo.info_hash;
+    let name = info.name.clone();
+    let handle = match session
+        .add_torrent(AddTorrent::seed(metainfo, data_dir.clone(), verify))
         .await
-        .context("starting the peer listener")?;
-    let port = seeder.local_addr().port();
-    seeder
-        .add_torrent(&metainfo, &data_dir, verify)
-        .await
-        .with_context(|| format!("serving data from {}", data_dir.display()))?;
-    // The DHT node listens on the same port number, over UDP.
-    let node = DhtHandle::spawn(NodeOptions {
-        bind: SocketAddr::new(args.bind.ip(), port),
-        bootstrap: bootstrap_list(&args.bootstrap),
-        ..NodeOptions::default()
-    })
-    .await
-    .context("starting the DHT node")?;
-    tracing::info!(
-        "seeding {} on {} (DHT on {})",
-        info.name,
-        seeder.local_addr(),
-        node.local_addr()
-    );
-    // Announce once the join is done, and every 15 minutes after that.
     {
-        let node = node.clone();
-        let ih = metainfo.info_hash;
-        tokio::spawn(async move {
-            let _ = node.wait_bootstrapped().await;
-            spawn_announcer(node, ih, port);
-        });
-    }
-    signals.wait().await;
+        Ok(h) => h,
+        Err(e) => {
+            session.shutdown().await;
+            return Err(
+                anyhow::Error::from(e).context(format!("serving data from {}", data_dir.display()))
+            );
+        }
+    };
     tracing::info!(
-        "stopping; uploaded {} bytes",
-        seeder.uploaded(&metainfo.info_hash).unwrap_or(0)
+        "seeding {name} on {} (DHT on {})",
+        session.listen_addr(),
+        session
+            .dht()
+            .map_or("-".to_string(), |d| d.local_addr().to_string())
     );
-    seeder.shutdown();
-    node.shutdown().await;
+    tokio::select! {
+        _ = signals.wait() => {}
+        _ = handle.stopped() => {}
+    }
+    let uploaded = handle.stats().uploaded;
+    tracing::info!("stopping {info_hash}; uploaded {uploaded} bytes");
+    session.shutdown().await;
+    if args.json {
+        let _ = output::json_line(&serde_json::json!({
+            "event": "stopped",
+            "uploaded_bytes": uploaded,
+        }))?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -56,6 +56,9 @@ pub(crate) enum PeerError {
     /// We dialed ourselves.
     #[error("connected to ourselves")]
     SelfConnection,
+    /// Our connection cap for the torrent is reached (not a verdict on the peer).
+    #[error("connection limit reached")]
+    LimitReached,
     /// The peer was banned (sent bad data) or refused by a cap.
     #[error("dropped: {0}")]
     Dropped(&'static str),
@@ -116,8 +119,8 @@ impl Reader {
         }
     }
 
-    /// Reads more bytes from the socket (at least one); `Closed` on EOF.
-    pub(crate) async fn fill(&mut self, limits: &Limits) -> Result<(), PeerError> {
+    /// Reads more bytes from the socket (at least one) and says how many; `Closed` on EOF.
+    pub(crate) async fn fill(&mut self, limits: &Limits) -> Result<usize, PeerError> {
         // Room for the next whole frame if its header is already here, else a full buffer.
         let need = match frame_len(self.available(), limits)? {
             Some(total) => total.max(self.end - self.start + 1),
@@ -130,7 +133,7 @@ impl Reader {
             return Err(PeerError::Closed);
         }
         self.end += n;
-        Ok(())
+        Ok(n)
     }
 
     /// The next complete frame's length (prefix included), if one is fully buffered.
@@ -163,10 +166,12 @@ pub(crate) fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
 }
 
-/// Dials `addr` with a timeout, setting buffer sizes before connecting (so the window
-/// scale negotiated in the SYN fits them).
+/// Dials `addr` with a timeout, from `local_ip` when given (so the peer sees the address we
+/// listen on, and per-IP rules on its side apply to us as one host), setting buffer sizes
+/// before connecting (so the window scale negotiated in the SYN fits them).
 pub(crate) async fn connect(
     addr: SocketAddr,
+    local_ip: Option<std::net::IpAddr>,
     timeout: Duration,
     socket_buffer: Option<u32>,
 ) -> Result<TcpStream, PeerError> {
@@ -175,6 +180,9 @@ pub(crate) async fn connect(
     } else {
         TcpSocket::new_v6()?
     };
+    if let Some(ip) = local_ip.filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4()) {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
     if let Some(size) = socket_buffer {
         let _ = socket.set_recv_buffer_size(size);
         let _ = socket.set_send_buffer_size(size);

@@ -1,51 +1,52 @@
-//! The per-torrent control loop: dials peers as they stream in (caps on total and half-open
-//! connections, retries with back-off), turns fetched metadata into storage and a picker,
-//! records hashed pieces (resume record batched, data synced first), broadcasts `have`,
-//! runs the choker, bans peers that sent bad data, and reports progress and completion.
+//! The per-torrent control loop: dials peers from the bounded peer list (caps on total and
+//! half-open connections, per-address back-off), turns fetched metadata into storage and a
+//! picker, records hashed pieces (resume record batched, data synced first), broadcasts
+//! `have`, runs the choker and PEX, attributes bad data (trust points and smart-ban, bans per
+//! IP), and reports progress and completion.
 
-use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lru::LruCache;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::choker::{Choker, PeerStat};
 use super::conn;
-use super::hasher::{self, HashOutcome, HashResult};
+use super::events::{Cmd, Event, HashOutcome, HashResult};
+use super::hasher;
+use super::meta::Meta;
 use super::peer::run_peer;
+use super::peer_list::{FailKind, PeerList, PeerSource};
 use super::picker::{PeerKey, Picker, PickerConfig};
-use super::session::{FetchReport, Phase, Progress};
-use super::torrent::{lock, Cmd, Event, Meta, Torrent};
+use super::report::{FetchReport, Phase, Progress};
+use super::torrent::{Torrent, MAX_BANNED};
+use super::trust::{Trust, Verdict};
 use super::EngineError;
+use crate::sync::lock;
 use crate::torrent::{Info, OpenMode, ResumeError, ResumeFile, Storage, VerifiedPiece};
 use crate::wire::Handshake;
-
-/// Dial bookkeeping for one address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AddrState {
-    Queued,
-    Dialing,
-    Connected,
-    /// Not connected; may be retried at the given time.
-    Idle(Option<Instant>),
-    Banned,
-}
 
 /// What a finished flush hands back.
 type FlushDone = (ResumeFile, Result<(), ResumeError>);
 
-/// A connection that lasted this long was useful: its address gets a fresh set of retries.
-const LONG_LIVED: Duration = Duration::from_secs(60);
+/// How often the peers' addresses are offered to every peer for PEX (each peer task sends at
+/// most one message a minute; this only bounds how stale the list it sends can be).
+const PEX_EVERY: Duration = Duration::from_secs(5);
+
+/// Connection ids remembered with their IP, for attributing pieces that fail after the peer
+/// left (bounded: ids are per connection, and connections come and go).
+const KEY_IPS: usize = 4096;
 
 /// Inputs of a driver.
 pub(crate) struct DriverParams {
     pub t: Arc<Torrent>,
     pub output_dir: PathBuf,
-    pub progress: Option<watch::Sender<Progress>>,
+    pub progress: watch::Sender<Progress>,
     pub done: Option<oneshot::Sender<Result<FetchReport, EngineError>>>,
     pub seed_after: bool,
     pub dht_nodes: Option<mpsc::UnboundedSender<SocketAddr>>,
@@ -56,7 +57,7 @@ pub(crate) struct DriverParams {
 pub(crate) struct Driver {
     t: Arc<Torrent>,
     output_dir: PathBuf,
-    progress: Option<watch::Sender<Progress>>,
+    progress: watch::Sender<Progress>,
     done: Option<oneshot::Sender<Result<FetchReport, EngineError>>>,
     seed_after: bool,
     dht_nodes: Option<mpsc::UnboundedSender<SocketAddr>>,
@@ -65,27 +66,30 @@ pub(crate) struct Driver {
     first_peer: Option<Instant>,
     meta_at: Option<Instant>,
     finished_at: Option<Instant>,
-    addrs: HashMap<SocketAddr, (AddrState, u32)>,
-    queue: VecDeque<SocketAddr>,
+    peers: PeerList,
     half_open: usize,
+    /// A peer source may still send addresses (else "out of peers" can be decided).
     peers_open: bool,
-    key_addr: HashMap<PeerKey, SocketAddr>,
-    /// When each connected address came up: a connection that lasted resets its retry count,
-    /// one that dies young (e.g. a peer that never answers) does not, so retries stay bounded.
-    up_since: HashMap<SocketAddr, Instant>,
+    /// Connection id → (remote address, dialable address, connected since).
+    conns: HashMap<PeerKey, (SocketAddr, Option<SocketAddr>, Instant)>,
+    key_ips: LruCache<PeerKey, IpAddr>,
     peers_seen: usize,
+    pex_learnt: usize,
     choker: Choker,
+    /// Per connection: last (valid_down, up) totals and the rates from them.
     counts: HashMap<PeerKey, (u64, u64, u64, u64)>,
     last_rates: Instant,
+    last_pex: Instant,
     resume: Option<ResumeFile>,
     pending_verified: Vec<VerifiedPiece>,
     last_flush: Instant,
     failed: HashMap<u32, Vec<(PeerKey, [u8; 20])>>,
-    strikes: HashMap<SocketAddr, u32>,
+    trust: Trust,
     banned: usize,
     hash_failures: u32,
     pieces_resumed: u32,
     fetched_bytes: u64,
+    uploaded_at_done: Option<u64>,
     down_rate: f64,
     up_rate: f64,
     last_down: u64,
@@ -98,6 +102,7 @@ impl Driver {
         let now = Instant::now();
         Driver {
             choker: Choker::new(p.t.cfg.choker.clone(), p.seed ^ 0x9E37_79B9),
+            peers: PeerList::new(p.t.cfg.max_known_peers),
             t: p.t,
             output_dir: p.output_dir,
             progress: p.progress,
@@ -109,24 +114,25 @@ impl Driver {
             first_peer: None,
             meta_at: None,
             finished_at: None,
-            addrs: HashMap::new(),
-            queue: VecDeque::new(),
             half_open: 0,
             peers_open: true,
-            key_addr: HashMap::new(),
-            up_since: HashMap::new(),
+            conns: HashMap::new(),
+            key_ips: LruCache::new(std::num::NonZeroUsize::MIN.saturating_add(KEY_IPS - 1)),
             peers_seen: 0,
+            pex_learnt: 0,
             counts: HashMap::new(),
             last_rates: now,
+            last_pex: now,
             resume: None,
             pending_verified: Vec::new(),
             last_flush: now,
             failed: HashMap::new(),
-            strikes: HashMap::new(),
+            trust: Trust::new(KEY_IPS),
             banned: 0,
             hash_failures: 0,
             pieces_resumed: 0,
             fetched_bytes: 0,
+            uploaded_at_done: None,
             down_rate: 0.0,
             up_rate: 0.0,
             last_down: 0,
@@ -135,11 +141,7 @@ impl Driver {
     }
 
     fn is_complete(&self) -> bool {
-        self.t
-            .state()
-            .picker
-            .as_ref()
-            .is_some_and(Picker::is_complete)
+        self.t.is_complete()
     }
 
     /// Makes metadata live: opens (creates) storage, loads the resume record, builds the
@@ -207,7 +209,7 @@ impl Driver {
     pub(crate) async fn run(
         mut self,
         mut events: mpsc::UnboundedReceiver<Event>,
-        mut peers: Option<mpsc::Receiver<SocketAddr>>,
+        mut peers: mpsc::Receiver<(SocketAddr, PeerSource)>,
     ) {
         let res = self.run_inner(&mut events, &mut peers).await;
         if let Err(e) = res {
@@ -220,25 +222,30 @@ impl Driver {
         }
         self.t.shutdown.send_replace(true);
         *lock(&self.t.hash_tx) = None;
+        let mut last = self.progress.borrow().clone();
+        last.phase = if self.finished_at.is_some() && self.done.is_none() {
+            last.phase
+        } else {
+            Phase::Paused
+        };
+        last.uploaded = self.t.uploaded.load(Ordering::Relaxed);
+        self.progress.send_replace(last);
     }
 
     async fn run_inner(
         &mut self,
         events: &mut mpsc::UnboundedReceiver<Event>,
-        peers: &mut Option<mpsc::Receiver<SocketAddr>>,
+        peers: &mut mpsc::Receiver<(SocketAddr, PeerSource)>,
     ) -> Result<(), EngineError> {
         let mut shutdown = self.t.shutdown.subscribe();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flushing: Option<JoinHandle<FlushDone>> = None;
-        if peers.is_none() {
-            self.peers_open = false;
-        }
         loop {
             if *shutdown.borrow_and_update() {
                 return Ok(());
             }
-            if self.done.is_some() || self.finished_at.is_none() {
+            if self.finished_at.is_none() {
                 self.dial_more();
             }
             self.maybe_flush(&mut flushing);
@@ -254,13 +261,8 @@ impl Driver {
                     Some(ev) => self.on_event(ev).await?,
                     None => return Ok(()),
                 },
-                addr = async {
-                    match peers.as_mut() {
-                        Some(p) => p.recv().await,
-                        None => std::future::pending().await,
-                    }
-                }, if open => match addr {
-                    Some(a) => self.add_addr(a),
+                addr = peers.recv(), if open => match addr {
+                    Some((a, source)) => self.add_addr(a, source),
                     None => self.peers_open = false,
                 },
                 res = async {
@@ -325,14 +327,13 @@ impl Driver {
         }
         let now = Instant::now();
         self.finished_at = Some(now);
+        self.uploaded_at_done = Some(self.t.uploaded.load(Ordering::Relaxed));
         let report = self.report(now);
         self.publish(Phase::Done);
         if let Some(done) = self.done.take() {
             let _ = done.send(Ok(report));
         }
-        // Stop dialing; close connections to other seeds.
-        self.peers_open = false;
-        self.queue.clear();
+        // Stop dialing; hashers are no longer needed.
         *lock(&self.t.hash_tx) = None;
         Ok(!self.seed_after)
     }
@@ -354,8 +355,10 @@ impl Driver {
             first_peer: self.first_peer.map(|t| t.duration_since(self.started)),
             metadata: self.meta_at.map(|t| t.duration_since(self.started)),
             peers_connected: self.peers_seen,
+            peers_from_pex: self.pex_learnt,
             fetched_bytes: self.fetched_bytes,
             downloaded_bytes: self.t.downloaded.load(Ordering::Relaxed),
+            uploaded_bytes: self.t.uploaded.load(Ordering::Relaxed),
             pieces_resumed: self.pieces_resumed,
             hash_failures: self.hash_failures,
             peers_banned: self.banned,
@@ -364,135 +367,125 @@ impl Driver {
     }
 
     fn check_out_of_peers(&self) -> Result<(), EngineError> {
-        if self.done.is_none() || self.peers_open || self.half_open > 0 || !self.queue.is_empty() {
+        if self.done.is_none() || self.peers_open || self.half_open > 0 || self.is_complete() {
             return Ok(());
         }
         if !self.t.state().peers.is_empty() {
             return Ok(());
         }
-        let retry_pending = self
-            .addrs
-            .values()
-            .any(|(s, _)| matches!(s, AddrState::Idle(Some(_)) | AddrState::Queued));
-        if retry_pending || self.is_complete() {
-            return Ok(());
+        let attempts = self.t.cfg.reconnect_attempts.saturating_add(1);
+        if self.peers.exhausted(attempts) {
+            return Err(EngineError::OutOfPeers);
         }
-        Err(EngineError::OutOfPeers)
+        Ok(())
     }
 
-    fn add_addr(&mut self, a: SocketAddr) {
-        if self.finished_at.is_some() {
+    fn add_addr(&mut self, a: SocketAddr, source: PeerSource) {
+        if a.port() == 0 || a.ip().is_unspecified() {
             return;
         }
-        match self.addrs.get(&a) {
-            Some((AddrState::Idle(_), _)) | None => {
-                if self.t.state().banned.contains(&a) {
-                    return;
-                }
-                self.addrs.insert(a, (AddrState::Queued, 0));
-                self.queue.push_back(a);
-            }
-            _ => {}
+        let new = self.peers.add(a, source, Instant::now());
+        if new && source == PeerSource::Pex {
+            self.pex_learnt += 1;
         }
     }
 
     fn dial_more(&mut self) {
         let cfg = Arc::clone(&self.t.cfg);
+        let now = Instant::now();
         while self.half_open < cfg.max_half_open {
             let connected = self.t.state().peers.len();
             if connected + self.half_open >= cfg.max_peers {
                 return;
             }
-            let Some(addr) = self.queue.pop_front() else {
+            let Some(addr) = self.peers.next_to_dial(now) else {
                 return;
             };
-            let attempts = self.addrs.get(&addr).map_or(0, |(_, n)| *n);
-            self.addrs.insert(addr, (AddrState::Dialing, attempts));
             self.half_open += 1;
             let t = Arc::clone(&self.t);
             tokio::spawn(async move {
                 let hs = Handshake::new(t.info_hash, t.peer_id);
                 let res = async {
-                    let s = conn::connect(addr, t.cfg.connect_timeout, t.cfg.socket_buffer).await?;
+                    let s =
+                        conn::connect(addr, t.bind_ip, t.cfg.connect_timeout, t.cfg.socket_buffer)
+                            .await?;
                     conn::handshake_outgoing(s, hs, t.cfg.handshake_timeout).await
                 }
                 .await;
                 match res {
                     Ok((reader, wr, theirs)) => {
-                        let _ = t.events.send(Event::DialDone { addr, ok: true });
-                        let _ = run_peer(Arc::clone(&t), reader, wr, theirs, addr).await;
+                        let _ = t.events.send(Event::DialDone {
+                            addr,
+                            result: Ok(()),
+                        });
+                        let _ = run_peer(Arc::clone(&t), reader, wr, theirs, addr, true).await;
                     }
                     Err(e) => {
                         tracing::debug!(%addr, error = %e, "dial failed");
-                        let _ = t.events.send(Event::DialDone { addr, ok: false });
+                        let _ = t.events.send(Event::DialDone {
+                            addr,
+                            result: Err(e.fail_kind()),
+                        });
                     }
                 }
             });
         }
     }
 
-    fn schedule_retry(&mut self, addr: SocketAddr) {
-        let cfg = Arc::clone(&self.t.cfg);
-        let complete = self.finished_at.is_some();
-        if let Some((state, attempts)) = self.addrs.get_mut(&addr) {
-            if *state == AddrState::Banned {
-                return;
-            }
-            *attempts += 1;
-            *state = if *attempts <= cfg.reconnect_attempts && !complete {
-                AddrState::Idle(Some(Instant::now() + cfg.reconnect_delay * *attempts))
-            } else {
-                AddrState::Idle(None)
-            };
-        }
-    }
-
     async fn on_event(&mut self, ev: Event) -> Result<(), EngineError> {
+        let now = Instant::now();
         match ev {
-            Event::PeerUp { key, addr } => {
-                self.first_peer.get_or_insert_with(Instant::now);
+            Event::PeerUp {
+                key,
+                addr,
+                outgoing,
+            } => {
+                self.first_peer.get_or_insert(now);
                 self.peers_seen += 1;
-                self.key_addr.insert(key, addr);
-                if let Some((s, _)) = self.addrs.get_mut(&addr) {
-                    *s = AddrState::Connected;
+                self.key_ips.put(key, addr.ip());
+                self.conns
+                    .insert(key, (addr, outgoing.then_some(addr), now));
+                if outgoing {
+                    self.peers.on_connected(addr, now);
                 }
-                self.up_since.insert(addr, Instant::now());
                 self.publish_current();
             }
-            Event::PeerDown { key, addr, fatal } => {
+            Event::ListenAddr { key, addr } => {
+                if let Some(c) = self.conns.get_mut(&key) {
+                    if c.1.is_none() {
+                        c.1 = Some(addr);
+                        // Learnt from an incoming connection: a candidate now, connected.
+                        if self.peers.add(addr, PeerSource::Incoming, now) {
+                            self.peers.on_connected(addr, now);
+                        }
+                    }
+                }
+            }
+            Event::PeerDown { key, addr, fail } => {
                 self.choker.remove(key);
                 self.counts.remove(&key);
-                let lasted = self
-                    .up_since
-                    .remove(&addr)
-                    .is_some_and(|t| t.elapsed() >= LONG_LIVED);
-                if let Some((s, n)) = self.addrs.get_mut(&addr) {
-                    if lasted {
-                        *n = 0;
-                    }
-                    if *s == AddrState::Connected {
-                        *s = AddrState::Idle(None);
-                        if fatal {
-                            if let Some((_, n)) = self.addrs.get_mut(&addr) {
-                                *n = u32::MAX / 2;
-                            }
+                let conn = self.conns.remove(&key);
+                if let Some((_, Some(dial), since)) = conn {
+                    match fail {
+                        Some(kind) if dial == addr || kind == FailKind::LimitReached => {
+                            self.peers.on_failed(dial, now, kind)
                         }
-                        self.schedule_retry(addr);
+                        _ => self
+                            .peers
+                            .on_disconnected(dial, now, now.duration_since(since)),
+                    }
+                } else if conn.is_none() {
+                    // Refused at registration (limit, ban, shutdown).
+                    if let Some(kind) = fail {
+                        self.peers.on_failed(addr, now, kind);
                     }
                 }
                 self.update_choker();
             }
-            Event::DialDone { addr, ok } => {
+            Event::DialDone { addr, result } => {
                 self.half_open = self.half_open.saturating_sub(1);
-                if !ok {
-                    if let Some((s, _)) = self.addrs.get_mut(&addr) {
-                        *s = AddrState::Idle(None);
-                    }
-                    self.schedule_retry(addr);
-                } else if let Some((s, _)) = self.addrs.get_mut(&addr) {
-                    if *s == AddrState::Dialing {
-                        *s = AddrState::Connected;
-                    }
+                if let Err(kind) = result {
+                    self.peers.on_failed(addr, now, kind);
                 }
             }
             Event::Interest => self.update_choker(),
@@ -503,33 +496,40 @@ impl Driver {
                     self.setup_download(info, bytes).await?;
                 }
             }
-            Event::Ban(addr) => self.ban_addr(addr),
+            Event::Ban(ip) => self.ban_ip(ip),
             Event::Hashed(r) => self.on_hashed(r)?,
             Event::DhtPort(a) => {
                 if let Some(tx) = &self.dht_nodes {
                     let _ = tx.send(a);
                 }
             }
+            Event::PexPeers(list) => {
+                if self.finished_at.is_none() {
+                    for a in list {
+                        self.add_addr(a, PeerSource::Pex);
+                    }
+                }
+            }
         }
         Ok(())
     }
 
-    fn ban_addr(&mut self, addr: SocketAddr) {
+    fn ban_ip(&mut self, ip: IpAddr) {
         let mut st = self.t.state();
-        if st.banned.insert(addr) {
+        if st.banned.len() < MAX_BANNED && st.banned.insert(ip) {
             self.banned += 1;
-            tracing::info!(%addr, "peer banned");
+            tracing::info!(%ip, "peer banned");
         }
         for p in st.peers.values() {
-            if p.addr == addr {
+            if p.addr.ip() == ip {
                 let _ = p.tx.send(Cmd::Close("banned"));
             }
         }
         // Whatever it delivered into unfinished pieces is not trusted either.
         let keys: Vec<PeerKey> = self
-            .key_addr
+            .key_ips
             .iter()
-            .filter(|(_, a)| **a == addr)
+            .filter(|(_, a)| **a == ip)
             .map(|(k, _)| *k)
             .collect();
         if let Some(p) = st.picker.as_mut() {
@@ -538,33 +538,46 @@ impl Driver {
             }
         }
         drop(st);
-        self.addrs.insert(addr, (AddrState::Banned, 0));
-        self.queue.retain(|a| *a != addr);
+        self.peers.ban_ip(ip);
     }
 
     fn ban_key(&mut self, key: PeerKey) {
-        if let Some(&addr) = self.key_addr.get(&key) {
-            self.ban_addr(addr);
+        if let Some(&ip) = self.key_ips.peek(&key) {
+            self.ban_ip(ip);
         }
+    }
+
+    /// Distinct IPs behind a set of connection ids.
+    fn ips_of(&self, keys: &[PeerKey]) -> Vec<IpAddr> {
+        let mut ips: Vec<IpAddr> = keys
+            .iter()
+            .filter_map(|k| self.key_ips.peek(k).copied())
+            .collect();
+        ips.sort_unstable();
+        ips.dedup();
+        ips
     }
 
     fn on_hashed(&mut self, r: HashResult) -> Result<(), EngineError> {
         let piece = r.piece;
         match r.outcome {
             HashOutcome::Passed(v, block_hashes) => {
-                let (size, complete) = {
+                let (size, complete, senders) = {
                     let mut st = self.t.state();
                     let Some(p) = st.picker.as_mut() else {
                         return Ok(());
                     };
-                    p.piece_passed(piece);
+                    let senders = p.piece_passed(piece);
                     let size = p.layout().piece_size(piece).unwrap_or(0);
                     let complete = p.is_complete();
                     for e in st.peers.values() {
                         let _ = e.tx.send(Cmd::Have(piece));
                     }
-                    (size, complete)
+                    (size, complete, senders)
                 };
+                for ip in self.ips_of(&senders) {
+                    self.trust.on_passed(ip);
+                }
                 self.fetched_bytes += u64::from(size);
                 match self.resume.as_mut() {
                     Some(res) => {
@@ -600,29 +613,16 @@ impl Driver {
                         .unwrap_or_default()
                 };
                 tracing::info!(piece, "piece failed its hash check");
-                let mut distinct = senders.clone();
-                distinct.sort_unstable();
-                distinct.dedup();
-                let already_banned = {
-                    let st = self.t.state();
-                    distinct
-                        .iter()
-                        .any(|k| self.key_addr.get(k).is_some_and(|a| st.banned.contains(a)))
-                };
-                if let [only] = distinct.as_slice() {
+                let ips = self.ips_of(&senders);
+                if let [only] = ips.as_slice() {
                     // One peer sent every block: certainly the culprit.
-                    self.ban_key(*only);
-                } else if already_banned {
-                    // A banned peer's data explains the failure; the others keep their trust
-                    // (smart-ban below still compares blocks once the piece passes).
+                    self.ban_ip(*only);
                 } else {
-                    for k in &distinct {
-                        if let Some(&addr) = self.key_addr.get(k) {
-                            let s = self.strikes.entry(addr).or_insert(0);
-                            *s += 1;
-                            if *s >= 2 {
-                                self.ban_addr(addr);
-                            }
+                    // Several contributed: trust points (libtorrent's rule) until smart-ban
+                    // names the liar once the piece passes.
+                    for ip in ips {
+                        if self.trust.on_failed(ip) == Verdict::Ban {
+                            self.ban_ip(ip);
                         }
                     }
                 }
@@ -636,6 +636,7 @@ impl Driver {
 
     fn update_choker(&mut self) {
         let seeding = self.is_complete();
+        let now = Instant::now();
         let stats: Vec<PeerStat> = {
             let st = self.t.state();
             st.peers
@@ -647,11 +648,13 @@ impl Driver {
                         interested: e.counters.interested.load(Ordering::Relaxed),
                         download_rate: down,
                         upload_rate: up,
+                        // PENDING-CHOKER snubbed: e.counters.snubbed.load(Ordering::Relaxed),
+                        // PENDING-CHOKER connected_at: self.conns.get(&key).map(|c| c.2),
                     }
                 })
                 .collect()
         };
-        let changes = self.choker.update(Instant::now(), &stats, seeding);
+        let changes = self.choker.update(now, &stats, seeding);
         let st = self.t.state();
         for (k, unchoke) in changes {
             if let Some(e) = st.peers.get(&k) {
@@ -662,47 +665,47 @@ impl Driver {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
-        // Retries that are due.
-        let due: Vec<SocketAddr> = self
-            .addrs
-            .iter()
-            .filter(|(_, (s, _))| matches!(s, AddrState::Idle(Some(t)) if *t <= now))
-            .map(|(a, _)| *a)
-            .collect();
-        for a in due {
-            if self.finished_at.is_none() {
-                if let Some((s, _)) = self.addrs.get_mut(&a) {
-                    *s = AddrState::Queued;
-                }
-                self.queue.push_back(a);
-            } else if let Some((s, _)) = self.addrs.get_mut(&a) {
-                *s = AddrState::Idle(None);
-            }
-        }
         // Per-peer and total rates.
         let dt = now.duration_since(self.last_rates).as_secs_f64();
         if dt >= 0.4 {
             let st = self.t.state();
             for (&k, e) in st.peers.iter() {
-                let down = e.counters.down.load(Ordering::Relaxed);
+                let down = e.counters.valid_down.load(Ordering::Relaxed);
                 let up = e.counters.up.load(Ordering::Relaxed);
                 let c = self.counts.entry(k).or_insert((down, up, 0, 0));
-                c.2 = ((down - c.0) as f64 / dt) as u64;
-                c.3 = ((up - c.1) as f64 / dt) as u64;
+                c.2 = (down.saturating_sub(c.0) as f64 / dt) as u64;
+                c.3 = (up.saturating_sub(c.1) as f64 / dt) as u64;
                 c.0 = down;
                 c.1 = up;
             }
             drop(st);
             let down = self.t.downloaded.load(Ordering::Relaxed);
             let up = self.t.uploaded.load(Ordering::Relaxed);
-            self.down_rate = (down - self.last_down) as f64 / dt;
-            self.up_rate = (up - self.last_up) as f64 / dt;
+            self.down_rate = down.saturating_sub(self.last_down) as f64 / dt;
+            self.up_rate = up.saturating_sub(self.last_up) as f64 / dt;
             self.last_down = down;
             self.last_up = up;
             self.last_rates = now;
         }
+        if now.duration_since(self.last_pex) >= PEX_EVERY {
+            self.last_pex = now;
+            self.offer_pex();
+        }
         self.update_choker();
         self.publish_current();
+    }
+
+    /// Hands every peer the dialable addresses of our other connections (BEP 11).
+    fn offer_pex(&self) {
+        let list: Vec<SocketAddr> = self.conns.values().filter_map(|c| c.1).collect();
+        if list.is_empty() {
+            return;
+        }
+        let list = Arc::new(list);
+        let st = self.t.state();
+        for e in st.peers.values() {
+            let _ = e.tx.send(Cmd::Pex(Arc::clone(&list)));
+        }
     }
 
     fn publish_current(&self) {
@@ -719,9 +722,6 @@ impl Driver {
     }
 
     fn publish(&self, phase: Phase) {
-        let Some(tx) = &self.progress else {
-            return;
-        };
         let (done, total, bytes_done) = {
             let st = self.t.state();
             match st.picker.as_ref() {
@@ -744,7 +744,7 @@ impl Driver {
         };
         let meta = self.t.meta();
         let peers = self.t.state().peers.len();
-        tx.send_replace(Progress {
+        self.progress.send_replace(Progress {
             phase,
             name: meta.map(|m| m.info.name.clone()),
             pieces_done: done,
@@ -752,8 +752,11 @@ impl Driver {
             bytes_done,
             bytes_total: meta.map_or(0, |m| m.layout.total_length()),
             peers,
+            peers_known: self.peers.len(),
             download_rate: self.down_rate,
             upload_rate: self.up_rate,
+            downloaded: self.t.downloaded.load(Ordering::Relaxed),
+            uploaded: self.t.uploaded.load(Ordering::Relaxed),
             elapsed: self.started.elapsed(),
         });
     }

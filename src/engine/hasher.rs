@@ -14,8 +14,10 @@ use std::sync::{Arc, Mutex};
 use sha1::{Digest, Sha1};
 use tokio::sync::mpsc;
 
-use super::torrent::{lock, Event, Meta, Torrent};
-use crate::torrent::{StorageError, VerifiedPiece, BLOCK_SIZE};
+use super::events::{Event, HashOutcome, HashResult};
+use super::meta::{BufferPool, Meta};
+use crate::sync::lock;
+use crate::torrent::{StorageError, BLOCK_SIZE};
 
 /// A complete piece to check and write.
 pub(crate) struct HashJob {
@@ -27,28 +29,10 @@ pub(crate) struct HashJob {
     pub meta: Arc<Meta>,
     /// Also return per-block hashes on success (the piece failed before: smart-ban compares).
     pub block_hashes: bool,
-    /// Where to report (events) and recycle the buffer.
-    pub torrent: Arc<Torrent>,
-}
-
-/// Outcome of a hash job.
-#[derive(Debug)]
-pub(crate) enum HashOutcome {
-    /// Matched and written; block hashes if asked for.
-    Passed(VerifiedPiece, Option<Vec<[u8; 20]>>),
-    /// Did not match; the hash of each block, for smart-ban.
-    Failed(Vec<[u8; 20]>),
-    /// Disk error.
-    Error(StorageError),
-}
-
-/// A piece's hash result.
-#[derive(Debug)]
-pub(crate) struct HashResult {
-    /// Piece index.
-    pub piece: u32,
-    /// What happened.
-    pub outcome: HashOutcome,
+    /// Where the result goes (the torrent's driver).
+    pub events: mpsc::UnboundedSender<Event>,
+    /// Where the buffer goes back to once hashed.
+    pub pool: Arc<BufferPool>,
 }
 
 /// SHA-1 of every 16 KiB block of `data`.
@@ -64,8 +48,8 @@ fn run(job: HashJob) {
         Err(StorageError::HashMismatch(_)) => HashOutcome::Failed(block_hashes(&job.data)),
         Err(e) => HashOutcome::Error(e),
     };
-    job.torrent.give_buffer(job.data);
-    let _ = job.torrent.events.send(Event::Hashed(HashResult {
+    job.pool.give(job.data);
+    let _ = job.events.send(Event::Hashed(HashResult {
         piece: job.piece,
         outcome,
     }));

@@ -1,22 +1,29 @@
 //! The download/seed engine: peer connections, piece picking, choking, metadata exchange,
-//! fetch sessions and seeding.
+//! peer exchange, rate limits; downloading and seeding at once.
 //!
 //! Layout (pure logic separate from I/O so the policies are unit-testable):
 //! - [`picker`]: rarest-first block picker with endgame (sans-IO, seeded RNG).
-//! - [`choker`]: regular + optimistic unchoke slots (sans-IO, injected time).
+//! - [`choker`]: tit-for-tat + optimistic unchoke, round-robin while seeding (sans-IO).
+//! - [`peer_list`]: the bounded list of addresses to dial, with per-address back-off.
+//! - [`trust`]: who sent bad data (libtorrent's trust points); bans are per IP.
+//! - [`ratelimit`]: token buckets for the upload and download limits.
 //! - `conn`: bounded frame reader, socket setup, handshake exchange.
-//! - `torrent`: per-torrent shared state (metadata, storage, picker, peers).
-//! - `peer`: one task per peer connection (both directions: download and upload).
+//! - `events`, `report`: the messages between the parts, and what a torrent reports.
+//! - `meta`, `torrent`: per-torrent shared state (metadata, storage, picker, peers).
+//! - `peer`: one task per peer connection (download, upload, metadata, PEX; one file each).
 //! - `hasher`: threads that SHA-1 check complete pieces in memory and write them.
-//! - `driver`: the per-torrent control loop (dialing, choking, results, resume, bans).
-//! - [`session`]: [`fetch`]; [`seed`]: [`Seeder`] and [`seed()`].
+//! - `driver`: the per-torrent control loop (dialing, choking, results, resume, bans, PEX).
+//! - [`listener`]: the TCP listener shared by all torrents, and [`Listener::start`].
 //!
-//! Flow of a fetch: peers stream in → dialed (caps on total and half-open) → handshake and
+//! The library's face is [`crate::session::Session`], which feeds torrents their peers (DHT,
+//! `--peer`, magnet `x.pe`) and announces them; this module knows nothing of the DHT.
+//!
+//! Flow of a download: peers stream in → dialed (caps on total and half-open) → handshake and
 //! BEP 10 → `ut_metadata` until the info dictionary hashes to the info-hash → blocks are
 //! requested (pipeline sized to the peer's rate) → a piece's last block hands its buffer to
 //! a hasher thread, which checks SHA-1 in memory and writes with positional writes → the
-//! driver records it (resume, `have` to every peer), bans liars, and finishes when every
-//! piece is verified and synced.
+//! driver records it (resume, `have` to every peer, which may request it from us at once),
+//! attributes bad data, and finishes when every piece is verified and synced.
 
 use std::io;
 use std::net::SocketAddr;
@@ -30,19 +37,26 @@ use crate::torrent::{LayoutError, MetainfoError, ResumeError, StorageError};
 pub mod choker;
 mod conn;
 mod driver;
+mod events;
 mod hasher;
+pub mod listener;
+mod meta;
 mod peer;
+pub mod peer_list;
 pub mod picker;
-pub mod seed;
-pub mod session;
+pub mod ratelimit;
+pub mod report;
 mod torrent;
+pub mod trust;
 
 #[cfg(test)]
 mod tests;
 
 pub use choker::ChokerConfig;
-pub use seed::{seed, Seeder};
-pub use session::{fetch, FetchOptions, FetchOutcome, FetchReport, Phase, Progress};
+pub use listener::{Listener, ListenerConfig, RunningTorrent, StartMode, TorrentSpec};
+pub use peer_list::PeerSource;
+pub use ratelimit::RateLimiter;
+pub use report::{FetchReport, Phase, Progress};
 
 /// Engine tunables. One struct so the CLI, tests and benchmarks can adjust limits without
 /// touching code; the defaults are what `dhtnode` ships with.
@@ -52,6 +66,10 @@ pub struct EngineConfig {
     pub max_peers: usize,
     /// Most outgoing connections in the TCP/handshake phase at once.
     pub max_half_open: usize,
+    /// Most incoming connections that have not completed their handshake, per listener.
+    pub max_pending_handshakes: usize,
+    /// Most peer addresses remembered per torrent (connected or candidates).
+    pub max_known_peers: usize,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
     /// Time allowed for the BitTorrent handshake after connecting.
@@ -104,6 +122,8 @@ impl Default for EngineConfig {
         EngineConfig {
             max_peers: 50,
             max_half_open: 8,
+            max_pending_handshakes: 64,
+            max_known_peers: 2000,
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             snub_timeout: Duration::from_secs(15),
@@ -176,7 +196,7 @@ pub enum EngineError {
     #[error("ran out of peers: the peer source ended and every connection failed")]
     OutOfPeers,
     /// The engine was shut down before finishing.
-    #[error("shut down before the download finished")]
+    #[error("stopped before the download finished")]
     Cancelled,
     /// An engine task ended unexpectedly (a bug).
     #[error("internal engine error: {0}")]

@@ -10,9 +10,8 @@ use rand::{RngCore, SeedableRng};
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
-use super::session::fetch_inner;
 use super::torrent::Corruptor;
 use super::*;
 use crate::id::Id;
@@ -106,12 +105,68 @@ fn make_torrent(
     Metainfo::from_info_bytes(&info).unwrap()
 }
 
-async fn start_seeder(mi: &Metainfo, dir: &Path, n: u8, corrupt: Option<Corruptor>) -> Seeder {
-    let s = Seeder::bind("127.0.0.1:0".parse().unwrap(), pid(n), None, cfg())
+/// A listener on its own loopback IP (bans are per IP: peers in one test need distinct IPs).
+async fn listener(ip_last: u8, config: EngineConfig) -> Listener {
+    let mut lc = ListenerConfig::new(pid(ip_last));
+    lc.engine = config;
+    Listener::bind(format!("127.0.0.{ip_last}:0").parse().unwrap(), lc)
         .await
-        .unwrap();
-    s.add_torrent_inner(mi, dir, true, corrupt).await.unwrap();
-    s
+        .unwrap()
+}
+
+/// A seeder of `mi` on 127.0.0.`n`.
+struct TestSeed {
+    listener: Listener,
+    rt: RunningTorrent,
+}
+
+impl TestSeed {
+    fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+    fn shutdown(&self) {
+        self.listener.shutdown();
+    }
+    fn uploaded(&self) -> u64 {
+        self.rt.uploaded()
+    }
+}
+
+async fn start_seeder(mi: &Metainfo, dir: &Path, n: u8, corrupt: Option<Corruptor>) -> TestSeed {
+    let listener = listener(n, cfg()).await;
+    let mut spec = TorrentSpec::seed(mi.clone(), dir.to_path_buf(), true);
+    spec.corrupt = corrupt;
+    let rt = listener.start(spec).await.unwrap();
+    TestSeed { listener, rt }
+}
+
+/// What a test fetch ends with.
+#[derive(Debug)]
+struct Outcome {
+    report: FetchReport,
+}
+
+/// Starts a download on 127.0.0.`ip_last`; returns the listener, the torrent and its
+/// completion.
+async fn start_fetch(
+    ih: Id,
+    mi: Option<Metainfo>,
+    out: &Path,
+    ip_last: u8,
+    config: EngineConfig,
+    seed_after: bool,
+) -> (
+    Listener,
+    RunningTorrent,
+    tokio::sync::oneshot::Receiver<Result<FetchReport, EngineError>>,
+) {
+    let l = listener(ip_last, config).await;
+    let mut spec = TorrentSpec::download(ih, out.to_path_buf());
+    spec.metainfo = mi;
+    spec.mode = StartMode::Download { seed_after };
+    let mut rt = l.start(spec).await.unwrap();
+    let done = rt.done.take().unwrap();
+    (l, rt, done)
 }
 
 async fn run_fetch(
@@ -120,20 +175,19 @@ async fn run_fetch(
     out: &Path,
     addrs: &[SocketAddr],
     config: EngineConfig,
-) -> Result<FetchOutcome, EngineError> {
-    let (tx, rx) = mpsc::channel(64);
+) -> Result<Outcome, EngineError> {
+    let (l, mut rt, done) = start_fetch(ih, mi, out, 200, config, false).await;
     for a in addrs {
-        tx.send(*a).await.unwrap();
+        rt.peers.send((*a, PeerSource::Manual)).await.unwrap();
     }
-    drop(tx);
-    let mut opts = FetchOptions::new(ih, out.to_path_buf(), pid(200));
-    opts.metainfo = mi;
-    opts.listen = Some("127.0.0.1:0".parse().unwrap());
-    opts.config = config;
-    let (ptx, _prx) = watch::channel(Progress::default());
-    tokio::time::timeout(LIMIT, fetch_inner(opts, rx, ptx, None))
+    // No more peers will come (the test's only source).
+    drop(std::mem::replace(&mut rt.peers, mpsc::channel(1).0));
+    let r = tokio::time::timeout(LIMIT, done)
         .await
         .expect("fetch timed out")
+        .map_err(|_| EngineError::Internal("no report".into()))?;
+    l.shutdown();
+    Ok(Outcome { report: r? })
 }
 
 fn same_tree(a: &Path, b: &Path, mi: &Metainfo) {
@@ -172,7 +226,6 @@ async fn single_file_with_metainfo() {
     assert_eq!(r.pieces, mi.info.pieces.len() as u32);
     assert_eq!(r.fetched_bytes, mi.info.total_length());
     assert_eq!(r.hash_failures, 0);
-    assert!(out.seeder.is_none());
     // The resume record lists every piece; a second run downloads nothing.
     let again = run_fetch(mi.info_hash, Some(mi.clone()), dst.path(), &[], cfg())
         .await
@@ -268,13 +321,20 @@ async fn only_liar_first_then_honest() {
     );
     let liar = start_seeder(&mi, src.path(), 9, Some(Arc::new(|p: u32| p % 3 == 1))).await;
     let honest = start_seeder(&mi, src.path(), 1, None).await;
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(liar.local_addr()).await.unwrap();
-    let mut opts = FetchOptions::new(mi.info_hash, dst.path().to_path_buf(), pid(201));
-    opts.metainfo = Some(mi.clone());
-    opts.config = cfg();
-    let (ptx, mut prx) = watch::channel(Progress::default());
-    let task = tokio::spawn(fetch_inner(opts, rx, ptx, None));
+    let (l, rt, done) = start_fetch(
+        mi.info_hash,
+        Some(mi.clone()),
+        dst.path(),
+        201,
+        cfg(),
+        false,
+    )
+    .await;
+    rt.peers
+        .send((liar.local_addr(), PeerSource::Manual))
+        .await
+        .unwrap();
+    let mut prx = rt.progress.clone();
     // Once pieces are flowing, add the honest peer.
     tokio::time::timeout(LIMIT, async {
         while prx.borrow_and_update().pieces_done == 0 {
@@ -283,16 +343,19 @@ async fn only_liar_first_then_honest() {
     })
     .await
     .unwrap();
-    tx.send(honest.local_addr()).await.unwrap();
-    drop(tx);
-    let out = tokio::time::timeout(LIMIT, task)
+    rt.peers
+        .send((honest.local_addr(), PeerSource::Manual))
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(LIMIT, done)
         .await
         .unwrap()
         .unwrap()
         .unwrap();
+    l.shutdown();
     same_tree(src.path(), dst.path(), &mi);
-    assert!(out.report.hash_failures >= 1, "{:?}", out.report);
-    assert_eq!(out.report.peers_banned, 1, "{:?}", out.report);
+    assert!(report.hash_failures >= 1, "{report:?}");
+    assert_eq!(report.peers_banned, 1, "{report:?}");
     liar.shutdown();
     honest.shutdown();
 }
@@ -339,7 +402,7 @@ async fn resume_skips_verified_pieces() {
     assert_eq!(out.report.pieces_resumed, n / 2);
     assert_eq!(out.report.fetched_bytes, mi.info.total_length() / 2);
     // The seeder only sent the odd pieces.
-    let up = seeder.uploaded(&mi.info_hash).unwrap();
+    let up = seeder.uploaded();
     assert!(
         up <= mi.info.total_length() / 2 + 256 * 1024,
         "uploaded {up}"
@@ -360,20 +423,18 @@ async fn seed_after_keeps_serving() {
         6,
     );
     let seeder = start_seeder(&mi, src.path(), 1, None).await;
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(seeder.local_addr()).await.unwrap();
-    drop(tx);
-    let mut opts = FetchOptions::new(mi.info_hash, mid.path().to_path_buf(), pid(202));
-    opts.listen = Some("127.0.0.1:0".parse().unwrap());
-    opts.seed_after = true;
-    opts.config = cfg();
-    let (ptx, _p) = watch::channel(Progress::default());
-    let first = tokio::time::timeout(LIMIT, fetch(opts, rx, ptx))
+    let (relay, rt, done) = start_fetch(mi.info_hash, None, mid.path(), 202, cfg(), true).await;
+    rt.peers
+        .send((seeder.local_addr(), PeerSource::Manual))
         .await
+        .unwrap();
+    tokio::time::timeout(LIMIT, done)
+        .await
+        .unwrap()
         .unwrap()
         .unwrap();
     seeder.shutdown();
-    let relay = first.seeder.expect("seeding after fetch");
+    assert!(!rt.is_stopped(), "seeding after fetch");
     // A second fetcher gets everything (metadata included) from the first one only.
     let out = run_fetch(mi.info_hash, None, dst.path(), &[relay.local_addr()], cfg())
         .await

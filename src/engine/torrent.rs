@@ -5,146 +5,92 @@
 //! 16 KiB copy), so even one peer at loopback speed sees no contention worth a finer scheme.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::{mpsc, watch};
 
+use super::events::{Cmd, Event};
 use super::hasher::HashJob;
+use super::meta::{BufferPool, Meta};
 use super::picker::{PeerKey, Picker};
+use super::ratelimit::RateLimiter;
 use super::EngineConfig;
 use crate::id::Id;
-use crate::torrent::{Info, Layout, LayoutError, Storage, StorageError};
-use crate::wire::{BlockRequest, MetadataAssembler};
-
-/// Locks a mutex, ignoring poisoning (a panicked peer task must not take the torrent down).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Everything known once the info dictionary is: geometry, files, the dictionary itself.
-pub(crate) struct Meta {
-    /// The parsed info dictionary.
-    pub info: Info,
-    /// Its exact bytes (served via `ut_metadata`).
-    pub info_bytes: Vec<u8>,
-    /// Piece/file geometry.
-    pub layout: Layout,
-    /// The files on disk.
-    pub storage: Storage,
-    /// Read-only handles for serving blocks, opened lazily.
-    read_files: Mutex<HashMap<usize, Arc<File>>>,
-}
-
-impl Meta {
-    /// Wraps parsed metadata and opened storage.
-    pub(crate) fn new(info: Info, info_bytes: Vec<u8>, storage: Storage) -> Meta {
-        Meta {
-            layout: storage.layout().clone(),
-            info,
-            info_bytes,
-            storage,
-            read_files: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn read_file(&self, i: usize) -> Result<Arc<File>, StorageError> {
-        let mut files = lock(&self.read_files);
-        if let Some(f) = files.get(&i) {
-            return Ok(Arc::clone(f));
-        }
-        let path = self
-            .storage
-            .file_path(i)
-            .map(PathBuf::from)
-            .ok_or(LayoutError::Empty)?;
-        let f = File::open(&path)
-            .map(Arc::new)
-            .map_err(|source| StorageError::Io { path, source })?;
-        if files.len() >= crate::torrent::storage::MAX_OPEN_FILES {
-            files.clear();
-        }
-        files.insert(i, Arc::clone(&f));
-        Ok(f)
-    }
-
-    /// Reads block `req` straight into `out` (exactly `req.length` bytes), for seeding.
-    pub(crate) fn read_block_into(
-        &self,
-        req: &BlockRequest,
-        out: &mut [u8],
-    ) -> Result<(), StorageError> {
-        let mut pos = 0usize;
-        for seg in self.layout.segments(req.index, req.begin, req.length)? {
-            let n = usize::try_from(seg.len).map_err(|_| LayoutError::Empty)?;
-            let dst = out.get_mut(pos..pos + n).ok_or(LayoutError::Empty)?;
-            let f = self.read_file(seg.file)?;
-            f.read_exact_at(dst, seg.offset)
-                .map_err(|source| StorageError::Io {
-                    path: self
-                        .storage
-                        .file_path(seg.file)
-                        .map(PathBuf::from)
-                        .unwrap_or_default(),
-                    source,
-                })?;
-            pos += n;
-        }
-        Ok(())
-    }
-}
-
-/// Commands from the driver (or another peer's task) to one peer task.
-#[derive(Debug, Clone)]
-pub(crate) enum Cmd {
-    /// We completed a piece: send `have`.
-    Have(u32),
-    /// Another peer delivered this block first (endgame): send `cancel`.
-    Cancel(BlockRequest),
-    /// Choke (true) or unchoke (false) the peer.
-    Choke(bool),
-    /// Close the connection (banned, or we are both seeds).
-    Close(&'static str),
-}
+use crate::sync::lock;
+use crate::wire::MetadataAssembler;
 
 /// Counters a peer task updates and the driver reads (rates, choker input).
 #[derive(Debug, Default)]
 pub(crate) struct PeerCounters {
-    /// Payload bytes received from the peer.
+    /// Payload bytes received from the peer (everything, junk included).
     pub down: AtomicU64,
+    /// Payload bytes of blocks we requested and the picker accepted: what tit-for-tat counts.
+    pub valid_down: AtomicU64,
     /// Payload bytes sent to the peer.
     pub up: AtomicU64,
     /// The peer is interested in us.
     pub interested: AtomicBool,
+    /// The peer has not sent a requested block for the snub timeout (anti-snubbing).
+    pub snubbed: AtomicBool,
 }
 
 /// A connected peer, as the driver and other peers see it.
 pub(crate) struct PeerEntry {
     /// Commands to the peer task.
     pub tx: mpsc::UnboundedSender<Cmd>,
-    /// The address we would dial (listen address) if known, else the remote address.
+    /// Remote address of the connection.
     pub addr: SocketAddr,
+    /// The address others can dial it at (for PEX), once known.
+    pub listen: Option<SocketAddr>,
     /// Shared counters.
     pub counters: Arc<PeerCounters>,
 }
 
-/// State of the metadata exchange.
-#[derive(Default)]
-pub(crate) struct MetaExchange {
-    /// Assembler, once a peer told us the size.
-    pub assembler: Option<MetadataAssembler>,
+/// One metadata size some peers claim, and the assembler collecting pieces of that size.
+pub(crate) struct SizeCandidate {
+    /// Collects and verifies the pieces.
+    pub asm: MetadataAssembler,
     /// After a hash mismatch with several contributors: fetch from one peer at a time so the
     /// next failure names the culprit.
     pub single_source: bool,
     /// The peer currently allowed to fetch in single-source mode.
     pub exclusive: Option<PeerKey>,
+}
+
+/// Most distinct `metadata_size` values assembled at once: a liar's size gets its own
+/// assembler (and is banned when it fails alone) instead of blocking the honest one.
+pub(crate) const MAX_METADATA_SIZES: usize = 4;
+
+/// State of the metadata exchange.
+#[derive(Default)]
+pub(crate) struct MetaExchange {
+    /// One assembler per claimed size.
+    pub by_size: Vec<SizeCandidate>,
     /// The verified info dictionary has been handed to the driver.
     pub done: bool,
 }
+
+impl MetaExchange {
+    /// The candidate for `size`, if any.
+    pub(crate) fn get(&mut self, size: u64) -> Option<&mut SizeCandidate> {
+        self.by_size.iter_mut().find(|c| c.asm.total_size() == size)
+    }
+
+    /// Releases everything `peer` held in every candidate.
+    pub(crate) fn release_peer(&mut self, peer: PeerKey) {
+        for c in &mut self.by_size {
+            c.asm.release_peer(peer);
+            if c.exclusive == Some(peer) {
+                c.exclusive = None;
+            }
+        }
+    }
+}
+
+/// Most banned IPs remembered per torrent (a bound on what liars can make us store).
+pub(crate) const MAX_BANNED: usize = 4096;
 
 /// The mutable part of a torrent.
 pub(crate) struct State {
@@ -154,48 +100,10 @@ pub(crate) struct State {
     pub buffers: HashMap<u32, Vec<u8>>,
     /// Connected peers.
     pub peers: HashMap<PeerKey, PeerEntry>,
-    /// Addresses we refuse (sent bad data).
-    pub banned: HashSet<SocketAddr>,
+    /// IPs we refuse (sent bad data). Bans are per IP: a new port is the same peer.
+    pub banned: HashSet<IpAddr>,
     /// Metadata exchange.
     pub meta_x: MetaExchange,
-}
-
-/// Events from peer tasks and hashers to the driver.
-#[derive(Debug)]
-pub(crate) enum Event {
-    /// A handshake completed.
-    PeerUp {
-        /// Connection id.
-        key: PeerKey,
-        /// Dial/remote address.
-        addr: SocketAddr,
-    },
-    /// A connection ended.
-    PeerDown {
-        /// Connection id.
-        key: PeerKey,
-        /// Dial/remote address.
-        addr: SocketAddr,
-        /// Whether we should not try this peer again.
-        fatal: bool,
-    },
-    /// An outgoing connection attempt finished its connect/handshake phase.
-    DialDone {
-        /// Address dialed.
-        addr: SocketAddr,
-        /// Whether a peer task is now running for it.
-        ok: bool,
-    },
-    /// A peer's interest in us changed (choker input).
-    Interest,
-    /// The verified info dictionary.
-    Metadata(Vec<u8>),
-    /// A peer must be banned (bad metadata).
-    Ban(SocketAddr),
-    /// A piece was hashed (and written, if good).
-    Hashed(super::hasher::HashResult),
-    /// A peer's DHT port (BEP 5 PORT).
-    DhtPort(SocketAddr),
 }
 
 /// Hook for tests: serve wrong bytes for pieces where it returns true.
@@ -213,6 +121,8 @@ pub(crate) struct Torrent {
     pub dht_port: Option<u16>,
     /// Our TCP listen port, sent as `p`.
     pub listen_port: Option<u16>,
+    /// Local IP outgoing connections are made from (so peers see the address we listen on).
+    pub bind_ip: Option<IpAddr>,
     /// Metadata, once known.
     pub meta: OnceLock<Arc<Meta>>,
     /// Flips to true when `meta` is set, waking peer tasks.
@@ -231,31 +141,12 @@ pub(crate) struct Torrent {
     pub downloaded: AtomicU64,
     /// Piece payload bytes sent to all peers.
     pub uploaded: AtomicU64,
-    /// Recycled piece buffers: fresh large allocations cost page faults and zeroing per
-    /// piece, which shows at loopback speed.
-    pub buffer_pool: Mutex<Vec<Vec<u8>>>,
-}
-
-/// Most piece buffers kept for reuse.
-pub(crate) const POOL_MAX: usize = 16;
-
-impl Torrent {
-    /// A buffer of exactly `size` bytes, recycled when possible (contents unspecified).
-    pub(crate) fn take_buffer(&self, size: usize) -> Vec<u8> {
-        let mut pool = lock(&self.buffer_pool);
-        match pool.iter().position(|b| b.len() == size) {
-            Some(i) => pool.swap_remove(i),
-            None => vec![0u8; size],
-        }
-    }
-
-    /// Returns a buffer to the pool (dropped if the pool is full).
-    pub(crate) fn give_buffer(&self, buf: Vec<u8>) {
-        let mut pool = lock(&self.buffer_pool);
-        if pool.len() < POOL_MAX {
-            pool.push(buf);
-        }
-    }
+    /// Recycled piece buffers.
+    pub pool: Arc<BufferPool>,
+    /// Upload budget (shared by every torrent of a session).
+    pub upload_limit: RateLimiter,
+    /// Download budget (shared by every torrent of a session).
+    pub download_limit: RateLimiter,
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
@@ -280,6 +171,14 @@ impl Torrent {
     pub(crate) fn is_shutdown(&self) -> bool {
         *self.shutdown.borrow()
     }
+
+    /// Whether every piece is verified.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.state()
+            .picker
+            .as_ref()
+            .is_some_and(Picker::is_complete)
+    }
 }
 
 /// Builds a torrent and the receiver of its events.
@@ -289,7 +188,10 @@ pub(crate) struct TorrentParams {
     pub cfg: Arc<EngineConfig>,
     pub dht_port: Option<u16>,
     pub listen_port: Option<u16>,
+    pub bind_ip: Option<IpAddr>,
     pub corrupt: Option<Corruptor>,
+    pub upload_limit: RateLimiter,
+    pub download_limit: RateLimiter,
 }
 
 impl TorrentParams {
@@ -302,6 +204,7 @@ impl TorrentParams {
             cfg: self.cfg,
             dht_port: self.dht_port,
             listen_port: self.listen_port,
+            bind_ip: self.bind_ip,
             meta: OnceLock::new(),
             meta_ready: watch::channel(false).0,
             shutdown: watch::channel(false).0,
@@ -317,7 +220,9 @@ impl TorrentParams {
             corrupt: self.corrupt,
             downloaded: AtomicU64::new(0),
             uploaded: AtomicU64::new(0),
-            buffer_pool: Mutex::new(Vec::new()),
+            pool: Arc::new(BufferPool::default()),
+            upload_limit: self.upload_limit,
+            download_limit: self.download_limit,
         };
         (Arc::new(t), rx)
     }

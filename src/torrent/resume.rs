@@ -58,6 +58,15 @@ impl Bitfield {
         }
     }
 
+    /// Every one of `len` pieces (a seed, or BEP 6 `have_all`).
+    pub fn full(len: u32) -> Bitfield {
+        let mut b = Bitfield::new(len);
+        for i in 0..len {
+            b.set(i, true);
+        }
+        b
+    }
+
     /// Parses wire bytes for `len` pieces; `None` if the size is wrong or spare bits are set
     /// (BEP 3 says a peer sending that should be dropped).
     pub fn from_bytes(bytes: &[u8], len: u32) -> Option<Bitfield> {

@@ -12,10 +12,11 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use sha1::{Digest, Sha1};
 
+use crate::sync::lock;
 use crate::torrent::layout::{Layout, LayoutError};
 use crate::torrent::metainfo::Info;
 use crate::torrent::path::{check_no_symlinks, join_under, PathError};
@@ -121,10 +122,6 @@ pub struct Storage {
     open: Mutex<HashMap<usize, Arc<File>>>,
     /// Files written (or verified) since the last [`Storage::sync`].
     unsynced: Mutex<BTreeSet<usize>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Storage {

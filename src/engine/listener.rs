@@ -1,0 +1,446 @@
+//! The engine's front door: one TCP listener serving any number of torrents (an incoming
+//! handshake is routed by its info-hash), and [`Listener::start`], which starts one torrent's
+//! driver — downloading, or seeding complete data — and hands back a [`RunningTorrent`].
+//!
+//! Incoming connections are capped *before* the handshake (a flood of half-open or silent
+//! connections costs at most [`EngineConfig::max_pending_handshakes`] tasks).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+use super::conn::{handshake_incoming, send_handshake, PeerError};
+use super::driver::{Driver, DriverParams};
+use super::meta::Meta;
+use super::peer::run_peer;
+use super::peer_list::PeerSource;
+use super::ratelimit::RateLimiter;
+use super::report::{FetchReport, Progress};
+use super::torrent::{Corruptor, Torrent, TorrentParams};
+use super::{EngineConfig, EngineError};
+use crate::id::Id;
+use crate::sync::lock;
+use crate::torrent::{Metainfo, OpenMode, Storage};
+
+/// Who we are on the wire, shared by every torrent of a listener.
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    /// Our peer id.
+    pub peer_id: Id,
+    /// Our DHT UDP port, sent to peers with PORT (BEP 5).
+    pub dht_port: Option<u16>,
+    /// Engine limits and tunables.
+    pub engine: EngineConfig,
+    /// Upload budget shared by every torrent (`--upload-limit`).
+    pub upload_limit: RateLimiter,
+    /// Download budget shared by every torrent (`--download-limit`).
+    pub download_limit: RateLimiter,
+}
+
+impl ListenerConfig {
+    /// Defaults for `peer_id`: no DHT port, default engine, no rate limits.
+    pub fn new(peer_id: Id) -> ListenerConfig {
+        ListenerConfig {
+            peer_id,
+            dht_port: None,
+            engine: EngineConfig::default(),
+            upload_limit: RateLimiter::unlimited(),
+            download_limit: RateLimiter::unlimited(),
+        }
+    }
+}
+
+struct Inner {
+    local_addr: SocketAddr,
+    peer_id: Id,
+    dht_port: Option<u16>,
+    cfg: Arc<EngineConfig>,
+    upload_limit: RateLimiter,
+    download_limit: RateLimiter,
+    torrents: Mutex<HashMap<Id, Arc<Torrent>>>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A listener serving torrents to peers. Cheap to clone (a handle); serving stops when
+/// [`Listener::shutdown`] is called.
+#[derive(Clone)]
+pub struct Listener {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("local_addr", &self.inner.local_addr)
+            .field("torrents", &self.info_hashes())
+            .finish()
+    }
+}
+
+/// What [`Listener::start`] runs.
+#[derive(Clone)]
+pub enum StartMode {
+    /// Download into `output_dir` (resuming from its record); with `seed_after`, keep
+    /// serving once complete.
+    Download {
+        /// Keep serving after completion.
+        seed_after: bool,
+    },
+    /// Serve complete data; with `verify`, every piece is hashed first and the start fails
+    /// unless all match.
+    Seed {
+        /// Check the data first.
+        verify: bool,
+    },
+}
+
+/// One torrent to start.
+#[derive(Clone)]
+pub struct TorrentSpec {
+    /// The info-hash.
+    pub info_hash: Id,
+    /// Metainfo when known (a `.torrent`, or for seeding); else fetched from peers (BEP 9).
+    pub metainfo: Option<Metainfo>,
+    /// Directory the torrent's files (and the resume record) are under.
+    pub data_dir: PathBuf,
+    /// Download or seed.
+    pub mode: StartMode,
+    /// Receives DHT node addresses learnt from peers' PORT messages.
+    pub dht_nodes: Option<mpsc::UnboundedSender<std::net::SocketAddr>>,
+    /// Test hook: serve corrupted data for some pieces.
+    pub(crate) corrupt: Option<Corruptor>,
+}
+
+impl TorrentSpec {
+    /// A download of `info_hash` into `data_dir`.
+    pub fn download(info_hash: Id, data_dir: PathBuf) -> TorrentSpec {
+        TorrentSpec {
+            info_hash,
+            metainfo: None,
+            data_dir,
+            mode: StartMode::Download { seed_after: false },
+            dht_nodes: None,
+            corrupt: None,
+        }
+    }
+
+    /// Seeding complete data of `metainfo` found under `data_dir`.
+    pub fn seed(metainfo: Metainfo, data_dir: PathBuf, verify: bool) -> TorrentSpec {
+        TorrentSpec {
+            info_hash: metainfo.info_hash,
+            metainfo: Some(metainfo),
+            data_dir,
+            mode: StartMode::Seed { verify },
+            dht_nodes: None,
+            corrupt: None,
+        }
+    }
+}
+
+/// A started torrent: its progress, its completion (downloads), and the way to feed it peers.
+/// Dropping it does not stop the torrent; [`RunningTorrent::stop`] does.
+pub struct RunningTorrent {
+    t: Arc<Torrent>,
+    /// Live progress.
+    pub progress: watch::Receiver<Progress>,
+    /// Resolves when a download is complete and durable (`None` when seeding).
+    pub done: Option<oneshot::Receiver<Result<FetchReport, EngineError>>>,
+    /// Peer addresses to dial, with where they came from. Dropping every sender tells the
+    /// torrent that no more will come (it may then report [`EngineError::OutOfPeers`]).
+    pub peers: mpsc::Sender<(SocketAddr, PeerSource)>,
+}
+
+impl RunningTorrent {
+    /// The info-hash.
+    pub fn info_hash(&self) -> Id {
+        self.t.info_hash
+    }
+
+    /// Payload bytes uploaded so far.
+    pub fn uploaded(&self) -> u64 {
+        self.t.uploaded.load(Ordering::Relaxed)
+    }
+
+    /// Payload bytes received so far.
+    pub fn downloaded(&self) -> u64 {
+        self.t.downloaded.load(Ordering::Relaxed)
+    }
+
+    /// Total size, once the metadata is known.
+    pub fn size(&self) -> Option<u64> {
+        self.t.meta().map(|m| m.layout.total_length())
+    }
+
+    /// The info dictionary's exact bytes, once known (to save a `.torrent`).
+    pub fn info_bytes(&self) -> Option<Vec<u8>> {
+        self.t.meta().map(|m| m.info_bytes.clone())
+    }
+
+    /// Stops the torrent and closes its connections (verified pieces stay recorded).
+    pub fn stop(&self) {
+        self.t.shutdown.send_replace(true);
+    }
+
+    /// Whether the torrent has stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.t.is_shutdown()
+    }
+}
+
+/// Binds a listening socket with the configured buffer sizes (inherited by accepted sockets).
+fn listen(addr: SocketAddr, cfg: &EngineConfig) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if let Some(size) = cfg.socket_buffer {
+        let _ = socket.set_recv_buffer_size(size);
+        let _ = socket.set_send_buffer_size(size);
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+impl Listener {
+    /// Binds `addr` (port 0 picks a free port) and starts accepting peers.
+    pub async fn bind(addr: SocketAddr, config: ListenerConfig) -> Result<Listener, EngineError> {
+        let cfg = Arc::new(config.engine);
+        let listener = listen(addr, &cfg).map_err(|source| EngineError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| EngineError::Bind { addr, source })?;
+        let l = Listener {
+            inner: Arc::new(Inner {
+                local_addr,
+                peer_id: config.peer_id,
+                dht_port: config.dht_port,
+                cfg,
+                upload_limit: config.upload_limit,
+                download_limit: config.download_limit,
+                torrents: Mutex::new(HashMap::new()),
+                shutdown: watch::channel(false).0,
+            }),
+        };
+        tokio::spawn(accept_loop(listener, Arc::clone(&l.inner)));
+        Ok(l)
+    }
+
+    /// The bound address (with the real port when bound to port 0): announce this port.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// Info-hashes currently served.
+    pub fn info_hashes(&self) -> Vec<Id> {
+        lock(&self.inner.torrents).keys().copied().collect()
+    }
+
+    /// The engine configuration torrents of this listener run with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.cfg
+    }
+
+    /// Starts one torrent (download or seed) on this listener.
+    pub async fn start(&self, spec: TorrentSpec) -> Result<RunningTorrent, EngineError> {
+        if let Some(mi) = &spec.metainfo {
+            if mi.info_hash != spec.info_hash {
+                return Err(EngineError::InfoHashMismatch {
+                    expected: spec.info_hash,
+                    found: mi.info_hash,
+                });
+            }
+        }
+        if lock(&self.inner.torrents).contains_key(&spec.info_hash) {
+            return Err(EngineError::Duplicate(spec.info_hash));
+        }
+        // Seeding: the data must be there (and, with verify, right) before anyone is served.
+        let seed_meta = match (&spec.mode, &spec.metainfo) {
+            (StartMode::Seed { verify }, Some(mi)) => {
+                let (info, bytes, dir, verify) = (
+                    mi.info.clone(),
+                    mi.info_bytes.clone(),
+                    spec.data_dir.clone(),
+                    *verify,
+                );
+                let meta = tokio::task::spawn_blocking(move || {
+                    let storage = Storage::open(&dir, &info, OpenMode::Existing)?;
+                    if verify {
+                        let ok = storage.verify_all()?.len() as u32;
+                        let total = storage.layout().num_pieces();
+                        if ok != total {
+                            return Err(EngineError::DataMismatch {
+                                missing: total - ok,
+                                total,
+                            });
+                        }
+                    }
+                    Ok::<_, EngineError>(Meta::new(info, bytes, storage))
+                })
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string()))??;
+                Some(meta)
+            }
+            (StartMode::Seed { .. }, None) => {
+                return Err(EngineError::Internal(
+                    "seeding needs the torrent's metainfo".into(),
+                ))
+            }
+            _ => None,
+        };
+        let bind_ip: Option<IpAddr> = Some(self.inner.local_addr.ip());
+        let (t, events) = TorrentParams {
+            info_hash: spec.info_hash,
+            peer_id: self.inner.peer_id,
+            cfg: Arc::clone(&self.inner.cfg),
+            dht_port: self.inner.dht_port,
+            listen_port: Some(self.inner.local_addr.port()),
+            bind_ip,
+            corrupt: spec.corrupt.clone(),
+            upload_limit: self.inner.upload_limit.clone(),
+            download_limit: self.inner.download_limit.clone(),
+        }
+        .build();
+        let (ptx, prx) = watch::channel(Progress::default());
+        let (done_tx, done_rx) = oneshot::channel();
+        let seed_after = match spec.mode {
+            StartMode::Download { seed_after } => seed_after,
+            StartMode::Seed { .. } => true,
+        };
+        let rng_seed = u64::from_le_bytes(
+            self.inner
+                .peer_id
+                .0
+                .get(12..20)
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or([7u8; 8]),
+        ) ^ u64::from_le_bytes(
+            spec.info_hash
+                .0
+                .get(0..8)
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or([3u8; 8]),
+        );
+        let mut driver = Driver::new(DriverParams {
+            t: Arc::clone(&t),
+            output_dir: spec.data_dir.clone(),
+            progress: ptx,
+            done: seed_meta.is_none().then_some(done_tx),
+            seed_after,
+            dht_nodes: spec.dht_nodes.clone(),
+            seed: rng_seed,
+        });
+        let done = match seed_meta {
+            Some(meta) => {
+                driver.setup_seed(meta);
+                None
+            }
+            None => {
+                if let Some(mi) = spec.metainfo {
+                    driver.setup_download(mi.info, mi.info_bytes).await?;
+                }
+                Some(done_rx)
+            }
+        };
+        {
+            let mut map = lock(&self.inner.torrents);
+            if map.contains_key(&spec.info_hash) {
+                return Err(EngineError::Duplicate(spec.info_hash));
+            }
+            map.insert(spec.info_hash, Arc::clone(&t));
+        }
+        let (peers_tx, peers_rx) = mpsc::channel(1024);
+        let inner = Arc::clone(&self.inner);
+        let t2 = Arc::clone(&t);
+        tokio::spawn(async move {
+            driver.run(events, peers_rx).await;
+            let mut map = lock(&inner.torrents);
+            if map.get(&t2.info_hash).is_some_and(|x| Arc::ptr_eq(x, &t2)) {
+                map.remove(&t2.info_hash);
+            }
+        });
+        Ok(RunningTorrent {
+            t,
+            progress: prx,
+            done,
+            peers: peers_tx,
+        })
+    }
+
+    /// Stops the listener and every torrent it serves.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        let torrents: Vec<Arc<Torrent>> =
+            lock(&self.inner.torrents).drain().map(|(_, t)| t).collect();
+        for t in torrents {
+            t.shutdown.send_replace(true);
+        }
+    }
+
+    /// Resolves once [`Listener::shutdown`] has been called.
+    pub async fn closed(&self) {
+        let mut rx = self.inner.shutdown.subscribe();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
+    let mut shutdown = inner.shutdown.subscribe();
+    let pending = Arc::new(Semaphore::new(inner.cfg.max_pending_handshakes.max(1)));
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            r = listener.accept() => match r {
+                Ok((stream, addr)) => {
+                    // Capped before the handshake: over the cap, the connection is closed.
+                    let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
+                        tracing::debug!(%addr, "too many pending handshakes; refused");
+                        continue;
+                    };
+                    let inner = Arc::clone(&inner);
+                    tokio::spawn(async move {
+                        let res = async {
+                            let (reader, mut wr, theirs) =
+                                handshake_incoming(stream, inner.cfg.handshake_timeout).await?;
+                            let t = lock(&inner.torrents)
+                                .get(&theirs.info_hash)
+                                .cloned()
+                                .ok_or(PeerError::WrongTorrent)?;
+                            if theirs.peer_id == t.peer_id {
+                                return Err(PeerError::SelfConnection);
+                            }
+                            if t.state().banned.contains(&addr.ip()) {
+                                return Err(PeerError::Dropped("banned"));
+                            }
+                            send_handshake(&mut wr, t.info_hash, t.peer_id).await?;
+                            drop(permit);
+                            run_peer(t, reader, wr, theirs, addr, false).await
+                        }
+                        .await;
+                        if let Err(e) = res {
+                            tracing::debug!(%addr, error = %e, "incoming peer ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    // Out of file descriptors and the like: back off briefly.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The task that runs one torrent of a session: starts it on the engine, connects its peer
+//! sources (given peers, the DHT feed), forwards progress and events to the handle, and
+//! carries out pause / resume / remove and the seed ratio.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::add::AddTorrent;
+use super::feed::{self, Feed};
+use super::handle::{Ctl, DoneState, FeedStats, Inner, TorrentEvent, TorrentHandle};
+use super::{SessionError, Shared};
+use crate::engine::{
+    EngineError, FetchReport, PeerSource, Phase, Progress, RunningTorrent, StartMode, TorrentSpec,
+};
+use crate::sync::lock;
+use crate::torrent::Metainfo;
+
+/// Events kept for slow receivers.
+const EVENT_BACKLOG: usize = 64;
+
+/// Starts `add` and its supervisor; errors that stop the torrent at once (bind, data check,
+/// a metainfo for another info-hash) come back here.
+pub(crate) async fn start(
+    shared: Arc<Shared>,
+    add: AddTorrent,
+) -> Result<TorrentHandle, SessionError> {
+    let info_hash = add.info_hash();
+    let feed_stats = Arc::new(FeedStats::new(Instant::now()));
+    let mut sup = Supervisor {
+        shared,
+        metainfo: add.metainfo().cloned(),
+        add,
+        running: None,
+        feed: None,
+        reported: false,
+        meta_seen: false,
+        feed_stats: Arc::clone(&feed_stats),
+        events: broadcast::channel(EVENT_BACKLOG).0,
+        progress: watch::channel(Progress::default()).0,
+        done: watch::channel(DoneState::Pending).0,
+    };
+    sup.launch().await?;
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    let handle = TorrentHandle {
+        inner: Arc::new(Inner {
+            info_hash,
+            progress: sup.progress.clone(),
+            events: sup.events.clone(),
+            ctl: ctl_tx,
+            done: sup.done.clone(),
+            stopped: watch::channel(false).0,
+            feed: feed_stats,
+        }),
+    };
+    let inner = Arc::clone(&handle.inner);
+    tokio::spawn(async move {
+        sup.run(ctl_rx).await;
+        inner.stopped.send_replace(true);
+        let _ = inner.events.send(TorrentEvent::Stopped);
+        let mut map = lock(&sup.shared.torrents);
+        if map
+            .get(&inner.info_hash)
+            .is_some_and(|h| Arc::ptr_eq(&h.inner, &inner))
+        {
+            map.remove(&inner.info_hash);
+        }
+    });
+    Ok(handle)
+}
+
+struct Supervisor {
+    shared: Arc<Shared>,
+    add: AddTorrent,
+    /// The metainfo once known (given, or fetched and kept across a pause).
+    metainfo: Option<Metainfo>,
+    running: Option<RunningTorrent>,
+    feed: Option<JoinHandle<()>>,
+    /// The download's completion was reported.
+    reported: bool,
+    meta_seen: bool,
+    feed_stats: Arc<FeedStats>,
+    events: broadcast::Sender<TorrentEvent>,
+    progress: watch::Sender<Progress>,
+    done: watch::Sender<DoneState>,
+}
+
+impl Supervisor {
+    fn spec(&self) -> TorrentSpec {
+        let seeding = self.add.is_seed() || self.reported;
+        let mode = match (&self.add.seed_existing, seeding) {
+            (Some(s), _) => StartMode::Seed { verify: s.verify },
+            // Resumed after completion: the data is known good (the record says so).
+            (None, true) => StartMode::Download { seed_after: true },
+            (None, false) => StartMode::Download {
+                seed_after: self.add.seed_after || self.add.seed_ratio.is_some(),
+            },
+        };
+        TorrentSpec {
+            metainfo: self.metainfo.clone(),
+            mode,
+            dht_nodes: self.shared.dht_nodes.clone(),
+            ..TorrentSpec::download(self.add.info_hash(), self.add.output_dir.clone())
+        }
+    }
+
+    /// Starts the engine torrent and its peer sources.
+    async fn launch(&mut self) -> Result<(), EngineError> {
+        let running = self.shared.listener.start(self.spec()).await?;
+        for p in self.add.initial_peers() {
+            let _ = running.peers.try_send((p, PeerSource::Manual));
+        }
+        if let Some(dht) = self.shared.dht.clone().filter(|_| !self.add.is_private()) {
+            self.feed = Some(feed::spawn(Feed {
+                dht,
+                info_hash: self.add.info_hash(),
+                port: self.shared.listener.local_addr().port(),
+                peers: running.peers.clone(),
+                progress: running.progress.clone(),
+                stats: Arc::clone(&self.feed_stats),
+                schedule: self.shared.schedule.clone(),
+                events: self.events.clone(),
+            }));
+        }
+        self.running = Some(running);
+        Ok(())
+    }
+
+    fn halt(&mut self) {
+        if let Some(f) = self.feed.take() {
+            f.abort();
+        }
+        if let Some(r) = self.running.take() {
+            if self.metainfo.is_none() {
+                self.metainfo = r
+                    .info_bytes()
+                    .and_then(|b| Metainfo::from_info_bytes(&b).ok());
+            }
+            r.stop();
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        tracing::warn!(info_hash = %self.add.info_hash(), "torrent failed: {why}");
+        self.done.send_replace(DoneState::Failed(why.clone()));
+        let _ = self.events.send(TorrentEvent::Failed(why));
+        self.halt();
+    }
+
+    fn on_done(&mut self, report: FetchReport) -> bool {
+        self.reported = true;
+        self.done.send_replace(DoneState::Done(report.clone()));
+        let _ = self.events.send(TorrentEvent::Completed(report));
+        // Without seeding, the torrent ends here.
+        self.add.seed_after || self.add.seed_ratio.is_some()
+    }
+
+    /// True once the seed ratio is reached (and the torrent should stop).
+    fn ratio_reached(&self) -> bool {
+        let (Some(ratio), Some(r)) = (self.add.seed_ratio, self.running.as_ref()) else {
+            return false;
+        };
+        if self.add.seed_after || !self.reported {
+            return false;
+        }
+        let size = r.size().unwrap_or(0);
+        size > 0 && r.uploaded() as f64 >= ratio * size as f64
+    }
+
+    async fn run(&mut self, mut ctl: mpsc::UnboundedReceiver<Ctl>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            let mut progress_rx = self.running.as_ref().map(|r| r.progress.clone());
+            let mut done_rx = self.running.as_mut().and_then(|r| r.done.take());
+            let has_done = done_rx.is_some();
+            let running = self.running.is_some();
+            tokio::select! {
+                c = ctl.recv() => match c {
+                    Some(Ctl::Pause) if running => {
+                        self.halt();
+                        let mut p = self.progress.borrow().clone();
+                        p.phase = Phase::Paused;
+                        p.peers = 0;
+                        self.progress.send_replace(p);
+                        let _ = self.events.send(TorrentEvent::Paused);
+                    }
+                    Some(Ctl::Resume) if !running => {
+                        match self.launch().await {
+                            Ok(()) => { let _ = self.events.send(TorrentEvent::Resumed); }
+                            Err(e) => { self.fail(format!("{:#}", anyhow_like(&e))); return; }
+                        }
+                    }
+                    Some(Ctl::Pause | Ctl::Resume) => {}
+                    Some(Ctl::Remove) | None => {
+                        self.halt();
+                        return;
+                    }
+                },
+                r = async { match done_rx.as_mut() { Some(d) => d.await, None => std::future::pending().await } }, if has_done => {
+                    done_rx = None;
+                    match r {
+                        Ok(Ok(report)) => {
+                            if !self.on_done(report) {
+                                self.halt();
+                                return;
+                            }
+                        }
+                        Ok(Err(EngineError::Cancelled)) | Err(_) => {
+                            if self.running.as_ref().is_some_and(RunningTorrent::is_stopped) {
+                                self.running = None;
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            self.fail(format!("{:#}", anyhow_like(&e)));
+                            return;
+                        }
+                    }
+                }
+                r = async { match progress_rx.as_mut() { Some(p) => p.changed().await, None => std::future::pending().await } }, if running => {
+                    if r.is_err() {
+                        // The engine torrent ended on its own (seeding stopped, a failure
+                        // already reported through `done`).
+                        if self.running.as_ref().is_some_and(RunningTorrent::is_stopped) && self.reported {
+                            self.halt();
+                            return;
+                        }
+                    }
+                    self.forward_progress();
+                }
+                _ = tick.tick() => {
+                    if self.ratio_reached() {
+                        let uploaded = self.running.as_ref().map_or(0, RunningTorrent::uploaded);
+                        let _ = self.events.send(TorrentEvent::SeedRatioReached { uploaded });
+                        self.halt();
+                        return;
+                    }
+                }
+            }
+            // Put the completion receiver back if it did not fire.
+            if let (Some(d), Some(r)) = (done_rx, self.running.as_mut()) {
+                r.done = Some(d);
+            }
+        }
+    }
+
+    fn forward_progress(&mut self) {
+        let Some(r) = &self.running else { return };
+        let p = r.progress.borrow().clone();
+        if !self.meta_seen && p.bytes_total > 0 {
+            self.meta_seen = true;
+            let _ = self.events.send(TorrentEvent::MetadataReceived {
+                name: p.name.clone().unwrap_or_default(),
+                bytes: p.bytes_total,
+            });
+        }
+        self.progress.send_replace(p);
+    }
+}
+
+/// The error with its causes, the way `{:#}` prints an anyhow chain.
+fn anyhow_like(e: &EngineError) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        src = c.source();
+    }
+    s
+}
