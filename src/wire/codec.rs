@@ -6,9 +6,14 @@
 //! allocate more than the limits in [`Limits`]. [`frame_len`] exposes that check alone, so a
 //! driver can reserve exactly the bytes a validated frame needs.
 //!
+//! The BEP 6 fast-extension messages (ids 0x0D–0x11) are decoded like the core ones: exact
+//! lengths, piece indices checked against the known piece count, and `reject` checked like the
+//! `request` it echoes. Whether a peer was *allowed* to send them (both sides set the fast bit)
+//! is the connection's business, not the codec's.
+//!
 //! Unknown message ids are *skipped, bounded*: they decode to [`Message::Unknown`] if their
 //! length is within [`Limits::max_unknown_len`] (and are an error otherwise), so peers using
-//! extensions we do not implement (e.g. BEP 6 fast extension) are not disconnected.
+//! extensions we do not implement (e.g. BEP 52 hash requests) are not disconnected.
 
 use thiserror::Error;
 
@@ -112,7 +117,7 @@ pub enum WireError {
     /// Bits beyond the last piece are set in the bitfield.
     #[error("bitfield has spare bits set")]
     BitfieldSpareBits,
-    /// A request/cancel asks for zero bytes or more than the block limit.
+    /// A request/cancel/reject names zero bytes or more than the block limit.
     #[error("bad block length {length} (max {max})")]
     BadBlockLength {
         /// Requested length.
@@ -199,9 +204,14 @@ fn check_len(id: u8, len: u32, limits: &Limits) -> Result<(), WireError> {
         }
     };
     match id {
-        ids::CHOKE | ids::UNCHOKE | ids::INTERESTED | ids::NOT_INTERESTED => exact(1),
-        ids::HAVE => exact(5),
-        ids::REQUEST | ids::CANCEL => exact(13),
+        ids::CHOKE
+        | ids::UNCHOKE
+        | ids::INTERESTED
+        | ids::NOT_INTERESTED
+        | ids::HAVE_ALL
+        | ids::HAVE_NONE => exact(1),
+        ids::HAVE | ids::SUGGEST | ids::ALLOWED_FAST => exact(5),
+        ids::REQUEST | ids::CANCEL | ids::REJECT => exact(13),
         ids::PORT => exact(3),
         ids::BITFIELD => match limits.num_pieces {
             Some(n) => {
@@ -271,10 +281,16 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Message, usize)>, W
         ids::UNCHOKE => Message::Unchoke,
         ids::INTERESTED => Message::Interested,
         ids::NOT_INTERESTED => Message::NotInterested,
-        ids::HAVE => {
+        ids::HAVE_ALL => Message::HaveAll,
+        ids::HAVE_NONE => Message::HaveNone,
+        ids::HAVE | ids::SUGGEST | ids::ALLOWED_FAST => {
             let index = field(0)?;
             check_index(index, limits)?;
-            Message::Have { index }
+            match id {
+                ids::HAVE => Message::Have { index },
+                ids::SUGGEST => Message::Suggest(index),
+                _ => Message::AllowedFast(index),
+            }
         }
         ids::BITFIELD => {
             if let Some(n) = limits.num_pieces {
@@ -286,7 +302,8 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Message, usize)>, W
             }
             Message::Bitfield(payload.to_vec())
         }
-        ids::REQUEST | ids::CANCEL => {
+        ids::REQUEST | ids::CANCEL | ids::REJECT => {
+            // A reject echoes one of our requests, so it obeys the same bounds.
             let req = BlockRequest {
                 index: field(0)?,
                 begin: field(4)?,
@@ -300,10 +317,10 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Message, usize)>, W
             }
             check_index(req.index, limits)?;
             check_span(req.begin, u64::from(req.length))?;
-            if id == ids::REQUEST {
-                Message::Request(req)
-            } else {
-                Message::Cancel(req)
+            match id {
+                ids::REQUEST => Message::Request(req),
+                ids::CANCEL => Message::Cancel(req),
+                _ => Message::Reject(req),
             }
         }
         ids::PIECE => {
@@ -376,9 +393,11 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
     }
     out.push(id);
     match msg {
-        Message::Have { index } => out.extend_from_slice(&index.to_be_bytes()),
+        Message::Have { index } | Message::Suggest(index) | Message::AllowedFast(index) => {
+            out.extend_from_slice(&index.to_be_bytes())
+        }
         Message::Bitfield(b) => out.extend_from_slice(b),
-        Message::Request(r) | Message::Cancel(r) => {
+        Message::Request(r) | Message::Cancel(r) | Message::Reject(r) => {
             out.extend_from_slice(&r.index.to_be_bytes());
             out.extend_from_slice(&r.begin.to_be_bytes());
             out.extend_from_slice(&r.length.to_be_bytes());
@@ -462,12 +481,17 @@ mod tests {
                 ext_id: 3,
                 payload: vec![],
             },
+            Message::Suggest(3),
+            Message::HaveAll,
+            Message::HaveNone,
+            Message::Reject(req),
+            Message::AllowedFast(15),
             Message::Unknown {
-                id: 0x0E,
+                id: 0x15,
                 payload: vec![],
             },
             Message::Unknown {
-                id: 0x11,
+                id: 0xFF,
                 payload: vec![0, 0, 0, 1],
             },
         ]
@@ -493,6 +517,36 @@ mod tests {
             [0, 0, 0, 5, 4, 0, 0, 1, 2]
         );
         assert_eq!(enc(&Message::Port(0x1AE1)), [0, 0, 0, 3, 9, 0x1A, 0xE1]);
+        // BEP 6 layouts: <len=0x0005><op=0x0D><index>, <len=0x0001><op=0x0E>, ...
+        assert_eq!(enc(&Message::Suggest(258)), [0, 0, 0, 5, 0x0D, 0, 0, 1, 2]);
+        assert_eq!(enc(&Message::HaveAll), [0, 0, 0, 1, 0x0E]);
+        assert_eq!(enc(&Message::HaveNone), [0, 0, 0, 1, 0x0F]);
+        assert_eq!(
+            enc(&Message::Reject(BlockRequest {
+                index: 1,
+                begin: 2,
+                length: 3
+            })),
+            [0, 0, 0, 13, 0x10, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3]
+        );
+        assert_eq!(enc(&Message::AllowedFast(7)), [0, 0, 0, 5, 0x11, 0, 0, 0, 7]);
+    }
+
+    #[test]
+    fn fast_ids_are_never_unknown() {
+        // Every id BEP 6 defines decodes to its own variant, under either kind of limits.
+        for limits in [Limits::default(), Limits::with_pieces(16)] {
+            for (bytes, want) in [
+                (header(5, Some(0x0D)), Message::Suggest(0)),
+                (header(1, Some(0x0E)), Message::HaveAll),
+                (header(1, Some(0x0F)), Message::HaveNone),
+                (enc(&Message::AllowedFast(9)), Message::AllowedFast(9)),
+            ] {
+                let mut bytes = bytes;
+                bytes.resize(frame_len(&bytes, &limits).unwrap().unwrap(), 0);
+                assert_eq!(decode(&bytes, &limits).unwrap().unwrap().0, want);
+            }
+        }
     }
 
     #[test]
@@ -594,6 +648,11 @@ mod tests {
             (6, 13),
             (8, 13),
             (9, 3),
+            (0x0D, 5),
+            (0x0E, 1),
+            (0x0F, 1),
+            (0x10, 13),
+            (0x11, 5),
         ] {
             for len in [good - 1, good + 1, 1000] {
                 if len == 0 {
@@ -705,6 +764,40 @@ mod tests {
             decode(&enc(&Message::Have { index: 9 }), &l),
             Err(WireError::PieceIndexOutOfRange { .. })
         ));
+        for m in [Message::Suggest(4), Message::AllowedFast(u32::MAX)] {
+            assert!(
+                matches!(
+                    decode(&enc(&m), &l),
+                    Err(WireError::PieceIndexOutOfRange { .. })
+                ),
+                "{m:?}"
+            );
+            // Before the piece count is known any index is accepted.
+            assert!(decode(&enc(&m), &Limits::default()).unwrap().is_some());
+        }
+        let reject = |index, begin, length| {
+            enc(&Message::Reject(BlockRequest {
+                index,
+                begin,
+                length,
+            }))
+        };
+        assert!(matches!(
+            decode(&reject(0, 0, 0), &l),
+            Err(WireError::BadBlockLength { length: 0, .. })
+        ));
+        assert!(matches!(
+            decode(&reject(0, 0, 16385), &l),
+            Err(WireError::BadBlockLength { .. })
+        ));
+        assert!(matches!(
+            decode(&reject(4, 0, 1), &l),
+            Err(WireError::PieceIndexOutOfRange { .. })
+        ));
+        assert!(matches!(
+            decode(&reject(0, u32::MAX, 1), &l),
+            Err(WireError::BlockOverflow { .. })
+        ));
         let piece = enc(&Message::Piece(Piece {
             index: 5,
             begin: 0,
@@ -738,8 +831,10 @@ mod tests {
             })
     }
 
+    /// Every id the codec decodes to a variant of its own.
+    const KNOWN_IDS: [u8; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0x0D, 0x0E, 0x0F, 0x10, 0x11, 20];
+
     fn arb_message() -> impl Strategy<Value = Message> {
-        let known = [0u8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 20];
         prop_oneof![
             Just(Message::KeepAlive),
             Just(Message::Choke),
@@ -761,10 +856,15 @@ mod tests {
                     data
                 })),
             any::<u16>().prop_map(Message::Port),
+            any::<u32>().prop_map(Message::Suggest),
+            Just(Message::HaveAll),
+            Just(Message::HaveNone),
+            arb_request().prop_map(Message::Reject),
+            any::<u32>().prop_map(Message::AllowedFast),
             (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..300))
                 .prop_map(|(ext_id, payload)| Message::Extended { ext_id, payload }),
             (
-                any::<u8>().prop_filter("unknown id", move |id| !known.contains(id)),
+                any::<u8>().prop_filter("unknown id", move |id| !KNOWN_IDS.contains(id)),
                 proptest::collection::vec(any::<u8>(), 0..300)
             )
                 .prop_map(|(id, payload)| Message::Unknown { id, payload }),
@@ -797,7 +897,9 @@ mod tests {
             bytes.push(id);
             bytes.extend_from_slice(&body);
             let _ = decode(&bytes, &Limits::with_pieces(100));
-            let _ = decode(&bytes, &Limits::default());
+            if let Ok(Some((Message::Unknown { id: got, .. }, _))) = decode(&bytes, &Limits::default()) {
+                prop_assert!(!KNOWN_IDS.contains(&got), "id {} decoded as Unknown", got);
+            }
         }
 
         #[test]

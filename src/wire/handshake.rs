@@ -2,7 +2,8 @@
 //!
 //! Layout: `19` · `"BitTorrent protocol"` · 8 reserved bytes · 20-byte info-hash · 20-byte
 //! peer id. The reserved bytes advertise optional protocol features; we care about the
-//! extension protocol (BEP 10, bit 0x10 of byte 5) and the DHT (BEP 5, bit 0x01 of byte 7).
+//! extension protocol (BEP 10, bit 0x10 of byte 5), the DHT (BEP 5, bit 0x01 of byte 7) and
+//! the fast extension (BEP 6, bit 0x04 of byte 7).
 
 use thiserror::Error;
 
@@ -31,10 +32,12 @@ impl Reserved {
     const EXTENSION: (usize, u8) = (5, 0x10);
     /// Byte/bit of the DHT flag (BEP 5).
     const DHT: (usize, u8) = (7, 0x01);
-    /// Byte/bit of the fast extension flag (BEP 6); parsed only so callers can log it.
+    /// Byte/bit of the fast extension flag (BEP 6).
     const FAST: (usize, u8) = (7, 0x04);
 
-    /// What we advertise: extension protocol and DHT support.
+    /// What we advertise: extension protocol and DHT support. Not the fast extension yet: the
+    /// codec decodes its messages, but the bit may only be set once the engine answers them
+    /// (a peer that sees it may send `have all`, `reject`, ... instead of the BEP 3 messages).
     pub fn ours() -> Reserved {
         let mut r = Reserved::default();
         r.set(Self::EXTENSION, true);
@@ -66,7 +69,8 @@ impl Reserved {
         self.get(Self::DHT)
     }
 
-    /// Whether the peer supports the fast extension (BEP 6); we do not implement it.
+    /// Whether the peer supports the fast extension (BEP 6). Its messages (`suggest`,
+    /// `have all`/`have none`, `reject`, `allowed fast`) are only legal when both sides set it.
     pub fn fast(&self) -> bool {
         self.get(Self::FAST)
     }
@@ -79,6 +83,12 @@ impl Reserved {
     /// Sets or clears the DHT bit.
     pub fn set_dht(&mut self, on: bool) {
         self.set(Self::DHT, on);
+    }
+
+    /// Sets or clears the fast-extension bit (BEP 6), so the engine can advertise the fast
+    /// extension once it handles the messages (see [`Reserved::ours`]).
+    pub fn set_fast(&mut self, on: bool) {
+        self.set(Self::FAST, on);
     }
 }
 
@@ -203,11 +213,25 @@ mod tests {
         r.set_extension_protocol(false);
         assert!(!r.dht() && !r.extension_protocol());
         assert!(r.fast());
+        r.set_fast(false);
+        assert!(!r.fast());
+        assert_eq!(r.0[7], 0xFF & !0x04 & !0x01, "only the fast and DHT bits of byte 7 cleared");
         let hs = Handshake {
             reserved: r,
             ..sample()
         };
         assert_eq!(Handshake::decode(&hs.to_bytes()).unwrap().unwrap(), hs);
+    }
+
+    #[test]
+    fn fast_bit_is_byte_7_mask_4() {
+        let mut r = Reserved::ours();
+        assert!(!r.fast(), "ours() does not advertise the fast extension");
+        r.set_fast(true);
+        assert!(r.fast() && r.dht() && r.extension_protocol());
+        assert_eq!(r.0, [0, 0, 0, 0, 0, 0x10, 0, 0x05]);
+        r.set_fast(false);
+        assert_eq!(r, Reserved::ours());
     }
 
     #[test]

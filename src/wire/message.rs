@@ -1,8 +1,10 @@
 //! Typed peer-wire messages: everything that follows the handshake on a connection.
 //!
-//! BEP 3 defines the core messages; BEP 5 adds PORT (id 9) and BEP 10 adds Extended (id 20),
-//! which carries the extension handshake and `ut_metadata`. Framing and limits live in
-//! [`super::codec`]; this file only names the messages and their ids.
+//! BEP 3 defines the core messages; BEP 5 adds PORT (id 9), BEP 6 (fast extension) adds
+//! Suggest, Have All, Have None, Reject and Allowed Fast (ids 0x0D–0x11), and BEP 10 adds
+//! Extended (id 20), which carries the extension handshake, `ut_metadata` and `ut_pex`.
+//! Framing and limits live in [`super::codec`]; this file only names the messages and their
+//! ids.
 
 /// Standard block size (16 KiB): the unit of piece requests and `ut_metadata` pieces.
 pub const BLOCK_LEN: u32 = 16 * 1024;
@@ -29,6 +31,16 @@ pub mod ids {
     pub const CANCEL: u8 = 8;
     /// `port` (BEP 5): the sender's DHT UDP port.
     pub const PORT: u8 = 9;
+    /// `suggest piece` (BEP 6): the sender advises downloading this piece (e.g. it is cached).
+    pub const SUGGEST: u8 = 0x0D;
+    /// `have all` (BEP 6): replaces the bitfield when the sender has every piece.
+    pub const HAVE_ALL: u8 = 0x0E;
+    /// `have none` (BEP 6): replaces the bitfield when the sender has no piece.
+    pub const HAVE_NONE: u8 = 0x0F;
+    /// `reject request` (BEP 6): the sender will not serve one of our requests.
+    pub const REJECT: u8 = 0x10;
+    /// `allowed fast` (BEP 6): we may request this piece even while choked.
+    pub const ALLOWED_FAST: u8 = 0x11;
     /// `extended` (BEP 10): an extension message.
     pub const EXTENDED: u8 = 20;
 }
@@ -97,6 +109,19 @@ pub enum Message {
     /// The sender's DHT port (BEP 5): add the peer's address with this port to the routing
     /// table.
     Port(u16),
+    /// BEP 6: the sender suggests we download this piece (advisory; it may be in its cache).
+    /// Only valid when both sides set the fast-extension bit.
+    Suggest(u32),
+    /// BEP 6: the sender has every piece; sent instead of a bitfield, as the first message.
+    HaveAll,
+    /// BEP 6: the sender has no piece; sent instead of a bitfield, as the first message.
+    HaveNone,
+    /// BEP 6: the sender will not serve this request (it echoes our `request`), so the block
+    /// can be asked of someone else at once instead of waiting for a timeout.
+    Reject(BlockRequest),
+    /// BEP 6: we may request this piece even while the sender chokes us. Not a claim that the
+    /// sender has the piece.
+    AllowedFast(u32),
     /// A BEP 10 extension message: `ext_id` 0 is the extension handshake, other ids are
     /// the ones *we* assigned in our handshake's `m` dictionary.
     Extended {
@@ -105,7 +130,7 @@ pub enum Message {
         /// The raw payload (bencoded, possibly followed by raw bytes for `ut_metadata`).
         payload: Vec<u8>,
     },
-    /// A message id we do not implement (e.g. BEP 6 fast extension). Decoded — within
+    /// A message id we do not implement (e.g. BEP 52 hash requests). Decoded — within
     /// [`super::codec::Limits::max_unknown_len`] — so the connection can skip it and carry
     /// on; the caller should ignore it. Never construct this with a known id.
     Unknown {
@@ -131,6 +156,11 @@ impl Message {
             Message::Piece(_) => ids::PIECE,
             Message::Cancel(_) => ids::CANCEL,
             Message::Port(_) => ids::PORT,
+            Message::Suggest(_) => ids::SUGGEST,
+            Message::HaveAll => ids::HAVE_ALL,
+            Message::HaveNone => ids::HAVE_NONE,
+            Message::Reject(_) => ids::REJECT,
+            Message::AllowedFast(_) => ids::ALLOWED_FAST,
             Message::Extended { .. } => ids::EXTENDED,
             Message::Unknown { id, .. } => *id,
         })
@@ -140,10 +170,15 @@ impl Message {
     pub fn body_len(&self) -> usize {
         match self {
             Message::KeepAlive => 0,
-            Message::Choke | Message::Unchoke | Message::Interested | Message::NotInterested => 1,
-            Message::Have { .. } => 5,
+            Message::Choke
+            | Message::Unchoke
+            | Message::Interested
+            | Message::NotInterested
+            | Message::HaveAll
+            | Message::HaveNone => 1,
+            Message::Have { .. } | Message::Suggest(_) | Message::AllowedFast(_) => 5,
             Message::Bitfield(b) => 1usize.saturating_add(b.len()),
-            Message::Request(_) | Message::Cancel(_) => 13,
+            Message::Request(_) | Message::Cancel(_) | Message::Reject(_) => 13,
             Message::Piece(p) => 9usize.saturating_add(p.data.len()),
             Message::Port(_) => 3,
             Message::Extended { payload, .. } => 2usize.saturating_add(payload.len()),
@@ -197,6 +232,21 @@ mod tests {
         assert_eq!(Message::KeepAlive.id(), None);
         assert_eq!(Message::Port(1).id(), Some(9));
         assert_eq!(Message::Port(1).encoded_len(), 7);
+        let req = BlockRequest {
+            index: 1,
+            begin: 0,
+            length: 16384,
+        };
+        for (m, id, body) in [
+            (Message::Suggest(1), 0x0D, 5),
+            (Message::HaveAll, 0x0E, 1),
+            (Message::HaveNone, 0x0F, 1),
+            (Message::Reject(req), 0x10, 13),
+            (Message::AllowedFast(1), 0x11, 5),
+        ] {
+            assert_eq!(m.id(), Some(id), "{m:?}");
+            assert_eq!(m.body_len(), body, "{m:?}");
+        }
         let p = Message::Piece(Piece {
             index: 0,
             begin: 0,
