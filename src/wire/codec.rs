@@ -529,7 +529,10 @@ mod tests {
             })),
             [0, 0, 0, 13, 0x10, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3]
         );
-        assert_eq!(enc(&Message::AllowedFast(7)), [0, 0, 0, 5, 0x11, 0, 0, 0, 7]);
+        assert_eq!(
+            enc(&Message::AllowedFast(7)),
+            [0, 0, 0, 5, 0x11, 0, 0, 0, 7]
+        );
     }
 
     #[test]
@@ -832,7 +835,9 @@ mod tests {
     }
 
     /// Every id the codec decodes to a variant of its own.
-    const KNOWN_IDS: [u8; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0x0D, 0x0E, 0x0F, 0x10, 0x11, 20];
+    const KNOWN_IDS: [u8; 16] = [
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0x0D, 0x0E, 0x0F, 0x10, 0x11, 20,
+    ];
 
     fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![

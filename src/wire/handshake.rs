@@ -215,7 +215,11 @@ mod tests {
         assert!(r.fast());
         r.set_fast(false);
         assert!(!r.fast());
-        assert_eq!(r.0[7], 0xFF & !0x04 & !0x01, "only the fast and DHT bits of byte 7 cleared");
+        assert_eq!(
+            r.0[7],
+            0xFF & !0x04 & !0x01,
+            "only the fast and DHT bits of byte 7 cleared"
+        );
         let hs = Handshake {
             reserved: r,
             ..sample()
