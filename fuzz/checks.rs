@@ -266,8 +266,9 @@ pub fn check_pex(data: &[u8]) {
     }
     let mut bytes = Vec::new();
     msg.encode(&mut bytes);
-    let again = PexMessage::decode(&bytes)
-        .unwrap_or_else(|e| panic!("re-encoded ut_pex message does not decode: {e:?}\nmsg: {msg:?}"));
+    let again = PexMessage::decode(&bytes).unwrap_or_else(|e| {
+        panic!("re-encoded ut_pex message does not decode: {e:?}\nmsg: {msg:?}")
+    });
     assert_eq!(msg, again, "ut_pex round trip changed the message");
     let mut bytes2 = Vec::new();
     again.encode(&mut bytes2);
@@ -290,19 +291,38 @@ pub fn check_pex(data: &[u8]) {
         for _ in 0..8 {
             if let Some(m) = sender.poll(now, set) {
                 assert!(!m.is_empty(), "PexSender made an empty message");
-                assert!(m.added.len() <= wire::MAX_PEX_ENTRIES, "{} added", m.added.len());
-                assert!(m.dropped.len() <= wire::MAX_PEX_ENTRIES, "{} dropped", m.dropped.len());
-                assert!(m.added.iter().all(|p| set.contains(p)), "announced a stranger");
+                assert!(
+                    m.added.len() <= wire::MAX_PEX_ENTRIES,
+                    "{} added",
+                    m.added.len()
+                );
+                assert!(
+                    m.dropped.len() <= wire::MAX_PEX_ENTRIES,
+                    "{} dropped",
+                    m.dropped.len()
+                );
+                assert!(
+                    m.added.iter().all(|p| set.contains(p)),
+                    "announced a stranger"
+                );
                 assert!(m.dropped.iter().all(|d| set.iter().all(|(a, _)| a != d)));
                 announced += m.added.len();
                 dropped += m.dropped.len();
                 let soon = now + wire::PEX_INTERVAL - Duration::from_millis(1);
-                assert_eq!(sender.poll(soon, &[]), None, "two PEX messages within a minute");
+                assert_eq!(
+                    sender.poll(soon, &[]),
+                    None,
+                    "two PEX messages within a minute"
+                );
             }
             now += wire::PEX_INTERVAL;
         }
     }
-    assert_eq!(announced, connected.len(), "every connected peer announced once");
+    assert_eq!(
+        announced,
+        connected.len(),
+        "every connected peer announced once"
+    );
     assert_eq!(dropped, announced, "every announced peer dropped once");
     assert_eq!(sender.poll(now, &[]), None, "PexSender did not settle");
 }

@@ -216,8 +216,7 @@ mod tests {
         r.set_fast(false);
         assert!(!r.fast());
         assert_eq!(
-            r.0[7],
-            0xFF & !0x04 & !0x01,
+            r.0[7], 0b1111_1010,
             "only the fast and DHT bits of byte 7 cleared"
         );
         let hs = Handshake {
