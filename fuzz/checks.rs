@@ -8,11 +8,15 @@
 
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
 use dhtnode::id::Id;
 use dhtnode::krpc;
 use dhtnode::torrent::{self, Info, Magnet, Metainfo};
 use dhtnode::wire::{
-    self, ExtensionHandshake, Handshake, Limits, MetadataAssembler, MetadataMessage,
+    self, ExtensionHandshake, Handshake, Limits, MetadataAssembler, MetadataMessage, PexFlags,
+    PexMessage, PexSender,
 };
 
 /// The targets, by the name of their corpus / regression folder.
@@ -23,6 +27,7 @@ pub const TARGETS: &[&str] = &[
     "wire_codec",
     "ut_metadata",
     "metadata_assembler",
+    "ut_pex",
 ];
 
 /// Runs the check for `target` on `data`. Panics on an unknown target name.
@@ -34,6 +39,7 @@ pub fn check(target: &str, data: &[u8]) {
         "wire_codec" => check_wire(data),
         "ut_metadata" => check_ut_metadata(data),
         "metadata_assembler" => check_assembler(data),
+        "ut_pex" => check_pex(data),
         other => panic!("unknown fuzz target {other:?}"),
     }
 }
@@ -237,6 +243,88 @@ pub fn check_ut_metadata(data: &[u8]) {
         assert_eq!(msg, again, "ut_metadata round trip");
     }
     let _ = wire::bencode_value_len(data, wire::MAX_EXTENSION_DEPTH);
+}
+
+/// BEP 11 `ut_pex` payloads: decode; a decoded message keeps within the per-family caps and
+/// holds no unconnectable address, and decode → encode → decode gives an equal message with a
+/// stable encoding. The decoded peers then drive a `PexSender` with a fake clock: every message
+/// it makes stays within 50 added + 50 dropped, none comes sooner than `PEX_INTERVAL` after the
+/// last, and it converges (announces everything, then drops everything).
+pub fn check_pex(data: &[u8]) {
+    let Ok(msg) = PexMessage::decode(data) else {
+        return;
+    };
+    assert!(data.len() <= wire::MAX_PEX_PAYLOAD);
+    for v4 in [true, false] {
+        let added = msg.added.iter().filter(|(a, _)| a.is_ipv4() == v4).count();
+        let dropped = msg.dropped.iter().filter(|a| a.is_ipv4() == v4).count();
+        assert!(added <= wire::MAX_PEX_ENTRIES && dropped <= wire::MAX_PEX_ENTRIES);
+    }
+    let addrs = msg.added.iter().map(|(a, _)| a).chain(&msg.dropped);
+    for a in addrs {
+        assert!(a.port() != 0 && !a.ip().is_unspecified(), "kept {a}");
+    }
+    let mut bytes = Vec::new();
+    msg.encode(&mut bytes);
+    let again = PexMessage::decode(&bytes).unwrap_or_else(|e| {
+        panic!("re-encoded ut_pex message does not decode: {e:?}\nmsg: {msg:?}")
+    });
+    assert_eq!(msg, again, "ut_pex round trip changed the message");
+    let mut bytes2 = Vec::new();
+    again.encode(&mut bytes2);
+    assert_eq!(bytes, bytes2, "ut_pex encoding is not stable");
+
+    // All decoded peers (added and dropped, once each) as one connected set: first half of it,
+    // then all of it, then none. At most 200 peers and 50 per message: 8 rounds settle a phase.
+    let mut connected: Vec<(SocketAddr, PexFlags)> = Vec::new();
+    let candidates = msg.added.iter().copied();
+    for (addr, flags) in candidates.chain(msg.dropped.iter().map(|&a| (a, PexFlags::NONE))) {
+        if !connected.iter().any(|(a, _)| *a == addr) {
+            connected.push((addr, flags));
+        }
+    }
+    let mut sender = PexSender::new();
+    let mut now = Instant::now();
+    let (mut announced, mut dropped) = (0, 0);
+    let half = connected.len() / 2;
+    for set in [&connected[..half], &connected[..], &[]] {
+        for _ in 0..8 {
+            if let Some(m) = sender.poll(now, set) {
+                assert!(!m.is_empty(), "PexSender made an empty message");
+                assert!(
+                    m.added.len() <= wire::MAX_PEX_ENTRIES,
+                    "{} added",
+                    m.added.len()
+                );
+                assert!(
+                    m.dropped.len() <= wire::MAX_PEX_ENTRIES,
+                    "{} dropped",
+                    m.dropped.len()
+                );
+                assert!(
+                    m.added.iter().all(|p| set.contains(p)),
+                    "announced a stranger"
+                );
+                assert!(m.dropped.iter().all(|d| set.iter().all(|(a, _)| a != d)));
+                announced += m.added.len();
+                dropped += m.dropped.len();
+                let soon = now + wire::PEX_INTERVAL - Duration::from_millis(1);
+                assert_eq!(
+                    sender.poll(soon, &[]),
+                    None,
+                    "two PEX messages within a minute"
+                );
+            }
+            now += wire::PEX_INTERVAL;
+        }
+    }
+    assert_eq!(
+        announced,
+        connected.len(),
+        "every connected peer announced once"
+    );
+    assert_eq!(dropped, announced, "every announced peer dropped once");
+    assert_eq!(sender.poll(now, &[]), None, "PexSender did not settle");
 }
 
 /// Reads fuzz input as a little stream of numbers.

@@ -204,8 +204,13 @@ msgs = {
     "port": frame(9, struct.pack(">H", 6881)),
     "ext-hs": frame(20, b"\0" + b(dict(m=dict(ut_metadata=3, ut_pex=1), metadata_size=31235, p=6881, v="x"))),
     "ext-meta": frame(20, b"\3" + b(dict(msg_type=0, piece=0))),
-    "unknown-fast": frame(0x0E),  # BEP 6 have_all
-    "unknown-suggest": frame(0x0D, struct.pack(">I", 3)),
+    # BEP 6 fast extension
+    "suggest": frame(0x0D, struct.pack(">I", 3)),
+    "have-all": frame(0x0E),
+    "have-none": frame(0x0F),
+    "reject": frame(0x10, struct.pack(">III", 1, 16384, 16384)),
+    "allowed-fast": frame(0x11, struct.pack(">I", 7)),
+    "unknown-id": frame(0x15, b"\x01\x02\x03"),  # BEP 52 hash request: skipped, bounded
 }
 # Mode byte: bit 0 = known piece count (next 2 bytes), bit 1 = skip a leading handshake.
 for name, f in msgs.items():
@@ -233,6 +238,17 @@ write(w, "bad-len-choke", b"\0" + struct.pack(">I", 2) + b"\0\0")
 write(w, "truncated-piece", b"\0" + frame(7, struct.pack(">II", 0, 0) + bytes(100))[:50])
 write(w, "partial-prefix", b"\0\0\0")
 write(w, "ext-empty", b"\0" + struct.pack(">I", 1) + b"\x14")
+write(w, "have-all-with-payload", b"\0" + frame(0x0E, b"\0"))
+write(w, "have-none-with-payload", b"\0" + frame(0x0F, b"\0\0\0\0"))
+write(w, "suggest-short", b"\0" + frame(0x0D, b"\0\0\3"))
+write(w, "allowed-fast-long", b"\0" + frame(0x11, bytes(5)))
+write(w, "reject-short", b"\0" + frame(0x10, struct.pack(">II", 1, 0)))
+write(w, "reject-zero", b"\0" + frame(0x10, struct.pack(">III", 0, 0, 0)))
+write(w, "reject-overflow", b"\0" + frame(0x10, struct.pack(">III", 0, 0xFFFFFFF0, 16384)))
+write(w, "known-pieces-suggest-oob", b"\1" + struct.pack(">H", 12) + frame(0x0D, struct.pack(">I", 12)))
+write(w, "known-pieces-allowed-fast-oob", b"\1" + struct.pack(">H", 12) + frame(0x11, struct.pack(">I", 0xFFFFFFFF)))
+write(w, "known-pieces-fast-stream", b"\1" + struct.pack(">H", 12) + frame(0x0E) + frame(0x11, struct.pack(">I", 11))
+      + frame(0x0D, struct.pack(">I", 0)) + frame(0x10, struct.pack(">III", 11, 0, 16384)))
 write(w, "empty", b"")
 
 # ---------------------------------------------------------------- BEP 10 handshake / BEP 9 messages
@@ -266,6 +282,48 @@ write(u, "meta-no-piece", b(dict(msg_type=0)))
 write(u, "meta-bad-dict", b"d8:msg_typei0e5:piecei0e")
 write(u, "not-dict", b"i5e")
 write(u, "empty", b"")
+
+# ---------------------------------------------------------------- BEP 11 ut_pex payloads
+x = "ut_pex"
+
+
+def v4(a, b_, c, d, port):
+    return bytes([a, b_, c, d]) + struct.pack(">H", port)
+
+
+def v6(last, port):
+    return bytes.fromhex("20010db8" + "00" * 10) + struct.pack(">H", last) + struct.pack(">H", port)
+
+
+P4 = v4(10, 0, 0, 1, 6881) + v4(10, 0, 0, 2, 51413)
+P6 = v6(1, 6881) + v6(2, 80)
+write(x, "v4", b({"added": P4, "added.f": b"\x12\x00", "dropped": v4(10, 0, 0, 3, 1)}))
+write(x, "v4-v6", b({"added": P4, "added.f": b"\x01\x1f", "added6": P6, "added6.f": b"\x04\x02",
+                     "dropped": v4(10, 0, 0, 9, 9), "dropped6": v6(9, 9)}))
+write(x, "all-keys-empty", b({"added": b"", "added.f": b"", "added6": b"", "added6.f": b"", "dropped": b"", "dropped6": b""}))
+write(x, "no-flags", b({"added": P4}))
+write(x, "short-flags", b({"added": P4 + v4(10, 0, 0, 4, 4), "added.f": b"\x02"}))
+write(x, "long-flags", b({"added": P4, "added.f": b"\x02" * 40}))
+write(x, "dropped-only", b({"dropped": P4, "dropped6": P6}))
+write(x, "many", b({"added": b"".join(v4(10, 1, i // 256, i % 256, 1000 + i) for i in range(120)),
+                    "added.f": bytes(i % 32 for i in range(120)),
+                    "added6": b"".join(v6(i, 2000 + i) for i in range(70)),
+                    "dropped": b"".join(v4(10, 2, 0, i, 7) for i in range(1, 80))}))
+write(x, "useless-entries", b({"added": v4(10, 0, 0, 1, 0) + v4(0, 0, 0, 0, 80) + P4 + P4, "added.f": b"\x01\x02\x03\x04",
+                               "added6": bytes(16) + b"\0\x50" + v6(1, 0), "dropped": v4(0, 0, 0, 0, 1) + v4(1, 2, 3, 4, 0)}))
+write(x, "overlap", b({"added": P4, "dropped": P4}))
+write(x, "bad-len-added", b({"added": P4[:-1]}))
+write(x, "bad-len-dropped6", b({"dropped6": P6 + b"x"}))
+write(x, "v6-in-v4-key", b({"added": P6}))
+write(x, "wrong-types", b({"added": 5, "added.f": [1], "added6": {"x": 1}, "dropped": "", "dropped6": -1}))
+write(x, "unknown-keys", b({"added": P4, "e": 1, "zz": [b"x", {"y": 2}], "added.f": b"\x10"}))
+write(x, "trailing", b({"added": P4}) + b"trailing junk")
+write(x, "deep", b"d1:x" + b"l" * 40 + b"e" * 40 + b"e")
+write(x, "over-cap", b({"added": v4(1, 2, 3, 4, 5) * 2731}))
+write(x, "truncated", b({"added": P4})[:-3])
+write(x, "not-dict", b"l5:addede")
+write(x, "empty-dict", b"de")
+write(x, "empty", b"")
 
 # ---------------------------------------------------------------- MetadataAssembler scripts
 a = "metadata_assembler"

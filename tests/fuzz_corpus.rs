@@ -98,6 +98,7 @@ corpus_test!(magnet_parse, "magnet_parse");
 corpus_test!(wire_codec, "wire_codec");
 corpus_test!(ut_metadata, "ut_metadata");
 corpus_test!(metadata_assembler, "metadata_assembler");
+corpus_test!(ut_pex, "ut_pex");
 
 /// Real torrents from `build_torrent` (single file, and a directory with an empty file and a
 /// nested one) pass the metainfo checks, as does their info dictionary alone, and their

@@ -35,13 +35,13 @@ impl Reserved {
     /// Byte/bit of the fast extension flag (BEP 6).
     const FAST: (usize, u8) = (7, 0x04);
 
-    /// What we advertise: extension protocol and DHT support. Not the fast extension yet: the
-    /// codec decodes its messages, but the bit may only be set once the engine answers them
-    /// (a peer that sees it may send `have all`, `reject`, ... instead of the BEP 3 messages).
+    /// What we advertise: extension protocol (BEP 10), DHT (BEP 5) and the fast extension
+    /// (BEP 6: the engine answers `have all`, `have none`, `reject`, `allowed fast`).
     pub fn ours() -> Reserved {
         let mut r = Reserved::default();
         r.set(Self::EXTENSION, true);
         r.set(Self::DHT, true);
+        r.set(Self::FAST, true);
         r
     }
 
@@ -198,12 +198,12 @@ mod tests {
         let bytes = hs.to_bytes();
         assert_eq!(bytes.len(), HANDSHAKE_LEN);
         assert_eq!(bytes[25], 0x10);
-        assert_eq!(bytes[27], 0x01);
+        assert_eq!(bytes[27], 0x05);
         let back = Handshake::decode(&bytes).unwrap().unwrap();
         assert_eq!(back, hs);
         assert!(back.reserved.extension_protocol());
         assert!(back.reserved.dht());
-        assert!(!back.reserved.fast());
+        assert!(back.reserved.fast());
     }
 
     #[test]
@@ -216,8 +216,7 @@ mod tests {
         r.set_fast(false);
         assert!(!r.fast());
         assert_eq!(
-            r.0[7],
-            0xFF & !0x04 & !0x01,
+            r.0[7], 0b1111_1010,
             "only the fast and DHT bits of byte 7 cleared"
         );
         let hs = Handshake {
@@ -230,11 +229,12 @@ mod tests {
     #[test]
     fn fast_bit_is_byte_7_mask_4() {
         let mut r = Reserved::ours();
-        assert!(!r.fast(), "ours() does not advertise the fast extension");
-        r.set_fast(true);
-        assert!(r.fast() && r.dht() && r.extension_protocol());
+        assert!(r.fast(), "ours() advertises the fast extension");
+        assert!(r.dht() && r.extension_protocol());
         assert_eq!(r.0, [0, 0, 0, 0, 0, 0x10, 0, 0x05]);
         r.set_fast(false);
+        assert_eq!(r.0, [0, 0, 0, 0, 0, 0x10, 0, 0x01]);
+        r.set_fast(true);
         assert_eq!(r, Reserved::ours());
     }
 
