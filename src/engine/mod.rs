@@ -50,6 +50,8 @@ mod torrent;
 pub mod trust;
 
 #[cfg(test)]
+mod fairness_tests;
+#[cfg(test)]
 mod tests;
 
 pub use choker::ChokerConfig;

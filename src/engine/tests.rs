@@ -18,9 +18,9 @@ use crate::id::Id;
 use crate::torrent::{Metainfo, OpenMode, ResumeFile, Storage};
 use crate::wire::{encode, ExtensionHandshake, Handshake, Message};
 
-const LIMIT: Duration = Duration::from_secs(20);
+pub(super) const LIMIT: Duration = Duration::from_secs(20);
 
-fn cfg() -> EngineConfig {
+pub(super) fn cfg() -> EngineConfig {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -33,7 +33,7 @@ fn cfg() -> EngineConfig {
     }
 }
 
-fn pid(n: u8) -> Id {
+pub(super) fn pid(n: u8) -> Id {
     let mut id = Id([n; 20]);
     id.0[..8].copy_from_slice(b"-DN0100-");
     id
@@ -50,7 +50,7 @@ fn put_int(out: &mut Vec<u8>, i: u64) {
 
 /// Writes pseudo-random files under `root` and returns the torrent describing them.
 /// One file → single-file torrent named `name`; several → directory `name` with those files.
-fn make_torrent(
+pub(super) fn make_torrent(
     root: &Path,
     name: &str,
     files: &[(&str, usize)],
@@ -106,7 +106,7 @@ fn make_torrent(
 }
 
 /// A listener on its own loopback IP (bans are per IP: peers in one test need distinct IPs).
-async fn listener(ip_last: u8, config: EngineConfig) -> Listener {
+pub(super) async fn listener(ip_last: u8, config: EngineConfig) -> Listener {
     let mut lc = ListenerConfig::new(pid(ip_last));
     lc.engine = config;
     Listener::bind(format!("127.0.0.{ip_last}:0").parse().unwrap(), lc)
@@ -115,24 +115,24 @@ async fn listener(ip_last: u8, config: EngineConfig) -> Listener {
 }
 
 /// A seeder of `mi` on 127.0.0.`n`.
-struct TestSeed {
+pub(super) struct TestSeed {
     listener: Listener,
     rt: RunningTorrent,
 }
 
 impl TestSeed {
-    fn local_addr(&self) -> SocketAddr {
+    pub(super) fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr()
     }
-    fn shutdown(&self) {
+    pub(super) fn shutdown(&self) {
         self.listener.shutdown();
     }
-    fn uploaded(&self) -> u64 {
+    pub(super) fn uploaded(&self) -> u64 {
         self.rt.uploaded()
     }
 }
 
-async fn start_seeder(mi: &Metainfo, dir: &Path, n: u8, corrupt: Option<Corruptor>) -> TestSeed {
+pub(super) async fn start_seeder(mi: &Metainfo, dir: &Path, n: u8, corrupt: Option<Corruptor>) -> TestSeed {
     let listener = listener(n, cfg()).await;
     let mut spec = TorrentSpec::seed(mi.clone(), dir.to_path_buf(), true);
     spec.corrupt = corrupt;
@@ -142,13 +142,13 @@ async fn start_seeder(mi: &Metainfo, dir: &Path, n: u8, corrupt: Option<Corrupto
 
 /// What a test fetch ends with.
 #[derive(Debug)]
-struct Outcome {
-    report: FetchReport,
+pub(super) struct Outcome {
+    pub(super) report: FetchReport,
 }
 
 /// Starts a download on 127.0.0.`ip_last`; returns the listener, the torrent and its
 /// completion.
-async fn start_fetch(
+pub(super) async fn start_fetch(
     ih: Id,
     mi: Option<Metainfo>,
     out: &Path,
@@ -169,7 +169,7 @@ async fn start_fetch(
     (l, rt, done)
 }
 
-async fn run_fetch(
+pub(super) async fn run_fetch(
     ih: Id,
     mi: Option<Metainfo>,
     out: &Path,
@@ -190,7 +190,7 @@ async fn run_fetch(
     Ok(Outcome { report: r? })
 }
 
-fn same_tree(a: &Path, b: &Path, mi: &Metainfo) {
+pub(super) fn same_tree(a: &Path, b: &Path, mi: &Metainfo) {
     for f in &mi.info.files {
         let rel: PathBuf = f.path.to_path_buf();
         let x = std::fs::read(a.join(&rel)).unwrap();
@@ -444,7 +444,7 @@ async fn seed_after_keeps_serving() {
     relay.shutdown();
 }
 
-async fn raw_connect(addr: SocketAddr, ih: Id) -> TcpStream {
+pub(super) async fn raw_connect(addr: SocketAddr, ih: Id) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(&Handshake::new(ih, pid(77)).to_bytes())
         .await
@@ -455,7 +455,7 @@ async fn raw_connect(addr: SocketAddr, ih: Id) -> TcpStream {
 }
 
 /// Reads until the peer closes the connection (EOF or reset).
-async fn until_closed(s: &mut TcpStream) {
+pub(super) async fn until_closed(s: &mut TcpStream) {
     let mut buf = vec![0u8; 64 * 1024];
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
