@@ -32,10 +32,13 @@ mod conn;
 mod driver;
 mod hasher;
 mod peer;
+pub mod peer_list;
 pub mod picker;
+pub mod ratelimit;
 pub mod seed;
 pub mod session;
 mod torrent;
+pub mod trust;
 
 #[cfg(test)]
 mod tests;
