@@ -647,6 +647,7 @@ impl Driver {
                         interested: e.counters.interested.load(Ordering::Relaxed),
                         download_rate: down,
                         upload_rate: up,
+                        ..PeerStat::default()
                     }
                 })
                 .collect()

@@ -500,7 +500,10 @@ mod tests {
             l.on_failed(a(1, 1), now, FailKind::LimitReached);
         }
         assert_eq!(l.failures(a(1, 1)), Some(0));
-        assert_eq!(l.next_wakeup(t + LIMIT_RETRY * 4), Some(t + LIMIT_RETRY * 5));
+        assert_eq!(
+            l.next_wakeup(t + LIMIT_RETRY * 4),
+            Some(t + LIMIT_RETRY * 5)
+        );
         assert!(!l.exhausted(1));
     }
 
@@ -701,11 +704,17 @@ mod tests {
     fn ipv6_works_and_mapped_v4_is_folded() {
         let t = Instant::now();
         let mut l = PeerList::new(10);
-        let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)), 6881);
+        let v6 = SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+            6881,
+        );
         assert!(l.add(v6, PeerSource::Dht, t));
         let mapped = SocketAddr::new(IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped()), 1);
         assert!(l.add(mapped, PeerSource::Dht, t));
-        assert!(!l.add(a(1, 1), PeerSource::Dht, t), "same as the mapped one");
+        assert!(
+            !l.add(a(1, 1), PeerSource::Dht, t),
+            "same as the mapped one"
+        );
         let dialed: HashSet<SocketAddr> = [l.next_to_dial(t), l.next_to_dial(t)]
             .into_iter()
             .flatten()
