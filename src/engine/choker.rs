@@ -341,6 +341,15 @@ mod tests {
         Duration::from_secs(n)
     }
 
+    /// A choker with default timings and `slots` regular slots.
+    fn with_slots(slots: usize, seed: u64) -> Choker {
+        let cfg = ChokerConfig {
+            regular_slots: slots,
+            ..ChokerConfig::default()
+        };
+        Choker::new(cfg, seed)
+    }
+
     /// Regular (non-optimistic) unchoked peers.
     fn regulars(c: &Choker, keys: impl IntoIterator<Item = PeerKey>) -> Vec<PeerKey> {
         keys.into_iter()
@@ -448,11 +457,7 @@ mod tests {
     #[test]
     fn snubbed_peer_may_get_the_optimistic_slot() {
         let t0 = Instant::now();
-        let cfg = ChokerConfig {
-            regular_slots: 1,
-            ..ChokerConfig::default()
-        };
-        let mut c = Choker::new(cfg, 5);
+        let mut c = with_slots(1, 5);
         let peers = [
             stat(1, true, 1000, 0),
             PeerStat {
@@ -468,11 +473,7 @@ mod tests {
     #[test]
     fn optimistic_rotates_every_30s_and_reaches_many_peers() {
         let t0 = Instant::now();
-        let cfg = ChokerConfig {
-            regular_slots: 1,
-            ..ChokerConfig::default()
-        };
-        let mut c = Choker::new(cfg, 3);
+        let mut c = with_slots(1, 3);
         let peers: Vec<PeerStat> = (1..=20).map(|k| stat(k, true, k, 0)).collect();
         let mut optimists = HashSet::new();
         let mut prev = None;
@@ -496,13 +497,7 @@ mod tests {
     #[test]
     fn newcomers_are_three_times_likelier_optimistic() {
         let t0 = Instant::now();
-        let mut c = Choker::new(
-            ChokerConfig {
-                regular_slots: 0,
-                ..ChokerConfig::default()
-            },
-            11,
-        );
+        let mut c = with_slots(0, 11);
         let mut newcomer_picks = 0;
         let rounds = 3000;
         for i in 0..rounds {
@@ -590,11 +585,7 @@ mod tests {
     #[test]
     fn seeding_optimistic_turn_counts_as_a_turn() {
         let t0 = Instant::now();
-        let cfg = ChokerConfig {
-            regular_slots: 1,
-            ..ChokerConfig::default()
-        };
-        let mut c = Choker::new(cfg, 8);
+        let mut c = with_slots(1, 8);
         let peers: Vec<PeerStat> = (1..=3).map(|k| stat(k, true, 0, 0)).collect();
         c.update(t0, &peers, true);
         let lucky = c.optimistic().expect("drawn");
@@ -609,11 +600,7 @@ mod tests {
     #[test]
     fn seeding_holder_keeps_slot_when_nobody_waits_and_yields_to_newcomer() {
         let t0 = Instant::now();
-        let cfg = ChokerConfig {
-            regular_slots: 2,
-            ..ChokerConfig::default()
-        };
-        let mut c = Choker::new(cfg, 4);
+        let mut c = with_slots(2, 4);
         let mut peers: Vec<PeerStat> = (1..=2).map(|k| stat(k, true, 0, 0)).collect();
         c.update(t0, &peers, true);
         // Turns expire but nobody else wants data: no churn.
