@@ -648,8 +648,8 @@ impl Driver {
                         interested: e.counters.interested.load(Ordering::Relaxed),
                         download_rate: down,
                         upload_rate: up,
-                        // PENDING-CHOKER snubbed: e.counters.snubbed.load(Ordering::Relaxed),
-                        // PENDING-CHOKER connected_at: self.conns.get(&key).map(|c| c.2),
+                        snubbed: e.counters.snubbed.load(Ordering::Relaxed),
+                        connected_at: self.conns.get(&key).map(|c| c.2),
                     }
                 })
                 .collect()

@@ -115,7 +115,9 @@ async fn dying_seed(file: PathBuf) -> SocketAddr {
             return;
         }
         let theirs = Handshake::decode(&hs).unwrap().unwrap();
-        let mut out = Handshake::new(theirs.info_hash, pid(70)).to_bytes().to_vec();
+        let mut out = Handshake::new(theirs.info_hash, pid(70))
+            .to_bytes()
+            .to_vec();
         let n = (std::fs::metadata(&file).unwrap().len() / 16384) as u32;
         let mut bits = vec![0u8; (n as usize).div_ceil(8)];
         for i in 0..n {
@@ -131,7 +133,8 @@ async fn dying_seed(file: PathBuf) -> SocketAddr {
             }
             let index = u32::from_be_bytes(body[1..5].try_into().unwrap());
             let mut data = vec![0u8; 16384];
-            f.read_exact_at(&mut data, u64::from(index) * 16384).unwrap();
+            f.read_exact_at(&mut data, u64::from(index) * 16384)
+                .unwrap();
             let mut m = Vec::new();
             crate::wire::encode_piece_header(index, 0, 16384, &mut m);
             m.extend_from_slice(&data);
@@ -182,7 +185,9 @@ async fn metadata_liar(ip: &str, fake_size: u64, unsolicited: bool) -> SocketAdd
                     return;
                 }
                 let theirs = Handshake::decode(&hs).unwrap().unwrap();
-                let mut out = Handshake::new(theirs.info_hash, pid(80)).to_bytes().to_vec();
+                let mut out = Handshake::new(theirs.info_hash, pid(80))
+                    .to_bytes()
+                    .to_vec();
                 let mut eh = ExtensionHandshake {
                     metadata_size: Some(fake_size),
                     ..ExtensionHandshake::default()
@@ -324,12 +329,14 @@ async fn handshake_flood_is_capped_and_honest_peers_still_served() {
     let mut closed = 0;
     for s in silent.iter_mut() {
         let mut b = [0u8; 1];
-        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(300), s.read(&mut b)).await
-        {
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(300), s.read(&mut b)).await {
             closed += 1;
         }
     }
-    assert!(closed >= 20, "only {closed} of the connections over the cap were closed");
+    assert!(
+        closed >= 20,
+        "only {closed} of the connections over the cap were closed"
+    );
     // Once the silent ones go, an honest fetch works.
     drop(silent);
     let out = run_fetch(

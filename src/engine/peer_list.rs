@@ -409,6 +409,15 @@ mod tests {
         Duration::from_secs(n)
     }
 
+    /// A list of capacity 10 holding `host:1` from the DHT for each host, seen at `t`.
+    fn dht_list(hosts: impl IntoIterator<Item = u8>, t: Instant) -> PeerList {
+        let mut l = PeerList::new(10);
+        for h in hosts {
+            assert!(l.add(a(h, 1), PeerSource::Dht, t));
+        }
+        l
+    }
+
     /// Records `n` refused dials of `addr` at `t`.
     fn fail(l: &mut PeerList, addr: SocketAddr, n: u32, t: Instant) {
         for _ in 0..n {
@@ -437,9 +446,7 @@ mod tests {
     #[test]
     fn known_entry_gains_source() {
         let t = Instant::now();
-        let mut l = PeerList::new(10);
-        l.add(a(1, 1), PeerSource::Dht, t);
-        l.add(a(2, 1), PeerSource::Dht, t);
+        let mut l = dht_list(1..=2, t);
         // Becoming manual moves it to the front of the dial order.
         l.add(a(2, 1), PeerSource::Manual, t);
         assert_eq!(l.next_to_dial(t), Some(a(2, 1)));
@@ -448,10 +455,7 @@ mod tests {
     #[test]
     fn dial_order_manual_then_untried_then_fewest_failures() {
         let t = Instant::now();
-        let mut l = PeerList::new(10);
-        for h in 1..=3 {
-            l.add(a(h, 1), PeerSource::Dht, t);
-        }
+        let mut l = dht_list(1..=3, t);
         // 1 failed twice, 2 once, 3 never tried; all back-offs expired at t + 1 h.
         fail(&mut l, a(1, 1), 2, t);
         fail(&mut l, a(2, 1), 1, t);
@@ -470,8 +474,7 @@ mod tests {
     #[test]
     fn failure_backs_off_exponentially_capped_and_retries_forever() {
         let t0 = Instant::now();
-        let mut l = PeerList::new(10);
-        l.add(a(1, 1), PeerSource::Dht, t0);
+        let mut l = dht_list([1], t0);
         let mut t = t0;
         let mut waits = Vec::new();
         for _ in 0..12 {
@@ -492,8 +495,7 @@ mod tests {
     #[test]
     fn limit_reached_is_a_short_retry_not_a_failure() {
         let t = Instant::now();
-        let mut l = PeerList::new(10);
-        l.add(a(1, 1), PeerSource::Dht, t);
+        let mut l = dht_list([1], t);
         for i in 0..5 {
             let now = t + LIMIT_RETRY * i;
             assert_eq!(l.next_to_dial(now), Some(a(1, 1)));
@@ -510,8 +512,7 @@ mod tests {
     #[test]
     fn long_connection_resets_failures_short_one_counts() {
         let t = Instant::now();
-        let mut l = PeerList::new(10);
-        l.add(a(1, 1), PeerSource::Dht, t);
+        let mut l = dht_list([1], t);
         fail(&mut l, a(1, 1), 3, t);
         let t1 = t + secs(10_000);
         assert_eq!(l.next_to_dial(t1), Some(a(1, 1)));
@@ -642,10 +643,8 @@ mod tests {
     #[test]
     fn next_wakeup_tracks_earliest_backoff() {
         let t = Instant::now();
-        let mut l = PeerList::new(10);
-        assert_eq!(l.next_wakeup(t), None);
-        l.add(a(1, 1), PeerSource::Dht, t);
-        l.add(a(2, 1), PeerSource::Dht, t);
+        assert_eq!(PeerList::new(10).next_wakeup(t), None);
+        let mut l = dht_list(1..=2, t);
         assert_eq!(l.next_wakeup(t), Some(t), "due now");
         for _ in 0..2 {
             l.next_to_dial(t);
@@ -662,10 +661,8 @@ mod tests {
     #[test]
     fn exhausted_only_when_all_failed_enough_and_none_live() {
         let t = Instant::now();
-        let mut l = PeerList::new(10);
-        assert!(l.exhausted(3), "empty");
-        l.add(a(1, 1), PeerSource::Dht, t);
-        l.add(a(2, 1), PeerSource::Dht, t);
+        assert!(PeerList::new(10).exhausted(3), "empty");
+        let mut l = dht_list(1..=2, t);
         assert!(!l.exhausted(3));
         let late = t + secs(100_000);
         fail(&mut l, a(1, 1), 3, t);

@@ -132,7 +132,12 @@ impl TestSeed {
     }
 }
 
-pub(super) async fn start_seeder(mi: &Metainfo, dir: &Path, n: u8, corrupt: Option<Corruptor>) -> TestSeed {
+pub(super) async fn start_seeder(
+    mi: &Metainfo,
+    dir: &Path,
+    n: u8,
+    corrupt: Option<Corruptor>,
+) -> TestSeed {
     let listener = listener(n, cfg()).await;
     let mut spec = TorrentSpec::seed(mi.clone(), dir.to_path_buf(), true);
     spec.corrupt = corrupt;
