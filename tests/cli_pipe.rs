@@ -173,3 +173,48 @@ fn lookup_into_closed_pipe_exits_quietly() {
     }
     drop(procs);
 }
+
+/// `seed --json` and `fetch --json` into pipes their readers close: the seed keeps serving
+/// (its stdout is nobody's business once the info-hash is out), the fetch completes, writes
+/// the file and exits quietly when its one JSON line meets the closed pipe.
+#[test]
+fn seed_and_fetch_into_closed_pipes_exit_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src").join("pipe.bin");
+    common::files::write_random(&src, 3 * 1024 * 1024 + 5, 77);
+    let (mut seed, seed_out) = Piped::spawn(&args(&[
+        "seed",
+        src.to_str().unwrap(),
+        "--bind",
+        "127.79.0.1:7100",
+        "--bootstrap",
+        "none",
+        "--json",
+    ]));
+    // Read the announcement, then close the seed's stdout.
+    let lines = read_then_close(seed_out, 1, Duration::from_secs(30), |_| {});
+    let ih = json(&lines[0])["infohash"].as_str().unwrap().to_string();
+    let out = tmp.path().join("out");
+    let (mut fetch, fetch_out) = Piped::spawn(&args(&[
+        "fetch",
+        &ih,
+        "--output",
+        out.to_str().unwrap(),
+        "--bind",
+        "127.79.0.2:0",
+        "--bootstrap",
+        "none",
+        "--peer",
+        "127.79.0.1:7100",
+        "--json",
+    ]));
+    drop(fetch_out);
+    let (status, stderr) = fetch.finish(Duration::from_secs(60));
+    assert_quiet_exit("fetch --json", status, &stderr);
+    common::files::assert_same_file(&src, &out.join("pipe.bin"));
+    // The seed is still alive and stops quietly on SIGTERM, its last line unread.
+    assert!(seed.child.try_wait().unwrap().is_none(), "the seed died");
+    unsafe { libc::kill(seed.child.id() as i32, libc::SIGTERM) };
+    let (status, stderr) = seed.finish(Duration::from_secs(20));
+    assert_quiet_exit("seed --json", status, &stderr);
+}

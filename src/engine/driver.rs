@@ -102,7 +102,8 @@ impl Driver {
         let now = Instant::now();
         Driver {
             choker: Choker::new(p.t.cfg.choker.clone(), p.seed ^ 0x9E37_79B9),
-            peers: PeerList::new(p.t.cfg.max_known_peers),
+            peers: PeerList::new(p.t.cfg.max_known_peers)
+                .with_base_backoff(p.t.cfg.reconnect_delay),
             t: p.t,
             output_dir: p.output_dir,
             progress: p.progress,

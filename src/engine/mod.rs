@@ -111,9 +111,12 @@ pub struct EngineConfig {
     pub socket_buffer: Option<u32>,
     /// Verified pieces are made durable (data synced, then record written) at least this often.
     pub resume_flush_interval: Duration,
-    /// Reconnection attempts for a peer whose connection failed or dropped.
+    /// Failed attempts in a row after which an address counts as exhausted: once every known
+    /// address is, and no peer source is left, the download fails with
+    /// [`EngineError::OutOfPeers`]. (Addresses are still retried while sources remain.)
     pub reconnect_attempts: u32,
-    /// Delay before a reconnection attempt.
+    /// First back-off step after a failed connection; it doubles with each failure in a row,
+    /// up to 10 minutes.
     pub reconnect_delay: Duration,
     /// Client name sent as `v` in the extension handshake.
     pub client_name: String,
@@ -145,7 +148,7 @@ impl Default for EngineConfig {
             socket_buffer: None,
             resume_flush_interval: Duration::from_secs(2),
             reconnect_attempts: 3,
-            reconnect_delay: Duration::from_secs(2),
+            reconnect_delay: Duration::from_secs(3),
             client_name: format!("dhtnode {}", env!("CARGO_PKG_VERSION")),
         }
     }

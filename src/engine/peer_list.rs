@@ -117,6 +117,8 @@ impl Entry {
 #[derive(Debug)]
 pub struct PeerList {
     capacity: usize,
+    /// First back-off step ([`BASE_BACKOFF`] unless set with [`PeerList::with_base_backoff`]).
+    base: Duration,
     entries: HashMap<SocketAddr, Entry>,
     per_ip: HashMap<IpAddr, usize>,
     banned: LruCache<IpAddr, ()>,
@@ -139,7 +141,16 @@ impl PeerList {
             per_ip: HashMap::new(),
             banned: LruCache::new(NonZeroUsize::new(bans).unwrap_or(NonZeroUsize::MIN)),
             next_seq: 0,
+            base: BASE_BACKOFF,
         }
+    }
+
+    /// The same list with `base` as the first back-off step (doubling from there up to
+    /// [`MAX_BACKOFF`]): tests and short-lived fetches that know only a few peers want to
+    /// give up sooner than a long-running client.
+    pub fn with_base_backoff(mut self, base: Duration) -> PeerList {
+        self.base = base.max(Duration::from_millis(1));
+        self
     }
 
     /// Offers `addr` from `source`. Returns true if it was added as a new candidate; false
@@ -224,6 +235,7 @@ impl PeerList {
     /// A dial or handshake to `addr` failed at `now`. Schedules the retry: exponential
     /// back-off counted as a failure, or [`LIMIT_RETRY`] for [`FailKind::LimitReached`].
     pub fn on_failed(&mut self, addr: SocketAddr, now: Instant, kind: FailKind) {
+        let base = self.base;
         let Some(e) = self.entries.get_mut(&canonical(addr)) else {
             return;
         };
@@ -233,14 +245,15 @@ impl PeerList {
             e.retry_at = Some(now + LIMIT_RETRY);
         } else {
             e.failures = e.failures.saturating_add(1);
-            e.retry_at = Some(now + backoff(e.failures));
+            e.retry_at = Some(now + backoff(base, e.failures));
         }
     }
 
     /// An established connection to `addr` ended at `now` after `lasted`. At least
-    /// [`LONG_LIVED`] clears the failure count (retry after [`BASE_BACKOFF`]); shorter counts
+    /// [`LONG_LIVED`] clears the failure count (retry after the base back-off); shorter counts
     /// as a failure with its back-off.
     pub fn on_disconnected(&mut self, addr: SocketAddr, now: Instant, lasted: Duration) {
+        let base = self.base;
         let Some(e) = self.entries.get_mut(&canonical(addr)) else {
             return;
         };
@@ -248,10 +261,10 @@ impl PeerList {
         e.tried = true;
         if lasted >= LONG_LIVED {
             e.failures = 0;
-            e.retry_at = Some(now + BASE_BACKOFF);
+            e.retry_at = Some(now + base);
         } else {
             e.failures = e.failures.saturating_add(1);
-            e.retry_at = Some(now + backoff(e.failures));
+            e.retry_at = Some(now + backoff(base, e.failures));
         }
     }
 
@@ -378,9 +391,9 @@ impl PeerList {
 }
 
 /// Wait before the next attempt after `failures` failures in a row (at least one).
-fn backoff(failures: u32) -> Duration {
+fn backoff(base: Duration, failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(16);
-    (BASE_BACKOFF * (1u32 << doublings)).min(MAX_BACKOFF)
+    (base * (1u32 << doublings)).min(MAX_BACKOFF)
 }
 
 /// `addr` with an IPv4-mapped IPv6 address folded to IPv4.
