@@ -108,7 +108,7 @@ impl Supervisor {
 
     /// Starts the engine torrent and its peer sources.
     async fn launch(&mut self) -> Result<(), EngineError> {
-        let running = self.shared.listener.start(self.spec()).await?;
+        let mut running = self.shared.listener.start(self.spec()).await?;
         for p in self.add.initial_peers() {
             let _ = running.peers.try_send((p, PeerSource::Manual));
         }
@@ -123,6 +123,14 @@ impl Supervisor {
                 schedule: self.shared.schedule.clone(),
                 events: self.events.clone(),
             }));
+        }
+        if self.feed.is_none() {
+            // No source will send more addresses: the engine may then tell "out of peers"
+            // once every known address (given, PEX, incoming) has failed for good.
+            drop(std::mem::replace(
+                &mut running.peers,
+                tokio::sync::mpsc::channel(1).0,
+            ));
         }
         self.running = Some(running);
         Ok(())
