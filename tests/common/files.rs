@@ -47,22 +47,30 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 /// Asserts that file `got` has exactly the bytes of `want` (without printing megabytes).
 pub fn assert_same_file(want: &Path, got: &Path) {
-    let a = std::fs::read(want).unwrap_or_else(|e| panic!("read {}: {e}", want.display()));
-    let b = std::fs::read(got).unwrap_or_else(|e| panic!("read {}: {e}", got.display()));
-    assert_eq!(
-        a.len(),
-        b.len(),
-        "{} has {} bytes, want {}",
-        got.display(),
-        b.len(),
-        a.len()
-    );
-    if let Some(i) = a.iter().zip(&b).position(|(x, y)| x != y) {
-        panic!(
+    if let Err(e) = same_file(want, got) {
+        panic!("{e}");
+    }
+}
+
+/// Whether file `got` has exactly the bytes of `want`; the error says where it differs.
+pub fn same_file(want: &Path, got: &Path) -> Result<(), String> {
+    let a = std::fs::read(want).map_err(|e| format!("read {}: {e}", want.display()))?;
+    let b = std::fs::read(got).map_err(|e| format!("read {}: {e}", got.display()))?;
+    if a.len() != b.len() {
+        return Err(format!(
+            "{} has {} bytes, want {}",
+            got.display(),
+            b.len(),
+            a.len()
+        ));
+    }
+    match a.iter().zip(&b).position(|(x, y)| x != y) {
+        Some(i) => Err(format!(
             "{} differs from {} at byte {i}",
             got.display(),
             want.display()
-        );
+        )),
+        None => Ok(()),
     }
 }
 

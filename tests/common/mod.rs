@@ -5,8 +5,10 @@
 #![allow(dead_code)]
 
 pub mod files;
+pub mod lt;
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -20,37 +22,79 @@ pub fn bin() -> &'static str {
 pub struct Proc {
     pub name: String,
     child: Child,
-    lines: Receiver<String>,
+    /// Each stdout line with the time it was read.
+    lines: Receiver<(Instant, String)>,
     stdin: Option<ChildStdin>,
+}
+
+/// How [`Proc::spawn_with`] starts a child beyond piping its stdin and stdout.
+#[derive(Clone, Debug, Default)]
+pub struct SpawnOpts {
+    /// Write the child's stderr to `DIR/<name>.stderr` instead of inheriting ours.
+    pub stderr_dir: Option<PathBuf>,
+    /// `PR_SET_PDEATHSIG` = SIGKILL: the child dies with the thread that spawned it (for
+    /// programs such as benches that may be killed before their destructors run; do not use
+    /// it for children spawned from short-lived threads).
+    pub die_with_parent: bool,
 }
 
 impl Proc {
     /// Starts `program args...` with piped stdio.
     pub fn spawn(name: &str, program: &str, args: &[String]) -> Proc {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+        Proc::spawn_with(name, program, args, &SpawnOpts::default())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts `program args...` with piped stdin/stdout and the stderr and lifetime of `opts`.
+    pub fn spawn_with(
+        name: &str,
+        program: &str,
+        args: &[String],
+        opts: &SpawnOpts,
+    ) -> Result<Proc, String> {
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped());
+        match &opts.stderr_dir {
+            Some(d) => {
+                let p = d.join(format!("{name}.stderr"));
+                let f = std::fs::File::create(&p)
+                    .map_err(|e| format!("create {}: {e}", p.display()))?;
+                cmd.stderr(Stdio::from(f));
+            }
+            None => {
+                cmd.stderr(Stdio::inherit());
+            }
+        }
+        if opts.die_with_parent {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
         let stdout = child.stdout.take().expect("piped stdout");
         let stdin = child.stdin.take();
         let (tx, rx) = channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
+                if tx.send((Instant::now(), line)).is_err() {
                     break;
                 }
             }
         });
-        Proc {
+        Ok(Proc {
             name: name.to_string(),
             child,
             lines: rx,
             stdin,
-        }
+        })
     }
 
     /// Starts the dhtnode binary.
@@ -60,6 +104,11 @@ impl Proc {
 
     /// Next stdout line within `timeout`, or `None` (timeout or end of output).
     pub fn next_line(&self, timeout: Duration) -> Option<String> {
+        self.next_line_at(timeout).map(|(_, l)| l)
+    }
+
+    /// Next stdout line within `timeout` with the time it was read, or `None`.
+    pub fn next_line_at(&self, timeout: Duration) -> Option<(Instant, String)> {
         match self.lines.recv_timeout(timeout) {
             Ok(l) => Some(l),
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => None,
@@ -72,7 +121,7 @@ impl Proc {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(l) if pred(&l) => return l,
+                Ok((_, l)) if pred(&l) => return l,
                 Ok(_) => continue,
                 Err(_) => panic!("{}: no line with {what} within {timeout:?}", self.name),
             }
@@ -85,13 +134,22 @@ impl Proc {
         timeout: Duration,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> Option<serde_json::Value> {
+        self.wait_json_at(timeout, pred).map(|(_, v)| v)
+    }
+
+    /// Like [`Proc::wait_json`], with the time the line was read.
+    pub fn wait_json_at(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<(Instant, serde_json::Value)> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
-            let line = self.lines.recv_timeout(left).ok()?;
+            let (t, line) = self.lines.recv_timeout(left).ok()?;
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                 if pred(&v) {
-                    return Some(v);
+                    return Some((t, v));
                 }
             }
         }
@@ -100,7 +158,7 @@ impl Proc {
     /// The newest JSON line printed so far, if any (older ones are discarded).
     pub fn latest_json(&self) -> Option<serde_json::Value> {
         let mut last = None;
-        while let Ok(l) = self.lines.try_recv() {
+        while let Ok((_, l)) = self.lines.try_recv() {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
                 last = Some(v);
             }
@@ -111,13 +169,28 @@ impl Proc {
     /// Sends a JSON command to a harness (tests/interop/*.py) and returns its reply, failing
     /// the caller if none comes within `timeout` or the harness reports an error.
     pub fn call_json(&mut self, cmd: serde_json::Value, timeout: Duration) -> serde_json::Value {
-        self.send_line(&cmd.to_string());
+        self.try_call_json(cmd, timeout)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Proc::call_json`] that returns failures instead of panicking.
+    pub fn try_call_json(
+        &mut self,
+        cmd: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, String> {
+        let stdin = self.stdin.as_mut().ok_or("stdin closed")?;
+        writeln!(stdin, "{cmd}")
+            .and_then(|_| stdin.flush())
+            .map_err(|e| format!("{}: write to stdin: {e}", self.name))?;
         let want = cmd["cmd"].clone();
         let r = self
             .wait_json(timeout, |v| v["cmd"] == want)
-            .unwrap_or_else(|| panic!("{}: no reply to {cmd} within {timeout:?}", self.name));
-        assert_eq!(r["ok"], true, "{}: {cmd} failed: {r}", self.name);
-        r
+            .ok_or_else(|| format!("{}: no reply to {cmd} within {timeout:?}", self.name))?;
+        if r["ok"] != true {
+            return Err(format!("{}: {cmd} failed: {r}", self.name));
+        }
+        Ok(r)
     }
 
     /// Writes one line to the process's stdin.
@@ -146,16 +219,21 @@ impl Proc {
 
     /// Waits for the process to exit within `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        self.exit_within(timeout)
+            .unwrap_or_else(|| panic!("{} did not exit within {timeout:?}", self.name))
+    }
+
+    /// The exit status once the process exits, or `None` if it is still running after
+    /// `timeout`.
+    pub fn exit_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return st;
+                return Some(st);
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {timeout:?}",
-                self.name
-            );
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -163,7 +241,7 @@ impl Proc {
     /// All remaining stdout after exit.
     pub fn rest(&self) -> Vec<String> {
         let mut out = Vec::new();
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(500)) {
+        while let Ok((_, l)) = self.lines.recv_timeout(Duration::from_millis(500)) {
             out.push(l);
         }
         out
@@ -215,6 +293,17 @@ pub fn node_addr(net: u8, i: usize) -> String {
 /// the others join through one of the first three. `extra` flags go to every node. Returns
 /// once the last node has a few contacts, so lookups through any node work.
 pub fn start_dht_network(net: u8, n: usize, dir: &std::path::Path, extra: &[&str]) -> Vec<Proc> {
+    start_dht_network_with(net, n, dir, extra, &SpawnOpts::default())
+}
+
+/// [`start_dht_network`] with the nodes started as `opts` says.
+pub fn start_dht_network_with(
+    net: u8,
+    n: usize,
+    dir: &std::path::Path,
+    extra: &[&str],
+    opts: &SpawnOpts,
+) -> Vec<Proc> {
     let mut procs = Vec::new();
     for i in 0..n {
         let boot = if i == 0 {
@@ -235,7 +324,8 @@ pub fn start_dht_network(net: u8, n: usize, dir: &std::path::Path, extra: &[&str
             "--json",
         ]);
         a.extend(args(extra));
-        let p = Proc::dhtnode(&format!("node{i}"), &a);
+        let p = Proc::spawn_with(&format!("node{i}"), bin(), &a, opts)
+            .unwrap_or_else(|e| panic!("{e}"));
         p.wait_line(Duration::from_secs(10), "first status line", |l| {
             json(l).get("node_id").is_some()
         });
@@ -307,4 +397,39 @@ pub fn libtorrent_python() -> &'static str {
         "libtorrent interop tests need Debian's python3-libtorrent: run `apt-get install -y python3-libtorrent` (as root), then rerun"
     );
     py
+}
+
+/// Arguments of `dhtnode fetch TARGET --output OUT --bind BIND --bootstrap BOOT --json`, then
+/// `extra` (e.g. `--seed`, `--peer IP:PORT`).
+pub fn fetch_args(
+    target: &str,
+    out: &std::path::Path,
+    bind: &str,
+    boot: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut a = args(&[
+        "fetch",
+        target,
+        "--output",
+        out.to_str().expect("utf-8 temp path"),
+        "--bind",
+        bind,
+        "--bootstrap",
+        boot,
+        "--json",
+    ]);
+    a.extend(args(extra));
+    a
+}
+
+/// For a `dhtnode seed` or `fetch --seed` process already sent SIGTERM (so that many can be
+/// stopped at once): waits (bounded) for its `{"event":"stopped",...}` line and its exit, and
+/// returns both (`None` for a line it did not print, or an exit that did not come).
+pub fn wait_stopped(
+    p: &mut Proc,
+    timeout: Duration,
+) -> (Option<ExitStatus>, Option<serde_json::Value>) {
+    let stopped = p.wait_json(timeout, |v| v["event"] == "stopped");
+    (p.exit_within(timeout), stopped)
 }

@@ -13,12 +13,28 @@ Protocol (one JSON object per line each way; every line is flushed):
 
   {"cmd":"add_node","addr":"ip:port"}                            -> {}
   {"cmd":"seed","path":p[,"piece_size":n][,"torrent_out":f]
-         [,"wait_announced":true][,"timeout":s]}
+         [,"wait_announced":true][,"timeout":s][,"upload_limit":bytes_per_s]}
       -> {"info_hash","name","bytes","pieces","piece_size","port","announced_ms"}
-  {"cmd":"download","info_hash":hex,"save_path":dir[,"timeout":s][,"peers":["ip:port"]]}
+  {"cmd":"download","info_hash":hex,"save_path":dir[,"timeout":s][,"peers":["ip:port"]]
+         [,"upload_limit":bytes_per_s][,"background":true]}
       -> progress lines {"event":"progress","info_hash","state","progress","pieces",
                          "num_peers","download_rate"} about once a second, then
          {"finished": true, "name", "bytes", "elapsed_ms", "metadata_ms", "num_peers"}
+         as soon as the torrent completes (torrent_finished, then its cache flushed).
+      With "background": the reply {"started": true, "info_hash"} comes at once, the command
+      loop keeps serving (peers, stats, ...), and the same finished object comes later as an
+      event line {"event": "finished", "cmd": "download", "finished": true, ...}; a torrent
+      that has not finished within timeout gives {"event": "finished", "finished": false,
+      "error": ...}.  Either way the torrent stays in the session afterwards and keeps
+      seeding, like a real client, until the process quits.
+  {"cmd":"peers","info_hash":hex}
+      -> {"peers": [{"addr": "ip:port", "ip", "port", "total_download", "total_upload",
+                     "client", "seed", "progress", "source": [...], "payload_down_speed",
+                     "payload_up_speed"}, ...]}   (connected peers; byte counts are payload)
+  {"cmd":"stats","info_hash":hex}
+      -> {"state", "progress", "is_seeding", "finished", "num_peers", "total_upload",
+          "all_time_upload", "total_payload_upload", "total_download", "all_time_download",
+          "total_payload_download", "upload_rate", "download_rate", "upload_limit"}
   {"cmd":"get_peers","info_hash":hex[,"timeout":s]} -> {"peers": ["ip:port", ...]}
   {"cmd":"status","info_hash":hex}     -> {"state","progress","pieces","num_peers"}
   {"cmd":"quit"}                        -> {"bye": true}, then exit 0
@@ -64,6 +80,12 @@ STATE_NAMES = {
 }
 
 
+def set_limit(h, req):
+    """Cap one torrent's upload rate when the request has "upload_limit" (bytes/s)."""
+    if req.get("upload_limit"):
+        h.set_upload_limit(int(req["upload_limit"]))
+
+
 def state_name(st):
     """torrent_status.state as a string."""
     try:
@@ -102,6 +124,8 @@ class Harness(JsonLineServer):
         self.flushed = set()  # info_hash hex of cache_flushed_alert
         self.failures = {}  # info_hash hex -> list of error messages
         self.peers = {}  # info_hash hex -> list of "ip:port" from dht_get_peers replies
+        self.finished_at = {}  # info_hash hex -> monotonic time of torrent_finished_alert
+        self.background = {}  # info_hash hex -> state of a "background" download
 
     # ----- plumbing -------------------------------------------------------------
 
@@ -118,6 +142,7 @@ class Harness(JsonLineServer):
                     key = None
             if isinstance(a, lt.torrent_finished_alert):
                 self.finished.add(key)
+                self.finished_at.setdefault(key, time.monotonic())
             elif isinstance(a, lt.metadata_received_alert):
                 self.metadata_at.setdefault(key, time.monotonic())
             elif isinstance(a, lt.cache_flushed_alert):
@@ -136,6 +161,8 @@ class Harness(JsonLineServer):
             elif isinstance(a, (lt.torrent_error_alert, lt.file_error_alert,
                                 lt.metadata_failed_alert)):
                 self.failures.setdefault(key, []).append(a.message())
+        if self.background:
+            self.tick_background()
 
     def port(self):
         """The listen port (TCP and UDP share it)."""
@@ -212,6 +239,7 @@ class Harness(JsonLineServer):
         tf = lt.torrent_flags
         atp.flags = (atp.flags & ~tf.auto_managed & ~tf.paused) | tf.seed_mode
         h = self.ses.add_torrent(atp)
+        set_limit(h, req)
         ih = ti.info_hashes().v1
         key = str(ih)
         self.torrents[key] = h
@@ -256,11 +284,10 @@ class Harness(JsonLineServer):
             "download_rate": st.download_rate,
         })
 
-    def cmd_download(self, req):
-        """Download a torrent knowing only its info-hash (metadata from peers, BEP 9)."""
+    def add_download(self, req):
+        """Add a torrent known only by its info-hash (metadata from peers, BEP 9)."""
         ih = parse_hash(req["info_hash"])
         key = str(ih)
-        timeout = self.timeout_of(req, 60)
         save = os.path.abspath(req["save_path"])
         os.makedirs(save, exist_ok=True)
         atp = lt.add_torrent_params()
@@ -268,31 +295,17 @@ class Harness(JsonLineServer):
         atp.save_path = save
         tf = lt.torrent_flags
         atp.flags = atp.flags & ~tf.auto_managed & ~tf.paused
-        t0 = time.monotonic()
         h = self.ses.add_torrent(atp)
+        set_limit(h, req)
         self.torrents[key] = h
         for p in req.get("peers") or []:
             h.connect_peer(parse_addr(p))
-        deadline = t0 + timeout
-        last = 0.0
-        max_peers = 0
-        while key not in self.finished and time.monotonic() < deadline:
-            if self.failures.get(key):
-                break
-            max_peers = max(max_peers, h.status().num_peers)
-            if time.monotonic() - last >= 1.0:
-                last = time.monotonic()
-                self.progress_line(key, h)
-            self.sleep(0.02)
+        return key, h
+
+    def finished_reply(self, key, h, t0, max_peers):
+        """The reply/event describing a finished download (after its cache is flushed)."""
         st = h.status()
-        if key not in self.finished:
-            raise ValueError("not finished after %.1fs: state=%s progress=%.3f peers=%d errors=%s" % (
-                time.monotonic() - t0, state_name(st), st.progress, st.num_peers,
-                self.failures.get(key, [])))
-        elapsed = time.monotonic() - t0
-        # Make sure every byte has reached the files before the caller reads them.
-        h.flush_cache()
-        self.wait_for(lambda: key in self.flushed, REQUEST_TIMEOUT)
+        elapsed = self.finished_at.get(key, time.monotonic()) - t0
         ti = h.torrent_file()
         meta = self.metadata_at.get(key)
         return {
@@ -304,14 +317,129 @@ class Harness(JsonLineServer):
             "elapsed_ms": round(elapsed * 1000),
             "metadata_ms": round((meta - t0) * 1000) if meta else None,
             "num_peers": max(max_peers, st.num_peers),
+            "total_payload_upload": st.total_payload_upload,
+            "total_payload_download": st.total_payload_download,
         }
 
-    def cmd_status(self, req):
-        """Status of one torrent."""
+    def not_finished(self, key, h, t0):
+        """The error text of a download that did not finish in time (or failed)."""
+        st = h.status()
+        return "not finished after %.1fs: state=%s progress=%.3f peers=%d errors=%s" % (
+            time.monotonic() - t0, state_name(st), st.progress, st.num_peers,
+            self.failures.get(key, []))
+
+    def cmd_download(self, req):
+        """Download a torrent knowing only its info-hash; blocks until it finishes unless
+        "background" is set (then tick_background reports the finish as an event)."""
+        timeout = self.timeout_of(req, 60)
+        t0 = time.monotonic()
+        key, h = self.add_download(req)
+        if req.get("background"):
+            self.background[key] = {"h": h, "t0": t0, "deadline": t0 + timeout,
+                                    "max_peers": 0, "last": t0, "flush_until": None}
+            return {"started": True, "info_hash": key}
+        deadline = t0 + timeout
+        last = 0.0
+        max_peers = 0
+        while key not in self.finished and time.monotonic() < deadline:
+            if self.failures.get(key):
+                break
+            max_peers = max(max_peers, h.status().num_peers)
+            if time.monotonic() - last >= 1.0:
+                last = time.monotonic()
+                self.progress_line(key, h)
+            self.sleep(0.02)
+        if key not in self.finished:
+            raise ValueError(self.not_finished(key, h, t0))
+        # Make sure every byte has reached the files before the caller reads them.
+        h.flush_cache()
+        self.wait_for(lambda: key in self.flushed, REQUEST_TIMEOUT)
+        return self.finished_reply(key, h, t0, max_peers)
+
+    def tick_background(self):
+        """Progress and finish events of background downloads (called from pump)."""
+        now = time.monotonic()
+        for key, b in list(self.background.items()):
+            h = b["h"]
+            if b["flush_until"] is not None:
+                if key in self.flushed or now >= b["flush_until"]:
+                    del self.background[key]
+                    rep = self.finished_reply(key, h, b["t0"], b["max_peers"])
+                    out(dict({"event": "finished"}, **rep))
+                continue
+            b["max_peers"] = max(b["max_peers"], h.status().num_peers)
+            if key in self.finished:
+                self.flushed.discard(key)
+                h.flush_cache()
+                b["flush_until"] = now + REQUEST_TIMEOUT
+            elif self.failures.get(key) or now >= b["deadline"]:
+                del self.background[key]
+                out({"event": "finished", "finished": False, "info_hash": key,
+                     "error": self.not_finished(key, h, b["t0"])})
+            elif now - b["last"] >= 1.0:
+                b["last"] = now
+                self.progress_line(key, h)
+
+    def handle_of(self, req):
+        """(info-hash hex, torrent_handle) a request names."""
         key = str(parse_hash(req["info_hash"]))
         h = self.torrents.get(key)
         if h is None:
             raise ValueError("no torrent %s" % key)
+        return key, h
+
+    def cmd_peers(self, req):
+        """The torrent's connected peers with payload bytes each way (get_peer_info)."""
+        key, h = self.handle_of(req)
+        st = h.status()
+        peers = []
+        for p in h.get_peer_info():
+            ip, port = p.ip
+            client = p.client
+            if isinstance(client, bytes):
+                client = client.decode("utf-8", "replace")
+            peers.append({
+                "addr": "%s:%d" % (ip, port),
+                "ip": ip,
+                "port": port,
+                "total_download": p.total_download,
+                "total_upload": p.total_upload,
+                "payload_down_speed": p.payload_down_speed,
+                "payload_up_speed": p.payload_up_speed,
+                "client": client,
+                "seed": bool(p.flags & lt.peer_info.seed),
+                "progress": round(p.progress, 4),
+                "source": [n for n in ("tracker", "dht", "pex", "lsd", "resume_data", "incoming")
+                           if p.source & getattr(lt.peer_info, n, 0)],
+            })
+        return {"info_hash": key, "progress": st.progress, "is_seeding": st.is_seeding,
+                "finished": key in self.finished, "peers": peers}
+
+    def cmd_stats(self, req):
+        """Upload/download totals and progress of one torrent."""
+        key, h = self.handle_of(req)
+        st = h.status()
+        return {
+            "info_hash": key,
+            "state": state_name(st),
+            "progress": st.progress,
+            "is_seeding": st.is_seeding,
+            "finished": key in self.finished,
+            "num_peers": st.num_peers,
+            "total_upload": st.total_upload,
+            "all_time_upload": st.all_time_upload,
+            "total_payload_upload": st.total_payload_upload,
+            "total_download": st.total_download,
+            "all_time_download": st.all_time_download,
+            "total_payload_download": st.total_payload_download,
+            "upload_rate": st.upload_rate,
+            "download_rate": st.download_rate,
+            "upload_limit": h.upload_limit(),
+        }
+
+    def cmd_status(self, req):
+        """Status of one torrent."""
+        key, h = self.handle_of(req)
         st = h.status()
         return {"state": state_name(st), "progress": st.progress, "pieces": st.num_pieces,
                 "num_peers": st.num_peers, "finished": key in self.finished}
