@@ -139,7 +139,7 @@ impl Default for EngineConfig {
             metadata_requests_per_peer: 4,
             metadata_timeout: Duration::from_secs(5),
             choker: ChokerConfig::default(),
-            queue_window: Duration::from_secs(3),
+            queue_window: Duration::from_secs(1),
             min_queue: 2,
             max_queue: 500,
             initial_queue: 16,

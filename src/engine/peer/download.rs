@@ -203,8 +203,11 @@ impl Conn {
                 self.snubbed = false;
                 self.counters.snubbed.store(false, Ordering::Relaxed);
                 self.queue_target = self.t.cfg.initial_queue.max(1);
-            } else if self.queue_target < self.t.cfg.max_queue {
-                self.queue_target += 1; // slow start: doubles per round trip
+            } else if self.rate == 0.0 && self.queue_target < self.slow_start_cap() {
+                // Slow start (doubles per round trip) only until the first rate measurement,
+                // and not past a few pieces' worth: a deep queue at a slow seed reserves
+                // pieces the other downloaders will have sooner, and the seed sends them twice.
+                self.queue_target += 1;
             }
         }
         let mut st = self.t.state();
@@ -336,6 +339,13 @@ impl Conn {
         if !interesting && self.outstanding.is_empty() {
             self.set_interest(false);
         }
+    }
+
+    /// Deepest queue slow start may reach before the peer's rate is measured.
+    fn slow_start_cap(&self) -> usize {
+        (self.t.cfg.initial_queue * 4)
+            .min(self.t.cfg.max_queue)
+            .max(1)
     }
 
     /// Gives back every block requested from this peer.
