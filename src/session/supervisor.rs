@@ -34,6 +34,7 @@ pub(crate) async fn start(
         metainfo: add.metainfo().cloned(),
         add,
         running: None,
+        progress_rx: None,
         feed: None,
         reported: false,
         meta_seen: false,
@@ -77,6 +78,9 @@ struct Supervisor {
     /// The metainfo once known (given, or fetched and kept across a pause).
     metainfo: Option<Metainfo>,
     running: Option<RunningTorrent>,
+    /// The running torrent's progress, as this supervisor has seen it (one receiver per
+    /// launch: a fresh clone would report every old value as a change).
+    progress_rx: Option<watch::Receiver<Progress>>,
     feed: Option<JoinHandle<()>>,
     /// The download's completion was reported.
     reported: bool,
@@ -132,6 +136,7 @@ impl Supervisor {
                 tokio::sync::mpsc::channel(1).0,
             ));
         }
+        self.progress_rx = Some(running.progress.clone());
         self.running = Some(running);
         Ok(())
     }
@@ -148,6 +153,7 @@ impl Supervisor {
             }
             r.stop();
         }
+        self.progress_rx = None;
     }
 
     fn fail(&mut self, why: String) {
@@ -180,7 +186,7 @@ impl Supervisor {
     async fn run(&mut self, mut ctl: mpsc::UnboundedReceiver<Ctl>) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
-            let mut progress_rx = self.running.as_ref().map(|r| r.progress.clone());
+            let mut progress_rx = self.progress_rx.take();
             let mut done_rx = self.running.as_mut().and_then(|r| r.done.take());
             let has_done = done_rx.is_some();
             let running = self.running.is_some();
@@ -235,7 +241,11 @@ impl Supervisor {
                             return;
                         }
                     }
-                    self.forward_progress();
+                    match progress_rx.as_mut() {
+                        Some(rx) if r.is_ok() => self.forward_progress(rx),
+                        // The engine's sender is gone: nothing more will come from it.
+                        _ => progress_rx = None,
+                    }
                 }
                 _ = tick.tick() => {
                     if self.ratio_reached() {
@@ -246,6 +256,9 @@ impl Supervisor {
                     }
                 }
             }
+            if self.running.is_some() && self.progress_rx.is_none() {
+                self.progress_rx = progress_rx;
+            }
             // Put the completion receiver back if it did not fire.
             if let (Some(d), Some(r)) = (done_rx, self.running.as_mut()) {
                 r.done = Some(d);
@@ -253,9 +266,8 @@ impl Supervisor {
         }
     }
 
-    fn forward_progress(&mut self) {
-        let Some(r) = &self.running else { return };
-        let p = r.progress.borrow().clone();
+    fn forward_progress(&mut self, rx: &mut watch::Receiver<Progress>) {
+        let p = rx.borrow_and_update().clone();
         if !self.meta_seen && p.bytes_total > 0 {
             self.meta_seen = true;
             let _ = self.events.send(TorrentEvent::MetadataReceived {
