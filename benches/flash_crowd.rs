@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench --bench flash_crowd                                   # N=6, 32 MiB, 4 MB/s, 3 rounds
 //! cargo bench --bench flash_crowd -- --n 10 --size-mb 64 --cap 8000000 --rounds 5
+//! cargo bench --bench flash_crowd -- --fetch-without-seed           # baseline: fetch exits when done
 //! ```
 //!
 //! Setup: a DHT of 4 `dhtnode bootstrap` processes on 127.130.0.1–4:6881; one libtorrent session
@@ -17,7 +18,8 @@
 //! has finished, like real clients in a flash crowd:
 //! - `dhtnode`: N `dhtnode fetch <infohash> --seed --json --bootstrap <node>` processes; the
 //!   clock starts before the first is spawned; a downloader finishes when its JSON line is
-//!   read;
+//!   read (with `--fetch-without-seed`, a baseline for binaries whose fetch does not yet act
+//!   as a swarm member, the fetches run without `--seed` and leave when done);
 //! - `libtorrent`: N fresh `lt_torrent.py` sessions (interpreter start-up is not measured); the
 //!   clock starts before the first is sent `add_node <node>` then `download <infohash>`; a
 //!   downloader finishes when that reply arrives (torrent finished and its cache flushed); the
@@ -62,12 +64,14 @@ struct Opts {
     size_mb: u64,
     cap: u64,
     rounds: usize,
+    /// Baseline for binaries whose `fetch` is no swarm member: each fetch exits when done.
+    fetch_without_seed: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: cargo bench --bench flash_crowd -- [--n N (6)] [--size-mb M (32)] \
-         [--cap BYTES_PER_S (4000000)] [--rounds R (3)]"
+         [--cap BYTES_PER_S (4000000)] [--rounds R (3)] [--fetch-without-seed]"
     );
     std::process::exit(2)
 }
@@ -78,6 +82,7 @@ fn parse_opts() -> Opts {
         size_mb: 32,
         cap: 4_000_000,
         rounds: 3,
+        fetch_without_seed: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -92,6 +97,7 @@ fn parse_opts() -> Opts {
             "--size-mb" => o.size_mb = num("--size-mb"),
             "--cap" => o.cap = num("--cap"),
             "--rounds" => o.rounds = num("--rounds") as usize,
+            "--fetch-without-seed" => o.fetch_without_seed = true,
             // `cargo bench` passes --bench to harness = false programs.
             "--bench" => {}
             "-h" | "--help" => usage(),
@@ -158,6 +164,8 @@ struct Setup<'a> {
     tmp: &'a Path,
     spawn: &'a SpawnOpts,
     timeout: Duration,
+    /// `--seed` on every `dhtnode fetch` (off only with --fetch-without-seed).
+    fetch_seeds: bool,
 }
 
 /// The seeder's payload upload so far (harness `stats`).
@@ -233,7 +241,8 @@ fn run_dhtnode(s: &Setup, run: usize) -> Result<Value, String> {
     let mut procs = Vec::new();
     for (i, d) in dirs.iter().enumerate() {
         let bind = format!("127.{NET}.{}.{}:0", 10 + run, i + 1);
-        let a = fetch_args(s.ih, d, &bind, &node_addr(NET, i % NODES), &["--seed"]);
+        let extra: &[&str] = if s.fetch_seeds { &["--seed"] } else { &[] };
+        let a = fetch_args(s.ih, d, &bind, &node_addr(NET, i % NODES), extra);
         procs.push(Proc::spawn_with(
             &format!("run{run}-fetch{i}"),
             common::bin(),
@@ -245,9 +254,12 @@ fn run_dhtnode(s: &Setup, run: usize) -> Result<Value, String> {
     for p in &procs {
         p.signal(libc::SIGTERM);
     }
+    // One bound for all: whatever has not exited by then is killed on drop.
+    let stop_by = Instant::now() + Duration::from_secs(10);
     let mut stopped = Vec::new();
     for p in procs.iter_mut() {
-        let (st, line) = wait_stopped(p, Duration::from_secs(10));
+        let left = stop_by.saturating_duration_since(Instant::now());
+        let (st, line) = wait_stopped(p, left.max(Duration::from_millis(100)));
         stopped.push(json!({"exit": st.map(|s| s.code()), "line": line}));
     }
     let fin = fin?;
@@ -376,6 +388,7 @@ fn main() {
         spawn: &spawn,
         // Everybody from the seed alone takes N x ideal; allow twice that.
         timeout: Duration::from_secs_f64(2.0 * o.n as f64 * ideal_s + 60.0),
+        fetch_seeds: !o.fetch_without_seed,
     };
     let mut runs: Vec<Value> = Vec::new();
     let mut problems: Vec<String> = Vec::new();
@@ -455,9 +468,14 @@ fn main() {
     let out = json!({
         "bench": "flash_crowd",
         "command": format!(
-            "cargo bench --bench flash_crowd -- --n {} --size-mb {} --cap {} --rounds {}",
-            o.n, o.size_mb, o.cap, o.rounds
+            "cargo bench --bench flash_crowd -- --n {} --size-mb {} --cap {} --rounds {}{}",
+            o.n,
+            o.size_mb,
+            o.cap,
+            o.rounds,
+            if o.fetch_without_seed { " --fetch-without-seed" } else { "" }
         ),
+        "dhtnode_fetch_seeds": !o.fetch_without_seed,
         "git": {"commit": git(&["rev-parse", "--short", "HEAD"]), "dirty": dirty},
         "n": o.n,
         "size_mb": o.size_mb,

@@ -10,33 +10,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::files::{assert_same_file, write_random};
-use common::{args, fetch_args, node_addr, start_dht_network, wait_announced, wait_stopped, Proc};
+use common::{
+    fetch_args, node_addr, start_dht_network, start_seed, wait_announced, wait_stopped, Proc,
+};
 
 const MIB: usize = 1024 * 1024;
-
-/// `dhtnode seed PATH --bind BIND --bootstrap BOOT --json` plus `extra`; returns the process
-/// and its first JSON line (infohash, magnet, name, bytes, pieces).
-fn start_seed(path: &Path, bind: &str, boot: &str, extra: &[&str]) -> (Proc, serde_json::Value) {
-    let mut a = args(&[
-        "seed",
-        path.to_str().unwrap(),
-        "--bind",
-        bind,
-        "--bootstrap",
-        boot,
-        "--json",
-    ]);
-    a.extend(args(extra));
-    let p = Proc::dhtnode("seed", &a);
-    let info = p
-        .wait_json(Duration::from_secs(30), |v| v.get("infohash").is_some())
-        .unwrap_or_else(|| panic!("seed {a:?} printed no JSON line within 30 s"));
-    (p, info)
-}
 
 /// Waits until `p` prints its completion line (the one with `infohash`), at most until
 /// `deadline`, and checks it names the torrent `ih`.

@@ -408,19 +408,38 @@ pub fn fetch_args(
     boot: &str,
     extra: &[&str],
 ) -> Vec<String> {
-    let mut a = args(&[
-        "fetch",
-        target,
-        "--output",
-        out.to_str().expect("utf-8 temp path"),
-        "--bind",
-        bind,
-        "--bootstrap",
-        boot,
-        "--json",
-    ]);
+    let out = out.to_str().expect("utf-8 temp path");
+    peer_args(&["fetch", target, "--output", out], bind, boot, extra)
+}
+
+/// Arguments of `dhtnode seed PATH --bind BIND --bootstrap BOOT --json`, then `extra`.
+pub fn seed_args(path: &std::path::Path, bind: &str, boot: &str, extra: &[&str]) -> Vec<String> {
+    let path = path.to_str().expect("utf-8 temp path");
+    peer_args(&["seed", path], bind, boot, extra)
+}
+
+/// `head... --bind BIND --bootstrap BOOT --json extra...`.
+fn peer_args(head: &[&str], bind: &str, boot: &str, extra: &[&str]) -> Vec<String> {
+    let mut a = args(head);
+    a.extend(args(&["--bind", bind, "--bootstrap", boot, "--json"]));
     a.extend(args(extra));
     a
+}
+
+/// Starts `dhtnode seed` with [`seed_args`] and returns it with its first JSON line
+/// (infohash, magnet, name, bytes, pieces), failing the test if none comes within 30 s.
+pub fn start_seed(
+    path: &std::path::Path,
+    bind: &str,
+    boot: &str,
+    extra: &[&str],
+) -> (Proc, serde_json::Value) {
+    let a = seed_args(path, bind, boot, extra);
+    let p = Proc::dhtnode("seed", &a);
+    let info = p
+        .wait_json(Duration::from_secs(30), |v| v.get("infohash").is_some())
+        .unwrap_or_else(|| panic!("dhtnode {a:?} printed no JSON line within 30 s"));
+    (p, info)
 }
 
 /// For a `dhtnode seed` or `fetch --seed` process already sent SIGTERM (so that many can be
