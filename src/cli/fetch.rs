@@ -114,6 +114,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("creating {}", args.output.display()))?;
     let session = Session::new(cfg).await.context("starting the session")?;
     let info_hash = add.info_hash();
+    // The torrent's own clocks start here; the report counts from the start of the command.
+    let added_after = started.elapsed();
     let handle = match session.add_torrent(add).await {
         Ok(h) => h,
         Err(e) => {
@@ -160,9 +162,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         // --peer / x.pe peers, to the first connected peer.
         first_peer_ms: feed
             .first_peer()
-            .map(|d| d + handle_start_offset(started, r.elapsed))
             .or(r.first_peer)
-            .map(|d| d.as_millis() as u64),
+            .map(|d| (d + added_after).as_millis() as u64),
         metadata_ms: r.metadata.map(|d| d.as_millis() as u64),
         peers_connected: r.peers_connected,
         peers_from_pex: r.peers_from_pex,
@@ -214,13 +215,4 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     session.shutdown().await;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Time between the command's start and the torrent's start (session and DHT start-up), so
-/// `first_peer_ms` counts from the start of the command.
-fn handle_start_offset(
-    started: Instant,
-    torrent_elapsed: std::time::Duration,
-) -> std::time::Duration {
-    started.elapsed().saturating_sub(torrent_elapsed)
 }

@@ -181,6 +181,14 @@ impl RunningTorrent {
         self.t.meta().map(|m| m.info_bytes.clone())
     }
 
+    /// Tells the torrent that no source will send more addresses (drops this handle's
+    /// sender; clones handed out earlier keep the channel open until they go too). With no
+    /// source left, a download whose every known address has failed ends with
+    /// [`EngineError::OutOfPeers`] instead of waiting for ever.
+    pub fn close_peer_sources(&mut self) {
+        self.peers = mpsc::channel(1).0;
+    }
+
     /// Stops the torrent and closes its connections (verified pieces stay recorded).
     pub fn stop(&self) {
         self.t.shutdown.send_replace(true);

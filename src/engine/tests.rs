@@ -10,7 +10,6 @@ use rand::{RngCore, SeedableRng};
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 use super::torrent::Corruptor;
 use super::*;
@@ -186,7 +185,7 @@ pub(super) async fn run_fetch(
         rt.peers.send((*a, PeerSource::Manual)).await.unwrap();
     }
     // No more peers will come (the test's only source).
-    drop(std::mem::replace(&mut rt.peers, mpsc::channel(1).0));
+    rt.close_peer_sources();
     let r = tokio::time::timeout(LIMIT, done)
         .await
         .expect("fetch timed out")

@@ -42,8 +42,6 @@ pub(crate) struct PeerEntry {
     pub tx: mpsc::UnboundedSender<Cmd>,
     /// Remote address of the connection.
     pub addr: SocketAddr,
-    /// The address others can dial it at (for PEX), once known.
-    pub listen: Option<SocketAddr>,
     /// Shared counters.
     pub counters: Arc<PeerCounters>,
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::add::AddTorrent;
@@ -17,6 +17,11 @@ use crate::engine::{
 };
 use crate::sync::lock;
 use crate::torrent::Metainfo;
+
+/// What a download's completion says.
+type EngineResult = Result<FetchReport, EngineError>;
+/// Where it arrives.
+type DoneRx = oneshot::Receiver<EngineResult>;
 
 /// Events kept for slow receivers.
 const EVENT_BACKLOG: usize = 64;
@@ -35,6 +40,7 @@ pub(crate) async fn start(
         add,
         running: None,
         progress_rx: None,
+        done_rx: None,
         feed: None,
         reported: false,
         meta_seen: false,
@@ -81,6 +87,8 @@ struct Supervisor {
     /// The running torrent's progress, as this supervisor has seen it (one receiver per
     /// launch: a fresh clone would report every old value as a change).
     progress_rx: Option<watch::Receiver<Progress>>,
+    /// The running download's completion, until it fires.
+    done_rx: Option<DoneRx>,
     feed: Option<JoinHandle<()>>,
     /// The download's completion was reported.
     reported: bool,
@@ -131,12 +139,10 @@ impl Supervisor {
         if self.feed.is_none() {
             // No source will send more addresses: the engine may then tell "out of peers"
             // once every known address (given, PEX, incoming) has failed for good.
-            drop(std::mem::replace(
-                &mut running.peers,
-                tokio::sync::mpsc::channel(1).0,
-            ));
+            running.close_peer_sources();
         }
         self.progress_rx = Some(running.progress.clone());
+        self.done_rx = running.done.take();
         self.running = Some(running);
         Ok(())
     }
@@ -154,6 +160,7 @@ impl Supervisor {
             r.stop();
         }
         self.progress_rx = None;
+        self.done_rx = None;
     }
 
     fn fail(&mut self, why: String) {
@@ -186,9 +193,6 @@ impl Supervisor {
     async fn run(&mut self, mut ctl: mpsc::UnboundedReceiver<Ctl>) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
-            let mut progress_rx = self.progress_rx.take();
-            let mut done_rx = self.running.as_mut().and_then(|r| r.done.take());
-            let has_done = done_rx.is_some();
             let running = self.running.is_some();
             tokio::select! {
                 c = ctl.recv() => match c {
@@ -200,20 +204,23 @@ impl Supervisor {
                         self.progress.send_replace(p);
                         let _ = self.events.send(TorrentEvent::Paused);
                     }
-                    Some(Ctl::Resume) if !running => {
-                        match self.launch().await {
-                            Ok(()) => { let _ = self.events.send(TorrentEvent::Resumed); }
-                            Err(e) => { self.fail(format!("{:#}", anyhow_like(&e))); return; }
+                    Some(Ctl::Resume) if !running => match self.launch().await {
+                        Ok(()) => {
+                            let _ = self.events.send(TorrentEvent::Resumed);
                         }
-                    }
+                        Err(e) => {
+                            self.fail(error_chain(&e));
+                            return;
+                        }
+                    },
                     Some(Ctl::Pause | Ctl::Resume) => {}
                     Some(Ctl::Remove) | None => {
                         self.halt();
                         return;
                     }
                 },
-                r = async { match done_rx.as_mut() { Some(d) => d.await, None => std::future::pending().await } }, if has_done => {
-                    done_rx = None;
+                r = recv_done(&mut self.done_rx), if self.done_rx.is_some() => {
+                    self.done_rx = None;
                     match r {
                         Ok(Ok(report)) => {
                             if !self.on_done(report) {
@@ -222,29 +229,28 @@ impl Supervisor {
                             }
                         }
                         Ok(Err(EngineError::Cancelled)) | Err(_) => {
+                            // Stopped from outside (the listener shut down): nothing runs.
                             if self.running.as_ref().is_some_and(RunningTorrent::is_stopped) {
-                                self.running = None;
+                                self.halt();
                             }
                         }
                         Ok(Err(e)) => {
-                            self.fail(format!("{:#}", anyhow_like(&e)));
+                            self.fail(error_chain(&e));
                             return;
                         }
                     }
                 }
-                r = async { match progress_rx.as_mut() { Some(p) => p.changed().await, None => std::future::pending().await } }, if running => {
-                    if r.is_err() {
-                        // The engine torrent ended on its own (seeding stopped, a failure
-                        // already reported through `done`).
-                        if self.running.as_ref().is_some_and(RunningTorrent::is_stopped) && self.reported {
+                r = progress_changed(&mut self.progress_rx), if self.progress_rx.is_some() => {
+                    if r.is_ok() {
+                        self.forward_progress();
+                    } else {
+                        // The engine torrent ended on its own: after completion that is the
+                        // end of seeding; otherwise `done` reports why.
+                        self.progress_rx = None;
+                        if self.reported {
                             self.halt();
                             return;
                         }
-                    }
-                    match progress_rx.as_mut() {
-                        Some(rx) if r.is_ok() => self.forward_progress(rx),
-                        // The engine's sender is gone: nothing more will come from it.
-                        _ => progress_rx = None,
                     }
                 }
                 _ = tick.tick() => {
@@ -256,17 +262,13 @@ impl Supervisor {
                     }
                 }
             }
-            if self.running.is_some() && self.progress_rx.is_none() {
-                self.progress_rx = progress_rx;
-            }
-            // Put the completion receiver back if it did not fire.
-            if let (Some(d), Some(r)) = (done_rx, self.running.as_mut()) {
-                r.done = Some(d);
-            }
         }
     }
 
-    fn forward_progress(&mut self, rx: &mut watch::Receiver<Progress>) {
+    fn forward_progress(&mut self) {
+        let Some(rx) = self.progress_rx.as_mut() else {
+            return;
+        };
         let p = rx.borrow_and_update().clone();
         if !self.meta_seen && p.bytes_total > 0 {
             self.meta_seen = true;
@@ -279,8 +281,27 @@ impl Supervisor {
     }
 }
 
-/// The error with its causes, the way `{:#}` prints an anyhow chain.
-fn anyhow_like(e: &EngineError) -> String {
+/// Waits for a download's completion (never, when there is none).
+async fn recv_done(rx: &mut Option<DoneRx>) -> Result<EngineResult, oneshot::error::RecvError> {
+    match rx {
+        Some(d) => d.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the next progress update (never, when nothing runs).
+async fn progress_changed(
+    rx: &mut Option<watch::Receiver<Progress>>,
+) -> Result<(), watch::error::RecvError> {
+    match rx {
+        Some(r) => r.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The error and its causes on one line (what the CLI prints with anyhow's `{:#}`; the library
+/// does not depend on anyhow), each cause once.
+fn error_chain(e: &EngineError) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(c) = src {

@@ -6,8 +6,9 @@
 //! Framing and limits live in [`super::codec`]; this file only names the messages and their
 //! ids.
 
-/// Standard block size (16 KiB): the unit of piece requests and `ut_metadata` pieces.
-pub const BLOCK_LEN: u32 = 16 * 1024;
+/// Standard block size (16 KiB): the unit of piece requests and `ut_metadata` pieces. The one
+/// constant is the torrent layout's, so requests and piece geometry cannot disagree.
+pub use crate::torrent::BLOCK_SIZE as BLOCK_LEN;
 
 /// Message ids as they appear on the wire (the byte after the length prefix).
 pub mod ids {

@@ -75,7 +75,6 @@ pub(crate) async fn run_peer(
                 PeerEntry {
                     tx: cmd_tx,
                     addr,
-                    listen: outgoing.then_some(addr),
                     counters: Arc::clone(&counters),
                 },
             );
@@ -113,6 +112,7 @@ pub(crate) async fn run_peer(
     let mut conn = Conn {
         key,
         addr,
+        listen: outgoing.then_some(addr),
         t: Arc::clone(&t),
         theirs,
         fast,
@@ -176,6 +176,9 @@ pub(crate) async fn run_peer(
 struct Conn {
     key: PeerKey,
     addr: SocketAddr,
+    /// Where the peer accepts connections: the dialed address, or its IP with the BEP 10 `p`
+    /// port of an incoming peer (kept out of the PEX lists we send it).
+    listen: Option<SocketAddr>,
     t: Arc<Torrent>,
     theirs: Handshake,
     /// Both sides set the BEP 6 bit: have_all/none, reject, allowed-fast are in use.
@@ -473,9 +476,7 @@ impl Conn {
         }
         if let Some(port) = hs.p.filter(|p| *p != 0) {
             let listen = SocketAddr::new(self.addr.ip(), port);
-            if let Some(e) = self.t.state().peers.get_mut(&self.key) {
-                e.listen = Some(listen);
-            }
+            self.listen = Some(listen);
             let _ = self.t.events.send(Event::ListenAddr {
                 key: self.key,
                 addr: listen,

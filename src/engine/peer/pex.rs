@@ -19,10 +19,9 @@ impl Conn {
         let Some(their_id) = self.their_ut_pex else {
             return;
         };
-        let own_listen = self.t.state().peers.get(&self.key).and_then(|e| e.listen);
         let list: Vec<(SocketAddr, PexFlags)> = peers
             .iter()
-            .filter(|a| **a != self.addr && Some(**a) != own_listen)
+            .filter(|a| **a != self.addr && Some(**a) != self.listen)
             .map(|a| (*a, PexFlags::default()))
             .collect();
         let Some(msg) = self.pex.poll(Instant::now(), &list) else {
