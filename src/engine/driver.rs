@@ -244,7 +244,7 @@ impl Driver {
         let mut flushing: Option<JoinHandle<FlushDone>> = None;
         loop {
             if *shutdown.borrow_and_update() {
-                return Ok(());
+                return self.final_flush(flushing).await;
             }
             if self.finished_at.is_none() {
                 self.dial_more();
@@ -257,7 +257,7 @@ impl Driver {
             let has_flush = flushing.is_some();
             let open = self.peers_open;
             tokio::select! {
-                _ = shutdown.changed() => return Ok(()),
+                _ = shutdown.changed() => return self.final_flush(flushing).await,
                 ev = events.recv() => match ev {
                     Some(ev) => self.on_event(ev).await?,
                     None => return Ok(()),
@@ -283,6 +283,37 @@ impl Driver {
                 _ = tick.tick() => self.on_tick(),
             }
         }
+    }
+
+    /// On a stop (pause, Ctrl-C, removal): waits for a flush in progress, then records every
+    /// piece verified since, so a restart fetches none of them again.
+    async fn final_flush(
+        &mut self,
+        flushing: Option<JoinHandle<FlushDone>>,
+    ) -> Result<(), EngineError> {
+        if let Some(h) = flushing {
+            let (resume, r) = h.await.map_err(|e| EngineError::Internal(e.to_string()))?;
+            self.resume = Some(resume);
+            r?;
+        }
+        let (Some(mut resume), Some(meta)) = (self.resume.take(), self.t.meta().cloned()) else {
+            return Ok(());
+        };
+        for v in self.pending_verified.drain(..) {
+            resume.mark_verified(v);
+        }
+        if resume.pending() == 0 {
+            self.resume = Some(resume);
+            return Ok(());
+        }
+        let (resume, r) = tokio::task::spawn_blocking(move || {
+            let r = resume.flush(&meta.storage);
+            (resume, r)
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))?;
+        self.resume = Some(resume);
+        Ok(r?)
     }
 
     /// Starts a background flush when due (data synced, then record written).
