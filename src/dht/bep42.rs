@@ -11,6 +11,19 @@ use rand::Rng;
 
 use crate::id::Id;
 
+/// How BEP 42 node-id verification shapes the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Bep42Mode {
+    /// Ignore it.
+    Off,
+    /// Verified nodes displace unverified ones in full buckets and are preferred as announce
+    /// targets; unverified nodes are still used.
+    #[default]
+    Prefer,
+    /// Unverified nodes never enter the table.
+    Enforce,
+}
+
 /// Whether BEP 42 does not apply to `ip` (loopback, private, link-local, unspecified).
 pub fn is_exempt(ip: &Ipv4Addr) -> bool {
     ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()

@@ -13,8 +13,7 @@ use std::net::SocketAddrV4;
 use crate::id::Id;
 use crate::krpc::NodeInfo;
 
-use super::bep42;
-use super::routing::Bep42Mode;
+use super::bep42::{self, Bep42Mode};
 use super::time::Time;
 
 /// Identifies a lookup across events.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::id::Id;
 use crate::krpc::NodeInfo;
 
-use super::bep42;
+use super::bep42::{self, Bep42Mode};
 use super::time::Time;
 
 /// A node counts as good if it answered us this recently (BEP 5: 15 minutes).
@@ -22,19 +22,6 @@ pub const BAD_AFTER_FAILS: u8 = 2;
 const REPLACEMENTS: usize = 8;
 /// Entries from one /24 allowed per bucket (public addresses only): a cheap Sybil brake.
 pub const MAX_PER_SLASH24: usize = 2;
-
-/// How BEP 42 node-id verification shapes the table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Bep42Mode {
-    /// Ignore it.
-    Off,
-    /// Verified nodes displace unverified ones in full buckets and are preferred as announce
-    /// targets; unverified nodes are still used.
-    #[default]
-    Prefer,
-    /// Unverified nodes never enter the table.
-    Enforce,
-}
 
 /// One routing table entry.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,12 +3,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use super::*;
-use crate::krpc::Message;
+use crate::id::Id;
+use crate::krpc::{Body, ErrorCode, KrpcError, Message, Method, Query};
 
 fn addr(i: usize) -> SocketAddrV4 {
     SocketAddrV4::new(

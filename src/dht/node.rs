@@ -1,0 +1,806 @@
+//! The node: one [`Dht`] state machine tying the routing table, outstanding queries,
+//! lookups and the peer store together. Sans-IO: see the module root.
+
+use std::collections::VecDeque;
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::id::Id;
+use crate::krpc::{Body, ErrorCode, KrpcError, Message, Method, NodeInfo, Query, Response};
+
+use super::bep42::{self, Bep42Mode};
+use super::lookup::{AnnounceSpec, Lookup, LookupId, LookupKind, LookupStats};
+use super::ratelimit::{RateLimiter, RateLimits};
+use super::routing::{Insert, NodeState, RoutingTable, TimeoutOutcome};
+use super::rpc::{Outstanding, Purpose, Rpc};
+use super::store::{PeerStore, StoreLimits, Tokens};
+use super::time::Time;
+
+/// Client version we put in the `v` key: "DN" and version 0.1.
+pub const CLIENT_VERSION: [u8; 4] = *b"DN\x00\x01";
+
+/// Tunables of the node. Defaults follow BEP 5 and what the simulator measured.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Bucket size and lookup width.
+    pub k: usize,
+    /// Lookup queries in flight.
+    pub alpha: usize,
+    /// After this long without an answer a lookup query stops counting against `alpha`.
+    pub widen_after: Duration,
+    /// After this long without an answer a query has failed.
+    pub query_timeout: Duration,
+    /// Buckets untouched this long are refreshed with a lookup.
+    pub refresh_after: Duration,
+    /// Token secret rotation interval.
+    pub token_interval: Duration,
+    /// Bounds of the peer store.
+    pub store: StoreLimits,
+    /// Keep at most one routing entry per IP address.
+    pub one_per_ip: bool,
+    /// BEP 43 read-only: do not answer queries and ask others not to add us.
+    pub read_only: bool,
+    /// Peers returned per get_peers answer.
+    pub max_values: usize,
+    /// Verification pings sent to unknown queriers per second at most.
+    pub verify_pings_per_sec: u32,
+    /// Flood protection (per-IP packet budget, global reply budget).
+    pub rate_limits: RateLimits,
+    /// BEP 42 node-id verification: off, prefer verified nodes, or enforce.
+    pub bep42: Bep42Mode,
+    /// Re-derive our id from our external IP (BEP 42) once other nodes agree on that IP.
+    pub bep42_derive_id: bool,
+    /// First retry of the join while the table holds fewer than `k` nodes; each further
+    /// retry waits twice as long, up to 5 minutes.
+    pub bootstrap_retry: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            k: 8,
+            alpha: 4,
+            widen_after: Duration::from_millis(500),
+            query_timeout: Duration::from_secs(2),
+            refresh_after: Duration::from_secs(15 * 60),
+            token_interval: Duration::from_secs(5 * 60),
+            store: StoreLimits::default(),
+            one_per_ip: true,
+            read_only: false,
+            max_values: 50,
+            verify_pings_per_sec: 20,
+            bootstrap_retry: Duration::from_secs(5),
+            rate_limits: RateLimits::default(),
+            bep42: Bep42Mode::Prefer,
+            bep42_derive_id: true,
+        }
+    }
+}
+
+/// A datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination.
+    pub to: SocketAddrV4,
+    /// Bencoded KRPC message.
+    pub data: Vec<u8>,
+}
+
+/// What the node reports to its driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// New peers for a get_peers lookup, as soon as an answer carries them.
+    Peers {
+        /// The lookup.
+        lookup: LookupId,
+        /// Peers not reported before by this lookup.
+        peers: Vec<SocketAddrV4>,
+    },
+    /// A lookup finished.
+    LookupDone {
+        /// The lookup.
+        lookup: LookupId,
+        /// Its target.
+        target: Id,
+        /// Counters.
+        stats: LookupStats,
+        /// How long it took.
+        elapsed: Duration,
+        /// The closest nodes that answered.
+        closest: Vec<NodeInfo>,
+        /// announce_peer queries sent afterwards.
+        announced: usize,
+    },
+    /// A node acknowledged our announce_peer for a lookup's info-hash.
+    AnnounceAcked {
+        /// The get_peers lookup that announced.
+        lookup: LookupId,
+        /// The node that stored us.
+        node: SocketAddrV4,
+    },
+    /// Our id changed to match our external IP (BEP 42).
+    IdChanged {
+        /// The new id.
+        id: Id,
+        /// The external address it was derived from.
+        external: std::net::Ipv4Addr,
+    },
+    /// The bootstrap lookup finished.
+    Bootstrapped {
+        /// Routing table size afterwards.
+        nodes: usize,
+    },
+}
+
+/// Traffic and state counters, for status lines and benchmarks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Queries received.
+    pub queries_in: u64,
+    /// Queries sent.
+    pub queries_out: u64,
+    /// Responses received (matched to our queries).
+    pub responses_in: u64,
+    /// Our queries that timed out.
+    pub timeouts: u64,
+    /// Datagrams we could not decode.
+    pub malformed_in: u64,
+    /// Datagrams that matched nothing we asked.
+    pub unsolicited_in: u64,
+    /// announce_peer queries we accepted.
+    pub announces_in: u64,
+    /// Datagrams sent.
+    pub datagrams_out: u64,
+    /// Datagrams dropped by the per-IP limiter.
+    pub dropped_rate_limited: u64,
+}
+
+/// The DHT node state machine.
+pub struct Dht {
+    cfg: Config,
+    id: Id,
+    rng: SmallRng,
+    table: RoutingTable,
+    rpc: Rpc,
+    lookups: Vec<Lookup>,
+    next_lookup: u64,
+    store: PeerStore,
+    tokens: Tokens,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    stats: Stats,
+    bootstrap_addrs: Vec<SocketAddrV4>,
+    bootstrap_lookup: Option<LookupId>,
+    last_bootstrap: Option<Time>,
+    bootstrap_backoff: Duration,
+    next_maintenance: Time,
+    verify_window: (Time, u32),
+    external_ip: Option<SocketAddrV4>,
+    limiter: RateLimiter,
+    ip_vote: bep42::ExternalIpVote,
+}
+
+/// How soon housekeeping looks again when bucket refreshes were deferred.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
+
+impl Dht {
+    /// A node with `id`, configuration `cfg`, and its own RNG seeded from `seed`.
+    pub fn new(id: Id, cfg: Config, seed: u64, now: Time) -> Dht {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let tokens = Tokens::new(&mut rng, now, cfg.token_interval);
+        let rpc = Rpc::new(rng.gen());
+        let backoff = cfg.bootstrap_retry;
+        let cfg_limits = cfg.rate_limits.clone();
+        let mut table = RoutingTable::new(id, cfg.k, cfg.one_per_ip, now);
+        table.set_bep42(cfg.bep42);
+        Dht {
+            table,
+            store: PeerStore::new(cfg.store.clone()),
+            cfg,
+            id,
+            rng,
+            rpc,
+            lookups: Vec::new(),
+            next_lookup: 1,
+            tokens,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            bootstrap_addrs: Vec::new(),
+            bootstrap_lookup: None,
+            last_bootstrap: None,
+            bootstrap_backoff: backoff,
+            next_maintenance: now + MAINTENANCE_EVERY,
+            verify_window: (now, 0),
+            external_ip: None,
+            limiter: RateLimiter::new(cfg_limits),
+            ip_vote: bep42::ExternalIpVote::default(),
+        }
+    }
+
+    /// Our node id.
+    pub fn id(&self) -> Id {
+        self.id
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The routing table, for status output and persistence.
+    pub fn routing_table(&self) -> &RoutingTable {
+        &self.table
+    }
+
+    /// The peer store, for status output.
+    pub fn store(&self) -> &PeerStore {
+        &self.store
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Our address as other nodes report it (`ip` key of responses), if any did.
+    pub fn external_addr(&self) -> Option<SocketAddrV4> {
+        self.external_ip
+    }
+
+    /// Lookups still running.
+    pub fn active_lookups(&self) -> usize {
+        self.lookups.len()
+    }
+
+    /// Joins the network: a find_node lookup for our own id through `addrs` (bootstrap
+    /// routers and saved nodes) and whatever the table already holds. The addresses are
+    /// remembered and retried while the table stays nearly empty.
+    pub fn bootstrap(&mut self, now: Time, addrs: &[SocketAddrV4]) -> LookupId {
+        self.add_bootstrap_addrs(addrs);
+        self.last_bootstrap = Some(now);
+        let target = self.id;
+        let bare = self.bootstrap_addrs.clone();
+        let lid = self.start_lookup(now, target, LookupKind::FindNode, &bare);
+        self.bootstrap_lookup = Some(lid);
+        lid
+    }
+
+    /// Remembers bootstrap addresses without joining now: lookups fall back on them while
+    /// the table is nearly empty (a short-lived `lookup` does not need a full join).
+    pub fn add_bootstrap_addrs(&mut self, addrs: &[SocketAddrV4]) {
+        for a in addrs {
+            if !self.bootstrap_addrs.contains(a) {
+                self.bootstrap_addrs.push(*a);
+            }
+        }
+    }
+
+    /// Puts `node` in the routing table as if it had just answered: for contacts the caller
+    /// vouches for (the simulator's perfect tables; a table restored from a trusted source).
+    /// Saved state from disk goes through [`Dht::bootstrap`] instead, so dead contacts are
+    /// weeded out by pings.
+    pub fn insert_node(&mut self, now: Time, node: NodeInfo) -> Insert {
+        self.table.on_response(node, now)
+    }
+
+    /// Pings `addr` so it can enter the routing table if it answers.
+    pub fn add_node(&mut self, now: Time, addr: SocketAddrV4) {
+        self.send_query(now, addr, None, Method::Ping, Purpose::Ping);
+    }
+
+    /// Starts a find_node lookup for `target`.
+    pub fn find_node(&mut self, now: Time, target: Id) -> LookupId {
+        self.start_lookup(now, target, LookupKind::FindNode, &[])
+    }
+
+    /// Starts a get_peers lookup; peers arrive as [`Event::Peers`] while it runs. With
+    /// `announce`, announce_peer goes to the closest responders at the end.
+    pub fn get_peers(
+        &mut self,
+        now: Time,
+        info_hash: Id,
+        announce: Option<AnnounceSpec>,
+    ) -> LookupId {
+        self.start_lookup(now, info_hash, LookupKind::GetPeers { announce }, &[])
+    }
+
+    /// Abandons a lookup; late answers are ignored.
+    pub fn cancel(&mut self, lookup: LookupId) {
+        self.lookups.retain(|l| l.id != lookup);
+    }
+
+    fn start_lookup(
+        &mut self,
+        now: Time,
+        target: Id,
+        kind: LookupKind,
+        extra: &[SocketAddrV4],
+    ) -> LookupId {
+        let lid = LookupId(self.next_lookup);
+        self.next_lookup += 1;
+        let seeds = self.table.closest(&target, self.cfg.k * 2, now);
+        let mut bare: Vec<SocketAddrV4> = extra.to_vec();
+        if seeds.len() < self.cfg.k {
+            // A nearly empty table: fall back on the bootstrap addresses.
+            for a in &self.bootstrap_addrs {
+                if !bare.contains(a) {
+                    bare.push(*a);
+                }
+            }
+        }
+        self.table.touch(&target, now);
+        let lookup = Lookup::new(
+            lid,
+            target,
+            kind,
+            self.cfg.k,
+            self.cfg.alpha,
+            now,
+            &seeds,
+            &bare,
+        )
+        .with_bep42(self.cfg.bep42);
+        self.lookups.push(lookup);
+        self.step_lookup(now, lid);
+        lid
+    }
+
+    /// Sends what a lookup wants sent, and finishes it when it is done.
+    fn step_lookup(&mut self, now: Time, lid: LookupId) {
+        let Some(idx) = self.lookups.iter().position(|l| l.id == lid) else {
+            return;
+        };
+        loop {
+            let (target, kind, outgoing) = {
+                let l = &mut self.lookups[idx];
+                (l.target, l.kind, l.next_queries())
+            };
+            if outgoing.is_empty() {
+                break;
+            }
+            let method = match kind {
+                LookupKind::FindNode => Method::FindNode { target },
+                LookupKind::GetPeers { .. } => Method::GetPeers { info_hash: target },
+            };
+            let mut any_failed = false;
+            for o in outgoing {
+                if !self.send_query(now, o.addr, o.id, method.clone(), Purpose::Lookup(lid)) {
+                    self.lookups[idx].on_failure(&o.addr);
+                    any_failed = true;
+                }
+            }
+            if !any_failed {
+                break;
+            }
+        }
+        if self.lookups[idx].is_done() {
+            let l = self.lookups.swap_remove(idx);
+            self.finish_lookup(now, l);
+        }
+    }
+
+    fn finish_lookup(&mut self, now: Time, l: Lookup) {
+        let mut closest = l.closest_responded();
+        if self.cfg.bep42 != Bep42Mode::Off {
+            // Announce preferably to nodes whose id matches their address (BEP 42):
+            // stable sort keeps distance order within each group.
+            closest.sort_by_key(|(n, _)| !RoutingTable::verified(n));
+        }
+        closest.truncate(self.cfg.k);
+        let mut announced = 0;
+        if let LookupKind::GetPeers {
+            announce: Some(spec),
+        } = l.kind
+        {
+            for (node, token) in &closest {
+                let Some(token) = token else { continue };
+                let method = Method::AnnouncePeer {
+                    info_hash: l.target,
+                    port: spec.port,
+                    implied_port: spec.implied_port,
+                    token: token.clone(),
+                };
+                if self.send_query(
+                    now,
+                    node.addr,
+                    Some(node.id),
+                    method,
+                    Purpose::Announce(l.id),
+                ) {
+                    announced += 1;
+                }
+            }
+        }
+        if self.bootstrap_lookup == Some(l.id) {
+            self.bootstrap_lookup = None;
+            // The own-id lookup filled the buckets near us; fill the farther ones that are
+            // not full with a lookup into each (as libtorrent does after joining).
+            let sparse: Vec<usize> = self
+                .table
+                .buckets()
+                .iter()
+                .enumerate()
+                .take(self.table.buckets().len().saturating_sub(1))
+                .filter(|(_, b)| b.entries.len() < self.cfg.k)
+                .map(|(i, _)| i)
+                .collect();
+            for b in sparse {
+                let target = self.id.random_in_bucket(b, &mut self.rng);
+                self.find_node(now, target);
+            }
+            self.events.push_back(Event::Bootstrapped {
+                nodes: self.table.len(),
+            });
+        }
+        self.events.push_back(Event::LookupDone {
+            lookup: l.id,
+            target: l.target,
+            stats: l.stats.clone(),
+            elapsed: now.since(l.started),
+            closest: closest.into_iter().map(|(n, _)| n).collect(),
+            announced,
+        });
+    }
+
+    fn send_query(
+        &mut self,
+        now: Time,
+        addr: SocketAddrV4,
+        id: Option<Id>,
+        method: Method,
+        purpose: Purpose,
+    ) -> bool {
+        let Some(tid) = self.rpc.register(Outstanding {
+            addr,
+            id,
+            sent: now,
+            purpose,
+        }) else {
+            return false;
+        };
+        let msg = Message {
+            tid: tid.to_vec(),
+            version: Some(CLIENT_VERSION.to_vec()),
+            ip: None,
+            read_only: self.cfg.read_only,
+            body: Body::Query(Query {
+                id: self.id,
+                method,
+            }),
+        };
+        self.stats.queries_out += 1;
+        self.push_transmit(addr, msg.encode());
+        true
+    }
+
+    fn push_transmit(&mut self, to: SocketAddrV4, data: Vec<u8>) {
+        self.stats.datagrams_out += 1;
+        self.transmits.push_back(Transmit { to, data });
+    }
+
+    fn reply(&mut self, to: SocketAddrV4, tid: Vec<u8>, body: Body) {
+        let msg = Message {
+            tid,
+            version: Some(CLIENT_VERSION.to_vec()),
+            ip: Some(to),
+            read_only: false,
+            body,
+        };
+        self.push_transmit(to, msg.encode());
+    }
+
+    /// Counts another node's view of our address; once a quorum agrees on a public address
+    /// our id does not match, take a BEP 42 id for it and re-centre the table.
+    fn on_external_ip(&mut self, now: Time, voter: std::net::Ipv4Addr, ours: SocketAddrV4) {
+        if bep42::is_exempt(&voter) && !bep42::is_exempt(ours.ip()) {
+            // A local peer cannot vouch for a public address.
+            return;
+        }
+        if let Some(ip) = self.ip_vote.vote(voter, *ours.ip()) {
+            self.external_ip = Some(SocketAddrV4::new(ip, ours.port()));
+            if self.cfg.bep42_derive_id
+                && self.cfg.bep42 != Bep42Mode::Off
+                && !bep42::is_valid(&self.id, &ip)
+            {
+                let id = bep42::id_for_ip(&ip, &mut self.rng);
+                self.id = id;
+                self.table.recentre(id, now);
+                self.events.push_back(Event::IdChanged { id, external: ip });
+            }
+        } else if self.external_ip.is_none() {
+            self.external_ip = Some(ours);
+        }
+    }
+
+    /// Feeds one received datagram.
+    pub fn handle_datagram(&mut self, now: Time, from: SocketAddrV4, data: &[u8]) {
+        if !self.limiter.allow_packet(*from.ip(), now) {
+            self.stats.dropped_rate_limited += 1;
+            return;
+        }
+        let msg = match Message::decode(data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.malformed_in += 1;
+                if let (Some(tid), false) = (e.query_tid, self.cfg.read_only) {
+                    self.reply(
+                        from,
+                        tid,
+                        Body::Error(KrpcError {
+                            code: ErrorCode::Protocol,
+                            message: e.reason.as_bytes().to_vec(),
+                        }),
+                    );
+                }
+                return;
+            }
+        };
+        match msg.body {
+            Body::Query(q) => self.handle_query(now, from, msg.tid, msg.read_only, q),
+            Body::Response(r) => self.handle_response(now, from, &msg.tid, msg.ip, r),
+            Body::Error(_) => self.handle_error(now, from, &msg.tid),
+        }
+    }
+
+    fn handle_query(&mut self, now: Time, from: SocketAddrV4, tid: Vec<u8>, ro: bool, q: Query) {
+        self.stats.queries_in += 1;
+        if self.cfg.read_only || !self.limiter.allow_reply(now) {
+            return;
+        }
+        let known = ro || self.table.on_query(&q.id, from, now);
+        let querier = q.id;
+        let body = match q.method {
+            Method::Ping => Body::Response(Response {
+                id: self.id,
+                ..Response::default()
+            }),
+            Method::FindNode { target } => Body::Response(Response {
+                id: self.id,
+                nodes: self.table.closest(&target, self.cfg.k, now),
+                ..Response::default()
+            }),
+            Method::GetPeers { info_hash } => {
+                let values = self
+                    .store
+                    .peers(&info_hash, self.cfg.max_values, now, &mut self.rng);
+                Body::Response(Response {
+                    id: self.id,
+                    nodes: self.table.closest(&info_hash, self.cfg.k, now),
+                    values,
+                    token: Some(self.tokens.token_for(from.ip()).to_vec()),
+                })
+            }
+            Method::AnnouncePeer {
+                info_hash,
+                port,
+                implied_port,
+                token,
+            } => {
+                if !self.tokens.check(&token, from.ip()) {
+                    Body::Error(KrpcError {
+                        code: ErrorCode::Protocol,
+                        message: b"bad token".to_vec(),
+                    })
+                } else if !implied_port && port == 0 {
+                    Body::Error(KrpcError {
+                        code: ErrorCode::Protocol,
+                        message: b"bad port".to_vec(),
+                    })
+                } else {
+                    let port = if implied_port { from.port() } else { port };
+                    self.store
+                        .announce(info_hash, SocketAddrV4::new(*from.ip(), port), now);
+                    self.stats.announces_in += 1;
+                    Body::Response(Response {
+                        id: self.id,
+                        ..Response::default()
+                    })
+                }
+            }
+            Method::Unknown(_) => Body::Error(KrpcError {
+                code: ErrorCode::MethodUnknown,
+                message: b"method unknown".to_vec(),
+            }),
+        };
+        self.reply(from, tid, body);
+        if !known {
+            self.maybe_verify(now, from, querier);
+        }
+    }
+
+    /// An unknown node queried us: if it could enter the table, ping it (answers prove the
+    /// address is real). Budgeted, so a flood of queriers cannot make us flood pings.
+    fn maybe_verify(&mut self, now: Time, from: SocketAddrV4, id: Id) {
+        if !self.table.has_room_for(&id, now) {
+            return;
+        }
+        if now.since(self.verify_window.0) >= Duration::from_secs(1) {
+            self.verify_window = (now, 0);
+        }
+        if self.verify_window.1 >= self.cfg.verify_pings_per_sec {
+            return;
+        }
+        self.verify_window.1 += 1;
+        self.send_query(now, from, Some(id), Method::Ping, Purpose::Ping);
+    }
+
+    fn handle_response(
+        &mut self,
+        now: Time,
+        from: SocketAddrV4,
+        tid: &[u8],
+        ip: Option<SocketAddrV4>,
+        r: Response,
+    ) {
+        let Some(q) = self.rpc.take(tid, &from) else {
+            self.stats.unsolicited_in += 1;
+            return;
+        };
+        self.stats.responses_in += 1;
+        if let Some(ours) = ip {
+            self.on_external_ip(now, *from.ip(), ours);
+        }
+        let node = NodeInfo {
+            id: r.id,
+            addr: from,
+        };
+        if let Insert::PingFirst(stale) = self.table.on_response(node, now) {
+            self.send_query(now, stale.addr, Some(stale.id), Method::Ping, Purpose::Ping);
+        }
+        match q.purpose {
+            Purpose::Lookup(lid) => {
+                let Some(l) = self.lookups.iter_mut().find(|l| l.id == lid) else {
+                    return;
+                };
+                let fresh = l.on_response(from, r.id, &r.nodes, &r.values, r.token);
+                if !fresh.is_empty() {
+                    self.events.push_back(Event::Peers {
+                        lookup: lid,
+                        peers: fresh,
+                    });
+                }
+                self.step_lookup(now, lid);
+            }
+            Purpose::Announce(lid) => self.events.push_back(Event::AnnounceAcked {
+                lookup: lid,
+                node: from,
+            }),
+            Purpose::Ping => {}
+        }
+    }
+
+    fn handle_error(&mut self, now: Time, from: SocketAddrV4, tid: &[u8]) {
+        let Some(q) = self.rpc.take(tid, &from) else {
+            self.stats.unsolicited_in += 1;
+            return;
+        };
+        self.stats.responses_in += 1;
+        if let Purpose::Lookup(lid) = q.purpose {
+            if let Some(l) = self.lookups.iter_mut().find(|l| l.id == lid) {
+                l.on_failure(&from);
+            }
+            self.step_lookup(now, lid);
+        }
+    }
+
+    /// Runs everything due at `now`: widening and timeouts of queries, token rotation, peer
+    /// expiry, bucket refresh and bootstrap retries.
+    pub fn handle_timeout(&mut self, now: Time) {
+        for q in self.rpc.due_widen(now, self.cfg.widen_after) {
+            if let Purpose::Lookup(lid) = q.purpose {
+                if let Some(l) = self.lookups.iter_mut().find(|l| l.id == lid) {
+                    l.on_slow(&q.addr);
+                }
+                self.step_lookup(now, lid);
+            }
+        }
+        for q in self.rpc.due_timeouts(now, self.cfg.query_timeout) {
+            self.stats.timeouts += 1;
+            if let Some(id) = q.id {
+                match self.table.on_timeout(&id, now) {
+                    TimeoutOutcome::PingAgain(n) | TimeoutOutcome::Replaced(n) => {
+                        self.send_query(now, n.addr, Some(n.id), Method::Ping, Purpose::Ping);
+                    }
+                    TimeoutOutcome::Unknown | TimeoutOutcome::Counted | TimeoutOutcome::Bad => {}
+                }
+            }
+            if let Purpose::Lookup(lid) = q.purpose {
+                if let Some(l) = self.lookups.iter_mut().find(|l| l.id == lid) {
+                    l.on_failure(&q.addr);
+                }
+                self.step_lookup(now, lid);
+            }
+        }
+        if now >= self.next_maintenance {
+            self.maintenance(now);
+        }
+    }
+
+    fn maintenance(&mut self, now: Time) {
+        self.tokens.maybe_rotate(now, &mut self.rng);
+        self.store.expire(now);
+        // Refresh stale buckets, one lookup each, unless a lookup is already running.
+        if self.lookups.len() < 4 && !self.table.is_empty() {
+            for b in self.table.stale_buckets(now, self.cfg.refresh_after) {
+                let target = self.id.random_in_bucket(b, &mut self.rng);
+                self.find_node(now, target);
+            }
+        }
+        // A young or partitioned network: join again, backing off, until the table fills.
+        if self.table.len() >= self.cfg.k {
+            self.bootstrap_backoff = self.cfg.bootstrap_retry;
+        }
+        let retry_due = self
+            .last_bootstrap
+            .is_some_and(|t| now.since(t) >= self.bootstrap_backoff);
+        if retry_due && self.bootstrap_lookup.is_none() && self.table.len() < self.cfg.k {
+            self.bootstrap_backoff = (self.bootstrap_backoff * 2).min(Duration::from_secs(300));
+            self.bootstrap(now, &[]);
+        }
+        // Give back what a burst (join, many lookups) grew, once idle: a million simulated
+        // nodes keep only what they use.
+        if self.lookups.is_empty() {
+            self.lookups.shrink_to_fit();
+        }
+        self.transmits.shrink_to(4);
+        self.events.shrink_to(4);
+        self.rpc.shrink_if_idle();
+        self.next_maintenance = self.next_maintenance_after(now);
+    }
+
+    /// When housekeeping is next needed: the token rotation, the first bucket due for refresh,
+    /// a join retry, peer expiry — not a fixed tick, so idle nodes (a million in the simulator)
+    /// cost nothing between deadlines.
+    fn next_maintenance_after(&self, now: Time) -> Time {
+        let soon = now + Duration::from_secs(1);
+        let mut next = self.tokens.rotates_at();
+        if self.lookups.len() >= 4 {
+            // Refreshes were deferred for running lookups: look again shortly.
+            next = next.min(now + MAINTENANCE_EVERY);
+        } else if !self.table.is_empty() {
+            if let Some(due) = self.table.next_refresh_due(self.cfg.refresh_after) {
+                next = next.min(due);
+            }
+        }
+        if self.store.peer_count() > 0 {
+            next = next.min(now + Duration::from_secs(60));
+        }
+        if self.table.len() < self.cfg.k && !self.bootstrap_addrs.is_empty() {
+            if let Some(t) = self.last_bootstrap {
+                next = next.min(t + self.bootstrap_backoff);
+            }
+        }
+        next.max(soon)
+    }
+
+    /// The next datagram to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Dht::handle_timeout`] should next be called.
+    pub fn poll_timeout(&mut self) -> Option<Time> {
+        let q = self
+            .rpc
+            .next_deadline(self.cfg.widen_after, self.cfg.query_timeout);
+        Some(q.map_or(self.next_maintenance, |t| t.min(self.next_maintenance)))
+    }
+
+    /// Nodes worth saving for the next start: every table entry that is not bad.
+    pub fn saved_nodes(&self, now: Time) -> Vec<NodeInfo> {
+        self.table
+            .iter()
+            .filter(|e| e.state(now) != NodeState::Bad)
+            .map(|e| e.node)
+            .collect()
+    }
+}
