@@ -66,6 +66,13 @@ pub fn is_valid(id: &Id, ip: &Ipv4Addr) -> bool {
     id.0[0] == crc[0] && id.0[1] == crc[1] && (id.0[2] & 0xf8) == (crc[2] & 0xf8)
 }
 
+/// Whether BEP 42 positively vouches for `id` at `ip`: a public address and an id valid
+/// for it. Exempt addresses pass [`is_valid`] with any id, so a preference for verified
+/// nodes must not favour them (a LAN node could claim any id).
+pub fn is_verified(id: &Id, ip: &Ipv4Addr) -> bool {
+    !is_exempt(ip) && is_valid(id, ip)
+}
+
 /// Majority vote over the external address other nodes report (`ip` in responses).
 /// Bounded: at most a handful of candidates are kept, and each voter counts once per round.
 #[derive(Clone, Debug, Default)]

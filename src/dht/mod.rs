@@ -8,6 +8,7 @@
 
 pub mod bep42;
 pub mod lookup;
+pub mod martian;
 mod node;
 pub mod ratelimit;
 pub mod routing;
@@ -17,6 +18,7 @@ pub mod time;
 
 pub use bep42::Bep42Mode;
 pub use lookup::{AnnounceSpec, LookupId, LookupKind, LookupStats};
+pub use martian::PrivateNodes;
 pub use node::{Config, Dht, Event, Stats, Transmit, CLIENT_VERSION};
 pub use ratelimit::{RateLimiter, RateLimits};
 pub use routing::{Insert, NodeState, RoutingTable, TimeoutOutcome};
@@ -24,5 +26,7 @@ pub use rpc::Purpose;
 pub use store::{PeerStore, StoreLimits, Tokens};
 pub use time::Time;
 
+#[cfg(test)]
+mod lookup_tests;
 #[cfg(test)]
 mod tests;

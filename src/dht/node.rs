@@ -12,7 +12,8 @@ use crate::id::Id;
 use crate::krpc::{Body, ErrorCode, KrpcError, Message, Method, NodeInfo, Query, Response};
 
 use super::bep42::{self, Bep42Mode};
-use super::lookup::{AnnounceSpec, Lookup, LookupId, LookupKind, LookupStats};
+use super::lookup::{AnnounceSpec, Lookup, LookupId, LookupKind, LookupParams, LookupStats};
+use super::martian::PrivateNodes;
 use super::ratelimit::{RateLimiter, RateLimits};
 use super::routing::{Insert, NodeState, RoutingTable, TimeoutOutcome};
 use super::rpc::{Outstanding, Purpose, Rpc};
@@ -56,6 +57,25 @@ pub struct Config {
     /// First retry of the join while the table holds fewer than `k` nodes; each further
     /// retry waits twice as long, up to 5 minutes.
     pub bootstrap_retry: Duration,
+    /// Which loopback and private addresses listed in answers a lookup may query (the
+    /// martian filter; unroutable addresses are always refused).
+    pub private_nodes: PrivateNodes,
+    /// Candidates one lookup keeps per public IP address. libtorrent keeps one node per /24
+    /// in a lookup (`dht_restrict_search_ips`); two per address still lets a household with
+    /// two clients behind one NAT take part, while a node listing many ports of one host
+    /// cannot fill the lookup. Local addresses are exempt (test networks share a host).
+    pub lookup_max_per_ip: usize,
+    /// Queries one lookup sends at most. A lookup in a network of millions needs a few dozen
+    /// (about log2 of the size, alpha at a time, plus dead nodes); 256 is ample headroom and
+    /// stops a responder that feeds ever-closer fake ids from keeping a lookup alive forever.
+    pub lookup_max_queries: u32,
+    /// Wall time one lookup may take. A healthy lookup ends in 1-5 s; 20 s leaves room for a
+    /// network where most contacts are dead (each costs `widen_after`) and still ends, with
+    /// its announces, before the callers' 30 s announce wait.
+    pub lookup_timeout: Duration,
+    /// Distinct peers one get_peers lookup reports (and remembers for deduplication); the
+    /// rest are dropped. A swarm rarely needs more; it bounds what answers can make us hold.
+    pub lookup_max_peers: usize,
 }
 
 impl Default for Config {
@@ -76,6 +96,11 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             bep42: Bep42Mode::Prefer,
             bep42_derive_id: true,
+            private_nodes: PrivateNodes::SameScope,
+            lookup_max_per_ip: 2,
+            lookup_max_queries: 256,
+            lookup_timeout: Duration::from_secs(20),
+            lookup_max_peers: 1000,
         }
     }
 }
@@ -308,9 +333,13 @@ impl Dht {
         self.start_lookup(now, info_hash, LookupKind::GetPeers { announce }, &[])
     }
 
-    /// Abandons a lookup; late answers are ignored.
+    /// Abandons a lookup (its caller went away): no more queries, no announce, no event;
+    /// late answers are ignored. Cancelling the join lets maintenance retry it.
     pub fn cancel(&mut self, lookup: LookupId) {
         self.lookups.retain(|l| l.id != lookup);
+        if self.bootstrap_lookup == Some(lookup) {
+            self.bootstrap_lookup = None;
+        }
     }
 
     fn start_lookup(
@@ -333,23 +362,26 @@ impl Dht {
             }
         }
         self.table.touch(&target, now);
-        let lookup = Lookup::new(
-            lid,
-            target,
-            kind,
-            self.cfg.k,
-            self.cfg.alpha,
-            now,
-            &seeds,
-            &bare,
-        )
-        .with_bep42(self.cfg.bep42);
+        let params = LookupParams {
+            k: self.cfg.k,
+            alpha: self.cfg.alpha,
+            own_id: self.id,
+            bep42: self.cfg.bep42,
+            private_nodes: self.cfg.private_nodes,
+            max_per_ip: self.cfg.lookup_max_per_ip,
+            max_queries: self.cfg.lookup_max_queries,
+            timeout: self.cfg.lookup_timeout,
+            max_peers: self.cfg.lookup_max_peers,
+        };
+        let lookup = Lookup::new(lid, target, kind, params, now, &seeds, &bare);
         self.lookups.push(lookup);
         self.step_lookup(now, lid);
         lid
     }
 
-    /// Sends what a lookup wants sent, and finishes it when it is done.
+    /// Sends what a lookup wants sent, and finishes it when it is done or out of budget.
+    /// Called on every answer, error, widen and timeout of its queries, so a lookup past its
+    /// deadline ends at the latest `widen_after` later (it always has a query in flight).
     fn step_lookup(&mut self, now: Time, lid: LookupId) {
         let Some(idx) = self.lookups.iter().position(|l| l.id == lid) else {
             return;
@@ -357,6 +389,9 @@ impl Dht {
         loop {
             let (target, kind, outgoing) = {
                 let l = &mut self.lookups[idx];
+                if l.expired(now) {
+                    break;
+                }
                 (l.target, l.kind, l.next_queries())
             };
             if outgoing.is_empty() {
@@ -377,32 +412,28 @@ impl Dht {
                 break;
             }
         }
-        if self.lookups[idx].is_done() {
+        if self.lookups[idx].is_done(now) {
             let l = self.lookups.swap_remove(idx);
             self.finish_lookup(now, l);
         }
     }
 
     fn finish_lookup(&mut self, now: Time, l: Lookup) {
-        let mut closest = l.closest_responded();
-        if self.cfg.bep42 != Bep42Mode::Off {
-            // Announce preferably to nodes whose id matches their address (BEP 42):
-            // stable sort keeps distance order within each group.
-            closest.sort_by_key(|(n, _)| !RoutingTable::verified(n));
-        }
-        closest.truncate(self.cfg.k);
+        // The lookup ranks BEP 42-verified nodes first (when BEP 42 applies), then by
+        // distance: the announce goes preferably to nodes whose id matches their address.
+        let closest = l.closest(self.cfg.k);
         let mut announced = 0;
         if let LookupKind::GetPeers {
             announce: Some(spec),
         } = l.kind
         {
-            for (node, token) in &closest {
-                let Some(token) = token else { continue };
+            // The k best nodes that can store us: those without a token take no place.
+            for (node, token) in l.announce_targets(self.cfg.k) {
                 let method = Method::AnnouncePeer {
                     info_hash: l.target,
                     port: spec.port,
                     implied_port: spec.implied_port,
-                    token: token.clone(),
+                    token,
                 };
                 if self.send_query(
                     now,
@@ -441,7 +472,7 @@ impl Dht {
             target: l.target,
             stats: l.stats.clone(),
             elapsed: now.since(l.started),
-            closest: closest.into_iter().map(|(n, _)| n).collect(),
+            closest,
             announced,
         });
     }

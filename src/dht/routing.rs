@@ -129,9 +129,10 @@ impl RoutingTable {
         self.bep42 = mode;
     }
 
-    /// Whether a node's id matches its address under BEP 42 (exempt addresses always do).
+    /// Whether BEP 42 vouches for a node: a public address with a matching id. Local
+    /// addresses are exempt (any id is valid there), so they are never *verified*.
     pub fn verified(node: &NodeInfo) -> bool {
-        bep42::is_valid(&node.id, node.addr.ip())
+        bep42::is_verified(&node.id, node.addr.ip())
     }
 
     /// Moves the table to a new own id (after BEP 42 re-derivation): same contacts,
@@ -248,8 +249,7 @@ impl RoutingTable {
         if self.one_per_ip && self.ip_taken(node.addr.ip(), &node.id) {
             return Insert::Refused;
         }
-        let verified = RoutingTable::verified(&node);
-        if self.bep42 == Bep42Mode::Enforce && !verified {
+        if self.bep42 == Bep42Mode::Enforce && !bep42::is_valid(&node.id, node.addr.ip()) {
             return Insert::Refused;
         }
         if self.one_per_ip && !bep42::is_exempt(node.addr.ip()) {

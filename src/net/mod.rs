@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -132,10 +134,14 @@ pub enum LookupUpdate {
 
 enum Command {
     GetPeers {
+        /// The stream's key, for [`Command::Cancel`].
+        key: u64,
         info_hash: Id,
         announce: Option<AnnounceSpec>,
-        updates: mpsc::UnboundedSender<LookupUpdate>,
+        updates: mpsc::Sender<LookupUpdate>,
     },
+    /// The stream with this key was dropped: abandon its lookup.
+    Cancel(u64),
     AddNode(SocketAddrV4),
     Stats(oneshot::Sender<NodeStats>),
     SavedState(oneshot::Sender<state::SavedState>),
@@ -149,21 +155,48 @@ pub struct DhtHandle {
     local_addr: SocketAddrV4,
     id: Id,
     bootstrapped: watch::Receiver<Option<usize>>,
+    next_key: Arc<AtomicU64>,
+    /// Channel slots kept for the end of a lookup: `Done` and one acknowledgement per
+    /// announce (at most `k`), so a reader that fell behind on peers still learns the end.
+    reserve: usize,
 }
 
+/// Peer updates a lookup's channel holds beyond its reserved slots; a reader slower than
+/// that loses peer batches (counted in the log), never the end of the lookup.
+const PEER_UPDATES: usize = 64;
+
 /// Peers of a get_peers lookup, as a stream; [`PeerStream::summary`] once it has ended.
+/// Dropping it abandons the lookup in the node.
 pub struct PeerStream {
-    rx: mpsc::UnboundedReceiver<LookupUpdate>,
+    rx: mpsc::Receiver<LookupUpdate>,
     buffered: std::collections::VecDeque<SocketAddrV4>,
     summary: Option<LookupSummary>,
     acks: Vec<SocketAddrV4>,
+    /// Where to send [`Command::Cancel`] on drop (weak: a stream does not keep the node up).
+    cancel: mpsc::WeakUnboundedSender<Command>,
+    key: u64,
+    ended: bool,
+}
+
+impl Drop for PeerStream {
+    fn drop(&mut self) {
+        if !self.ended {
+            if let Some(tx) = self.cancel.upgrade() {
+                let _ = tx.send(Command::Cancel(self.key));
+            }
+        }
+    }
 }
 
 impl PeerStream {
     /// The next update (peers, announce acknowledgements, the end), or `None` once the
-    /// lookup and its announce acknowledgements are over or the node stopped.
+    /// lookup and its announces are over (every announce acknowledged, or the time for
+    /// answers past) or the node stopped.
     pub async fn next_update(&mut self) -> Option<LookupUpdate> {
-        let u = self.rx.recv().await?;
+        let Some(u) = self.rx.recv().await else {
+            self.ended = true;
+            return None;
+        };
         match &u {
             LookupUpdate::Done(s) => self.summary = Some(s.clone()),
             LookupUpdate::AnnounceAcked(a) => self.acks.push(*a),
@@ -199,7 +232,10 @@ impl futures_core::Stream for PeerStream {
                 Poll::Ready(Some(LookupUpdate::Peers(p))) => self.buffered.extend(p),
                 Poll::Ready(Some(LookupUpdate::Done(s))) => self.summary = Some(s),
                 Poll::Ready(Some(LookupUpdate::AnnounceAcked(a))) => self.acks.push(a),
-                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    return Poll::Ready(None);
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -248,6 +284,7 @@ impl DhtHandle {
         let (boot_tx, boot_rx) = watch::channel(None);
         let (started_tx, started_rx) = oneshot::channel();
         let bind = opts.bind;
+        let reserve = opts.dht.k + 1;
         std::thread::Builder::new()
             .name(format!("dht-{local_addr}"))
             .spawn(move || {
@@ -293,6 +330,8 @@ impl DhtHandle {
             local_addr,
             id,
             bootstrapped: boot_rx,
+            next_key: Arc::new(AtomicU64::new(1)),
+            reserve,
         })
     }
 
@@ -328,9 +367,11 @@ impl DhtHandle {
         info_hash: Id,
         announce: Option<AnnounceSpec>,
     ) -> Result<PeerStream, NetError> {
-        let (updates, rx) = mpsc::unbounded_channel();
+        let (updates, rx) = mpsc::channel(PEER_UPDATES + self.reserve);
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         self.tx
             .send(Command::GetPeers {
+                key,
                 info_hash,
                 announce,
                 updates,
@@ -341,6 +382,9 @@ impl DhtHandle {
             buffered: Default::default(),
             summary: None,
             acks: Vec::new(),
+            cancel: self.tx.downgrade(),
+            key,
+            ended: false,
         })
     }
 
@@ -394,9 +438,23 @@ struct Driver {
     dht: Dht,
     epoch: Instant,
     rx: mpsc::UnboundedReceiver<Command>,
-    lookups: HashMap<LookupId, mpsc::UnboundedSender<LookupUpdate>>,
+    lookups: HashMap<LookupId, Subscriber>,
     boot_tx: watch::Sender<Option<usize>>,
     send: batch::SendBatch,
+}
+
+/// Whoever started a lookup: its channel, and how long to keep it once the lookup is done
+/// (dropping the sender is what ends the stream).
+struct Subscriber {
+    key: u64,
+    tx: mpsc::Sender<LookupUpdate>,
+    /// Slots kept free for `Done` and the acknowledgements.
+    reserve: usize,
+    /// Announces sent and acknowledged; the channel closes when all are in...
+    announced: usize,
+    acked: usize,
+    /// ...or at this instant, when no acknowledgement can arrive any more.
+    close_at: Option<Instant>,
 }
 
 /// Batches read per wake-up before servicing timers and commands again.
@@ -474,10 +532,14 @@ impl Driver {
         loop {
             self.flush().await;
             self.dispatch_events();
+            let closing = self.lookups.values().filter_map(|s| s.close_at).min();
             let deadline = self
                 .dht
                 .poll_timeout()
-                .map(|t| self.epoch + Duration::from_millis(t.0));
+                .map(|t| self.epoch + Duration::from_millis(t.0))
+                .into_iter()
+                .chain(closing)
+                .min();
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -505,6 +567,7 @@ impl Driver {
                 _ = sleep => {
                     let now = self.now();
                     self.dht.handle_timeout(now);
+                    self.close_finished();
                 }
             }
         }
@@ -587,8 +650,16 @@ impl Driver {
         while let Some(ev) = self.dht.poll_event() {
             match ev {
                 Event::Peers { lookup, peers } => {
-                    if let Some(tx) = self.lookups.get(&lookup) {
-                        let _ = tx.send(LookupUpdate::Peers(peers));
+                    if let Some(s) = self.lookups.get(&lookup) {
+                        // Past the reserve the reader is far behind: drop this batch.
+                        if s.tx.capacity() > s.reserve {
+                            let _ = s.tx.try_send(LookupUpdate::Peers(peers));
+                        } else {
+                            tracing::debug!(
+                                "lookup {lookup:?}: reader behind, {} peers dropped",
+                                peers.len()
+                            );
+                        }
                     }
                 }
                 Event::LookupDone {
@@ -605,18 +676,27 @@ impl Driver {
                         announced,
                         closest,
                     };
-                    // Keep the channel while acknowledgements may still arrive.
-                    let keep = announced > 0;
-                    if let Some(tx) = self.lookups.get(&lookup) {
-                        let _ = tx.send(LookupUpdate::Done(summary));
+                    // Keep the channel while acknowledgements may still arrive: an announce
+                    // query is answered or forgotten within the query timeout.
+                    let close_at = Instant::now()
+                        + self.dht.config().query_timeout
+                        + Duration::from_millis(100);
+                    if let Some(s) = self.lookups.get_mut(&lookup) {
+                        let _ = s.tx.try_send(LookupUpdate::Done(summary));
+                        s.announced = announced;
+                        s.close_at = Some(close_at);
                     }
-                    if !keep {
+                    if announced == 0 {
                         self.lookups.remove(&lookup);
                     }
                 }
                 Event::AnnounceAcked { lookup, node } => {
-                    if let Some(tx) = self.lookups.get(&lookup) {
-                        let _ = tx.send(LookupUpdate::AnnounceAcked(node));
+                    if let Some(s) = self.lookups.get_mut(&lookup) {
+                        let _ = s.tx.try_send(LookupUpdate::AnnounceAcked(node));
+                        s.acked += 1;
+                        if s.acked >= s.announced {
+                            self.lookups.remove(&lookup);
+                        }
                     }
                 }
                 Event::IdChanged { id, external } => {
@@ -628,20 +708,58 @@ impl Driver {
                 }
             }
         }
-        // Forget lookups whose receivers went away.
-        self.lookups.retain(|_, tx| !tx.is_closed());
+        self.close_finished();
+    }
+
+    /// Ends the streams whose announces can no longer be acknowledged, and abandons the
+    /// lookups whose readers went away without a [`Command::Cancel`] reaching us.
+    fn close_finished(&mut self) {
+        let now = Instant::now();
+        let mut gone = Vec::new();
+        self.lookups.retain(|lid, s| {
+            if s.tx.is_closed() {
+                gone.push(*lid);
+                return false;
+            }
+            s.close_at.is_none_or(|t| t > now)
+        });
+        for lid in gone {
+            self.dht.cancel(lid);
+        }
     }
 
     fn on_command(&mut self, c: Command) {
         let now = self.now();
         match c {
             Command::GetPeers {
+                key,
                 info_hash,
                 announce,
                 updates,
             } => {
                 let lid = self.dht.get_peers(now, info_hash, announce);
-                self.lookups.insert(lid, updates);
+                let reserve = self.dht.config().k + 1;
+                self.lookups.insert(
+                    lid,
+                    Subscriber {
+                        key,
+                        tx: updates,
+                        reserve,
+                        announced: 0,
+                        acked: 0,
+                        close_at: None,
+                    },
+                );
+            }
+            Command::Cancel(key) => {
+                let lid = self
+                    .lookups
+                    .iter()
+                    .find_map(|(lid, s)| (s.key == key).then_some(*lid));
+                if let Some(lid) = lid {
+                    self.lookups.remove(&lid);
+                    self.dht.cancel(lid);
+                }
             }
             Command::AddNode(a) => self.dht.add_node(now, a),
             Command::Stats(tx) => {
@@ -672,5 +790,89 @@ impl Driver {
             }
             Command::Shutdown(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The driver's lookup plumbing against a scripted responder on loopback (real sockets,
+    //! no sleeps: every wait is bounded by a timeout that only a bug reaches).
+
+    use super::*;
+    use crate::krpc::{Body, Message, Method, Response};
+
+    /// A node with one scripted contact: `answer` says whether it replies (get_peers with a
+    /// token, announce_peer with an acknowledgement) or stays silent.
+    async fn node_with_contact(answer: bool) -> (DhtHandle, tokio::task::JoinHandle<()>) {
+        let contact = UdpSocket::bind("127.0.0.1:0").await.expect("bind contact");
+        let at = contact.local_addr().expect("contact address");
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = contact.recv_from(&mut buf).await {
+                let Some(data) = buf.get(..n) else { continue };
+                let Ok(Message {
+                    tid,
+                    body: Body::Query(q),
+                    ..
+                }) = Message::decode(data)
+                else {
+                    continue;
+                };
+                if !answer {
+                    continue;
+                }
+                let token = matches!(q.method, Method::GetPeers { .. }).then(|| b"tk".to_vec());
+                let reply = Message {
+                    tid,
+                    version: None,
+                    ip: None,
+                    read_only: false,
+                    body: Body::Response(Response {
+                        id: Id([0x42; 20]),
+                        token,
+                        ..Response::default()
+                    }),
+                };
+                let _ = contact.send_to(&reply.encode(), from).await;
+            }
+        });
+        let node = DhtHandle::spawn(NodeOptions {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            bootstrap: vec![at.to_string()],
+            join: false,
+            ..NodeOptions::default()
+        })
+        .await
+        .expect("spawn node");
+        (node, task)
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_once_the_announces_are_acknowledged() {
+        let (node, contact) = node_with_contact(true).await;
+        let mut stream = node.announce(Id([7; 20]), 5000).expect("announce");
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while stream.next_update().await.is_some() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream never ended");
+        let summary = stream.summary().expect("the lookup finished");
+        assert_eq!(summary.announced, 1);
+        assert_eq!(stream.acks().len(), 1);
+        node.shutdown().await;
+        contact.abort();
+    }
+
+    #[tokio::test]
+    async fn dropping_the_stream_cancels_its_lookup() {
+        let (node, contact) = node_with_contact(false).await;
+        let stream = node.get_peers(Id([7; 20])).expect("get_peers");
+        let before = node.stats().await.expect("stats").active_lookups;
+        assert_eq!(before, 1, "the lookup waits for its silent contact");
+        drop(stream);
+        let after = node.stats().await.expect("stats").active_lookups;
+        assert_eq!(after, 0, "the dropped stream's lookup still runs");
+        node.shutdown().await;
+        contact.abort();
     }
 }
