@@ -119,6 +119,12 @@ pub struct FloodCounters {
     pub lost: u64,
     /// Queries the target sent to our spoofed sources (its verification pings).
     pub queries_from_target: u64,
+    /// Bytes of the target's replies (responses and errors) to the flood and the hammer.
+    pub reply_bytes: u64,
+    /// Most reply bytes received within one of the 1-s windows the flood is cut into.
+    pub reply_bytes_max_per_s: u64,
+    /// Reply bytes per 1-s window, in order.
+    pub reply_bytes_per_s: Vec<u64>,
     /// Pings sent by the hammering IP.
     pub hammer_sent: u64,
     /// Of those, answered.
@@ -380,6 +386,7 @@ struct Flood<'a> {
     /// (sent at, source, step, attempt): sent in order, so deadlines are in order too.
     timers: VecDeque<(Instant, u32, u8, u8)>,
     next_source: u32,
+    started: Option<Instant>,
     c: FloodCounters,
 }
 
@@ -452,6 +459,7 @@ impl Flood<'_> {
             self.c.queries_from_target += 1;
             return;
         }
+        self.count_reply_bytes(buf.len() as u64, now);
         let Ok(tid) = <[u8; 4]>::try_from(m.tid.as_slice()) else {
             return;
         };
@@ -482,6 +490,19 @@ impl Flood<'_> {
         self.advance(src, now);
     }
 
+    /// Adds a reply to the total and to its 1-s window since the flood began.
+    fn count_reply_bytes(&mut self, n: u64, now: Instant) {
+        self.c.reply_bytes += n;
+        let Some(started) = self.started else { return };
+        let w = now.duration_since(started).as_secs() as usize;
+        let per_s = &mut self.c.reply_bytes_per_s;
+        if per_s.len() <= w {
+            per_s.resize(w + 1, 0);
+        }
+        per_s[w] += n;
+        self.c.reply_bytes_max_per_s = self.c.reply_bytes_max_per_s.max(per_s[w]);
+    }
+
     fn on_timers(&mut self, now: Instant) {
         while let Some(&(sent, src, step, attempt)) = self.timers.front() {
             if now.duration_since(sent) < RETRY_AFTER {
@@ -506,6 +527,7 @@ impl Flood<'_> {
 
     fn run(&mut self, target_pid: u32) {
         let started = Instant::now();
+        self.started = Some(started);
         let deadline = started + self.cfg.flood_limit;
         let hammer_ip = Ipv4Addr::new(127, self.cfg.src_net + 2, 0, 1);
         let hammer_id = id_for(3, 0);
@@ -685,6 +707,7 @@ pub fn run(cfg: &FloodConfig) -> FloodReport {
         active: HashMap::new(),
         timers: VecDeque::new(),
         next_source: 0,
+        started: None,
         c: FloodCounters::default(),
     };
     let (stop_tx, stop_rx) = channel();
