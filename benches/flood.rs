@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench flood
-//! cargo bench --bench flood -- --sources 100000 --per-source 10 --window 512 --rate 0 \
+//! cargo bench --bench flood -- --sources 100000 --per-source 8 --window 512 --rate 0 \
 //!     --limit 120 --hammer-rate 1000 --lookup-every 2 --nodes 8
 //! ```
 //!
