@@ -7,6 +7,7 @@
 //! simulator (`sim`) run this same code.
 
 pub mod bep42;
+pub mod entropy;
 pub mod lookup;
 pub mod martian;
 mod node;
@@ -17,13 +18,14 @@ pub mod store;
 pub mod time;
 
 pub use bep42::Bep42Mode;
+pub use entropy::{Entropy, EntropyError};
 pub use lookup::{AnnounceSpec, LookupId, LookupKind, LookupStats};
 pub use martian::PrivateNodes;
 pub use node::{Config, Dht, Event, Stats, Transmit, CLIENT_VERSION};
-pub use ratelimit::{RateLimiter, RateLimits};
+pub use ratelimit::{RateLimiter, RateLimits, TokenBucket};
 pub use routing::{Insert, NodeState, RoutingTable, TimeoutOutcome};
 pub use rpc::Purpose;
-pub use store::{PeerStore, StoreLimits, Tokens};
+pub use store::{PeerStore, StoreFull, StoreLimits, Stored, Tokens};
 pub use time::Time;
 
 #[cfg(test)]

@@ -2,19 +2,19 @@
 //! lookups and the peer store together. Sans-IO: see the module root.
 
 use std::collections::VecDeque;
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddrV4};
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
 use crate::id::Id;
 use crate::krpc::{Body, ErrorCode, KrpcError, Message, Method, NodeInfo, Query, Response};
 
 use super::bep42::{self, Bep42Mode};
+use super::entropy::Entropy;
 use super::lookup::{AnnounceSpec, Lookup, LookupId, LookupKind, LookupParams, LookupStats};
 use super::martian::PrivateNodes;
-use super::ratelimit::{RateLimiter, RateLimits};
+use super::ratelimit::{RateLimiter, RateLimits, TokenBucket};
 use super::routing::{Insert, NodeState, RoutingTable, TimeoutOutcome};
 use super::rpc::{Outstanding, Purpose, Rpc};
 use super::store::{PeerStore, StoreLimits, Tokens};
@@ -202,7 +202,7 @@ pub struct Dht {
     last_bootstrap: Option<Time>,
     bootstrap_backoff: Duration,
     next_maintenance: Time,
-    verify_window: (Time, u32),
+    verify_budget: TokenBucket,
     external_ip: Option<SocketAddrV4>,
     limiter: RateLimiter,
     ip_vote: bep42::ExternalIpVote,
@@ -212,11 +212,21 @@ pub struct Dht {
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
 
 impl Dht {
-    /// A node with `id`, configuration `cfg`, and its own RNG seeded from `seed`.
+    /// A node with `id` and configuration `cfg` whose randomness all derives from `seed`:
+    /// runs repeat exactly, which the simulator and the tests need. Real nodes use
+    /// [`Dht::with_entropy`] with [`Entropy::from_os`], so nobody can recompute their token
+    /// key or transaction ids from a guessable seed.
     pub fn new(id: Id, cfg: Config, seed: u64, now: Time) -> Dht {
-        let mut rng = SmallRng::seed_from_u64(seed);
-        let tokens = Tokens::new(&mut rng, now, cfg.token_interval);
-        let rpc = Rpc::new(rng.gen());
+        Dht::with_entropy(id, cfg, Entropy::from_seed(seed), now)
+    }
+
+    /// A node with `id` and configuration `cfg` drawing on `entropy`: the wire RNG
+    /// (transaction ids, refresh targets) and the token key are separate streams.
+    pub fn with_entropy(id: Id, cfg: Config, entropy: Entropy, now: Time) -> Dht {
+        let rng = entropy.wire;
+        let tokens = Tokens::new(entropy.token_key, now, cfg.token_interval);
+        let rpc = Rpc::new();
+        let verify_per_sec = u64::from(cfg.verify_pings_per_sec);
         let backoff = cfg.bootstrap_retry;
         let cfg_limits = cfg.rate_limits.clone();
         let mut table = RoutingTable::new(id, cfg.k, cfg.one_per_ip, now);
@@ -239,7 +249,7 @@ impl Dht {
             last_bootstrap: None,
             bootstrap_backoff: backoff,
             next_maintenance: now + MAINTENANCE_EVERY,
-            verify_window: (now, 0),
+            verify_budget: TokenBucket::new(verify_per_sec, verify_per_sec, now),
             external_ip: None,
             limiter: RateLimiter::new(cfg_limits),
             ip_vote: bep42::ExternalIpVote::default(),
@@ -485,12 +495,15 @@ impl Dht {
         method: Method,
         purpose: Purpose,
     ) -> bool {
-        let Some(tid) = self.rpc.register(Outstanding {
-            addr,
-            id,
-            sent: now,
-            purpose,
-        }) else {
+        let Some(tid) = self.rpc.register(
+            Outstanding {
+                addr,
+                id,
+                sent: now,
+                purpose,
+            },
+            &mut self.rng,
+        ) else {
             return false;
         };
         let msg = Message {
@@ -513,7 +526,10 @@ impl Dht {
         self.transmits.push_back(Transmit { to, data });
     }
 
-    fn reply(&mut self, to: SocketAddrV4, tid: Vec<u8>, body: Body) {
+    /// Sends a response or an error reply, if the global reply budget holds its bytes:
+    /// every byte we send because someone else asked counts, so spoofed queries cannot make
+    /// us reflect more than the budget.
+    fn reply(&mut self, now: Time, to: SocketAddrV4, tid: Vec<u8>, body: Body) {
         let msg = Message {
             tid,
             version: Some(CLIENT_VERSION.to_vec()),
@@ -521,7 +537,10 @@ impl Dht {
             read_only: false,
             body,
         };
-        self.push_transmit(to, msg.encode());
+        let data = msg.encode();
+        if self.limiter.allow_reply(now, data.len()) {
+            self.push_transmit(to, data);
+        }
     }
 
     /// Counts another node's view of our address; once a quorum agrees on a public address
@@ -548,17 +567,27 @@ impl Dht {
     }
 
     /// Feeds one received datagram.
+    ///
+    /// Answers and errors matching one of our outstanding queries (random transaction id and
+    /// the exact address asked) bypass the per-IP limiter and never count toward a ban: an
+    /// off-path spoofer flooding from, say, the bootstrap router's address can get that IP
+    /// banned for its own packets, but cannot guess our ids, so the router's genuine answers
+    /// still arrive.
     pub fn handle_datagram(&mut self, now: Time, from: SocketAddrV4, data: &[u8]) {
-        if !self.limiter.allow_packet(*from.ip(), now) {
+        let decoded = Message::decode(data);
+        let ours = matches!(&decoded, Ok(m) if !matches!(m.body, Body::Query(_))
+            && self.rpc.matches(&m.tid, &from));
+        if !ours && !self.limiter.allow_packet(*from.ip(), now) {
             self.stats.dropped_rate_limited += 1;
             return;
         }
-        let msg = match Message::decode(data) {
+        let msg = match decoded {
             Ok(m) => m,
             Err(e) => {
                 self.stats.malformed_in += 1;
                 if let (Some(tid), false) = (e.query_tid, self.cfg.read_only) {
                     self.reply(
+                        now,
                         from,
                         tid,
                         Body::Error(KrpcError {
@@ -579,7 +608,7 @@ impl Dht {
 
     fn handle_query(&mut self, now: Time, from: SocketAddrV4, tid: Vec<u8>, ro: bool, q: Query) {
         self.stats.queries_in += 1;
-        if self.cfg.read_only || !self.limiter.allow_reply(now) {
+        if self.cfg.read_only || !self.limiter.reply_budget_left(now) {
             return;
         }
         let known = ro || self.table.on_query(&q.id, from, now);
@@ -602,7 +631,11 @@ impl Dht {
                     id: self.id,
                     nodes: self.table.closest(&info_hash, self.cfg.k, now),
                     values,
-                    token: Some(self.tokens.token_for(from.ip()).to_vec()),
+                    token: Some(
+                        self.tokens
+                            .token_for(&IpAddr::V4(*from.ip()), &info_hash)
+                            .to_vec(),
+                    ),
                 })
             }
             Method::AnnouncePeer {
@@ -611,7 +644,10 @@ impl Dht {
                 implied_port,
                 token,
             } => {
-                if !self.tokens.check(&token, from.ip()) {
+                if !self
+                    .tokens
+                    .check(&token, &IpAddr::V4(*from.ip()), &info_hash)
+                {
                     Body::Error(KrpcError {
                         code: ErrorCode::Protocol,
                         message: b"bad token".to_vec(),
@@ -623,13 +659,22 @@ impl Dht {
                     })
                 } else {
                     let port = if implied_port { from.port() } else { port };
-                    self.store
-                        .announce(info_hash, SocketAddrV4::new(*from.ip(), port), now);
-                    self.stats.announces_in += 1;
-                    Body::Response(Response {
-                        id: self.id,
-                        ..Response::default()
-                    })
+                    let peer = SocketAddrV4::new(*from.ip(), port);
+                    match self.store.announce(info_hash, peer, now) {
+                        Ok(_) => {
+                            self.stats.announces_in += 1;
+                            Body::Response(Response {
+                                id: self.id,
+                                ..Response::default()
+                            })
+                        }
+                        // Refused, not stored: say so (202), so the announcer counts
+                        // this node as not holding it.
+                        Err(full) => Body::Error(KrpcError {
+                            code: ErrorCode::Server,
+                            message: full.to_string().into_bytes(),
+                        }),
+                    }
                 }
             }
             Method::Unknown(_) => Body::Error(KrpcError {
@@ -637,7 +682,7 @@ impl Dht {
                 message: b"method unknown".to_vec(),
             }),
         };
-        self.reply(from, tid, body);
+        self.reply(now, from, tid, body);
         if !known {
             self.maybe_verify(now, from, querier);
         }
@@ -649,13 +694,9 @@ impl Dht {
         if !self.table.has_room_for(&id, now) {
             return;
         }
-        if now.since(self.verify_window.0) >= Duration::from_secs(1) {
-            self.verify_window = (now, 0);
-        }
-        if self.verify_window.1 >= self.cfg.verify_pings_per_sec {
+        if !self.verify_budget.try_take(1, now) {
             return;
         }
-        self.verify_window.1 += 1;
         self.send_query(now, from, Some(id), Method::Ping, Purpose::Ping);
     }
 
@@ -752,7 +793,7 @@ impl Dht {
     }
 
     fn maintenance(&mut self, now: Time) {
-        self.tokens.maybe_rotate(now, &mut self.rng);
+        self.tokens.maybe_rotate(now);
         self.store.expire(now);
         // Refresh stale buckets, one lookup each, unless a lookup is already running.
         if self.lookups.len() < 4 && !self.table.is_empty() {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::dht::{self, AnnounceSpec, Dht, Event, LookupId, LookupStats, Time};
+use crate::dht::{self, AnnounceSpec, Dht, Entropy, Event, LookupId, LookupStats, Time};
 use crate::id::Id;
 
 /// Errors of the network driver.
@@ -39,6 +39,9 @@ pub enum NetError {
     /// The driver task has stopped.
     #[error("the DHT node has shut down")]
     Closed,
+    /// No randomness for the node id and secrets.
+    #[error(transparent)]
+    Entropy(#[from] crate::dht::EntropyError),
 }
 
 /// How to start a node.
@@ -57,7 +60,8 @@ pub struct NodeOptions {
     /// Run a find_node lookup for our own id at start (a long-lived node joins; a one-shot
     /// lookup only needs the bootstrap contacts as a starting point).
     pub join: bool,
-    /// Seed of the core's RNG; random if `None`.
+    /// Seed of all the core's randomness, for reproducible runs only; `None` (every real
+    /// node) takes the node id, the wire RNG and the token key from the OS.
     pub seed: Option<u64>,
 }
 
@@ -242,6 +246,16 @@ impl futures_core::Stream for PeerStream {
     }
 }
 
+/// A node id straight from the OS random source.
+fn os_random_id() -> Result<Id, crate::dht::EntropyError> {
+    use rand::RngCore;
+    let mut id = [0u8; 20];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut id)
+        .map_err(crate::dht::EntropyError::from)?;
+    Ok(Id(id))
+}
+
 fn bind_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
@@ -275,11 +289,24 @@ impl DhtHandle {
                 })
             }
         };
-        let seed = opts.seed.unwrap_or_else(rand::random);
-        let id = opts.id.unwrap_or_else(|| {
-            use rand::SeedableRng;
-            Id::random(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed))
-        });
+        // A guessable id or token key would let others predict us: from the OS, unless
+        // a run asks to be reproducible.
+        let (id, entropy) = match opts.seed {
+            Some(seed) => {
+                use rand::SeedableRng;
+                let id = opts.id.unwrap_or_else(|| {
+                    Id::random(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed))
+                });
+                (id, Entropy::from_seed(seed))
+            }
+            None => {
+                let id = match opts.id {
+                    Some(id) => id,
+                    None => os_random_id()?,
+                };
+                (id, Entropy::from_os()?)
+            }
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let (boot_tx, boot_rx) = watch::channel(None);
         let (started_tx, started_rx) = oneshot::channel();
@@ -309,7 +336,7 @@ impl DhtHandle {
                     let _ = started_tx.send(Ok(()));
                     let driver = Driver {
                         socket,
-                        dht: Dht::new(id, opts.dht.clone(), seed, Time(0)),
+                        dht: Dht::with_entropy(id, opts.dht.clone(), entropy, Time(0)),
                         epoch: Instant::now(),
                         rx,
                         lookups: HashMap::new(),
