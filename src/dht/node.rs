@@ -283,10 +283,11 @@ impl Dht {
     /// the addresses given to [`Dht::bootstrap`], they are routers and never enter the table.
     pub fn add_bootstrap_addrs(&mut self, addrs: &[SocketAddrV4]) {
         for a in addrs {
-            if self.bootstrap_addrs.len() >= MAX_ROUTERS {
-                break;
-            }
             if !self.bootstrap_addrs.contains(a) {
+                if self.bootstrap_addrs.len() >= MAX_ROUTERS {
+                    // Keep the newest: a re-join passes contacts that are alive now.
+                    self.bootstrap_addrs.remove(0);
+                }
                 self.bootstrap_addrs.push(*a);
             }
         }
