@@ -314,8 +314,8 @@ impl Dht {
 
     /// Puts `node` in the routing table as if it had just answered: for contacts the caller
     /// vouches for (the simulator's perfect tables; a table restored from a trusted source).
-    /// Saved state from disk goes through [`Dht::bootstrap`] instead, so dead contacts are
-    /// weeded out by pings.
+    /// Saved state from disk goes through [`Dht::add_saved_nodes`] instead, so dead contacts
+    /// are weeded out by the join's queries.
     pub fn insert_node(&mut self, now: Time, node: NodeInfo) -> Insert {
         self.table.on_response(node, now)
     }
