@@ -6,10 +6,13 @@
 //! Local and private addresses are exempt: every id is valid for them.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use rand::Rng;
 
 use crate::id::Id;
+
+use super::time::Time;
 
 /// How BEP 42 node-id verification shapes the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -74,55 +77,60 @@ pub fn is_verified(id: &Id, ip: &Ipv4Addr) -> bool {
 }
 
 /// Majority vote over the external address other nodes report (`ip` in responses).
-/// Bounded: at most a handful of candidates are kept, and each voter counts once per round.
+/// Bounded: at most [`MAX_VOTERS`] votes are kept, one per voter (a voter's newer vote replaces
+/// its older one), and votes older than [`VOTE_TTL`] no longer count — so when our address
+/// changes, the new one wins as soon as a quorum reports it, however long the old one held.
 #[derive(Clone, Debug, Default)]
 pub struct ExternalIpVote {
-    candidates: Vec<(Ipv4Addr, u32)>,
-    voters: Vec<Ipv4Addr>,
+    /// (voter, the address it reported, when), oldest first.
+    votes: std::collections::VecDeque<(Ipv4Addr, Ipv4Addr, Time)>,
     winner: Option<Ipv4Addr>,
 }
 
 /// Votes needed before an address is believed.
 const QUORUM: u32 = 5;
-/// Candidate addresses tracked at once.
-const MAX_CANDIDATES: usize = 8;
-/// Distinct voters remembered (a voter counts once until the list rolls over).
-const MAX_VOTERS: usize = 64;
+/// Distinct voters remembered (the oldest vote is dropped beyond this).
+pub const MAX_VOTERS: usize = 64;
+/// How long a vote counts.
+pub const VOTE_TTL: Duration = Duration::from_secs(15 * 60);
 
 impl ExternalIpVote {
-    /// Records that `voter` says our address is `ours`. Returns the new winner when the
-    /// majority changes.
-    pub fn vote(&mut self, voter: Ipv4Addr, ours: Ipv4Addr) -> Option<Ipv4Addr> {
-        if self.voters.contains(&voter) {
-            return None;
+    /// Records that `voter` says at `now` that our address is `ours`. Returns the new winner
+    /// when the majority changes.
+    pub fn vote(&mut self, voter: Ipv4Addr, ours: Ipv4Addr, now: Time) -> Option<Ipv4Addr> {
+        while self
+            .votes
+            .front()
+            .is_some_and(|(_, _, at)| now.since(*at) >= VOTE_TTL)
+        {
+            self.votes.pop_front();
         }
-        if self.voters.len() >= MAX_VOTERS {
-            self.voters.remove(0);
-        }
-        self.voters.push(voter);
-        match self.candidates.iter_mut().find(|(ip, _)| *ip == ours) {
-            Some((_, n)) => *n += 1,
-            None => {
-                if self.candidates.len() >= MAX_CANDIDATES {
-                    // Forget the weakest candidate.
-                    if let Some(pos) = self
-                        .candidates
-                        .iter()
-                        .enumerate()
-                        .min_by_key(|(_, (_, n))| *n)
-                        .map(|(i, _)| i)
-                    {
-                        self.candidates.remove(pos);
-                    }
+        if let Some(pos) = self.votes.iter().position(|(v, _, _)| *v == voter) {
+            if self.votes.get(pos).is_some_and(|(_, o, _)| *o == ours) {
+                // Same voter, same view: counts once, but stays fresh.
+                if let Some(v) = self.votes.remove(pos) {
+                    self.votes.push_back((v.0, v.1, now));
                 }
-                self.candidates.push((ours, 1));
+                return None;
+            }
+            self.votes.remove(pos);
+        }
+        if self.votes.len() >= MAX_VOTERS {
+            self.votes.pop_front();
+        }
+        self.votes.push_back((voter, ours, now));
+        // Tally: at most MAX_VOTERS votes, so a small linear count is enough.
+        let mut tally: Vec<(Ipv4Addr, u32)> = Vec::new();
+        for (_, ip, _) in &self.votes {
+            match tally.iter_mut().find(|(t, _)| t == ip) {
+                Some((_, n)) => *n += 1,
+                None => tally.push((*ip, 1)),
             }
         }
-        let best = self
-            .candidates
+        let best = tally
             .iter()
-            .max_by_key(|(_, n)| *n)
             .filter(|(_, n)| *n >= QUORUM)
+            .max_by_key(|(ip, n)| (*n, Some(*ip) == self.winner))
             .map(|(ip, _)| *ip);
         if best.is_some() && best != self.winner {
             self.winner = best;
@@ -179,15 +187,60 @@ mod tests {
         let ours = Ipv4Addr::new(84, 124, 73, 14);
         // One voter repeating itself does not count.
         for _ in 0..10 {
-            v.vote(Ipv4Addr::new(1, 1, 1, 1), ours);
+            v.vote(Ipv4Addr::new(1, 1, 1, 1), ours, Time(0));
         }
         assert_eq!(v.winner(), None);
         for i in 2..=4 {
-            assert_eq!(v.vote(Ipv4Addr::new(1, 1, 1, i), ours), None);
+            assert_eq!(v.vote(Ipv4Addr::new(1, 1, 1, i), ours, Time(0)), None);
         }
         // A liar does not change the outcome.
-        v.vote(Ipv4Addr::new(9, 9, 9, 9), Ipv4Addr::new(6, 6, 6, 6));
-        assert_eq!(v.vote(Ipv4Addr::new(1, 1, 1, 5), ours), Some(ours));
+        v.vote(
+            Ipv4Addr::new(9, 9, 9, 9),
+            Ipv4Addr::new(6, 6, 6, 6),
+            Time(0),
+        );
+        assert_eq!(v.vote(Ipv4Addr::new(1, 1, 1, 5), ours, Time(0)), Some(ours));
         assert_eq!(v.winner(), Some(ours));
+    }
+
+    #[test]
+    fn old_votes_age_out_so_a_new_address_wins() {
+        let mut v = ExternalIpVote::default();
+        let old = Ipv4Addr::new(84, 124, 73, 14);
+        let new = Ipv4Addr::new(65, 23, 51, 170);
+        // Ten nodes saw us at the old address.
+        for i in 1..=10 {
+            v.vote(Ipv4Addr::new(1, 1, 1, i), old, Time(0));
+        }
+        assert_eq!(v.winner(), Some(old));
+        // After the move, a quorum of five (fewer than the ten old votes) sees the new one.
+        let later = Time(0) + VOTE_TTL + Duration::from_secs(1);
+        let mut changed = None;
+        for i in 1..=5 {
+            changed = changed.or(v.vote(Ipv4Addr::new(2, 2, 2, i), new, later));
+        }
+        assert_eq!(changed, Some(new));
+        assert_eq!(v.winner(), Some(new));
+    }
+
+    #[test]
+    fn a_voter_counts_once_and_may_change_its_mind() {
+        let mut v = ExternalIpVote::default();
+        let a = Ipv4Addr::new(84, 124, 73, 14);
+        let b = Ipv4Addr::new(65, 23, 51, 170);
+        for i in 1..=4 {
+            v.vote(Ipv4Addr::new(1, 1, 1, i), a, Time(0));
+        }
+        // The same four voters switching to `b` do not make a quorum for either.
+        for i in 1..=4 {
+            assert_eq!(v.vote(Ipv4Addr::new(1, 1, 1, i), b, Time(1)), None);
+        }
+        assert_eq!(v.winner(), None);
+        // Bounded whatever the number of voters.
+        for i in 0..1000u32 {
+            v.vote(Ipv4Addr::from(0x0300_0000 + i), a, Time(2));
+        }
+        assert!(v.votes.len() <= MAX_VOTERS);
+        assert_eq!(v.winner(), Some(a));
     }
 }

@@ -31,4 +31,6 @@ pub use time::Time;
 #[cfg(test)]
 mod lookup_tests;
 #[cfg(test)]
+mod table_tests;
+#[cfg(test)]
 mod tests;

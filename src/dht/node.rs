@@ -198,6 +198,7 @@ pub struct Dht {
     events: VecDeque<Event>,
     stats: Stats,
     bootstrap_addrs: Vec<SocketAddrV4>,
+    saved: Vec<NodeInfo>,
     bootstrap_lookup: Option<LookupId>,
     last_bootstrap: Option<Time>,
     bootstrap_backoff: Duration,
@@ -208,8 +209,13 @@ pub struct Dht {
     ip_vote: bep42::ExternalIpVote,
 }
 
-/// How soon housekeeping looks again when bucket refreshes were deferred.
+/// Housekeeping tick while buckets wait for refresh: one stale bucket is refreshed per tick
+/// (as libtorrent and jech/dht do), so a table gone stale does not fire every bucket at once.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
+/// Bootstrap routers remembered at most (they come from the command line and config).
+const MAX_ROUTERS: usize = 64;
+/// Saved contacts (from the state file) remembered at most as join seeds.
+const MAX_SAVED: usize = 512;
 
 impl Dht {
     /// A node with `id` and configuration `cfg` whose randomness all derives from `seed`:
@@ -245,6 +251,7 @@ impl Dht {
             events: VecDeque::new(),
             stats: Stats::default(),
             bootstrap_addrs: Vec::new(),
+            saved: Vec::new(),
             bootstrap_lookup: None,
             last_bootstrap: None,
             bootstrap_backoff: backoff,
@@ -292,8 +299,10 @@ impl Dht {
     }
 
     /// Joins the network: a find_node lookup for our own id through `addrs` (bootstrap
-    /// routers and saved nodes) and whatever the table already holds. The addresses are
-    /// remembered and retried while the table stays nearly empty.
+    /// routers), the saved contacts ([`Dht::add_saved_nodes`]) and whatever the table already
+    /// holds. The addresses are remembered and retried while the table stays nearly empty.
+    /// Routers only point the way: they never enter the routing table (libtorrent's rule), so
+    /// a handful of busy hosts do not end up in every node's table and every reply.
     pub fn bootstrap(&mut self, now: Time, addrs: &[SocketAddrV4]) -> LookupId {
         self.add_bootstrap_addrs(addrs);
         self.last_bootstrap = Some(now);
@@ -305,19 +314,43 @@ impl Dht {
     }
 
     /// Remembers bootstrap addresses without joining now: lookups fall back on them while
-    /// the table is nearly empty (a short-lived `lookup` does not need a full join).
+    /// the table is nearly empty (a short-lived `lookup` does not need a full join). Like
+    /// the addresses given to [`Dht::bootstrap`], they are routers and never enter the table.
     pub fn add_bootstrap_addrs(&mut self, addrs: &[SocketAddrV4]) {
         for a in addrs {
             if !self.bootstrap_addrs.contains(a) {
+                if self.bootstrap_addrs.len() >= MAX_ROUTERS {
+                    // Keep the newest: a re-join passes contacts that are alive now.
+                    self.bootstrap_addrs.remove(0);
+                }
                 self.bootstrap_addrs.push(*a);
             }
         }
     }
 
+    /// Remembers contacts saved by an earlier run (with their ids, unlike routers): joins and
+    /// lookups on a nearly empty table start from them, they enter the table when they
+    /// answer, and they are saved again if this run never gets to know better ones (a start
+    /// during an outage must not wipe the state file).
+    pub fn add_saved_nodes(&mut self, nodes: &[NodeInfo]) {
+        for n in nodes {
+            if self.saved.len() >= MAX_SAVED {
+                break;
+            }
+            if n.id != self.id && !self.saved.iter().any(|s| s.id == n.id || s.addr == n.addr) {
+                self.saved.push(*n);
+            }
+        }
+    }
+
+    fn is_router(&self, addr: &SocketAddrV4) -> bool {
+        self.bootstrap_addrs.contains(addr)
+    }
+
     /// Puts `node` in the routing table as if it had just answered: for contacts the caller
     /// vouches for (the simulator's perfect tables; a table restored from a trusted source).
-    /// Saved state from disk goes through [`Dht::bootstrap`] instead, so dead contacts are
-    /// weeded out by pings.
+    /// Saved state from disk goes through [`Dht::add_saved_nodes`] instead, so dead contacts
+    /// are weeded out by the join's queries.
     pub fn insert_node(&mut self, now: Time, node: NodeInfo) -> Insert {
         self.table.on_response(node, now)
     }
@@ -361,10 +394,16 @@ impl Dht {
     ) -> LookupId {
         let lid = LookupId(self.next_lookup);
         self.next_lookup += 1;
-        let seeds = self.table.closest(&target, self.cfg.k * 2, now);
+        let mut seeds = self.table.closest(&target, self.cfg.k * 2, now);
         let mut bare: Vec<SocketAddrV4> = extra.to_vec();
         if seeds.len() < self.cfg.k {
-            // A nearly empty table: fall back on the bootstrap addresses.
+            // A nearly empty table: fall back on the saved contacts and the bootstrap
+            // addresses.
+            for n in &self.saved {
+                if !seeds.iter().any(|s| s.id == n.id || s.addr == n.addr) {
+                    seeds.push(*n);
+                }
+            }
             for a in &self.bootstrap_addrs {
                 if !bare.contains(a) {
                     bare.push(*a);
@@ -545,12 +584,15 @@ impl Dht {
 
     /// Counts another node's view of our address; once a quorum agrees on a public address
     /// our id does not match, take a BEP 42 id for it and re-centre the table.
+    /// Votes age out ([`bep42::ExternalIpVote`]), so a changed address is followed; after a
+    /// new id, a join lookup for it tells our new neighbours at once (instead of them
+    /// learning it over the next refresh rounds).
     fn on_external_ip(&mut self, now: Time, voter: std::net::Ipv4Addr, ours: SocketAddrV4) {
         if bep42::is_exempt(&voter) && !bep42::is_exempt(ours.ip()) {
             // A local peer cannot vouch for a public address.
             return;
         }
-        if let Some(ip) = self.ip_vote.vote(voter, *ours.ip()) {
+        if let Some(ip) = self.ip_vote.vote(voter, *ours.ip(), now) {
             self.external_ip = Some(SocketAddrV4::new(ip, ours.port()));
             if self.cfg.bep42_derive_id
                 && self.cfg.bep42 != Bep42Mode::Off
@@ -560,6 +602,7 @@ impl Dht {
                 self.id = id;
                 self.table.recentre(id, now);
                 self.events.push_back(Event::IdChanged { id, external: ip });
+                self.find_node(now, id);
             }
         } else if self.external_ip.is_none() {
             self.external_ip = Some(ours);
@@ -720,8 +763,10 @@ impl Dht {
             id: r.id,
             addr: from,
         };
-        if let Insert::PingFirst(stale) = self.table.on_response(node, now) {
-            self.send_query(now, stale.addr, Some(stale.id), Method::Ping, Purpose::Ping);
+        if !self.is_router(&from) {
+            if let Insert::PingFirst(stale) = self.table.on_response(node, now) {
+                self.send_query(now, stale.addr, Some(stale.id), Method::Ping, Purpose::Ping);
+            }
         }
         match q.purpose {
             Purpose::Lookup(lid) => {
@@ -751,9 +796,37 @@ impl Dht {
             return;
         };
         self.stats.responses_in += 1;
+        if let Some(id) = q.id {
+            // An error is an answer: the node is alive (and a liveness ping is settled).
+            self.table.on_error_reply(&id, from, now);
+        }
         if let Purpose::Lookup(lid) = q.purpose {
             if let Some(l) = self.lookups.iter_mut().find(|l| l.id == lid) {
                 l.on_failure(&from);
+            }
+            self.step_lookup(now, lid);
+        }
+    }
+
+    /// The driver could not send `data` to `to` (a local error: no route, no buffer space).
+    /// That is our failure, not the remote's: the query is dropped without charging the node
+    /// (a network blip must not empty the routing table), and a lookup moves on at once.
+    pub fn on_send_error(&mut self, now: Time, to: SocketAddrV4, data: &[u8]) {
+        let Ok(msg) = Message::decode(data) else {
+            return;
+        };
+        if !matches!(msg.body, Body::Query(_)) {
+            return;
+        }
+        let Some(q) = self.rpc.take(&msg.tid, &to) else {
+            return;
+        };
+        if let Some(id) = q.id {
+            self.table.on_send_failed(&id, to);
+        }
+        if let Purpose::Lookup(lid) = q.purpose {
+            if let Some(l) = self.lookups.iter_mut().find(|l| l.id == lid) {
+                l.on_failure(&to);
             }
             self.step_lookup(now, lid);
         }
@@ -773,7 +846,7 @@ impl Dht {
         for q in self.rpc.due_timeouts(now, self.cfg.query_timeout) {
             self.stats.timeouts += 1;
             if let Some(id) = q.id {
-                match self.table.on_timeout(&id, now) {
+                match self.table.on_timeout(&id, q.addr, now) {
                     TimeoutOutcome::PingAgain(n) | TimeoutOutcome::Replaced(n) => {
                         self.send_query(now, n.addr, Some(n.id), Method::Ping, Purpose::Ping);
                     }
@@ -795,9 +868,10 @@ impl Dht {
     fn maintenance(&mut self, now: Time) {
         self.tokens.maybe_rotate(now);
         self.store.expire(now);
-        // Refresh stale buckets, one lookup each, unless a lookup is already running.
-        if self.lookups.len() < 4 && !self.table.is_empty() {
-            for b in self.table.stale_buckets(now, self.cfg.refresh_after) {
+        // Refresh the stalest bucket, one per tick, whatever else is running: busy lookups
+        // must not starve refresh, and a table gone stale must not fire every bucket at once.
+        if !self.table.is_empty() {
+            if let Some(b) = self.table.stalest_bucket(now, self.cfg.refresh_after) {
                 let target = self.id.random_in_bucket(b, &mut self.rng);
                 self.find_node(now, target);
             }
@@ -830,12 +904,10 @@ impl Dht {
     fn next_maintenance_after(&self, now: Time) -> Time {
         let soon = now + Duration::from_secs(1);
         let mut next = self.tokens.rotates_at();
-        if self.lookups.len() >= 4 {
-            // Refreshes were deferred for running lookups: look again shortly.
-            next = next.min(now + MAINTENANCE_EVERY);
-        } else if !self.table.is_empty() {
+        if !self.table.is_empty() {
             if let Some(due) = self.table.next_refresh_due(self.cfg.refresh_after) {
-                next = next.min(due);
+                // Another bucket already due waits for the next tick.
+                next = next.min(due.max(now + MAINTENANCE_EVERY));
             }
         }
         if self.store.peer_count() > 0 {
@@ -867,12 +939,34 @@ impl Dht {
         Some(q.map_or(self.next_maintenance, |t| t.min(self.next_maintenance)))
     }
 
-    /// Nodes worth saving for the next start: every table entry that is not bad.
+    /// Nodes worth saving for the next start, with their ids: every table entry that is not
+    /// bad, best first. When fewer than `k` are left (an outage made them all fail, or the
+    /// node never got online), the last known good table is kept: bad entries that once
+    /// answered, then the contacts this run was started with. A restart pings them anyway.
     pub fn saved_nodes(&self, now: Time) -> Vec<NodeInfo> {
-        self.table
-            .iter()
-            .filter(|e| e.state(now) != NodeState::Bad)
-            .map(|e| e.node)
-            .collect()
+        let mut out: Vec<NodeInfo> = Vec::new();
+        for want in [NodeState::Good, NodeState::Questionable] {
+            out.extend(
+                self.table
+                    .iter()
+                    .filter(|e| e.answered && e.state(now) == want)
+                    .map(|e| e.node),
+            );
+        }
+        if out.len() < self.cfg.k {
+            let mut bad: Vec<_> = self
+                .table
+                .iter()
+                .filter(|e| e.answered && e.state(now) == NodeState::Bad)
+                .collect();
+            bad.sort_by_key(|e| std::cmp::Reverse(e.last_response));
+            out.extend(bad.into_iter().map(|e| e.node));
+            for n in &self.saved {
+                if !out.iter().any(|o| o.id == n.id || o.addr == n.addr) {
+                    out.push(*n);
+                }
+            }
+        }
+        out
     }
 }

@@ -51,8 +51,9 @@ pub struct NodeOptions {
     pub bind: SocketAddr,
     /// Bootstrap contacts as `host:port`, resolved by the driver.
     pub bootstrap: Vec<String>,
-    /// Extra known node addresses (e.g. from saved state).
-    pub known_nodes: Vec<SocketAddrV4>,
+    /// Contacts saved by an earlier run, with their ids (they may enter the routing table;
+    /// the bootstrap routers never do).
+    pub known_nodes: Vec<crate::krpc::NodeInfo>,
     /// Node id; random if `None`.
     pub id: Option<Id>,
     /// Core tunables.
@@ -546,8 +547,8 @@ impl Driver {
     }
 
     async fn run(mut self, opts: NodeOptions) {
-        let mut addrs = Driver::resolve(&opts.bootstrap).await;
-        addrs.extend(opts.known_nodes.iter().copied());
+        let addrs = Driver::resolve(&opts.bootstrap).await;
+        self.dht.add_saved_nodes(&opts.known_nodes);
         let now = self.now();
         if opts.join {
             self.dht.bootstrap(now, &addrs);
@@ -670,6 +671,16 @@ impl Driver {
                     }
                 }
             }
+            self.report_send_failures();
+        }
+    }
+
+    /// Tells the core which datagrams the kernel refused (ENETUNREACH, ENOBUFS, ...): our
+    /// own failures, which must not count as the remote's timeouts.
+    fn report_send_failures(&mut self) {
+        let now = self.now();
+        for (to, data) in self.send.take_failed() {
+            self.dht.on_send_error(now, to, &data);
         }
     }
 
