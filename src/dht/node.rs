@@ -198,6 +198,8 @@ pub struct Dht {
     events: VecDeque<Event>,
     stats: Stats,
     bootstrap_addrs: Vec<SocketAddrV4>,
+    /// Bootstrap routers: never entered into the table (bounded by `MAX_ROUTERS`).
+    routers: Vec<SocketAddrV4>,
     saved: Vec<NodeInfo>,
     bootstrap_lookup: Option<LookupId>,
     last_bootstrap: Option<Time>,
@@ -251,6 +253,7 @@ impl Dht {
             events: VecDeque::new(),
             stats: Stats::default(),
             bootstrap_addrs: Vec::new(),
+            routers: Vec::new(),
             saved: Vec::new(),
             bootstrap_lookup: None,
             last_bootstrap: None,
@@ -299,10 +302,9 @@ impl Dht {
     }
 
     /// Joins the network: a find_node lookup for our own id through `addrs` (bootstrap
-    /// routers), the saved contacts ([`Dht::add_saved_nodes`]) and whatever the table already
-    /// holds. The addresses are remembered and retried while the table stays nearly empty.
-    /// Routers only point the way: they never enter the routing table (libtorrent's rule), so
-    /// a handful of busy hosts do not end up in every node's table and every reply.
+    /// contacts), the saved contacts ([`Dht::add_saved_nodes`]) and whatever the table
+    /// already holds. The addresses are remembered and retried while the table stays nearly
+    /// empty. Those also named with [`Dht::add_routers`] never enter the routing table.
     pub fn bootstrap(&mut self, now: Time, addrs: &[SocketAddrV4]) -> LookupId {
         self.add_bootstrap_addrs(addrs);
         self.last_bootstrap = Some(now);
@@ -314,8 +316,7 @@ impl Dht {
     }
 
     /// Remembers bootstrap addresses without joining now: lookups fall back on them while
-    /// the table is nearly empty (a short-lived `lookup` does not need a full join). Like
-    /// the addresses given to [`Dht::bootstrap`], they are routers and never enter the table.
+    /// the table is nearly empty (a short-lived `lookup` does not need a full join).
     pub fn add_bootstrap_addrs(&mut self, addrs: &[SocketAddrV4]) {
         for a in addrs {
             if !self.bootstrap_addrs.contains(a) {
@@ -343,8 +344,24 @@ impl Dht {
         }
     }
 
+    /// Marks `addrs` as bootstrap routers (the public `router.bittorrent.com` kind): used to
+    /// join like any bootstrap contact, but they only point the way and never enter the
+    /// routing table (libtorrent's rule), so a handful of busy hosts do not end up in every
+    /// node's table and every reply. Ordinary nodes given as bootstrap contacts do enter it.
+    pub fn add_routers(&mut self, addrs: &[SocketAddrV4]) {
+        for a in addrs {
+            if !self.routers.contains(a) {
+                if self.routers.len() >= MAX_ROUTERS {
+                    self.routers.remove(0);
+                }
+                self.routers.push(*a);
+            }
+        }
+        self.add_bootstrap_addrs(addrs);
+    }
+
     fn is_router(&self, addr: &SocketAddrV4) -> bool {
-        self.bootstrap_addrs.contains(addr)
+        self.routers.contains(addr)
     }
 
     /// Puts `node` in the routing table as if it had just answered: for contacts the caller

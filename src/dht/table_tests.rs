@@ -229,6 +229,7 @@ fn routers_never_enter_the_table_and_saved_contacts_keep_their_ids() {
         addr: priv_addr(201),
     };
     d.add_saved_nodes(&[saved]);
+    d.add_routers(&[router]);
     d.bootstrap(Time(0), &[router]);
     // Offline start: nothing answered, yet the saved state still holds the contact.
     assert_eq!(d.saved_nodes(Time(0)), vec![saved]);

@@ -70,7 +70,9 @@ impl Net {
         }
         loop {
             let next_packet = self.queue.keys().next().map(|k| Time(k.0));
+            // A dead node neither receives nor sends: its timers stop too.
             let next_timer = (0..self.nodes.len())
+                .filter(|&i| !self.dead[i])
                 .filter_map(|i| self.nodes[i].poll_timeout().map(|t| (t, i)))
                 .min();
             let step = match (next_packet, next_timer) {
@@ -410,7 +412,8 @@ fn questionable_node_is_pinged_before_replacement_through_the_node() {
     for i in 1..20 {
         net.dead[i] = true;
     }
-    let t = net.now + Duration::from_secs(16 * 60);
+    // Two refresh rounds (a bucket is refreshed once per 15 minutes, one bucket per tick).
+    let t = net.now + Duration::from_secs(32 * 60);
     net.run_until(t);
     // The refresh lookups hit dead nodes: two failures each and they turn bad, but with no
     // replacement waiting they stay listed as bad (never silently dropped for nobody).

@@ -508,8 +508,9 @@ impl Driver {
     }
 
     /// Resolves the bootstrap hosts concurrently (each bounded to 5 s), so one slow or dead
-    /// name server entry does not hold up the others.
-    async fn resolve(bootstrap: &[String]) -> Vec<SocketAddrV4> {
+    /// name server entry does not hold up the others: (index in `bootstrap`, addresses), in
+    /// the order the user gave.
+    async fn resolve(bootstrap: &[String]) -> Vec<(usize, Vec<SocketAddrV4>)> {
         let mut tasks = tokio::task::JoinSet::new();
         for (i, host) in bootstrap.iter().enumerate() {
             let host = host.clone();
@@ -543,11 +544,24 @@ impl Driver {
         }
         // Keep the order the user gave.
         resolved.sort_by_key(|(i, _)| *i);
-        resolved.into_iter().flat_map(|(_, a)| a).collect()
+        resolved
     }
 
     async fn run(mut self, opts: NodeOptions) {
-        let addrs = Driver::resolve(&opts.bootstrap).await;
+        let per_host = Driver::resolve(&opts.bootstrap).await;
+        // Contacts named by host name (`router.bittorrent.com:6881`) are routers, which never
+        // enter the table; an address literal is an ordinary node.
+        let routers: Vec<SocketAddrV4> = per_host
+            .iter()
+            .filter(|(i, _)| {
+                opts.bootstrap
+                    .get(*i)
+                    .is_some_and(|h| h.parse::<SocketAddr>().is_err())
+            })
+            .flat_map(|(_, a)| a.iter().copied())
+            .collect();
+        self.dht.add_routers(&routers);
+        let addrs: Vec<SocketAddrV4> = per_host.into_iter().flat_map(|(_, a)| a).collect();
         self.dht.add_saved_nodes(&opts.known_nodes);
         let now = self.now();
         if opts.join {
