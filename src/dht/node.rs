@@ -177,6 +177,10 @@ pub struct Stats {
     pub unsolicited_in: u64,
     /// announce_peer queries we accepted.
     pub announces_in: u64,
+    /// announce_peer queries with a valid token that the store had no room for. They are
+    /// answered like accepted ones (libtorrent counts an error reply as a failure of the
+    /// node that sent it), so this is the only place a refusal shows.
+    pub announces_refused: u64,
     /// Datagrams sent.
     pub datagrams_out: u64,
     /// Datagrams dropped by the per-IP limiter.
@@ -720,21 +724,18 @@ impl Dht {
                 } else {
                     let port = if implied_port { from.port() } else { port };
                     let peer = SocketAddrV4::new(*from.ip(), port);
+                    // Refused at capacity: not stored, but answered normally all the same.
+                    // An error (202) would make libtorrent count us as a failing node and
+                    // drop us from its table, while the announcer stores itself on its
+                    // other closest nodes anyway.
                     match self.store.announce(info_hash, peer, now) {
-                        Ok(_) => {
-                            self.stats.announces_in += 1;
-                            Body::Response(Response {
-                                id: self.id,
-                                ..Response::default()
-                            })
-                        }
-                        // Refused, not stored: say so (202), so the announcer counts
-                        // this node as not holding it.
-                        Err(full) => Body::Error(KrpcError {
-                            code: ErrorCode::Server,
-                            message: full.to_string().into_bytes(),
-                        }),
+                        Ok(_) => self.stats.announces_in += 1,
+                        Err(_) => self.stats.announces_refused += 1,
                     }
+                    Body::Response(Response {
+                        id: self.id,
+                        ..Response::default()
+                    })
                 }
             }
             Method::Unknown(_) => Body::Error(KrpcError {

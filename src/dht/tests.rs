@@ -694,3 +694,50 @@ fn verification_pings_stay_within_one_token_bucket() {
         pings.len()
     );
 }
+
+#[test]
+fn an_announce_refused_at_capacity_gets_a_normal_reply_and_is_counted() {
+    let mut cfg = Config::default();
+    cfg.store.infohashes = 1;
+    let mut node = Dht::new(Id([1; 20]), cfg, 1, Time(0));
+    let from = addr(7);
+    let ask = |node: &mut Dht, info_hash: Id| -> Message {
+        node.handle_datagram(
+            Time(0),
+            from,
+            &query(b"g", true, Method::GetPeers { info_hash }),
+        );
+        let Body::Response(r) = Message::decode(&node.poll_transmit().unwrap().data)
+            .unwrap()
+            .body
+        else {
+            panic!("expected a response")
+        };
+        node.handle_datagram(
+            Time(1),
+            from,
+            &query(
+                b"a",
+                true,
+                Method::AnnouncePeer {
+                    info_hash,
+                    port: 5000,
+                    implied_port: false,
+                    token: r.token.expect("get_peers gives a token"),
+                },
+            ),
+        );
+        Message::decode(&node.poll_transmit().unwrap().data).unwrap()
+    };
+    let reply = ask(&mut node, Id([3; 20]));
+    assert!(matches!(reply.body, Body::Response(_)), "{reply:?}");
+    assert_eq!(node.stats().announces_in, 1);
+    // The store has no room for a second info-hash: not stored, counted, but answered
+    // like a success (no 202 for libtorrent to hold against us).
+    let reply = ask(&mut node, Id([4; 20]));
+    assert!(matches!(reply.body, Body::Response(_)), "{reply:?}");
+    assert_eq!(node.stats().announces_in, 1);
+    assert_eq!(node.stats().announces_refused, 1);
+    assert_eq!(node.store().peer_count(), 1);
+    assert_eq!(node.store().infohash_count(), 1);
+}
