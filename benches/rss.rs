@@ -10,7 +10,7 @@
 //!
 //! Options: `--runs N` (default 3), `--buckets B` (buckets filled with 8 nodes each, default 21:
 //! prefixes 0..=19 plus the bucket holding our own id, which is about what a node of the public
-//! DHT has), `--peers P` (default 100,000), `--infohashes H` (default 250),
+//! DHT has), `--peers P` (default 100,000), `--infohashes H` (default 200),
 //! `--no-libtorrent`.
 //!
 //! What one run does:
@@ -21,9 +21,9 @@
 //!    verifies unknown queriers with a ping of its own (at most 20/s), which the fake node
 //!    answers, and the fake node enters the table. This goes on until the status line shows
 //!    `good_nodes ≥ 8 × buckets` (bounded: 60 s);
-//! 3. stores the peers: announcers on 400 source addresses (127.71.2.x–127.71.3.x), each with a
-//!    read-only (BEP 43) id, ask get_peers once for a write token (tokens depend on the source
-//!    IP only) and then send announce_peer for each of the `H` info-hashes, `P / H` distinct
+//! 3. stores the peers: announcers on 500 source addresses (127.71.2.x–127.71.4.x), each with a
+//!    read-only (BEP 43) id, ask get_peers for a write token (tokens are bound to the source
+//!    IP and the info-hash) and then send announce_peer for each of the `H` info-hashes, `P / H` distinct
 //!    sources per info-hash, two queries in flight per source, with retries, until every
 //!    announce is acknowledged and `stored_peers` reaches `P` (bounded: 120 s);
 //! 4. reads `VmRSS` and `VmHWM` from `/proc/<pid>/status` and prints one JSON object per run,
@@ -63,7 +63,9 @@ const TARGET_IP: Ipv4Addr = Ipv4Addr::new(127, 70, 0, 1);
 /// Its port.
 const TARGET_PORT: u16 = 6881;
 /// Distinct announcing source addresses.
-const SOURCES: usize = 400;
+/// 500 sources × 200 info-hashes each stays within the store's per-IP cap (200 entries by
+/// default), which a real flood of announces from few IPs is refused at.
+const SOURCES: usize = 500;
 /// Announces each source keeps in flight.
 const WINDOW: usize = 2;
 /// Bound on filling the routing table.
@@ -87,7 +89,7 @@ fn parse_opts() -> Opts {
         runs: 3,
         buckets: 21,
         peers: 100_000,
-        infohashes: 250,
+        infohashes: 200,
         libtorrent: true,
     };
     let mut args = std::env::args().skip(1);
