@@ -25,4 +25,6 @@ pub use store::{PeerStore, StoreLimits, Tokens};
 pub use time::Time;
 
 #[cfg(test)]
+mod family_tests;
+#[cfg(test)]
 mod tests;

@@ -9,7 +9,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::id::Id;
-use crate::krpc::{Body, ErrorCode, KrpcError, Message, Method, NodeInfo, Query, Response};
+use crate::krpc::{
+    Body, DhtAddr, ErrorCode, KrpcError, Message, Method, NodeInfo, Query, Response, Want,
+};
 
 use super::bep42::{self, Bep42Mode};
 use super::lookup::{AnnounceSpec, Lookup, LookupId, LookupKind, LookupStats};
@@ -470,6 +472,7 @@ impl Dht {
             body: Body::Query(Query {
                 id: self.id,
                 method,
+                want: Want::NONE,
             }),
         };
         self.stats.queries_out += 1;
@@ -486,7 +489,7 @@ impl Dht {
         let msg = Message {
             tid,
             version: Some(CLIENT_VERSION.to_vec()),
-            ip: Some(to),
+            ip: Some(to.into()),
             read_only: false,
             body,
         };
@@ -541,7 +544,10 @@ impl Dht {
         };
         match msg.body {
             Body::Query(q) => self.handle_query(now, from, msg.tid, msg.read_only, q),
-            Body::Response(r) => self.handle_response(now, from, &msg.tid, msg.ip, r),
+            Body::Response(r) => {
+                let ip = msg.ip.and_then(SocketAddrV4::from_socket_addr);
+                self.handle_response(now, from, &msg.tid, ip, r)
+            }
             Body::Error(_) => self.handle_error(now, from, &msg.tid),
         }
     }
@@ -560,7 +566,7 @@ impl Dht {
             }),
             Method::FindNode { target } => Body::Response(Response {
                 id: self.id,
-                nodes: self.table.closest(&target, self.cfg.k, now),
+                nodes: Some(self.table.closest(&target, self.cfg.k, now)),
                 ..Response::default()
             }),
             Method::GetPeers { info_hash } => {
@@ -569,9 +575,10 @@ impl Dht {
                     .peers(&info_hash, self.cfg.max_values, now, &mut self.rng);
                 Body::Response(Response {
                     id: self.id,
-                    nodes: self.table.closest(&info_hash, self.cfg.k, now),
+                    nodes: Some(self.table.closest(&info_hash, self.cfg.k, now)),
                     values,
                     token: Some(self.tokens.token_for(from.ip()).to_vec()),
+                    ..Response::default()
                 })
             }
             Method::AnnouncePeer {
@@ -656,7 +663,13 @@ impl Dht {
                 let Some(l) = self.lookups.iter_mut().find(|l| l.id == lid) else {
                     return;
                 };
-                let fresh = l.on_response(from, r.id, &r.nodes, &r.values, r.token);
+                let fresh = l.on_response(
+                    from,
+                    r.id,
+                    r.nodes.as_deref().unwrap_or(&[]),
+                    &r.values,
+                    r.token,
+                );
                 if !fresh.is_empty() {
                     self.events.push_back(Event::Peers {
                         lookup: lid,

@@ -160,6 +160,7 @@ fn query(tid: &[u8], ro: bool, method: Method) -> Vec<u8> {
         body: Body::Query(Query {
             id: Id([9; 20]),
             method,
+            want: crate::krpc::Want::NONE,
         }),
     }
     .encode()
@@ -246,7 +247,7 @@ fn announce_needs_a_current_token() {
     };
     assert_eq!(
         reply.ip,
-        Some(from),
+        Some(from.into()),
         "responses tell the requester its address"
     );
     let token = r.token.expect("get_peers gives a token");
