@@ -8,13 +8,16 @@
 //! - pieces that failed their hash check are re-fetched from a single peer (owned), so a
 //!   second failure points at one culprit;
 //! - a cap on pieces in progress bounds the memory held in piece buffers;
+//! - **spare the seeds**: while a peer that is not a seed is unchoking us, pieces that such
+//!   peers already have are not requested from a seed. A seed's upload is what limits a flash
+//!   crowd, so each of its bytes should be one nobody else in our view can give us;
 //! - **endgame**: once no piece is untouched, blocks already requested are requested again
 //!   from other peers (at most [`PickerConfig::endgame_dup`] requesters), and when a block
 //!   arrives the other requesters are returned so the caller can send `cancel`s.
 //!
 //! Peers are opaque [`PeerKey`]s chosen by the caller.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -109,6 +112,20 @@ pub struct Picker {
     missing: u32,
     have: u32,
     rng: SmallRng,
+    /// What each connected peer is to us (seed, unchoking us), for sparing seeds; bounded by
+    /// the connection limit, entries removed in [`Picker::remove_source`].
+    sources: HashMap<PeerKey, Source>,
+    /// Peers in `sources` that have every piece.
+    seeds: u32,
+    /// Peers in `sources` that are not seeds and are unchoking us.
+    other_sources: u32,
+}
+
+/// One connected peer as the seed-sparing rule sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Source {
+    seed: bool,
+    unchoking: bool,
 }
 
 impl Picker {
@@ -126,7 +143,52 @@ impl Picker {
             layout,
             cfg,
             rng: SmallRng::seed_from_u64(seed),
+            sources: HashMap::new(),
+            seeds: 0,
+            other_sources: 0,
         }
+    }
+
+    /// Records whether `peer` has every piece and whether it unchokes us. Called by the peer's
+    /// task whenever either changes; drives the seed-sparing rule of [`Picker::pick`].
+    pub fn set_source(&mut self, peer: PeerKey, seed: bool, unchoking: bool) {
+        let new = Source { seed, unchoking };
+        let old = self.sources.insert(peer, new);
+        if let Some(old) = old {
+            self.count_source(old, false);
+        }
+        self.count_source(new, true);
+    }
+
+    /// `peer` disconnected: it no longer counts as a seed or a source.
+    pub fn remove_source(&mut self, peer: PeerKey) {
+        if let Some(old) = self.sources.remove(&peer) {
+            self.count_source(old, false);
+        }
+    }
+
+    fn count_source(&mut self, s: Source, add: bool) {
+        let seeds = u32::from(s.seed);
+        let others = u32::from(!s.seed && s.unchoking);
+        if add {
+            self.seeds += seeds;
+            self.other_sources += others;
+        } else {
+            self.seeds = self.seeds.saturating_sub(seeds);
+            self.other_sources = self.other_sources.saturating_sub(others);
+        }
+    }
+
+    /// The highest availability a piece may have to be requested from `peer`: when `peer` is a
+    /// seed and some non-seed peer unchokes us, only pieces that no non-seed peer has (their
+    /// availability is the number of seeds). `None`: no limit.
+    fn availability_cap(&self, peer: PeerKey) -> Option<u32> {
+        let is_seed = self.sources.get(&peer).is_some_and(|s| s.seed);
+        (is_seed && self.other_sources > 0).then_some(self.seeds)
+    }
+
+    fn within_cap(&self, p: u32, cap: Option<u32>) -> bool {
+        cap.is_none_or(|c| self.availability.get(p as usize).is_some_and(|&a| a <= c))
     }
 
     /// The torrent geometry.
@@ -265,11 +327,11 @@ impl Picker {
     }
 
     /// Rarest missing piece the peer has (random among equals), if any.
-    fn rarest_missing(&mut self, has: &Bitfield) -> Option<u32> {
+    fn rarest_missing(&mut self, has: &Bitfield, cap: Option<u32>) -> Option<u32> {
         let mut best: Option<(u32, u32)> = None; // (availability, piece)
         let mut ties = 0u32;
         for (p, (s, a)) in (0u32..).zip(self.state.iter().zip(&self.availability)) {
-            if *s != State::Missing || !has.get(p) {
+            if *s != State::Missing || !has.get(p) || cap.is_some_and(|c| *a > c) {
                 continue;
             }
             match best {
@@ -304,6 +366,7 @@ impl Picker {
         if max == 0 || self.is_complete() {
             return out;
         }
+        let cap = self.availability_cap(peer);
         // 1. Pieces this peer owns.
         let owned: Vec<u32> = self
             .partials
@@ -316,11 +379,11 @@ impl Picker {
         }
         // 2. Shared pieces in progress (slow peers first help finish them).
         if !fast {
-            self.take_shared(peer, has, max, &mut out);
+            self.take_shared(peer, has, max, cap, &mut out);
         }
         // 3. New pieces, rarest first.
         while out.len() < max && self.partials.len() < self.cfg.max_partials {
-            let Some(p) = self.rarest_missing(has) else {
+            let Some(p) = self.rarest_missing(has, cap) else {
                 break;
             };
             let suspect = self.suspect.get(p as usize).copied().unwrap_or(false);
@@ -335,7 +398,7 @@ impl Picker {
         }
         // 4. A fast peer that could not start new pieces helps with shared ones.
         if fast {
-            self.take_shared(peer, has, max, &mut out);
+            self.take_shared(peer, has, max, cap, &mut out);
         }
         // 5. Nothing untouched left: steal free blocks of other peers' (non-suspect) pieces.
         if out.len() < max && self.missing_for(has) == 0 {
@@ -347,6 +410,7 @@ impl Picker {
                         && pt.owner.is_some()
                         && pt.owner != Some(peer)
                         && has.get(p)
+                        && self.within_cap(p, cap)
                         && !self.suspect.get(p as usize).copied().unwrap_or(false)
                 })
                 .map(|(&p, _)| p)
@@ -357,7 +421,7 @@ impl Picker {
         }
         // 6. Endgame: duplicate requests for blocks still in flight elsewhere.
         if out.len() < max && self.missing == 0 {
-            self.endgame(peer, has, max, &mut out);
+            self.endgame(peer, has, max, cap, &mut out);
         }
         out
     }
@@ -378,6 +442,7 @@ impl Picker {
         peer: PeerKey,
         has: &Bitfield,
         max: usize,
+        cap: Option<u32>,
         out: &mut Vec<BlockRequest>,
     ) {
         if out.len() >= max {
@@ -386,7 +451,9 @@ impl Picker {
         let shared: Vec<u32> = self
             .partials
             .iter()
-            .filter(|(&p, pt)| pt.owner.is_none() && pt.free > 0 && has.get(p))
+            .filter(|(&p, pt)| {
+                pt.owner.is_none() && pt.free > 0 && has.get(p) && self.within_cap(p, cap)
+            })
             .map(|(&p, _)| p)
             .collect();
         for p in shared {
@@ -397,11 +464,19 @@ impl Picker {
         }
     }
 
-    fn endgame(&mut self, peer: PeerKey, has: &Bitfield, max: usize, out: &mut Vec<BlockRequest>) {
+    fn endgame(
+        &mut self,
+        peer: PeerKey,
+        has: &Bitfield,
+        max: usize,
+        cap: Option<u32>,
+        out: &mut Vec<BlockRequest>,
+    ) {
         let dup = self.cfg.endgame_dup;
         let mut add = Vec::new();
         for (&p, part) in self.partials.iter_mut() {
-            if !has.get(p) || self.suspect.get(p as usize).copied().unwrap_or(false) {
+            let over_cap = cap.is_some_and(|c| self.availability.get(p as usize) > Some(&c));
+            if !has.get(p) || over_cap || self.suspect.get(p as usize).copied().unwrap_or(false) {
                 continue;
             }
             for (b, blk) in (0u32..).zip(part.blocks.iter_mut()) {
@@ -623,6 +698,42 @@ mod tests {
             b.set(i, true);
         }
         b
+    }
+
+    /// A seed is asked only for what no unchoking non-seed peer can give; once that peer
+    /// chokes us, the seed is asked for everything again.
+    #[test]
+    fn seeds_are_spared_pieces_other_peers_have() {
+        let bs = u64::from(BLOCK_SIZE);
+        let mut p = Picker::new(layout(8, bs), PickerConfig::default(), 3);
+        let seed = all(8);
+        let mut half = Bitfield::new(8);
+        for i in 0..4 {
+            half.set(i, true);
+        }
+        p.add_peer_bits(&seed);
+        p.add_peer_bits(&half);
+        p.set_source(1, true, true);
+        p.set_source(2, false, true);
+        let from_seed = p.pick(1, &seed, 100, false);
+        let pieces: Vec<u32> = from_seed.iter().map(|r| r.index).collect();
+        assert_eq!(pieces.len(), 4, "{pieces:?}");
+        assert!(pieces.iter().all(|&i| i >= 4), "{pieces:?}");
+        // Nothing else is asked of the seed, not even endgame duplicates.
+        assert!(p.pick(1, &seed, 100, false).is_empty());
+        // The half peer chokes us: the seed gets the rest.
+        p.set_source(2, false, false);
+        let rest: Vec<u32> = p
+            .pick(1, &seed, 100, false)
+            .iter()
+            .map(|r| r.index)
+            .collect();
+        assert_eq!(rest.len(), 4, "{rest:?}");
+        assert!(rest.iter().all(|&i| i < 4), "{rest:?}");
+        // A disconnected source stops counting.
+        p.set_source(2, false, true);
+        p.remove_source(2);
+        assert_eq!(p.other_sources, 0);
     }
 
     #[test]

@@ -46,11 +46,14 @@ impl Conn {
         self.raw_haves = Vec::new();
         self.meta = Some(meta);
         self.allowed_in.retain(|&i| i < n);
-        let mut st = self.t.state();
-        if let Some(p) = st.picker.as_mut() {
-            p.add_peer_bits(&bits);
-            let want = p.interesting(&bits);
-            drop(st);
+        let want = {
+            let mut st = self.t.state();
+            st.picker.as_mut().map(|p| {
+                p.add_peer_bits(&bits);
+                p.interesting(&bits)
+            })
+        };
+        if let Some(want) = want {
             if announce_ours {
                 // Too late for a bitfield: announce resumed pieces one by one.
                 self.send_have_state_late();
@@ -58,6 +61,7 @@ impl Conn {
             self.set_interest(want);
         }
         self.bits = Some(bits);
+        self.report_source();
         Ok(())
     }
 
@@ -69,6 +73,7 @@ impl Conn {
             if !bits.set(index, true) {
                 return Err(PeerError::Protocol("have out of range"));
             }
+            let now_seed = bits.count() == bits.len();
             let mut st = self.t.state();
             if let Some(p) = st.picker.as_mut() {
                 p.add_have(index);
@@ -76,6 +81,10 @@ impl Conn {
                     self.am_interested = true;
                     encode(&Message::Interested, &mut self.out);
                 }
+            }
+            drop(st);
+            if now_seed {
+                self.report_source();
             }
             return Ok(());
         }
@@ -136,6 +145,7 @@ impl Conn {
             self.set_interest(want);
         }
         self.bits = Some(bits);
+        self.report_source();
     }
 
     pub(super) fn set_interest(&mut self, want: bool) {
@@ -346,6 +356,19 @@ impl Conn {
         (self.t.cfg.initial_queue * 4)
             .min(self.t.cfg.max_queue)
             .max(1)
+    }
+
+    /// Tells the picker whether this peer is a seed and unchokes us (seed sparing).
+    pub(super) fn report_source(&mut self) {
+        let Some(bits) = self.bits.as_ref() else {
+            return;
+        };
+        let seed = bits.count() == bits.len();
+        let unchoking = !self.peer_choking;
+        let mut st = self.t.state();
+        if let Some(p) = st.picker.as_mut() {
+            p.set_source(self.key, seed, unchoking);
+        }
     }
 
     /// Gives back every block requested from this peer.

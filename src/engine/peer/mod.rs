@@ -428,8 +428,12 @@ impl Conn {
             Message::Choke => {
                 self.peer_choking = true;
                 self.release_all();
+                self.report_source();
             }
-            Message::Unchoke => self.peer_choking = false,
+            Message::Unchoke => {
+                self.peer_choking = false;
+                self.report_source();
+            }
             Message::Interested | Message::NotInterested => {
                 self.on_interest(matches!(msg, Message::Interested))
             }
@@ -506,6 +510,7 @@ impl Conn {
         st.peers.remove(&self.key);
         if let Some(p) = st.picker.as_mut() {
             p.release_peer(self.key);
+            p.remove_source(self.key);
             if let Some(bits) = &self.bits {
                 p.remove_peer_bits(bits);
             }
