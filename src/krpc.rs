@@ -38,7 +38,7 @@ pub trait DhtAddr:
     sealed::Sealed + Copy + Eq + Ord + Hash + Debug + Send + Sync + Unpin + 'static
 {
     /// The IP address alone (what tokens, rate limits and one-node-per-IP are keyed by).
-    type Ip: Copy + Eq + Ord + Hash + Debug + Send + Sync + Unpin + 'static;
+    type Ip: Copy + Eq + Ord + Hash + Debug + Send + Sync + Unpin + Into<IpAddr> + 'static;
     /// Length of the compact peer form (6 or 18).
     const COMPACT_LEN: usize;
     /// Which node list (`n4` / `n6` of BEP 32 `want`) carries this family.
@@ -57,6 +57,9 @@ pub trait DhtAddr:
     fn from_parts(ip: Self::Ip, port: u16) -> Self;
     /// The IP as a family-neutral value.
     fn ip_addr(ip: &Self::Ip) -> IpAddr;
+    /// The network an IP belongs to, for "at most a few nodes per network" limits: the /24
+    /// of an IPv4 address, the /64 of an IPv6 one.
+    fn subnet(ip: &Self::Ip) -> u64;
     /// Family-neutral socket address (for the driver and the `ip` key).
     fn to_socket_addr(&self) -> SocketAddr;
     /// This family's address, if `a` is one (IPv4-mapped IPv6 counts as IPv4).
@@ -93,6 +96,9 @@ impl DhtAddr for SocketAddrV4 {
     }
     fn ip_addr(ip: &Ipv4Addr) -> IpAddr {
         IpAddr::V4(*ip)
+    }
+    fn subnet(ip: &Ipv4Addr) -> u64 {
+        u64::from(u32::from(*ip) >> 8)
     }
     fn to_socket_addr(&self) -> SocketAddr {
         SocketAddr::V4(*self)
@@ -142,6 +148,9 @@ impl DhtAddr for SocketAddrV6 {
     }
     fn ip_addr(ip: &Ipv6Addr) -> IpAddr {
         IpAddr::V6(*ip)
+    }
+    fn subnet(ip: &Ipv6Addr) -> u64 {
+        (u128::from(*ip) >> 64) as u64
     }
     fn to_socket_addr(&self) -> SocketAddr {
         SocketAddr::V6(*self)

@@ -5,11 +5,12 @@
 //! majority vote), check other nodes' ids, and prefer verified nodes where trust matters.
 //! Local and private addresses are exempt: every id is valid for them.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rand::Rng;
 
 use crate::id::Id;
+use crate::krpc::DhtAddr;
 
 /// How BEP 42 node-id verification shapes the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -66,13 +67,90 @@ pub fn is_valid(id: &Id, ip: &Ipv4Addr) -> bool {
     id.0[0] == crc[0] && id.0[1] == crc[1] && (id.0[2] & 0xf8) == (crc[2] & 0xf8)
 }
 
+/// Whether BEP 42 does not apply to an IPv6 `ip` (loopback, unspecified, unique-local,
+/// link-local, IPv4-mapped: none of them is a public IPv6 address).
+pub fn is_exempt6(ip: &Ipv6Addr) -> bool {
+    let seg = ip.segments()[0];
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || (seg & 0xfe00) == 0xfc00
+        || (seg & 0xffc0) == 0xfe80
+        || ip.to_ipv4_mapped().is_some()
+}
+
+/// Whether BEP 42 does not apply to `ip`, of either family.
+pub fn is_exempt_ip(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => is_exempt(a),
+        IpAddr::V6(a) => is_exempt6(a),
+    }
+}
+
+fn prefix_crc6(ip: &Ipv6Addr, r: u8) -> u32 {
+    let o = ip.octets();
+    let mask = [0x01u8, 0x03, 0x07, 0x0f, 0x1f, 0x3f, 0x7f, 0xff];
+    let mut b = [0u8; 8];
+    for (i, m) in mask.iter().enumerate() {
+        b[i] = o[i] & m;
+    }
+    b[0] |= (r & 7) << 5;
+    crc32c::crc32c(&b)
+}
+
+fn crc_for(ip: &IpAddr, r: u8) -> [u8; 4] {
+    match ip {
+        IpAddr::V4(a) => prefix_crc(a, r),
+        IpAddr::V6(a) => prefix_crc6(a, r),
+    }
+    .to_be_bytes()
+}
+
+/// A random id valid for `ip` of either family (for exempt addresses: fully random).
+pub fn id_for_ip_addr<R: Rng + ?Sized>(ip: &IpAddr, rng: &mut R) -> Id {
+    let mut id = Id::random(rng);
+    if is_exempt_ip(ip) {
+        return id;
+    }
+    let rand_byte: u8 = rng.gen();
+    let crc = crc_for(ip, rand_byte);
+    id.0[0] = crc[0];
+    id.0[1] = crc[1];
+    id.0[2] = (crc[2] & 0xf8) | (id.0[2] & 0x07);
+    id.0[19] = rand_byte;
+    id
+}
+
+/// Whether `id` is a valid BEP 42 id for `ip` of either family.
+pub fn is_valid_ip(id: &Id, ip: &IpAddr) -> bool {
+    if is_exempt_ip(ip) {
+        return true;
+    }
+    let crc = crc_for(ip, id.0[19]);
+    id.0[0] == crc[0] && id.0[1] == crc[1] && (id.0[2] & 0xf8) == (crc[2] & 0xf8)
+}
+
+/// Whether `id` is a valid BEP 42 id for the address `addr` (the generic core's entry).
+pub fn is_valid_for<A: DhtAddr>(id: &Id, addr: &A) -> bool {
+    is_valid_ip(id, &A::ip_addr(&addr.ip_of()))
+}
+
 /// Majority vote over the external address other nodes report (`ip` in responses).
 /// Bounded: at most a handful of candidates are kept, and each voter counts once per round.
-#[derive(Clone, Debug, Default)]
-pub struct ExternalIpVote {
-    candidates: Vec<(Ipv4Addr, u32)>,
-    voters: Vec<Ipv4Addr>,
-    winner: Option<Ipv4Addr>,
+#[derive(Clone, Debug)]
+pub struct ExternalIpVote<I = Ipv4Addr> {
+    candidates: Vec<(I, u32)>,
+    voters: Vec<I>,
+    winner: Option<I>,
+}
+
+impl<I> Default for ExternalIpVote<I> {
+    fn default() -> Self {
+        ExternalIpVote {
+            candidates: Vec::new(),
+            voters: Vec::new(),
+            winner: None,
+        }
+    }
 }
 
 /// Votes needed before an address is believed.
@@ -82,10 +160,10 @@ const MAX_CANDIDATES: usize = 8;
 /// Distinct voters remembered (a voter counts once until the list rolls over).
 const MAX_VOTERS: usize = 64;
 
-impl ExternalIpVote {
+impl<I: Copy + Eq> ExternalIpVote<I> {
     /// Records that `voter` says our address is `ours`. Returns the new winner when the
     /// majority changes.
-    pub fn vote(&mut self, voter: Ipv4Addr, ours: Ipv4Addr) -> Option<Ipv4Addr> {
+    pub fn vote(&mut self, voter: I, ours: I) -> Option<I> {
         if self.voters.contains(&voter) {
             return None;
         }
@@ -125,7 +203,7 @@ impl ExternalIpVote {
     }
 
     /// The address most nodes agree on, once a quorum has voted.
-    pub fn winner(&self) -> Option<Ipv4Addr> {
+    pub fn winner(&self) -> Option<I> {
         self.winner
     }
 }

@@ -11,7 +11,7 @@
 use std::net::SocketAddrV4;
 
 use crate::id::Id;
-use crate::krpc::NodeInfo;
+use crate::krpc::{DhtAddr, NodeInfo};
 
 use super::bep42::{self, Bep42Mode};
 use super::time::Time;
@@ -50,10 +50,10 @@ enum CandState {
 }
 
 #[derive(Clone, Debug)]
-struct Candidate {
+struct Candidate<A> {
     /// Unknown for bootstrap addresses until they answer.
     id: Option<Id>,
-    addr: SocketAddrV4,
+    addr: A,
     distance: Id,
     /// Hops from our own table: 1 for nodes we knew, n+1 for nodes learned from a hop-n node.
     depth: u8,
@@ -64,7 +64,7 @@ struct Candidate {
     unverified: bool,
 }
 
-impl Candidate {
+impl<A> Candidate<A> {
     fn rank(&self) -> (bool, Id) {
         (self.unverified, self.distance)
     }
@@ -88,7 +88,7 @@ pub struct LookupStats {
 }
 
 /// State of one lookup.
-pub struct Lookup {
+pub struct Lookup<A = SocketAddrV4> {
     /// Its id.
     pub id: LookupId,
     /// The target id or info-hash.
@@ -101,22 +101,22 @@ pub struct Lookup {
     pub stats: LookupStats,
     k: usize,
     alpha: usize,
-    candidates: Vec<Candidate>,
+    candidates: Vec<Candidate<A>>,
     max_candidates: usize,
-    seen_peers: std::collections::HashSet<SocketAddrV4>,
+    seen_peers: std::collections::HashSet<A>,
     bep42: Bep42Mode,
 }
 
 /// A query the lookup wants sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Outgoing {
+pub struct Outgoing<A = SocketAddrV4> {
     /// Where to send it.
-    pub addr: SocketAddrV4,
+    pub addr: A,
     /// Expected responder id, if known.
     pub id: Option<Id>,
 }
 
-impl Lookup {
+impl<A: DhtAddr> Lookup<A> {
     /// A new lookup seeded with known nodes (from the routing table) and bare addresses
     /// (bootstrap routers, saved nodes).
     #[allow(clippy::too_many_arguments)]
@@ -127,9 +127,9 @@ impl Lookup {
         k: usize,
         alpha: usize,
         now: Time,
-        seeds: &[NodeInfo],
-        bare: &[SocketAddrV4],
-    ) -> Lookup {
+        seeds: &[NodeInfo<A>],
+        bare: &[A],
+    ) -> Lookup<A> {
         let mut l = Lookup {
             id,
             target,
@@ -154,13 +154,13 @@ impl Lookup {
 
     /// Applies BEP 42 to the candidates (`Prefer`: unverified ones rank last; `Enforce`:
     /// they are not queried at all). Call before any answer arrives.
-    pub fn with_bep42(mut self, mode: Bep42Mode) -> Lookup {
+    pub fn with_bep42(mut self, mode: Bep42Mode) -> Lookup<A> {
         self.bep42 = mode;
         if mode == Bep42Mode::Off {
             return self;
         }
         for c in self.candidates.iter_mut() {
-            c.unverified = c.id.is_some_and(|i| !bep42::is_valid(&i, c.addr.ip()));
+            c.unverified = c.id.is_some_and(|i| !bep42::is_valid_for(&i, &c.addr));
         }
         if mode == Bep42Mode::Enforce {
             self.candidates.retain(|c| !c.unverified);
@@ -169,7 +169,7 @@ impl Lookup {
         self
     }
 
-    fn add_candidate(&mut self, id: Option<Id>, addr: SocketAddrV4, depth: u8) {
+    fn add_candidate(&mut self, id: Option<Id>, addr: A, depth: u8) {
         if self
             .candidates
             .iter()
@@ -180,7 +180,7 @@ impl Lookup {
         // Unknown ids sort last: we cannot say how close they are.
         let distance = id.map_or(Id([0xff; 20]), |i| i.distance(&self.target));
         let unverified =
-            self.bep42 != Bep42Mode::Off && id.is_some_and(|i| !bep42::is_valid(&i, addr.ip()));
+            self.bep42 != Bep42Mode::Off && id.is_some_and(|i| !bep42::is_valid_for(&i, &addr));
         if unverified && self.bep42 == Bep42Mode::Enforce {
             return;
         }
@@ -222,7 +222,7 @@ impl Lookup {
 
     /// The queries to send now: fresh candidates among the closest, while fewer than `alpha`
     /// non-slow queries are outstanding. Marks them in flight.
-    pub fn next_queries(&mut self) -> Vec<Outgoing> {
+    pub fn next_queries(&mut self) -> Vec<Outgoing<A>> {
         let mut out = Vec::new();
         let mut active = self.active();
         let mut settled = 0;
@@ -248,7 +248,7 @@ impl Lookup {
         out
     }
 
-    fn find(&mut self, addr: &SocketAddrV4) -> Option<&mut Candidate> {
+    fn find(&mut self, addr: &A) -> Option<&mut Candidate<A>> {
         self.candidates.iter_mut().find(|c| c.addr == *addr)
     }
 
@@ -256,12 +256,12 @@ impl Lookup {
     /// peers not seen before in this lookup (so the caller can emit them at once).
     pub fn on_response(
         &mut self,
-        from: SocketAddrV4,
+        from: A,
         responder: Id,
-        nodes: &[NodeInfo],
-        values: &[SocketAddrV4],
+        nodes: &[NodeInfo<A>],
+        values: &[A],
         token: Option<Vec<u8>>,
-    ) -> Vec<SocketAddrV4> {
+    ) -> Vec<A> {
         let target = self.target;
         let check = self.bep42 != Bep42Mode::Off;
         let Some(c) = self.find(&from) else {
@@ -275,7 +275,7 @@ impl Lookup {
         if c.id.is_none() {
             c.id = Some(responder);
             c.distance = responder.distance(&target);
-            c.unverified = check && !bep42::is_valid(&responder, from.ip());
+            c.unverified = check && !bep42::is_valid_for(&responder, &from);
         }
         let depth = c.depth;
         self.candidates.sort_by_key(|c| c.rank());
@@ -284,7 +284,7 @@ impl Lookup {
         for n in nodes {
             self.add_candidate(Some(n.id), n.addr, depth.saturating_add(1));
         }
-        let fresh: Vec<SocketAddrV4> = values
+        let fresh: Vec<A> = values
             .iter()
             .filter(|p| self.seen_peers.insert(**p))
             .copied()
@@ -297,7 +297,7 @@ impl Lookup {
     }
 
     /// The query to `addr` passed the widen delay: stop counting it against `alpha`.
-    pub fn on_slow(&mut self, addr: &SocketAddrV4) {
+    pub fn on_slow(&mut self, addr: &A) {
         if let Some(c) = self.find(addr) {
             if c.state == (CandState::InFlight { slow: false }) {
                 c.state = CandState::InFlight { slow: true };
@@ -306,7 +306,7 @@ impl Lookup {
     }
 
     /// The query to `addr` timed out (or was answered with an error).
-    pub fn on_failure(&mut self, addr: &SocketAddrV4) {
+    pub fn on_failure(&mut self, addr: &A) {
         if let Some(c) = self.find(addr) {
             if matches!(c.state, CandState::InFlight { .. }) {
                 c.state = CandState::Failed;
@@ -336,7 +336,7 @@ impl Lookup {
 
     /// The `2k` closest nodes that answered, closest first, with the token each gave (for
     /// announce_peer; the caller picks `k` of them).
-    pub fn closest_responded(&self) -> Vec<(NodeInfo, Option<Vec<u8>>)> {
+    pub fn closest_responded(&self) -> Vec<(NodeInfo<A>, Option<Vec<u8>>)> {
         self.candidates
             .iter()
             .filter_map(|c| match (&c.state, c.id) {

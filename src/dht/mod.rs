@@ -17,7 +17,7 @@ pub mod time;
 
 pub use bep42::Bep42Mode;
 pub use lookup::{AnnounceSpec, LookupId, LookupKind, LookupStats};
-pub use node::{Config, Dht, Event, Stats, Transmit, CLIENT_VERSION};
+pub use node::{Config, Dht, Event, NodeLists, Stats, Transmit, CLIENT_VERSION};
 pub use ratelimit::{RateLimiter, RateLimits};
 pub use routing::{Insert, NodeState, RoutingTable, TimeoutOutcome};
 pub use rpc::Purpose;

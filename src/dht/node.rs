@@ -84,22 +84,22 @@ impl Default for Config {
 
 /// A datagram to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transmit {
+pub struct Transmit<A = SocketAddrV4> {
     /// Destination.
-    pub to: SocketAddrV4,
+    pub to: A,
     /// Bencoded KRPC message.
     pub data: Vec<u8>,
 }
 
 /// What the node reports to its driver.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
+pub enum Event<A: DhtAddr = SocketAddrV4> {
     /// New peers for a get_peers lookup, as soon as an answer carries them.
     Peers {
         /// The lookup.
         lookup: LookupId,
         /// Peers not reported before by this lookup.
-        peers: Vec<SocketAddrV4>,
+        peers: Vec<A>,
     },
     /// A lookup finished.
     LookupDone {
@@ -112,7 +112,7 @@ pub enum Event {
         /// How long it took.
         elapsed: Duration,
         /// The closest nodes that answered.
-        closest: Vec<NodeInfo>,
+        closest: Vec<NodeInfo<A>>,
         /// announce_peer queries sent afterwards.
         announced: usize,
     },
@@ -121,14 +121,14 @@ pub enum Event {
         /// The get_peers lookup that announced.
         lookup: LookupId,
         /// The node that stored us.
-        node: SocketAddrV4,
+        node: A,
     },
     /// Our id changed to match our external IP (BEP 42).
     IdChanged {
         /// The new id.
         id: Id,
         /// The external address it was derived from.
-        external: std::net::Ipv4Addr,
+        external: A::Ip,
     },
     /// The bootstrap lookup finished.
     Bootstrapped {
@@ -161,36 +161,54 @@ pub struct Stats {
 }
 
 /// The DHT node state machine.
-pub struct Dht {
+pub struct Dht<A: DhtAddr = SocketAddrV4> {
     cfg: Config,
     id: Id,
     rng: SmallRng,
-    table: RoutingTable,
-    rpc: Rpc,
-    lookups: Vec<Lookup>,
+    table: RoutingTable<A>,
+    rpc: Rpc<A>,
+    lookups: Vec<Lookup<A>>,
     next_lookup: u64,
-    store: PeerStore,
+    store: PeerStore<A>,
     tokens: Tokens,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<Event>,
+    transmits: VecDeque<Transmit<A>>,
+    events: VecDeque<Event<A>>,
     stats: Stats,
-    bootstrap_addrs: Vec<SocketAddrV4>,
+    bootstrap_addrs: Vec<A>,
     bootstrap_lookup: Option<LookupId>,
     last_bootstrap: Option<Time>,
     bootstrap_backoff: Duration,
     next_maintenance: Time,
     verify_window: (Time, u32),
-    external_ip: Option<SocketAddrV4>,
-    limiter: RateLimiter,
-    ip_vote: bep42::ExternalIpVote,
+    external_ip: Option<A>,
+    limiter: RateLimiter<A::Ip>,
+    ip_vote: bep42::ExternalIpVote<A::Ip>,
+}
+
+/// The node lists one family's node can put in a response: what the other family's
+/// [`Dht`] offers when a query's `want` (BEP 32) asks for its nodes.
+pub trait NodeLists {
+    /// Which `want` entry this family answers (`n4` or `n6`).
+    fn family(&self) -> Want;
+    /// Sets this family's `count` nodes closest to `target` in `r`.
+    fn fill_nodes(&self, target: &Id, count: usize, now: Time, r: &mut Response);
+}
+
+impl<A: DhtAddr> NodeLists for Dht<A> {
+    fn family(&self) -> Want {
+        A::WANT
+    }
+    fn fill_nodes(&self, target: &Id, count: usize, now: Time, r: &mut Response) {
+        A::set_nodes(r, self.table.closest(target, count, now));
+    }
 }
 
 /// How soon housekeeping looks again when bucket refreshes were deferred.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
 
-impl Dht {
+impl<A: DhtAddr> Dht<A> {
     /// A node with `id`, configuration `cfg`, and its own RNG seeded from `seed`.
-    pub fn new(id: Id, cfg: Config, seed: u64, now: Time) -> Dht {
+    pub fn new(id: Id, cfg: Config, seed: u64, now: Time) -> Dht<A> {
         let mut rng = SmallRng::seed_from_u64(seed);
         let tokens = Tokens::new(&mut rng, now, cfg.token_interval);
         let rpc = Rpc::new(rng.gen());
@@ -234,12 +252,12 @@ impl Dht {
     }
 
     /// The routing table, for status output and persistence.
-    pub fn routing_table(&self) -> &RoutingTable {
+    pub fn routing_table(&self) -> &RoutingTable<A> {
         &self.table
     }
 
     /// The peer store, for status output.
-    pub fn store(&self) -> &PeerStore {
+    pub fn store(&self) -> &PeerStore<A> {
         &self.store
     }
 
@@ -249,7 +267,7 @@ impl Dht {
     }
 
     /// Our address as other nodes report it (`ip` key of responses), if any did.
-    pub fn external_addr(&self) -> Option<SocketAddrV4> {
+    pub fn external_addr(&self) -> Option<A> {
         self.external_ip
     }
 
@@ -261,7 +279,7 @@ impl Dht {
     /// Joins the network: a find_node lookup for our own id through `addrs` (bootstrap
     /// routers and saved nodes) and whatever the table already holds. The addresses are
     /// remembered and retried while the table stays nearly empty.
-    pub fn bootstrap(&mut self, now: Time, addrs: &[SocketAddrV4]) -> LookupId {
+    pub fn bootstrap(&mut self, now: Time, addrs: &[A]) -> LookupId {
         self.add_bootstrap_addrs(addrs);
         self.last_bootstrap = Some(now);
         let target = self.id;
@@ -273,7 +291,7 @@ impl Dht {
 
     /// Remembers bootstrap addresses without joining now: lookups fall back on them while
     /// the table is nearly empty (a short-lived `lookup` does not need a full join).
-    pub fn add_bootstrap_addrs(&mut self, addrs: &[SocketAddrV4]) {
+    pub fn add_bootstrap_addrs(&mut self, addrs: &[A]) {
         for a in addrs {
             if !self.bootstrap_addrs.contains(a) {
                 self.bootstrap_addrs.push(*a);
@@ -285,12 +303,12 @@ impl Dht {
     /// vouches for (the simulator's perfect tables; a table restored from a trusted source).
     /// Saved state from disk goes through [`Dht::bootstrap`] instead, so dead contacts are
     /// weeded out by pings.
-    pub fn insert_node(&mut self, now: Time, node: NodeInfo) -> Insert {
+    pub fn insert_node(&mut self, now: Time, node: NodeInfo<A>) -> Insert<A> {
         self.table.on_response(node, now)
     }
 
     /// Pings `addr` so it can enter the routing table if it answers.
-    pub fn add_node(&mut self, now: Time, addr: SocketAddrV4) {
+    pub fn add_node(&mut self, now: Time, addr: A) {
         self.send_query(now, addr, None, Method::Ping, Purpose::Ping);
     }
 
@@ -315,17 +333,11 @@ impl Dht {
         self.lookups.retain(|l| l.id != lookup);
     }
 
-    fn start_lookup(
-        &mut self,
-        now: Time,
-        target: Id,
-        kind: LookupKind,
-        extra: &[SocketAddrV4],
-    ) -> LookupId {
+    fn start_lookup(&mut self, now: Time, target: Id, kind: LookupKind, extra: &[A]) -> LookupId {
         let lid = LookupId(self.next_lookup);
         self.next_lookup += 1;
         let seeds = self.table.closest(&target, self.cfg.k * 2, now);
-        let mut bare: Vec<SocketAddrV4> = extra.to_vec();
+        let mut bare: Vec<A> = extra.to_vec();
         if seeds.len() < self.cfg.k {
             // A nearly empty table: fall back on the bootstrap addresses.
             for a in &self.bootstrap_addrs {
@@ -385,7 +397,7 @@ impl Dht {
         }
     }
 
-    fn finish_lookup(&mut self, now: Time, l: Lookup) {
+    fn finish_lookup(&mut self, now: Time, l: Lookup<A>) {
         let mut closest = l.closest_responded();
         if self.cfg.bep42 != Bep42Mode::Off {
             // Announce preferably to nodes whose id matches their address (BEP 42):
@@ -451,7 +463,7 @@ impl Dht {
     fn send_query(
         &mut self,
         now: Time,
-        addr: SocketAddrV4,
+        addr: A,
         id: Option<Id>,
         method: Method,
         purpose: Purpose,
@@ -480,16 +492,16 @@ impl Dht {
         true
     }
 
-    fn push_transmit(&mut self, to: SocketAddrV4, data: Vec<u8>) {
+    fn push_transmit(&mut self, to: A, data: Vec<u8>) {
         self.stats.datagrams_out += 1;
         self.transmits.push_back(Transmit { to, data });
     }
 
-    fn reply(&mut self, to: SocketAddrV4, tid: Vec<u8>, body: Body) {
+    fn reply(&mut self, to: A, tid: Vec<u8>, body: Body) {
         let msg = Message {
             tid,
             version: Some(CLIENT_VERSION.to_vec()),
-            ip: Some(to.into()),
+            ip: Some(to.to_socket_addr()),
             read_only: false,
             body,
         };
@@ -498,18 +510,20 @@ impl Dht {
 
     /// Counts another node's view of our address; once a quorum agrees on a public address
     /// our id does not match, take a BEP 42 id for it and re-centre the table.
-    fn on_external_ip(&mut self, now: Time, voter: std::net::Ipv4Addr, ours: SocketAddrV4) {
-        if bep42::is_exempt(&voter) && !bep42::is_exempt(ours.ip()) {
+    fn on_external_ip(&mut self, now: Time, voter: A::Ip, ours: A) {
+        if bep42::is_exempt_ip(&A::ip_addr(&voter))
+            && !bep42::is_exempt_ip(&A::ip_addr(&ours.ip_of()))
+        {
             // A local peer cannot vouch for a public address.
             return;
         }
-        if let Some(ip) = self.ip_vote.vote(voter, *ours.ip()) {
-            self.external_ip = Some(SocketAddrV4::new(ip, ours.port()));
+        if let Some(ip) = self.ip_vote.vote(voter, ours.ip_of()) {
+            self.external_ip = Some(A::from_parts(ip, ours.port_of()));
             if self.cfg.bep42_derive_id
                 && self.cfg.bep42 != Bep42Mode::Off
-                && !bep42::is_valid(&self.id, &ip)
+                && !bep42::is_valid_ip(&self.id, &A::ip_addr(&ip))
             {
-                let id = bep42::id_for_ip(&ip, &mut self.rng);
+                let id = bep42::id_for_ip_addr(&A::ip_addr(&ip), &mut self.rng);
                 self.id = id;
                 self.table.recentre(id, now);
                 self.events.push_back(Event::IdChanged { id, external: ip });
@@ -520,8 +534,21 @@ impl Dht {
     }
 
     /// Feeds one received datagram.
-    pub fn handle_datagram(&mut self, now: Time, from: SocketAddrV4, data: &[u8]) {
-        if !self.limiter.allow_packet(*from.ip(), now) {
+    pub fn handle_datagram(&mut self, now: Time, from: A, data: &[u8]) {
+        self.handle_datagram_with(now, from, data, None);
+    }
+
+    /// Feeds one received datagram, with the node of the other address family beside this
+    /// one (dual stack, BEP 32): a query whose `want` asks for that family's nodes is
+    /// answered from `other`'s table.
+    pub fn handle_datagram_with(
+        &mut self,
+        now: Time,
+        from: A,
+        data: &[u8],
+        other: Option<&dyn NodeLists>,
+    ) {
+        if !self.limiter.allow_packet(from.ip_of(), now) {
             self.stats.dropped_rate_limited += 1;
             return;
         }
@@ -543,16 +570,24 @@ impl Dht {
             }
         };
         match msg.body {
-            Body::Query(q) => self.handle_query(now, from, msg.tid, msg.read_only, q),
+            Body::Query(q) => self.handle_query(now, from, msg.tid, msg.read_only, q, other),
             Body::Response(r) => {
-                let ip = msg.ip.and_then(SocketAddrV4::from_socket_addr);
+                let ip = msg.ip.and_then(A::from_socket_addr);
                 self.handle_response(now, from, &msg.tid, ip, r)
             }
             Body::Error(_) => self.handle_error(now, from, &msg.tid),
         }
     }
 
-    fn handle_query(&mut self, now: Time, from: SocketAddrV4, tid: Vec<u8>, ro: bool, q: Query) {
+    fn handle_query(
+        &mut self,
+        now: Time,
+        from: A,
+        tid: Vec<u8>,
+        ro: bool,
+        q: Query,
+        other: Option<&dyn NodeLists>,
+    ) {
         self.stats.queries_in += 1;
         if self.cfg.read_only || !self.limiter.allow_reply(now) {
             return;
@@ -564,22 +599,17 @@ impl Dht {
                 id: self.id,
                 ..Response::default()
             }),
-            Method::FindNode { target } => Body::Response(Response {
-                id: self.id,
-                nodes: Some(self.table.closest(&target, self.cfg.k, now)),
-                ..Response::default()
-            }),
+            Method::FindNode { target } => {
+                Body::Response(self.node_lists(&target, q.want, now, other))
+            }
             Method::GetPeers { info_hash } => {
                 let values = self
                     .store
                     .peers(&info_hash, self.cfg.max_values, now, &mut self.rng);
-                Body::Response(Response {
-                    id: self.id,
-                    nodes: Some(self.table.closest(&info_hash, self.cfg.k, now)),
-                    values,
-                    token: Some(self.tokens.token_for(from.ip()).to_vec()),
-                    ..Response::default()
-                })
+                let mut r = self.node_lists(&info_hash, q.want, now, other);
+                A::set_values(&mut r, values);
+                r.token = Some(self.tokens.token_for(&from.ip_of()).to_vec());
+                Body::Response(r)
             }
             Method::AnnouncePeer {
                 info_hash,
@@ -587,7 +617,7 @@ impl Dht {
                 implied_port,
                 token,
             } => {
-                if !self.tokens.check(&token, from.ip()) {
+                if !self.tokens.check(&token, &from.ip_of()) {
                     Body::Error(KrpcError {
                         code: ErrorCode::Protocol,
                         message: b"bad token".to_vec(),
@@ -598,9 +628,9 @@ impl Dht {
                         message: b"bad port".to_vec(),
                     })
                 } else {
-                    let port = if implied_port { from.port() } else { port };
+                    let port = if implied_port { from.port_of() } else { port };
                     self.store
-                        .announce(info_hash, SocketAddrV4::new(*from.ip(), port), now);
+                        .announce(info_hash, A::from_parts(from.ip_of(), port), now);
                     self.stats.announces_in += 1;
                     Body::Response(Response {
                         id: self.id,
@@ -619,9 +649,33 @@ impl Dht {
         }
     }
 
+    /// A find_node / get_peers answer's node lists: this family's unless `want` (BEP 32)
+    /// names only the other, plus the other family's from `other` when asked for. A list
+    /// given is always present, even empty (BEP 5 replies always carry `nodes`).
+    fn node_lists(
+        &self,
+        target: &Id,
+        want: Want,
+        now: Time,
+        other: Option<&dyn NodeLists>,
+    ) -> Response {
+        let mut r = Response {
+            id: self.id,
+            ..Response::default()
+        };
+        let asks = |fam: Want| (want.n4 && fam.n4) || (want.n6 && fam.n6);
+        if want.is_empty() || asks(A::WANT) {
+            A::set_nodes(&mut r, self.table.closest(target, self.cfg.k, now));
+        }
+        if let Some(o) = other.filter(|o| asks(o.family())) {
+            o.fill_nodes(target, self.cfg.k, now, &mut r);
+        }
+        r
+    }
+
     /// An unknown node queried us: if it could enter the table, ping it (answers prove the
     /// address is real). Budgeted, so a flood of queriers cannot make us flood pings.
-    fn maybe_verify(&mut self, now: Time, from: SocketAddrV4, id: Id) {
+    fn maybe_verify(&mut self, now: Time, from: A, id: Id) {
         if !self.table.has_room_for(&id, now) {
             return;
         }
@@ -635,21 +689,14 @@ impl Dht {
         self.send_query(now, from, Some(id), Method::Ping, Purpose::Ping);
     }
 
-    fn handle_response(
-        &mut self,
-        now: Time,
-        from: SocketAddrV4,
-        tid: &[u8],
-        ip: Option<SocketAddrV4>,
-        r: Response,
-    ) {
+    fn handle_response(&mut self, now: Time, from: A, tid: &[u8], ip: Option<A>, r: Response) {
         let Some(q) = self.rpc.take(tid, &from) else {
             self.stats.unsolicited_in += 1;
             return;
         };
         self.stats.responses_in += 1;
         if let Some(ours) = ip {
-            self.on_external_ip(now, *from.ip(), ours);
+            self.on_external_ip(now, from.ip_of(), ours);
         }
         let node = NodeInfo {
             id: r.id,
@@ -663,13 +710,8 @@ impl Dht {
                 let Some(l) = self.lookups.iter_mut().find(|l| l.id == lid) else {
                     return;
                 };
-                let fresh = l.on_response(
-                    from,
-                    r.id,
-                    r.nodes.as_deref().unwrap_or(&[]),
-                    &r.values,
-                    r.token,
-                );
+                let nodes = A::nodes_of(&r).unwrap_or(&[]);
+                let fresh = l.on_response(from, r.id, nodes, A::values_of(&r), r.token.clone());
                 if !fresh.is_empty() {
                     self.events.push_back(Event::Peers {
                         lookup: lid,
@@ -686,7 +728,7 @@ impl Dht {
         }
     }
 
-    fn handle_error(&mut self, now: Time, from: SocketAddrV4, tid: &[u8]) {
+    fn handle_error(&mut self, now: Time, from: A, tid: &[u8]) {
         let Some(q) = self.rpc.take(tid, &from) else {
             self.stats.unsolicited_in += 1;
             return;
@@ -791,12 +833,12 @@ impl Dht {
     }
 
     /// The next datagram to send, if any.
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+    pub fn poll_transmit(&mut self) -> Option<Transmit<A>> {
         self.transmits.pop_front()
     }
 
     /// The next event, if any.
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub fn poll_event(&mut self) -> Option<Event<A>> {
         self.events.pop_front()
     }
 
@@ -809,7 +851,7 @@ impl Dht {
     }
 
     /// Nodes worth saving for the next start: every table entry that is not bad.
-    pub fn saved_nodes(&self, now: Time) -> Vec<NodeInfo> {
+    pub fn saved_nodes(&self, now: Time) -> Vec<NodeInfo<A>> {
         self.table
             .iter()
             .filter(|e| e.state(now) != NodeState::Bad)

@@ -63,9 +63,9 @@ struct Bucket {
 }
 
 /// The limiter state.
-pub struct RateLimiter {
+pub struct RateLimiter<I = Ipv4Addr> {
     limits: RateLimits,
-    ips: Option<LruCache<Ipv4Addr, Bucket>>,
+    ips: Option<LruCache<I, Bucket>>,
     global_window: Time,
     global_count: u32,
     /// Packets dropped because their IP was over budget or banned.
@@ -74,9 +74,9 @@ pub struct RateLimiter {
     pub dropped_global: u64,
 }
 
-impl RateLimiter {
+impl<I: Copy + Eq + std::hash::Hash> RateLimiter<I> {
     /// A limiter with `limits`; allocates nothing yet.
-    pub fn new(limits: RateLimits) -> RateLimiter {
+    pub fn new(limits: RateLimits) -> RateLimiter<I> {
         RateLimiter {
             limits,
             ips: None,
@@ -88,7 +88,7 @@ impl RateLimiter {
     }
 
     /// Counts one packet from `ip` at `now`; false if it must be dropped.
-    pub fn allow_packet(&mut self, ip: Ipv4Addr, now: Time) -> bool {
+    pub fn allow_packet(&mut self, ip: I, now: Time) -> bool {
         let rate = u64::from(self.limits.per_ip_per_sec);
         if rate == 0 || self.limits.tracked_ips == 0 {
             return true;
@@ -192,7 +192,7 @@ mod tests {
 
     #[test]
     fn global_reply_budget() {
-        let mut r = RateLimiter::new(RateLimits {
+        let mut r: RateLimiter = RateLimiter::new(RateLimits {
             replies_per_sec: 3,
             ..RateLimits::unlimited()
         });

@@ -5,11 +5,11 @@
 //! The table never sends anything itself: when a questionable node should be pinged before it
 //! is replaced, insertion says so and the node (`dht`) sends the ping.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use crate::id::Id;
-use crate::krpc::NodeInfo;
+use crate::krpc::{DhtAddr, NodeInfo};
 
 use super::bep42::{self, Bep42Mode};
 use super::time::Time;
@@ -25,9 +25,9 @@ pub const MAX_PER_SLASH24: usize = 2;
 
 /// One routing table entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
+pub struct Entry<A = SocketAddrV4> {
     /// Who the node is.
-    pub node: NodeInfo,
+    pub node: NodeInfo<A>,
     /// Last time it answered one of our queries.
     pub last_response: Time,
     /// Last time it sent us a query (counts toward "good" once it has answered before).
@@ -49,8 +49,8 @@ pub enum NodeState {
     Bad,
 }
 
-impl Entry {
-    fn new(node: NodeInfo, now: Time) -> Entry {
+impl<A: DhtAddr> Entry<A> {
+    fn new(node: NodeInfo<A>, now: Time) -> Entry<A> {
         Entry {
             node,
             last_response: now,
@@ -74,19 +74,29 @@ impl Entry {
 }
 
 /// One k-bucket.
-#[derive(Clone, Debug, Default)]
-pub struct Bucket {
+#[derive(Clone, Debug)]
+pub struct Bucket<A = SocketAddrV4> {
     /// Live entries, at most `k`.
-    pub entries: Vec<Entry>,
+    pub entries: Vec<Entry<A>>,
     /// Candidates waiting for a slot, newest last.
-    pub replacements: Vec<NodeInfo>,
+    pub replacements: Vec<NodeInfo<A>>,
     /// Last time a node in this bucket answered or was added, or a lookup went through it.
     pub last_changed: Time,
 }
 
+impl<A> Default for Bucket<A> {
+    fn default() -> Self {
+        Bucket {
+            entries: Vec::new(),
+            replacements: Vec::new(),
+            last_changed: Time(0),
+        }
+    }
+}
+
 /// What happened to a node offered to the table.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Insert {
+pub enum Insert<A = SocketAddrV4> {
     /// It is in the table (new or refreshed).
     Added,
     /// Refused: our own id, a read-only node, or its IP already has another entry.
@@ -94,24 +104,24 @@ pub enum Insert {
     /// Bucket full of good nodes; kept as a replacement.
     Replacement,
     /// Bucket full; kept as a replacement, and this questionable node should be pinged first.
-    PingFirst(NodeInfo),
+    PingFirst(NodeInfo<A>),
 }
 
 /// The routing table centred on our id.
 #[derive(Clone, Debug)]
-pub struct RoutingTable {
+pub struct RoutingTable<A = SocketAddrV4> {
     own: Id,
     k: usize,
     /// Bucket `i < len-1` holds nodes sharing exactly `i` leading bits with us; the last bucket
     /// holds every node sharing at least `len-1` bits (it is the one that splits).
-    buckets: Vec<Bucket>,
+    buckets: Vec<Bucket<A>>,
     one_per_ip: bool,
     bep42: Bep42Mode,
 }
 
-impl RoutingTable {
+impl<A: DhtAddr> RoutingTable<A> {
     /// An empty table for `own` id with `k` entries per bucket.
-    pub fn new(own: Id, k: usize, one_per_ip: bool, now: Time) -> RoutingTable {
+    pub fn new(own: Id, k: usize, one_per_ip: bool, now: Time) -> RoutingTable<A> {
         RoutingTable {
             own,
             k,
@@ -130,14 +140,14 @@ impl RoutingTable {
     }
 
     /// Whether a node's id matches its address under BEP 42 (exempt addresses always do).
-    pub fn verified(node: &NodeInfo) -> bool {
-        bep42::is_valid(&node.id, node.addr.ip())
+    pub fn verified(node: &NodeInfo<A>) -> bool {
+        bep42::is_valid_for(&node.id, &node.addr)
     }
 
     /// Moves the table to a new own id (after BEP 42 re-derivation): same contacts,
     /// re-bucketed around the new id.
     pub fn recentre(&mut self, own: Id, now: Time) {
-        let old: Vec<Entry> = self.iter().cloned().collect();
+        let old: Vec<Entry<A>> = self.iter().cloned().collect();
         *self = RoutingTable {
             own,
             k: self.k,
@@ -169,7 +179,7 @@ impl RoutingTable {
     }
 
     /// The buckets, for status output and refresh.
-    pub fn buckets(&self) -> &[Bucket] {
+    pub fn buckets(&self) -> &[Bucket<A>] {
         &self.buckets
     }
 
@@ -198,11 +208,11 @@ impl RoutingTable {
     }
 
     /// All entries.
-    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+    pub fn iter(&self) -> impl Iterator<Item = &Entry<A>> {
         self.buckets.iter().flat_map(|b| b.entries.iter())
     }
 
-    fn find_mut(&mut self, id: &Id) -> Option<&mut Entry> {
+    fn find_mut(&mut self, id: &Id) -> Option<&mut Entry<A>> {
         let b = self.bucket_index(id);
         self.buckets
             .get_mut(b)?
@@ -212,7 +222,7 @@ impl RoutingTable {
     }
 
     /// The entry for `id`, if present.
-    pub fn get(&self, id: &Id) -> Option<&Entry> {
+    pub fn get(&self, id: &Id) -> Option<&Entry<A>> {
         let b = self.bucket_index(id);
         self.buckets
             .get(b)?
@@ -221,13 +231,13 @@ impl RoutingTable {
             .find(|e| e.node.id == *id)
     }
 
-    fn ip_taken(&self, ip: &Ipv4Addr, except: &Id) -> bool {
+    fn ip_taken(&self, ip: &A::Ip, except: &Id) -> bool {
         self.iter()
-            .any(|e| e.node.addr.ip() == ip && e.node.id != *except)
+            .any(|e| e.node.addr.ip_of() == *ip && e.node.id != *except)
     }
 
     /// Records that `node` answered a query of ours at `now`, inserting it if there is room.
-    pub fn on_response(&mut self, node: NodeInfo, now: Time) -> Insert {
+    pub fn on_response(&mut self, node: NodeInfo<A>, now: Time) -> Insert<A> {
         if node.id == self.own {
             return Insert::Refused;
         }
@@ -245,20 +255,20 @@ impl RoutingTable {
             }
             return Insert::Added;
         }
-        if self.one_per_ip && self.ip_taken(node.addr.ip(), &node.id) {
+        if self.one_per_ip && self.ip_taken(&node.addr.ip_of(), &node.id) {
             return Insert::Refused;
         }
         let verified = RoutingTable::verified(&node);
         if self.bep42 == Bep42Mode::Enforce && !verified {
             return Insert::Refused;
         }
-        if self.one_per_ip && !bep42::is_exempt(node.addr.ip()) {
-            let net = u32::from(*node.addr.ip()) >> 8;
+        if self.one_per_ip && !bep42::is_exempt_ip(&A::ip_addr(&node.addr.ip_of())) {
+            let net = A::subnet(&node.addr.ip_of());
             let b = self.bucket_index(&node.id);
             let same_net = self.buckets.get(b).map_or(0, |b| {
                 b.entries
                     .iter()
-                    .filter(|e| u32::from(*e.node.addr.ip()) >> 8 == net)
+                    .filter(|e| A::subnet(&e.node.addr.ip_of()) == net)
                     .count()
             });
             if same_net >= MAX_PER_SLASH24 {
@@ -268,7 +278,7 @@ impl RoutingTable {
         self.insert_new(node, now)
     }
 
-    fn insert_new(&mut self, node: NodeInfo, now: Time) -> Insert {
+    fn insert_new(&mut self, node: NodeInfo<A>, now: Time) -> Insert<A> {
         loop {
             let bi = self.bucket_index(&node.id);
             let n_buckets = self.buckets.len();
@@ -341,13 +351,13 @@ impl RoutingTable {
             ..Bucket::default()
         };
         if let Some(last) = self.buckets.last_mut() {
-            let (stay, go): (Vec<Entry>, Vec<Entry>) = last
+            let (stay, go): (Vec<Entry<A>>, Vec<Entry<A>>) = last
                 .entries
                 .drain(..)
                 .partition(|e| own.common_prefix_len(&e.node.id) == depth);
             last.entries = stay;
             deeper.entries = go;
-            let (stay, go): (Vec<NodeInfo>, Vec<NodeInfo>) = last
+            let (stay, go): (Vec<NodeInfo<A>>, Vec<NodeInfo<A>>) = last
                 .replacements
                 .drain(..)
                 .partition(|n| own.common_prefix_len(&n.id) == depth);
@@ -359,7 +369,7 @@ impl RoutingTable {
 
     /// Records that `id` sent us a query at `now` (keeps a known node good). Returns whether
     /// the node is already in the table.
-    pub fn on_query(&mut self, id: &Id, addr: SocketAddrV4, now: Time) -> bool {
+    pub fn on_query(&mut self, id: &Id, addr: A, now: Time) -> bool {
         match self.find_mut(id) {
             Some(e) if e.node.addr == addr => {
                 e.last_query = now;
@@ -387,7 +397,7 @@ impl RoutingTable {
     /// Records that a query to `id` timed out. When the node turns bad and a replacement is
     /// waiting, the replacement takes its place and is returned so the caller can ping it.
     /// Also returns the node again if it is questionable and deserves a second ping.
-    pub fn on_timeout(&mut self, id: &Id, now: Time) -> TimeoutOutcome {
+    pub fn on_timeout(&mut self, id: &Id, now: Time) -> TimeoutOutcome<A> {
         let bi = self.bucket_index(id);
         let Some(bucket) = self.buckets.get_mut(bi) else {
             return TimeoutOutcome::Unknown;
@@ -421,12 +431,13 @@ impl RoutingTable {
     ///
     /// Uses the bucket structure instead of scanning everything: nodes in the target's own
     /// bucket are closer than nodes in deeper buckets, which are closer than shallower ones.
-    pub fn closest(&self, target: &Id, count: usize, now: Time) -> Vec<NodeInfo> {
-        let mut out: Vec<NodeInfo> = Vec::with_capacity(count);
-        let usable = |e: &&Entry| e.state(now) != NodeState::Bad;
+    pub fn closest(&self, target: &Id, count: usize, now: Time) -> Vec<NodeInfo<A>> {
+        let mut out: Vec<NodeInfo<A>> = Vec::with_capacity(count);
+        let usable = |e: &&Entry<A>| e.state(now) != NodeState::Bad;
         let b = self.bucket_index(target);
-        let take_sorted = |entries: &mut dyn Iterator<Item = &Entry>, out: &mut Vec<NodeInfo>| {
-            let mut v: Vec<NodeInfo> = entries.filter(usable).map(|e| e.node).collect();
+        let take_sorted = |entries: &mut dyn Iterator<Item = &Entry<A>>,
+                           out: &mut Vec<NodeInfo<A>>| {
+            let mut v: Vec<NodeInfo<A>> = entries.filter(usable).map(|e| e.node).collect();
             v.sort_unstable_by_key(|n| n.id.distance(target));
             let need = count.saturating_sub(out.len());
             out.extend(v.into_iter().take(need));
@@ -476,7 +487,7 @@ impl RoutingTable {
     }
 
     /// Questionable entries (not already being pinged), for liveness checks.
-    pub fn questionable(&self, now: Time) -> Vec<NodeInfo> {
+    pub fn questionable(&self, now: Time) -> Vec<NodeInfo<A>> {
         self.iter()
             .filter(|e| e.state(now) == NodeState::Questionable && !e.pinging)
             .map(|e| e.node)
@@ -493,20 +504,20 @@ impl RoutingTable {
 
 /// What a timeout did to the table.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TimeoutOutcome {
+pub enum TimeoutOutcome<A = SocketAddrV4> {
     /// The node is not in the table.
     Unknown,
     /// Failure counted; nothing else to do.
     Counted,
     /// A questionable node missed a liveness ping: ping it once more before giving up.
-    PingAgain(NodeInfo),
+    PingAgain(NodeInfo<A>),
     /// The node is bad and no replacement is waiting.
     Bad,
     /// The node was bad and this replacement took its slot; ping it.
-    Replaced(NodeInfo),
+    Replaced(NodeInfo<A>),
 }
 
-fn push_replacement(bucket: &mut Bucket, node: NodeInfo) {
+fn push_replacement<A: DhtAddr>(bucket: &mut Bucket<A>, node: NodeInfo<A>) {
     bucket.replacements.retain(|r| r.id != node.id);
     if bucket.replacements.len() >= REPLACEMENTS {
         bucket.replacements.remove(0);
@@ -517,6 +528,7 @@ fn push_replacement(bucket: &mut Bucket, node: NodeInfo) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn node(first: u8, ip_last: u8) -> NodeInfo {
         let mut id = [0u8; 20];

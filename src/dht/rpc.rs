@@ -9,6 +9,7 @@ use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use crate::id::Id;
+use crate::krpc::DhtAddr;
 
 use super::lookup::LookupId;
 use super::time::Time;
@@ -26,9 +27,9 @@ pub enum Purpose {
 
 /// A query waiting for its answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Outstanding {
+pub struct Outstanding<A = SocketAddrV4> {
     /// Where it went; the answer must come from there.
-    pub addr: SocketAddrV4,
+    pub addr: A,
     /// Who we expect to answer, if known.
     pub id: Option<Id>,
     /// When it was sent.
@@ -41,25 +42,32 @@ pub struct Outstanding {
 pub const MAX_OUTSTANDING: usize = 4096;
 
 /// The table of outstanding queries.
-#[derive(Default)]
-pub struct Rpc {
+pub struct Rpc<A = SocketAddrV4> {
     next_tid: u16,
-    pending: HashMap<u16, Outstanding>,
+    pending: HashMap<u16, Outstanding<A>>,
     widen_queue: VecDeque<(Time, u16)>,
     timeout_queue: VecDeque<(Time, u16)>,
 }
 
-impl Rpc {
+impl<A: DhtAddr> Default for Rpc<A> {
+    fn default() -> Self {
+        Rpc::new(0)
+    }
+}
+
+impl<A: DhtAddr> Rpc<A> {
     /// An empty table whose transaction ids start at `first_tid` (pick it at random).
-    pub fn new(first_tid: u16) -> Rpc {
+    pub fn new(first_tid: u16) -> Rpc<A> {
         Rpc {
             next_tid: first_tid,
-            ..Rpc::default()
+            pending: HashMap::new(),
+            widen_queue: VecDeque::new(),
+            timeout_queue: VecDeque::new(),
         }
     }
 
     /// Registers a query and returns its transaction id, or `None` when too many are pending.
-    pub fn register(&mut self, q: Outstanding) -> Option<[u8; 2]> {
+    pub fn register(&mut self, q: Outstanding<A>) -> Option<[u8; 2]> {
         if self.pending.len() >= MAX_OUTSTANDING {
             return None;
         }
@@ -78,7 +86,7 @@ impl Rpc {
 
     /// Takes the query an answer from `from` with transaction id `tid` belongs to.
     /// Answers from another address than the one asked are not ours (spoofing or confusion).
-    pub fn take(&mut self, tid: &[u8], from: &SocketAddrV4) -> Option<Outstanding> {
+    pub fn take(&mut self, tid: &[u8], from: &A) -> Option<Outstanding<A>> {
         let t = u16::from_be_bytes(<[u8; 2]>::try_from(tid).ok()?);
         match self.pending.get(&t) {
             Some(q) if q.addr == *from => self.pending.remove(&t),
@@ -87,7 +95,7 @@ impl Rpc {
     }
 
     /// Lookup queries that passed the widen delay at `now` and are still unanswered.
-    pub fn due_widen(&mut self, now: Time, widen: Duration) -> Vec<Outstanding> {
+    pub fn due_widen(&mut self, now: Time, widen: Duration) -> Vec<Outstanding<A>> {
         let mut out = Vec::new();
         while let Some(&(sent, tid)) = self.widen_queue.front() {
             if sent + widen > now {
@@ -104,7 +112,7 @@ impl Rpc {
     }
 
     /// Queries that timed out at `now`; they are removed.
-    pub fn due_timeouts(&mut self, now: Time, timeout: Duration) -> Vec<Outstanding> {
+    pub fn due_timeouts(&mut self, now: Time, timeout: Duration) -> Vec<Outstanding<A>> {
         let mut out = Vec::new();
         while let Some(&(sent, tid)) = self.timeout_queue.front() {
             if sent + timeout > now {

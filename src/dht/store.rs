@@ -5,7 +5,7 @@
 //! without bound. Nothing is allocated until the first announce arrives (a million simulated
 //! nodes mostly store nothing).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddrV4};
 use std::time::Duration;
 
 use lru::LruCache;
@@ -14,6 +14,7 @@ use rand::Rng;
 use sha1::{Digest, Sha1};
 
 use crate::id::Id;
+use crate::krpc::DhtAddr;
 
 use super::time::Time;
 
@@ -42,21 +43,21 @@ impl Default for StoreLimits {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct StoredPeer {
-    addr: SocketAddrV4,
+struct StoredPeer<A> {
+    addr: A,
     expires: Time,
 }
 
 /// Announced peers per info-hash.
-pub struct PeerStore {
+pub struct PeerStore<A = SocketAddrV4> {
     limits: StoreLimits,
-    map: Option<LruCache<Id, Vec<StoredPeer>>>,
+    map: Option<LruCache<Id, Vec<StoredPeer<A>>>>,
     total: usize,
 }
 
-impl PeerStore {
+impl<A: DhtAddr> PeerStore<A> {
     /// An empty store; allocates nothing until used.
-    pub fn new(limits: StoreLimits) -> PeerStore {
+    pub fn new(limits: StoreLimits) -> PeerStore<A> {
         PeerStore {
             limits,
             map: None,
@@ -65,7 +66,7 @@ impl PeerStore {
     }
 
     /// Records `peer` for `info_hash` at `now`, evicting as the limits require.
-    pub fn announce(&mut self, info_hash: Id, peer: SocketAddrV4, now: Time) {
+    pub fn announce(&mut self, info_hash: Id, peer: A, now: Time) {
         let expires = now + self.limits.ttl;
         let map = self.map.get_or_insert_with(LruCache::unbounded);
         let list = map.get_or_insert_mut(info_hash, Vec::new);
@@ -103,11 +104,11 @@ impl PeerStore {
         max: usize,
         now: Time,
         rng: &mut R,
-    ) -> Vec<SocketAddrV4> {
+    ) -> Vec<A> {
         let Some(list) = self.map.as_mut().and_then(|m| m.peek(info_hash)) else {
             return Vec::new();
         };
-        let live: Vec<SocketAddrV4> = list
+        let live: Vec<A> = list
             .iter()
             .filter(|p| p.expires > now)
             .map(|p| p.addr)
@@ -172,10 +173,13 @@ impl Tokens {
         }
     }
 
-    fn make(secret: &[u8; 8], ip: &Ipv4Addr) -> [u8; TOKEN_LEN] {
+    fn make<I: Copy + Into<IpAddr>>(secret: &[u8; 8], ip: &I) -> [u8; TOKEN_LEN] {
         let mut h = Sha1::new();
         h.update(secret);
-        h.update(ip.octets());
+        match (*ip).into() {
+            IpAddr::V4(a) => h.update(a.octets()),
+            IpAddr::V6(a) => h.update(a.octets()),
+        }
         let d = h.finalize();
         let mut out = [0u8; TOKEN_LEN];
         out.copy_from_slice(&d[..TOKEN_LEN]);
@@ -183,12 +187,12 @@ impl Tokens {
     }
 
     /// The token to hand to `ip` now.
-    pub fn token_for(&self, ip: &Ipv4Addr) -> [u8; TOKEN_LEN] {
+    pub fn token_for<I: Copy + Into<IpAddr>>(&self, ip: &I) -> [u8; TOKEN_LEN] {
         Tokens::make(&self.current, ip)
     }
 
     /// Whether `token` is valid for `ip` (current or previous secret).
-    pub fn check(&self, token: &[u8], ip: &Ipv4Addr) -> bool {
+    pub fn check<I: Copy + Into<IpAddr>>(&self, token: &[u8], ip: &I) -> bool {
         token == Tokens::make(&self.current, ip) || token == Tokens::make(&self.previous, ip)
     }
 
@@ -212,6 +216,7 @@ mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+    use std::net::Ipv4Addr;
 
     fn peer(i: u32) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 + i), 6881)
