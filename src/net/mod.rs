@@ -2,6 +2,11 @@
 //! machine, maps the wall clock onto the core's [`Time`], and talks to the rest of the program
 //! through a cloneable [`DhtHandle`].
 //!
+//! Dual stack (BEP 32): with [`NodeOptions::bind6`] a second socket and a second core (an
+//! IPv6 [`Dht`], its own routing table) run beside the IPv4 ones in the same task; each core
+//! answers `want` from the other's table, and one lookup command runs in both, its peers and
+//! its summary merged.
+//!
 //! Everything protocol-related lives in `dht`; this file only moves bytes, time and commands.
 
 pub mod batch;
@@ -9,7 +14,7 @@ pub mod state;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -17,8 +22,9 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::dht::{self, AnnounceSpec, Dht, Event, LookupId, LookupStats, Time};
+use crate::dht::{self, AnnounceSpec, Dht, Event, LookupId, LookupStats, NodeLists, Time};
 use crate::id::Id;
+use crate::krpc::{DhtAddr, NodeInfo};
 
 /// Errors of the network driver.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +37,12 @@ pub enum NetError {
         /// Why.
         source: io::Error,
     },
-    /// Only IPv4 is supported (BEP 5 compact formats).
-    #[error("only IPv4 addresses are supported, got {0}")]
+    /// The main socket is IPv4 (BEP 5); IPv6 goes in `bind6`.
+    #[error("the main DHT socket must be IPv4, got {0} (give IPv6 as the second bind)")]
     NotIpv4(SocketAddr),
+    /// The second socket of a dual-stack node must be IPv6 (BEP 32).
+    #[error("the second DHT socket must be IPv6, got {0}")]
+    NotIpv6(SocketAddr),
     /// The driver task has stopped.
     #[error("the DHT node has shut down")]
     Closed,
@@ -42,8 +51,10 @@ pub enum NetError {
 /// How to start a node.
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
-    /// Local UDP address.
+    /// Local UDP address (IPv4).
     pub bind: SocketAddr,
+    /// Local IPv6 UDP address of a dual-stack node (BEP 32), if any.
+    pub bind6: Option<SocketAddr>,
     /// Bootstrap contacts as `host:port`, resolved by the driver.
     pub bootstrap: Vec<String>,
     /// Extra known node addresses (e.g. from saved state).
@@ -63,6 +74,7 @@ impl Default for NodeOptions {
     fn default() -> Self {
         NodeOptions {
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            bind6: None,
             bootstrap: Vec::new(),
             known_nodes: Vec::new(),
             id: None,
@@ -104,6 +116,40 @@ pub struct NodeStats {
     pub active_lookups: usize,
     /// Our address as others see it.
     pub external_addr: Option<String>,
+    /// The IPv4 routing table alone.
+    pub ipv4: FamilyStats,
+    /// The IPv6 routing table alone (dual-stack nodes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<FamilyStats>,
+}
+
+/// One address family's part of [`NodeStats`]: each family has its own table (BEP 32).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct FamilyStats {
+    /// Entries answering within 15 minutes.
+    pub good_nodes: usize,
+    /// All routing table entries.
+    pub nodes: usize,
+    /// Buckets in the table.
+    pub buckets: usize,
+    /// Stored peers of this family.
+    pub stored_peers: usize,
+    /// Our address in this family as others see it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_addr: Option<String>,
+}
+
+impl FamilyStats {
+    fn of<A: DhtAddr>(d: &Dht<A>, now: Time) -> FamilyStats {
+        let t = d.routing_table();
+        FamilyStats {
+            good_nodes: t.good_count(now),
+            nodes: t.len(),
+            buckets: t.buckets().len(),
+            stored_peers: d.store().peer_count(),
+            external_addr: d.external_addr().map(|a| a.to_socket_addr().to_string()),
+        }
+    }
 }
 
 /// What a lookup reports when it ends.
@@ -115,19 +161,39 @@ pub struct LookupSummary {
     pub elapsed: Duration,
     /// announce_peer queries sent.
     pub announced: usize,
-    /// The closest nodes that answered, closest first.
-    pub closest: Vec<crate::krpc::NodeInfo>,
+    /// The closest IPv4 nodes that answered, closest first.
+    pub closest: Vec<NodeInfo>,
+    /// The closest IPv6 nodes that answered (dual-stack nodes).
+    pub closest6: Vec<NodeInfo<SocketAddrV6>>,
+}
+
+impl LookupSummary {
+    /// Folds one family's finished lookup into the summary of the command.
+    fn merge(&mut self, stats: &LookupStats, elapsed: Duration, announced: usize) {
+        let s = &mut self.stats;
+        s.queried += stats.queried;
+        s.responses += stats.responses;
+        s.timeouts += stats.timeouts;
+        s.peers += stats.peers;
+        s.first_peer_hops = match (s.first_peer_hops, stats.first_peer_hops) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        s.max_depth = s.max_depth.max(stats.max_depth);
+        self.elapsed = self.elapsed.max(elapsed);
+        self.announced += announced;
+    }
 }
 
 /// Messages from a running lookup to whoever started it.
 #[derive(Clone, Debug)]
 pub enum LookupUpdate {
-    /// Peers, as soon as an answer carries them.
-    Peers(Vec<SocketAddrV4>),
-    /// The lookup ended.
+    /// Peers (IPv4 or IPv6), as soon as an answer carries them.
+    Peers(Vec<SocketAddr>),
+    /// The lookup ended (in every family it ran in).
     Done(LookupSummary),
     /// A node stored our announce.
-    AnnounceAcked(SocketAddrV4),
+    AnnounceAcked(SocketAddr),
 }
 
 enum Command {
@@ -136,7 +202,7 @@ enum Command {
         announce: Option<AnnounceSpec>,
         updates: mpsc::UnboundedSender<LookupUpdate>,
     },
-    AddNode(SocketAddrV4),
+    AddNode(SocketAddr),
     Stats(oneshot::Sender<NodeStats>),
     SavedState(oneshot::Sender<state::SavedState>),
     Shutdown(oneshot::Sender<()>),
@@ -147,6 +213,7 @@ enum Command {
 pub struct DhtHandle {
     tx: mpsc::UnboundedSender<Command>,
     local_addr: SocketAddrV4,
+    local_addr6: Option<SocketAddrV6>,
     id: Id,
     bootstrapped: watch::Receiver<Option<usize>>,
 }
@@ -154,9 +221,9 @@ pub struct DhtHandle {
 /// Peers of a get_peers lookup, as a stream; [`PeerStream::summary`] once it has ended.
 pub struct PeerStream {
     rx: mpsc::UnboundedReceiver<LookupUpdate>,
-    buffered: std::collections::VecDeque<SocketAddrV4>,
+    buffered: std::collections::VecDeque<SocketAddr>,
     summary: Option<LookupSummary>,
-    acks: Vec<SocketAddrV4>,
+    acks: Vec<SocketAddr>,
 }
 
 impl PeerStream {
@@ -178,16 +245,16 @@ impl PeerStream {
     }
 
     /// Nodes that acknowledged our announce so far.
-    pub fn acks(&self) -> &[SocketAddrV4] {
+    pub fn acks(&self) -> &[SocketAddr] {
         &self.acks
     }
 }
 
 impl futures_core::Stream for PeerStream {
-    type Item = SocketAddrV4;
+    type Item = SocketAddr;
 
     /// Yields peers one by one; ends when the lookup does.
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SocketAddrV4>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SocketAddr>> {
         loop {
             if let Some(p) = self.buffered.pop_front() {
                 return Poll::Ready(Some(p));
@@ -208,7 +275,11 @@ impl futures_core::Stream for PeerStream {
 
 fn bind_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // One socket per family: IPv4 has its own (and its own table).
+        sock.set_only_v6(true)?;
+    }
     sock.set_reuse_address(true)?;
     // A deep receive buffer rides out bursts (answers to many parallel lookups, floods).
     let _ = sock.set_recv_buffer_size(8 << 20);
@@ -239,6 +310,20 @@ impl DhtHandle {
                 })
             }
         };
+        let sock6 = match opts.bind6 {
+            None => None,
+            Some(b) if !b.is_ipv6() => return Err(NetError::NotIpv6(b)),
+            Some(b) => {
+                let s = bind_socket(b).map_err(|source| NetError::Bind { addr: b, source })?;
+                let local = match s.local_addr() {
+                    Ok(SocketAddr::V6(a)) => a,
+                    Ok(other) => return Err(NetError::NotIpv6(other)),
+                    Err(source) => return Err(NetError::Bind { addr: b, source }),
+                };
+                Some((s, local))
+            }
+        };
+        let local_addr6 = sock6.as_ref().map(|(_, a)| *a);
         let seed = opts.seed.unwrap_or_else(rand::random);
         let id = opts.id.unwrap_or_else(|| {
             use rand::SeedableRng;
@@ -269,13 +354,29 @@ impl DhtHandle {
                             return;
                         }
                     };
+                    let v6 = match sock6.map(|(s, _)| UdpSocket::from_std(s)).transpose() {
+                        Ok(s) => s.map(|socket| V6Side {
+                            socket,
+                            // Same id in both families, as libtorrent does; its own RNG.
+                            dht: Dht::new(id, opts.dht.clone(), seed ^ 0x6666, Time(0)),
+                            buf: vec![0u8; 65536],
+                        }),
+                        Err(source) => {
+                            let _ = started_tx.send(Err(source));
+                            return;
+                        }
+                    };
                     let _ = started_tx.send(Ok(()));
                     let driver = Driver {
                         socket,
                         dht: Dht::new(id, opts.dht.clone(), seed, Time(0)),
+                        v6,
                         epoch: Instant::now(),
                         rx,
-                        lookups: HashMap::new(),
+                        subs: HashMap::new(),
+                        next_sub: 0,
+                        by4: HashMap::new(),
+                        by6: HashMap::new(),
                         boot_tx,
                         send: batch::SendBatch::new(),
                     };
@@ -291,6 +392,7 @@ impl DhtHandle {
         Ok(DhtHandle {
             tx,
             local_addr,
+            local_addr6,
             id,
             bootstrapped: boot_rx,
         })
@@ -299,6 +401,11 @@ impl DhtHandle {
     /// The UDP address the node listens on.
     pub fn local_addr(&self) -> SocketAddrV4 {
         self.local_addr
+    }
+
+    /// The IPv6 UDP address of a dual-stack node.
+    pub fn local_addr6(&self) -> Option<SocketAddrV6> {
+        self.local_addr6
     }
 
     /// Our node id at start (see [`DhtHandle::saved_state`] for the current one).
@@ -344,8 +451,8 @@ impl DhtHandle {
         })
     }
 
-    /// Pings a node so it can enter our routing table.
-    pub fn add_node(&self, addr: SocketAddrV4) -> Result<(), NetError> {
+    /// Pings a node so it can enter our routing table (of its family).
+    pub fn add_node(&self, addr: SocketAddr) -> Result<(), NetError> {
         self.tx
             .send(Command::AddNode(addr))
             .map_err(|_| NetError::Closed)
@@ -392,12 +499,36 @@ impl DhtHandle {
 struct Driver {
     socket: UdpSocket,
     dht: Dht,
+    v6: Option<V6Side>,
     epoch: Instant,
     rx: mpsc::UnboundedReceiver<Command>,
-    lookups: HashMap<LookupId, mpsc::UnboundedSender<LookupUpdate>>,
+    /// One entry per lookup command, however many families it runs in.
+    subs: HashMap<u64, Sub>,
+    next_sub: u64,
+    by4: HashMap<LookupId, u64>,
+    by6: HashMap<LookupId, u64>,
     boot_tx: watch::Sender<Option<usize>>,
     send: batch::SendBatch,
 }
+
+/// The IPv6 half of a dual-stack node: plain `send_to`/`recv_from` (IPv6 traffic is a small
+/// share of the DHT; the IPv4 side keeps its batched syscalls).
+struct V6Side {
+    socket: UdpSocket,
+    dht: Dht<SocketAddrV6>,
+    buf: Vec<u8>,
+}
+
+/// Whoever started a lookup command, and what is merged for them.
+struct Sub {
+    tx: mpsc::UnboundedSender<LookupUpdate>,
+    /// Families whose lookup has not ended.
+    running: u8,
+    summary: LookupSummary,
+}
+
+/// Datagrams read from the IPv6 socket per wake-up.
+const RECV6_ROUNDS: usize = 64;
 
 /// Batches read per wake-up before servicing timers and commands again.
 const RECV_ROUNDS: usize = 16;
@@ -423,7 +554,8 @@ impl Driver {
 
     /// Resolves the bootstrap hosts concurrently (each bounded to 5 s), so one slow or dead
     /// name server entry does not hold up the others.
-    async fn resolve(bootstrap: &[String]) -> Vec<SocketAddrV4> {
+    /// Names resolve to both families (A and AAAA); `[v6]:port` is accepted as given.
+    async fn resolve(bootstrap: &[String]) -> Vec<SocketAddr> {
         let mut tasks = tokio::task::JoinSet::new();
         for (i, host) in bootstrap.iter().enumerate() {
             let host = host.clone();
@@ -437,20 +569,11 @@ impl Driver {
                 (i, host, r)
             });
         }
-        let mut resolved: Vec<(usize, Vec<SocketAddrV4>)> = Vec::new();
+        let mut resolved: Vec<(usize, Vec<SocketAddr>)> = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             let Ok((i, host, r)) = joined else { continue };
             match r {
-                Ok(Ok(addrs)) => resolved.push((
-                    i,
-                    addrs
-                        .into_iter()
-                        .filter_map(|a| match a {
-                            SocketAddr::V4(v4) => Some(v4),
-                            SocketAddr::V6(_) => None,
-                        })
-                        .collect(),
-                )),
+                Ok(Ok(addrs)) => resolved.push((i, addrs)),
                 Ok(Err(e)) => tracing::warn!("cannot resolve bootstrap node {host}: {e}"),
                 Err(_) => tracing::warn!("resolving bootstrap node {host} timed out"),
             }
@@ -461,23 +584,46 @@ impl Driver {
     }
 
     async fn run(mut self, opts: NodeOptions) {
-        let mut addrs = Driver::resolve(&opts.bootstrap).await;
+        let resolved = Driver::resolve(&opts.bootstrap).await;
+        let mut addrs: Vec<SocketAddrV4> = resolved
+            .iter()
+            .filter_map(|a| SocketAddrV4::from_socket_addr(*a))
+            .collect();
         addrs.extend(opts.known_nodes.iter().copied());
+        let addrs6: Vec<SocketAddrV6> = resolved
+            .iter()
+            .filter_map(|a| SocketAddrV6::from_socket_addr(*a))
+            .collect();
         let now = self.now();
         if opts.join {
             self.dht.bootstrap(now, &addrs);
+            if let Some(v6) = self.v6.as_mut() {
+                v6.dht.bootstrap(now, &addrs6);
+            }
         } else {
             self.dht.add_bootstrap_addrs(&addrs);
+            if let Some(v6) = self.v6.as_mut() {
+                v6.dht.add_bootstrap_addrs(&addrs6);
+            }
             let _ = self.boot_tx.send(Some(0));
         }
         let mut recv = batch::RecvBatch::new();
         loop {
             self.flush().await;
             self.dispatch_events();
-            let deadline = self
-                .dht
-                .poll_timeout()
-                .map(|t| self.epoch + Duration::from_millis(t.0));
+            let t4 = self.dht.poll_timeout();
+            let t6 = self.v6.as_mut().and_then(|v| v.dht.poll_timeout());
+            let deadline = match (t4, t6) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+            .map(|t| self.epoch + Duration::from_millis(t.0));
+            let readable6 = async {
+                match self.v6.as_ref() {
+                    Some(v) => v.socket.readable().await,
+                    None => std::future::pending().await,
+                }
+            };
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -490,6 +636,12 @@ impl Driver {
                         break;
                     }
                     self.drain(&mut recv).await;
+                }
+                r = readable6 => {
+                    if r.is_err() {
+                        break;
+                    }
+                    self.drain6().await;
                 }
                 cmd = self.rx.recv() => {
                     match cmd {
@@ -505,6 +657,9 @@ impl Driver {
                 _ = sleep => {
                     let now = self.now();
                     self.dht.handle_timeout(now);
+                    if let Some(v6) = self.v6.as_mut() {
+                        v6.dht.handle_timeout(now);
+                    }
                 }
             }
         }
@@ -540,17 +695,52 @@ impl Driver {
                 }
             };
             let now = self.now();
+            let other = self.v6.as_ref().map(|v| &v.dht as &dyn NodeLists);
             for i in 0..n {
                 if let Some((from, data)) = recv.get(i) {
-                    self.dht.handle_datagram(now, from, data);
+                    self.dht.handle_datagram_with(now, from, data, other);
                 }
             }
             self.flush().await;
         }
     }
 
-    /// Sends everything the core queued, in batches.
+    /// Reads what is queued on the IPv6 socket, answering from both tables (`want`).
+    async fn drain6(&mut self) {
+        let now = self.now();
+        let Some(v6) = self.v6.as_mut() else { return };
+        for _ in 0..RECV6_ROUNDS {
+            let (n, from) = match v6.socket.try_recv_from(&mut v6.buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!("recv error (IPv6): {e}");
+                    break;
+                }
+            };
+            let Some(from) = SocketAddrV6::from_socket_addr(from) else {
+                continue;
+            };
+            let data = v6.buf.get(..n).unwrap_or_default();
+            v6.dht
+                .handle_datagram_with(now, from, data, Some(&self.dht as &dyn NodeLists));
+        }
+        self.flush().await;
+    }
+
+    /// Sends what the IPv6 core queued.
+    async fn flush6(&mut self) {
+        let Some(v6) = self.v6.as_mut() else { return };
+        while let Some(t) = v6.dht.poll_transmit() {
+            if let Err(e) = v6.socket.send_to(&t.data, SocketAddr::V6(t.to)).await {
+                tracing::debug!("send error (IPv6) to {}: {e}", t.to);
+            }
+        }
+    }
+
+    /// Sends everything the cores queued, in batches (IPv4).
     async fn flush(&mut self) {
+        self.flush6().await;
         use std::os::fd::AsRawFd;
         let fd = self.socket.as_raw_fd();
         loop {
@@ -585,51 +775,45 @@ impl Driver {
 
     fn dispatch_events(&mut self) {
         while let Some(ev) = self.dht.poll_event() {
-            match ev {
-                Event::Peers { lookup, peers } => {
-                    if let Some(tx) = self.lookups.get(&lookup) {
-                        let _ = tx.send(LookupUpdate::Peers(peers));
+            if let Event::LookupDone { closest, .. } = &ev {
+                if let Some(sub) = self
+                    .by4
+                    .get(&lookup_of(&ev))
+                    .and_then(|i| self.subs.get_mut(i))
+                {
+                    sub.summary.closest = closest.clone();
+                }
+            }
+            if let Event::Bootstrapped { nodes } = ev {
+                tracing::info!("bootstrap finished: {nodes} nodes in the routing table");
+                let _ = self.boot_tx.send(Some(nodes));
+                continue;
+            }
+            on_event(&mut self.subs, &mut self.by4, ev);
+        }
+        if let Some(v6) = self.v6.as_mut() {
+            while let Some(ev) = v6.dht.poll_event() {
+                if let Event::LookupDone { closest, .. } = &ev {
+                    if let Some(sub) = self
+                        .by6
+                        .get(&lookup_of(&ev))
+                        .and_then(|i| self.subs.get_mut(i))
+                    {
+                        sub.summary.closest6 = closest.clone();
                     }
                 }
-                Event::LookupDone {
-                    lookup,
-                    stats,
-                    elapsed,
-                    announced,
-                    closest,
-                    ..
-                } => {
-                    let summary = LookupSummary {
-                        stats,
-                        elapsed,
-                        announced,
-                        closest,
-                    };
-                    // Keep the channel while acknowledgements may still arrive.
-                    let keep = announced > 0;
-                    if let Some(tx) = self.lookups.get(&lookup) {
-                        let _ = tx.send(LookupUpdate::Done(summary));
-                    }
-                    if !keep {
-                        self.lookups.remove(&lookup);
-                    }
+                if let Event::Bootstrapped { nodes } = ev {
+                    tracing::info!("IPv6 bootstrap finished: {nodes} nodes in the routing table");
+                    continue;
                 }
-                Event::AnnounceAcked { lookup, node } => {
-                    if let Some(tx) = self.lookups.get(&lookup) {
-                        let _ = tx.send(LookupUpdate::AnnounceAcked(node));
-                    }
-                }
-                Event::IdChanged { id, external } => {
-                    tracing::info!("external address {external}: new BEP 42 node id {id}");
-                }
-                Event::Bootstrapped { nodes } => {
-                    tracing::info!("bootstrap finished: {nodes} nodes in the routing table");
-                    let _ = self.boot_tx.send(Some(nodes));
-                }
+                on_event(&mut self.subs, &mut self.by6, ev);
             }
         }
         // Forget lookups whose receivers went away.
-        self.lookups.retain(|_, tx| !tx.is_closed());
+        self.subs.retain(|_, s| !s.tx.is_closed());
+        let subs = &self.subs;
+        self.by4.retain(|_, i| subs.contains_key(i));
+        self.by6.retain(|_, i| subs.contains_key(i));
     }
 
     fn on_command(&mut self, c: Command) {
@@ -640,28 +824,70 @@ impl Driver {
                 announce,
                 updates,
             } => {
+                let sub = self.next_sub;
+                self.next_sub += 1;
                 let lid = self.dht.get_peers(now, info_hash, announce);
-                self.lookups.insert(lid, updates);
+                self.by4.insert(lid, sub);
+                let mut running = 1;
+                if let Some(v6) = self.v6.as_mut() {
+                    // Announce on both families (BEP 32): each table has its own closest nodes.
+                    let lid6 = v6.dht.get_peers(now, info_hash, announce);
+                    self.by6.insert(lid6, sub);
+                    running += 1;
+                }
+                self.subs.insert(
+                    sub,
+                    Sub {
+                        tx: updates,
+                        running,
+                        summary: LookupSummary::default(),
+                    },
+                );
             }
-            Command::AddNode(a) => self.dht.add_node(now, a),
+            Command::AddNode(a) => {
+                if let Some(a4) = SocketAddrV4::from_socket_addr(a) {
+                    self.dht.add_node(now, a4);
+                } else if let (Some(a6), Some(v6)) =
+                    (SocketAddrV6::from_socket_addr(a), self.v6.as_mut())
+                {
+                    v6.dht.add_node(now, a6);
+                }
+            }
             Command::Stats(tx) => {
-                let t = self.dht.routing_table();
-                let st = self.dht.stats();
+                let ipv4 = FamilyStats::of(&self.dht, now);
+                let ipv6 = self.v6.as_ref().map(|v| FamilyStats::of(&v.dht, now));
+                let six = ipv6.clone().unwrap_or_default();
+                let mut st = self.dht.stats().clone();
+                let mut stored_infohashes = self.dht.store().infohash_count();
+                let mut active_lookups = self.dht.active_lookups();
+                if let Some(v6) = self.v6.as_ref() {
+                    let s6 = v6.dht.stats();
+                    st.queries_in += s6.queries_in;
+                    st.queries_out += s6.queries_out;
+                    st.responses_in += s6.responses_in;
+                    st.timeouts += s6.timeouts;
+                    st.malformed_in += s6.malformed_in;
+                    st.dropped_rate_limited += s6.dropped_rate_limited;
+                    stored_infohashes += v6.dht.store().infohash_count();
+                    active_lookups += v6.dht.active_lookups();
+                }
                 let _ = tx.send(NodeStats {
                     node_id: self.dht.id().to_hex(),
-                    good_nodes: t.good_count(now),
-                    nodes: t.len(),
-                    buckets: t.buckets().len(),
-                    stored_infohashes: self.dht.store().infohash_count(),
-                    stored_peers: self.dht.store().peer_count(),
+                    good_nodes: ipv4.good_nodes + six.good_nodes,
+                    nodes: ipv4.nodes + six.nodes,
+                    buckets: ipv4.buckets + six.buckets,
+                    stored_infohashes,
+                    stored_peers: ipv4.stored_peers + six.stored_peers,
                     queries_in: st.queries_in,
                     queries_out: st.queries_out,
                     responses_in: st.responses_in,
                     timeouts: st.timeouts,
                     malformed_in: st.malformed_in,
                     dropped_rate_limited: st.dropped_rate_limited,
-                    active_lookups: self.dht.active_lookups(),
-                    external_addr: self.dht.external_addr().map(|a| a.to_string()),
+                    active_lookups,
+                    external_addr: ipv4.external_addr.clone(),
+                    ipv4,
+                    ipv6,
                 });
             }
             Command::SavedState(tx) => {
@@ -672,5 +898,146 @@ impl Driver {
             }
             Command::Shutdown(_) => {}
         }
+    }
+}
+
+/// The lookup an event is about (0 for events that name none).
+fn lookup_of<A: DhtAddr>(ev: &Event<A>) -> LookupId {
+    match ev {
+        Event::Peers { lookup, .. }
+        | Event::LookupDone { lookup, .. }
+        | Event::AnnounceAcked { lookup, .. } => *lookup,
+        Event::IdChanged { .. } | Event::Bootstrapped { .. } => LookupId(0),
+    }
+}
+
+/// Routes one family's event to the command that started the lookup; `Done` goes out once
+/// every family's lookup has ended, with the merged summary.
+fn on_event<A: DhtAddr>(
+    subs: &mut HashMap<u64, Sub>,
+    by: &mut HashMap<LookupId, u64>,
+    ev: Event<A>,
+) {
+    let lid = lookup_of(&ev);
+    let sub_id = by.get(&lid).copied();
+    let sub = sub_id.and_then(|i| subs.get_mut(&i));
+    match ev {
+        Event::Peers { peers, .. } => {
+            if let Some(sub) = sub {
+                let peers = peers.iter().map(|p| p.to_socket_addr()).collect();
+                let _ = sub.tx.send(LookupUpdate::Peers(peers));
+            }
+        }
+        Event::LookupDone {
+            stats,
+            elapsed,
+            announced,
+            ..
+        } => {
+            let Some(sub) = sub else { return };
+            sub.summary.merge(&stats, elapsed, announced);
+            sub.running = sub.running.saturating_sub(1);
+            if announced == 0 {
+                // No acknowledgements can follow for this family's lookup.
+                by.remove(&lid);
+            }
+            if sub.running == 0 {
+                let _ = sub.tx.send(LookupUpdate::Done(sub.summary.clone()));
+                if sub.summary.announced == 0 {
+                    if let Some(i) = sub_id {
+                        subs.remove(&i);
+                    }
+                }
+            }
+        }
+        Event::AnnounceAcked { node, .. } => {
+            if let Some(sub) = sub {
+                let _ = sub
+                    .tx
+                    .send(LookupUpdate::AnnounceAcked(node.to_socket_addr()));
+            }
+        }
+        Event::IdChanged { id, external } => {
+            tracing::info!(
+                "external address {}: new BEP 42 node id {id}",
+                A::ip_addr(&external)
+            );
+        }
+        Event::Bootstrapped { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done<A: DhtAddr>(lookup: u64, peers: u32, announced: usize) -> Event<A> {
+        Event::LookupDone {
+            lookup: LookupId(lookup),
+            target: Id([0; 20]),
+            stats: LookupStats {
+                peers,
+                queried: 3,
+                ..LookupStats::default()
+            },
+            elapsed: Duration::from_millis(10 * u64::from(peers)),
+            closest: Vec::new(),
+            announced,
+        }
+    }
+
+    #[test]
+    fn a_dual_stack_lookup_ends_once_both_families_have() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut subs = HashMap::new();
+        subs.insert(
+            7,
+            Sub {
+                tx,
+                running: 2,
+                summary: LookupSummary::default(),
+            },
+        );
+        let mut by4 = HashMap::from([(LookupId(1), 7)]);
+        let mut by6 = HashMap::from([(LookupId(1), 7)]);
+        let p6 = SocketAddrV6::new(std::net::Ipv6Addr::LOCALHOST, 80, 0, 0);
+        on_event(
+            &mut subs,
+            &mut by6,
+            Event::Peers {
+                lookup: LookupId(1),
+                peers: vec![p6],
+            },
+        );
+        on_event(&mut subs, &mut by6, done::<SocketAddrV6>(1, 1, 2));
+        match rx.try_recv() {
+            Ok(LookupUpdate::Peers(p)) => assert_eq!(p, vec![SocketAddr::V6(p6)]),
+            other => panic!("expected IPv6 peers, got {other:?}"),
+        }
+        assert!(rx.try_recv().is_err(), "no Done while the IPv4 lookup runs");
+        on_event(&mut subs, &mut by4, done::<SocketAddrV4>(1, 2, 0));
+        match rx.try_recv() {
+            Ok(LookupUpdate::Done(s)) => {
+                assert_eq!(s.stats.peers, 3);
+                assert_eq!(s.stats.queried, 6);
+                assert_eq!(s.announced, 2);
+                assert_eq!(s.elapsed, Duration::from_millis(20));
+            }
+            other => panic!("expected the merged Done, got {other:?}"),
+        }
+        assert!(subs.contains_key(&7), "kept for the IPv6 announce acks");
+        assert!(by6.contains_key(&LookupId(1)) && !by4.contains_key(&LookupId(1)));
+        on_event(
+            &mut subs,
+            &mut by6,
+            Event::AnnounceAcked {
+                lookup: LookupId(1),
+                node: p6,
+            },
+        );
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(LookupUpdate::AnnounceAcked(SocketAddr::V6(_)))
+        ));
     }
 }
