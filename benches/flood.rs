@@ -1,9 +1,10 @@
-//! Query-flood measurement (issue 5, item 2): the scenario of `tests/flood.rs`, printing its
-//! figures as one JSON object instead of asserting.
+//! Query-flood measurement (issue 5, item 2; issue 9: reply bytes/s under the default global
+//! reply budget): the scenario of `tests/flood.rs`, printing its figures as one JSON object
+//! instead of asserting.
 //!
 //! ```text
 //! cargo bench --bench flood
-//! cargo bench --bench flood -- --sources 100000 --per-source 10 --window 512 --rate 0 \
+//! cargo bench --bench flood -- --sources 100000 --per-source 8 --window 512 --rate 0 \
 //!     --limit 120 --hammer-rate 1000 --lookup-every 2 --nodes 8
 //! ```
 //!
@@ -67,6 +68,11 @@ fn main() {
         "stored_infohashes": r.after("stored_infohashes"),
         "stored_peers": r.after("stored_peers"),
         "dropped_rate_limited": r.after("dropped_rate_limited"),
+        "reply_budget_bytes_per_s": dhtnode::dht::RateLimits::default().reply_bytes_per_sec,
+        "reply_burst_bytes": dhtnode::dht::RateLimits::default().reply_burst_bytes,
+        "reply_bytes": r.flood.reply_bytes,
+        "reply_bytes_per_s": (r.flood.reply_bytes as f64 / r.flood.duration_s.max(1e-9)).round(),
+        "reply_bytes_max_per_s": r.flood.reply_bytes_max_per_s,
         "hammer_sent": r.flood.hammer_sent,
         "hammer_answered": r.flood.hammer_answered,
         "send_errors": r.flood.send_errors,

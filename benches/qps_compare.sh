@@ -19,7 +19,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 target/release/dhtnode bootstrap --bind 127.83.0.1:6881 --bootstrap none --state-dir "$state" \
-  --status-interval 3600 --ip-rate-limit 0 >/dev/null 2>&1 &
+  --status-interval 3600 --ip-rate-limit 0 --reply-rate-limit 0 >/dev/null 2>&1 &
 pids+=($!)
 # The harness exits when its stdin closes: feed it from a fifo this script holds open.
 mkfifo "$state/lt.in"

@@ -475,6 +475,9 @@ fn run_dhtnode(bin: &str, o: &Opts) -> Value {
             "--status-interval",
             "1",
             "--json",
+            // Measures memory, not the reply budget: answer the whole load.
+            "--reply-rate-limit",
+            "0",
         ]),
     );
     let first = node

@@ -4,7 +4,7 @@
 //! bytes identical to the source; a download killed with `kill -9` resumes without fetching
 //! its verified pieces again; hostile torrents and bad arguments fail cleanly.
 //!
-//! Each test owns one 127.N.0.0/16 range (N = 90..=94) so the tests run in parallel.
+//! Each test owns one 127.N.0.0/16 range (N = 90..=96) so the tests run in parallel.
 
 mod common;
 
@@ -223,6 +223,55 @@ fn multi_file_directory_seed_then_fetch_by_infohash_through_the_dht() {
     // Every file, the empty one included, with the same bytes, and nothing else.
     assert_same_tree(&src, &out.join("album"));
     drop(seed);
+    drop(dht);
+}
+
+/// Names real source trees have: the Linux kernel's `drivers/.../i2c/aux.c`, and `con.h`,
+/// `nul.txt` (Windows device names, ordinary on Linux), unicode and spaces. Seeded and fetched
+/// byte-identical, under the same names.
+#[test]
+fn a_tree_with_windows_device_names_unicode_and_spaces_seeds_and_fetches() {
+    let net = 96;
+    let tmp = tempfile::tempdir().unwrap();
+    let dht = start_dht_network(net, 6, &tmp.path().join("dht"), &[]);
+    let src = tmp.path().join("src").join("linux tree");
+    let i2c = src.join("drivers").join("gpu").join("i2c");
+    write_random(&i2c.join("aux.c"), 40_000, 11);
+    write_random(&i2c.join("con.h"), 3_000, 12);
+    write_random(&src.join("nul.txt"), 20_001, 13);
+    write_random(&src.join("AUX"), 100, 14);
+    write_random(
+        &src.join("é 漢字 dir").join("file with  spaces .txt"),
+        70_000,
+        15,
+    );
+    write_random(&src.join("COM1.tar.gz"), 9, 16);
+    let seed = start_seed(
+        &format!("127.{net}.0.200:7000"),
+        &src,
+        &node_addr(net, 0),
+        &[],
+    );
+    assert_eq!(seed.info["name"], "linux tree");
+    let ih = seed.infohash();
+    wait_announced(net, &ih, &node_addr(net, 3), &seed.addr);
+    let out = tmp.path().join("out");
+    fetch_ok(
+        &[
+            &ih,
+            "--output",
+            out.to_str().unwrap(),
+            "--bind",
+            &format!("127.{net}.0.201:0"),
+            "--bootstrap",
+            &node_addr(net, 5),
+            "--json",
+        ],
+        &seed,
+    );
+    assert_eq!(visible_entries(&out), vec!["linux tree"]);
+    assert_same_tree(&src, &out.join("linux tree"));
+    seed.stop();
     drop(dht);
 }
 

@@ -35,6 +35,10 @@ pub struct Args {
     /// (0 = no limit, e.g. for load tests).
     #[arg(long, value_name = "PKTS", default_value_t = 50)]
     ip_rate_limit: u32,
+    /// Reply bytes per second the node sends at most, over all queriers, so spoofed queries
+    /// cannot turn it into an amplifier (0 = no limit, e.g. for load tests).
+    #[arg(long, value_name = "BYTES", default_value_t = dhtnode::dht::ratelimit::DEFAULT_REPLY_BYTES_PER_SEC)]
+    reply_rate_limit: u32,
 }
 
 /// How often the routing table is saved while running.
@@ -97,6 +101,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         dht: dhtnode::dht::Config {
             rate_limits: dhtnode::dht::RateLimits {
                 per_ip_per_sec: args.ip_rate_limit,
+                reply_bytes_per_sec: args.reply_rate_limit,
                 ..dhtnode::dht::RateLimits::default()
             },
             ..dhtnode::dht::Config::default()

@@ -134,6 +134,19 @@ pub fn is_valid_for<A: DhtAddr>(id: &Id, addr: &A) -> bool {
     is_valid_ip(id, &A::ip_addr(&addr.ip_of()))
 }
 
+/// [`is_verified`] for an address of either family (the generic core's entry).
+pub fn is_verified_for<A: DhtAddr>(id: &Id, addr: &A) -> bool {
+    let ip = A::ip_addr(&addr.ip_of());
+    !is_exempt_ip(&ip) && is_valid_ip(id, &ip)
+}
+
+/// Whether BEP 42 positively vouches for `id` at `ip`: a public address and an id valid
+/// for it. Exempt addresses pass [`is_valid`] with any id, so a preference for verified
+/// nodes must not favour them (a LAN node could claim any id).
+pub fn is_verified(id: &Id, ip: &Ipv4Addr) -> bool {
+    !is_exempt(ip) && is_valid(id, ip)
+}
+
 /// Majority vote over the external address other nodes report (`ip` in responses).
 /// Bounded: at most a handful of candidates are kept, and each voter counts once per round.
 #[derive(Clone, Debug)]

@@ -1,19 +1,28 @@
 //! One iterative Kademlia lookup (find_node or get_peers).
 //!
-//! Candidates are kept sorted by distance to the target. Up to `alpha` queries are in flight;
-//! a query still unanswered after the short "widen" delay stops counting against `alpha`, so
-//! one more candidate is queried, but its late answer is still used. The lookup ends when the
-//! `k` closest candidates it has seen have all answered or failed.
+//! Candidates are kept sorted by trust, then distance to the target. Up to `alpha` queries
+//! are in flight; a query still unanswered after the short "widen" delay stops counting
+//! against `alpha`, so one more candidate is queried, but its late answer is still used. The
+//! lookup ends when the `k` closest candidates it has seen have all answered or failed, or
+//! when its budget (queries sent, wall time) is spent.
+//!
+//! Answers are not taken on trust: a listed node is dropped if it carries our own id, an
+//! address the martian filter refuses, or an IP that already has its share of candidates;
+//! a node that answers under another id than it was listed with is ranked by the id it
+//! answered with, so a liar cannot make a real node look close.
 //!
 //! The lookup itself sends nothing: `next_queries` says whom to query, and the node (`dht`)
 //! turns that into datagrams and feeds answers and timeouts back.
 
+use std::collections::HashSet;
 use std::net::SocketAddrV4;
+use std::time::Duration;
 
 use crate::id::Id;
 use crate::krpc::{DhtAddr, NodeInfo};
 
 use super::bep42::{self, Bep42Mode};
+use super::martian::{self, PrivateNodes};
 use super::time::Time;
 
 /// Identifies a lookup across events.
@@ -41,6 +50,47 @@ pub struct AnnounceSpec {
     pub implied_port: bool,
 }
 
+/// What a lookup trusts and how far it may go; the node fills it from its `Config`, so one
+/// place holds the tunables.
+#[derive(Clone, Debug)]
+pub struct LookupParams {
+    /// Closest answers that end the lookup (bucket size).
+    pub k: usize,
+    /// Queries in flight.
+    pub alpha: usize,
+    /// Our own id: a listed node carrying it is never queried (it is us, or a liar).
+    pub own_id: Id,
+    /// BEP 42: rank (`Prefer`) or drop (`Enforce`) nodes whose id does not fit their address.
+    pub bep42: Bep42Mode,
+    /// Which listed loopback and private addresses may be queried.
+    pub private_nodes: PrivateNodes,
+    /// Candidates per public IP address.
+    pub max_per_ip: usize,
+    /// Queries sent at most.
+    pub max_queries: u32,
+    /// Wall time at most.
+    pub timeout: Duration,
+    /// Distinct peers reported at most (get_peers).
+    pub max_peers: usize,
+}
+
+impl LookupParams {
+    /// Parameters with the node defaults, for `k` and `alpha` (tests, tools).
+    pub fn new(k: usize, alpha: usize, own_id: Id) -> LookupParams {
+        LookupParams {
+            k,
+            alpha,
+            own_id,
+            bep42: Bep42Mode::Off,
+            private_nodes: PrivateNodes::SameScope,
+            max_per_ip: 2,
+            max_queries: 256,
+            timeout: Duration::from_secs(20),
+            max_peers: 1000,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum CandState {
     Fresh,
@@ -49,24 +99,44 @@ enum CandState {
     Failed,
 }
 
+/// How much BEP 42 vouches for a candidate; candidates rank by this first, so nodes that
+/// claim ids next to any target cannot crowd out the truly closest verified nodes (and
+/// cannot end the lookup).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Trust {
+    /// Its id fits its public address (or BEP 42 is off, or the id is not known yet).
+    Verified,
+    /// A loopback or private address: BEP 42 cannot say anything about it.
+    Local,
+    /// Its id does not fit its public address.
+    Unverified,
+}
+
+fn trust<A: DhtAddr>(mode: Bep42Mode, id: Option<Id>, addr: &A) -> Trust {
+    match id {
+        _ if mode == Bep42Mode::Off => Trust::Verified,
+        None => Trust::Verified,
+        Some(_) if bep42::is_exempt_ip(&A::ip_addr(&addr.ip_of())) => Trust::Local,
+        Some(i) if bep42::is_valid_for(&i, addr) => Trust::Verified,
+        Some(_) => Trust::Unverified,
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Candidate<A> {
-    /// Unknown for bootstrap addresses until they answer.
+    /// Unknown for bootstrap addresses until they answer; the id it answered with once it has.
     id: Option<Id>,
     addr: A,
     distance: Id,
     /// Hops from our own table: 1 for nodes we knew, n+1 for nodes learned from a hop-n node.
     depth: u8,
     state: CandState,
-    /// BEP 42: its id is not valid for its (public) address. Such candidates rank after
-    /// every verified one, so nodes that claim ids next to any target cannot crowd out the
-    /// truly closest verified nodes (and cannot end the lookup).
-    unverified: bool,
+    trust: Trust,
 }
 
 impl<A> Candidate<A> {
-    fn rank(&self) -> (bool, Id) {
-        (self.unverified, self.distance)
+    fn rank(&self) -> (Trust, Id) {
+        (self.trust, self.distance)
     }
 }
 
@@ -99,12 +169,10 @@ pub struct Lookup<A = SocketAddrV4> {
     pub started: Time,
     /// Counters.
     pub stats: LookupStats,
-    k: usize,
-    alpha: usize,
+    p: LookupParams,
     candidates: Vec<Candidate<A>>,
     max_candidates: usize,
-    seen_peers: std::collections::HashSet<A>,
-    bep42: Bep42Mode,
+    seen_peers: HashSet<A>,
 }
 
 /// A query the lookup wants sent.
@@ -118,58 +186,50 @@ pub struct Outgoing<A = SocketAddrV4> {
 
 impl<A: DhtAddr> Lookup<A> {
     /// A new lookup seeded with known nodes (from the routing table) and bare addresses
-    /// (bootstrap routers, saved nodes).
-    #[allow(clippy::too_many_arguments)]
+    /// (bootstrap routers, saved nodes: the caller chose them, so the martian filter does
+    /// not apply to them).
     pub fn new(
         id: LookupId,
         target: Id,
         kind: LookupKind,
-        k: usize,
-        alpha: usize,
+        params: LookupParams,
         now: Time,
         seeds: &[NodeInfo<A>],
         bare: &[A],
     ) -> Lookup<A> {
+        let mut params = params;
+        params.alpha = params.alpha.max(1);
         let mut l = Lookup {
             id,
             target,
             kind,
             started: now,
             stats: LookupStats::default(),
-            k,
-            alpha: alpha.max(1),
+            max_candidates: params.k * 8,
+            p: params,
             candidates: Vec::new(),
-            max_candidates: k * 8,
-            seen_peers: Default::default(),
-            bep42: Bep42Mode::Off,
+            seen_peers: HashSet::new(),
         };
         for n in seeds {
-            l.add_candidate(Some(n.id), n.addr, 1);
+            l.add_candidate(Some(n.id), n.addr, 1, None);
         }
         for a in bare {
-            l.add_candidate(None, *a, 1);
+            l.add_candidate(None, *a, 1, None);
         }
         l
     }
 
-    /// Applies BEP 42 to the candidates (`Prefer`: unverified ones rank last; `Enforce`:
-    /// they are not queried at all). Call before any answer arrives.
-    pub fn with_bep42(mut self, mode: Bep42Mode) -> Lookup<A> {
-        self.bep42 = mode;
-        if mode == Bep42Mode::Off {
-            return self;
+    /// Adds a candidate unless it is us, a duplicate, refused by the martian filter (when
+    /// listed by `listed_by`), over its IP's share, or too far to matter.
+    fn add_candidate(&mut self, id: Option<Id>, addr: A, depth: u8, listed_by: Option<&A::Ip>) {
+        if id == Some(self.p.own_id) {
+            return;
         }
-        for c in self.candidates.iter_mut() {
-            c.unverified = c.id.is_some_and(|i| !bep42::is_valid_for(&i, &c.addr));
+        if let Some(from) = listed_by {
+            if !martian::acceptable_for(&addr, from, self.p.private_nodes) {
+                return;
+            }
         }
-        if mode == Bep42Mode::Enforce {
-            self.candidates.retain(|c| !c.unverified);
-        }
-        self.candidates.sort_by_key(|c| c.rank());
-        self
-    }
-
-    fn add_candidate(&mut self, id: Option<Id>, addr: A, depth: u8) {
         if self
             .candidates
             .iter()
@@ -177,16 +237,25 @@ impl<A: DhtAddr> Lookup<A> {
         {
             return;
         }
+        if martian::scope_ip(&A::ip_addr(&addr.ip_of())) == martian::Scope::Public
+            && self
+                .candidates
+                .iter()
+                .filter(|c| c.addr.ip_of() == addr.ip_of())
+                .count()
+                >= self.p.max_per_ip
+        {
+            return;
+        }
         // Unknown ids sort last: we cannot say how close they are.
         let distance = id.map_or(Id([0xff; 20]), |i| i.distance(&self.target));
-        let unverified =
-            self.bep42 != Bep42Mode::Off && id.is_some_and(|i| !bep42::is_valid_for(&i, &addr));
-        if unverified && self.bep42 == Bep42Mode::Enforce {
+        let trust = trust(self.p.bep42, id, &addr);
+        if trust == Trust::Unverified && self.p.bep42 == Bep42Mode::Enforce {
             return;
         }
         let pos = self
             .candidates
-            .partition_point(|c| c.rank() <= (unverified, distance));
+            .partition_point(|c| c.rank() <= (trust, distance));
         if pos >= self.max_candidates {
             return;
         }
@@ -198,7 +267,7 @@ impl<A: DhtAddr> Lookup<A> {
                 distance,
                 depth,
                 state: CandState::Fresh,
-                unverified,
+                trust,
             },
         );
         if self.candidates.len() > self.max_candidates {
@@ -220,14 +289,24 @@ impl<A: DhtAddr> Lookup<A> {
             .count()
     }
 
+    fn queries_spent(&self) -> bool {
+        self.stats.queried >= self.p.max_queries
+    }
+
+    /// Whether the lookup has run out of wall time at `now`.
+    pub fn expired(&self, now: Time) -> bool {
+        now.since(self.started) >= self.p.timeout
+    }
+
     /// The queries to send now: fresh candidates among the closest, while fewer than `alpha`
-    /// non-slow queries are outstanding. Marks them in flight.
+    /// non-slow queries are outstanding and the query budget lasts. Marks them in flight.
     pub fn next_queries(&mut self) -> Vec<Outgoing<A>> {
         let mut out = Vec::new();
         let mut active = self.active();
         let mut settled = 0;
+        let budget = self.p.max_queries.saturating_sub(self.stats.queried) as usize;
         for c in self.candidates.iter_mut() {
-            if active >= self.alpha || settled >= self.k {
+            if active >= self.p.alpha || settled >= self.p.k || out.len() >= budget {
                 break;
             }
             match c.state {
@@ -252,8 +331,11 @@ impl<A: DhtAddr> Lookup<A> {
         self.candidates.iter_mut().find(|c| c.addr == *addr)
     }
 
-    /// An answer from `from`: records its token, adds the nodes it returned, and returns the
-    /// peers not seen before in this lookup (so the caller can emit them at once).
+    /// An answer from `from` claiming id `responder`: records its token, adds the nodes it
+    /// returned, and returns the peers not seen before in this lookup (so the caller can
+    /// emit them at once). A responder whose id differs from the one it was listed with is
+    /// re-ranked by the id it answered with; one answering with our id, or with an id
+    /// another candidate already holds, counts as failed.
     pub fn on_response(
         &mut self,
         from: A,
@@ -263,7 +345,12 @@ impl<A: DhtAddr> Lookup<A> {
         token: Option<Vec<u8>>,
     ) -> Vec<A> {
         let target = self.target;
-        let check = self.bep42 != Bep42Mode::Off;
+        let mode = self.p.bep42;
+        let clash = responder == self.p.own_id
+            || self
+                .candidates
+                .iter()
+                .any(|c| c.addr != from && c.id == Some(responder));
         let Some(c) = self.find(&from) else {
             return Vec::new();
         };
@@ -271,24 +358,42 @@ impl<A: DhtAddr> Lookup<A> {
         if matches!(c.state, CandState::Responded { .. }) {
             return Vec::new();
         }
-        c.state = CandState::Responded { token };
-        if c.id.is_none() {
+        if c.id != Some(responder) {
+            let trust = trust(mode, Some(responder), &from);
+            let enforced = mode == Bep42Mode::Enforce && trust == Trust::Unverified;
+            if clash || (c.id.is_some() && enforced) {
+                if matches!(c.state, CandState::InFlight { .. } | CandState::Failed) {
+                    c.state = CandState::Failed;
+                }
+                return Vec::new();
+            }
             c.id = Some(responder);
             c.distance = responder.distance(&target);
-            c.unverified = check && !bep42::is_valid_for(&responder, &from);
+            c.trust = trust;
         }
+        c.state = CandState::Responded { token };
         let depth = c.depth;
         self.candidates.sort_by_key(|c| c.rank());
         self.stats.responses += 1;
         self.stats.max_depth = self.stats.max_depth.max(depth);
         for n in nodes {
-            self.add_candidate(Some(n.id), n.addr, depth.saturating_add(1));
+            self.add_candidate(
+                Some(n.id),
+                n.addr,
+                depth.saturating_add(1),
+                Some(&from.ip_of()),
+            );
         }
-        let fresh: Vec<A> = values
-            .iter()
-            .filter(|p| self.seen_peers.insert(**p))
-            .copied()
-            .collect();
+        let policy = self.p.private_nodes;
+        let mut fresh = Vec::new();
+        for p in values {
+            if self.seen_peers.len() >= self.p.max_peers {
+                break;
+            }
+            if martian::acceptable_for(p, &from.ip_of(), policy) && self.seen_peers.insert(*p) {
+                fresh.push(*p);
+            }
+        }
         if !fresh.is_empty() && self.stats.first_peer_hops.is_none() {
             self.stats.first_peer_hops = Some(depth);
         }
@@ -316,14 +421,18 @@ impl<A: DhtAddr> Lookup<A> {
     }
 
     /// True when the `k` closest non-failed candidates have all answered, or nothing is left
-    /// to query and nothing is in flight.
-    pub fn is_done(&self) -> bool {
+    /// to query and nothing is in flight, or the budget is spent: the wall time at `now`, or
+    /// every query allowed sent and answered or failed.
+    pub fn is_done(&self, now: Time) -> bool {
+        if self.expired(now) || (self.queries_spent() && self.in_flight() == 0) {
+            return true;
+        }
         let mut responded = 0;
         for c in &self.candidates {
             match c.state {
                 CandState::Responded { .. } => {
                     responded += 1;
-                    if responded >= self.k {
+                    if responded >= self.p.k {
                         return true;
                     }
                 }
@@ -334,18 +443,29 @@ impl<A: DhtAddr> Lookup<A> {
         true
     }
 
-    /// The `2k` closest nodes that answered, closest first, with the token each gave (for
-    /// announce_peer; the caller picks `k` of them).
-    pub fn closest_responded(&self) -> Vec<(NodeInfo<A>, Option<Vec<u8>>)> {
+    fn responded(&self) -> impl Iterator<Item = (NodeInfo<A>, &Option<Vec<u8>>)> {
         self.candidates
             .iter()
             .filter_map(|c| match (&c.state, c.id) {
                 (CandState::Responded { token }, Some(id)) => {
-                    Some((NodeInfo { id, addr: c.addr }, token.clone()))
+                    Some((NodeInfo { id, addr: c.addr }, token))
                 }
                 _ => None,
             })
-            .take(self.k * 2)
+    }
+
+    /// The `n` best nodes that answered (BEP 42-verified first when it applies, then
+    /// closest first).
+    pub fn closest(&self, n: usize) -> Vec<NodeInfo<A>> {
+        self.responded().map(|(node, _)| node).take(n).collect()
+    }
+
+    /// Where to announce: the `n` best nodes that answered *with a token*, with it. Nodes
+    /// that gave none cannot store us, so they do not take a place.
+    pub fn announce_targets(&self, n: usize) -> Vec<(NodeInfo<A>, Vec<u8>)> {
+        self.responded()
+            .filter_map(|(node, token)| token.clone().map(|t| (node, t)))
+            .take(n)
             .collect()
     }
 
@@ -363,6 +483,8 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
+    const OWN: Id = Id([0xee; 20]);
+
     fn n(b: u8) -> NodeInfo {
         let mut id = [0u8; 20];
         id[0] = b;
@@ -379,8 +501,7 @@ mod tests {
             LookupId(1),
             Id::ZERO,
             LookupKind::FindNode,
-            8,
-            3,
+            LookupParams::new(8, 3, OWN),
             Time(0),
             &seeds,
             &[],
@@ -407,27 +528,27 @@ mod tests {
             LookupId(1),
             Id::ZERO,
             LookupKind::FindNode,
-            2,
-            4,
+            LookupParams::new(2, 4, OWN),
             Time(0),
             &seeds,
             &[],
         );
         let q = l.next_queries();
         assert_eq!(q.len(), 2, "never more than k unsettled near the head");
-        assert!(!l.is_done());
+        assert!(!l.is_done(Time(0)));
         l.on_failure(&n(1).addr);
-        assert!(!l.is_done());
+        assert!(!l.is_done(Time(0)));
         // n3 gets queried to replace the failed n1.
         let q = l.next_queries();
         assert_eq!(q[0].addr, n(3).addr);
         l.on_response(n(2).addr, n(2).id, &[], &[], None);
-        assert!(!l.is_done());
+        assert!(!l.is_done(Time(0)));
         l.on_response(n(3).addr, n(3).id, &[], &[], Some(b"tok".to_vec()));
-        assert!(l.is_done(), "2 closest non-failed answered");
-        let c = l.closest_responded();
-        assert_eq!(c.len(), 2);
-        assert_eq!(c[1].1.as_deref(), Some(&b"tok"[..]));
+        assert!(l.is_done(Time(0)), "2 closest non-failed answered");
+        assert_eq!(l.closest(8).len(), 2);
+        let t = l.announce_targets(8);
+        assert_eq!(t.len(), 1, "only n3 gave a token");
+        assert_eq!(t[0], (n(3), b"tok".to_vec()));
     }
 
     #[test]
@@ -436,8 +557,7 @@ mod tests {
             LookupId(1),
             Id::ZERO,
             LookupKind::GetPeers { announce: None },
-            8,
-            1,
+            LookupParams::new(8, 1, OWN),
             Time(0),
             &[n(50)],
             &[],
@@ -453,7 +573,7 @@ mod tests {
         assert!(l
             .on_response(n(2).addr, n(2).id, &[], &[p], None)
             .is_empty());
-        assert!(l.is_done());
+        assert!(l.is_done(Time(0)));
         assert_eq!(l.stats.max_depth, 2);
     }
 
@@ -464,8 +584,7 @@ mod tests {
             LookupId(1),
             Id::ZERO,
             LookupKind::FindNode,
-            8,
-            4,
+            LookupParams::new(8, 4, OWN),
             Time(0),
             &[],
             &[addr],
@@ -496,13 +615,14 @@ mod tests {
                 LookupId(1),
                 target,
                 LookupKind::FindNode,
-                8,
-                1,
+                LookupParams {
+                    bep42: mode,
+                    ..LookupParams::new(8, 1, OWN)
+                },
                 Time(0),
                 &[sybil, honest],
                 &[],
             )
-            .with_bep42(mode)
         };
         assert_eq!(mk(Bep42Mode::Off).next_queries()[0].addr, sybil.addr);
         assert_eq!(mk(Bep42Mode::Prefer).next_queries()[0].addr, honest.addr);
@@ -513,6 +633,68 @@ mod tests {
             enforce.next_queries().is_empty(),
             "the Sybil is never queried"
         );
-        assert!(enforce.is_done());
+        assert!(enforce.is_done(Time(0)));
+    }
+
+    #[test]
+    fn an_answer_under_a_taken_or_our_own_id_counts_as_failed() {
+        let seeds = [n(1), n(2), n(3)];
+        let mut l = Lookup::new(
+            LookupId(1),
+            Id::ZERO,
+            LookupKind::FindNode,
+            LookupParams::new(8, 3, OWN),
+            Time(0),
+            &seeds,
+            &[],
+        );
+        assert_eq!(l.next_queries().len(), 3);
+        // n2's address answers as n1, n3's as us: neither is believed.
+        l.on_response(n(2).addr, n(1).id, &[n(9)], &[], None);
+        l.on_response(n(3).addr, OWN, &[n(9)], &[], None);
+        assert_eq!(l.stats.responses, 0);
+        assert!(
+            l.next_queries().is_empty(),
+            "their node lists were not used"
+        );
+        l.on_response(n(1).addr, n(1).id, &[], &[], None);
+        assert!(l.is_done(Time(0)));
+        assert_eq!(l.closest(8), vec![n(1)]);
+    }
+
+    #[test]
+    fn the_query_budget_ends_a_lookup_once_its_answers_are_in() {
+        let seeds: Vec<NodeInfo> = (1..=10).map(n).collect();
+        let mut l = Lookup::new(
+            LookupId(1),
+            Id::ZERO,
+            LookupKind::FindNode,
+            LookupParams {
+                max_queries: 2,
+                ..LookupParams::new(8, 4, OWN)
+            },
+            Time(0),
+            &seeds,
+            &[],
+        );
+        assert_eq!(l.next_queries().len(), 2);
+        assert!(!l.is_done(Time(0)), "answers still due");
+        l.on_response(n(1).addr, n(1).id, &[], &[], None);
+        l.on_failure(&n(2).addr);
+        assert!(l.next_queries().is_empty());
+        assert!(l.is_done(Time(0)));
+        let late = Time(0) + Duration::from_secs(20);
+        let mut m = Lookup::new(
+            LookupId(2),
+            Id::ZERO,
+            LookupKind::FindNode,
+            LookupParams::new(8, 4, OWN),
+            Time(0),
+            &seeds,
+            &[],
+        );
+        m.next_queries();
+        assert!(!m.is_done(Time(0)));
+        assert!(m.is_done(late), "out of wall time");
     }
 }

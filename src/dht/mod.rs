@@ -7,7 +7,9 @@
 //! simulator (`sim`) run this same code.
 
 pub mod bep42;
+pub mod entropy;
 pub mod lookup;
+pub mod martian;
 mod node;
 pub mod ratelimit;
 pub mod routing;
@@ -16,15 +18,19 @@ pub mod store;
 pub mod time;
 
 pub use bep42::Bep42Mode;
+pub use entropy::{Entropy, EntropyError};
 pub use lookup::{AnnounceSpec, LookupId, LookupKind, LookupStats};
+pub use martian::PrivateNodes;
 pub use node::{Config, Dht, Event, NodeLists, Stats, Transmit, CLIENT_VERSION};
-pub use ratelimit::{RateLimiter, RateLimits};
+pub use ratelimit::{RateLimiter, RateLimits, TokenBucket};
 pub use routing::{Insert, NodeState, RoutingTable, TimeoutOutcome};
 pub use rpc::Purpose;
-pub use store::{PeerStore, StoreLimits, Tokens};
+pub use store::{PeerStore, StoreFull, StoreLimits, Stored, Tokens};
 pub use time::Time;
 
 #[cfg(test)]
 mod family_tests;
+#[cfg(test)]
+mod lookup_tests;
 #[cfg(test)]
 mod tests;

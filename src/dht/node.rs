@@ -2,11 +2,10 @@
 //! lookups and the peer store together. Sans-IO: see the module root.
 
 use std::collections::VecDeque;
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddrV4};
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
 use crate::id::Id;
 use crate::krpc::{
@@ -14,8 +13,10 @@ use crate::krpc::{
 };
 
 use super::bep42::{self, Bep42Mode};
-use super::lookup::{AnnounceSpec, Lookup, LookupId, LookupKind, LookupStats};
-use super::ratelimit::{RateLimiter, RateLimits};
+use super::entropy::Entropy;
+use super::lookup::{AnnounceSpec, Lookup, LookupId, LookupKind, LookupParams, LookupStats};
+use super::martian::PrivateNodes;
+use super::ratelimit::{RateLimiter, RateLimits, TokenBucket};
 use super::routing::{Insert, NodeState, RoutingTable, TimeoutOutcome};
 use super::rpc::{Outstanding, Purpose, Rpc};
 use super::store::{PeerStore, StoreLimits, Tokens};
@@ -58,6 +59,25 @@ pub struct Config {
     /// First retry of the join while the table holds fewer than `k` nodes; each further
     /// retry waits twice as long, up to 5 minutes.
     pub bootstrap_retry: Duration,
+    /// Which loopback and private addresses listed in answers a lookup may query (the
+    /// martian filter; unroutable addresses are always refused).
+    pub private_nodes: PrivateNodes,
+    /// Candidates one lookup keeps per public IP address. libtorrent keeps one node per /24
+    /// in a lookup (`dht_restrict_search_ips`); two per address still lets a household with
+    /// two clients behind one NAT take part, while a node listing many ports of one host
+    /// cannot fill the lookup. Local addresses are exempt (test networks share a host).
+    pub lookup_max_per_ip: usize,
+    /// Queries one lookup sends at most. A lookup in a network of millions needs a few dozen
+    /// (about log2 of the size, alpha at a time, plus dead nodes); 256 is ample headroom and
+    /// stops a responder that feeds ever-closer fake ids from keeping a lookup alive forever.
+    pub lookup_max_queries: u32,
+    /// Wall time one lookup may take. A healthy lookup ends in 1-5 s; 20 s leaves room for a
+    /// network where most contacts are dead (each costs `widen_after`) and still ends, with
+    /// its announces, before the callers' 30 s announce wait.
+    pub lookup_timeout: Duration,
+    /// Distinct peers one get_peers lookup reports (and remembers for deduplication); the
+    /// rest are dropped. A swarm rarely needs more; it bounds what answers can make us hold.
+    pub lookup_max_peers: usize,
 }
 
 impl Default for Config {
@@ -78,6 +98,11 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             bep42: Bep42Mode::Prefer,
             bep42_derive_id: true,
+            private_nodes: PrivateNodes::SameScope,
+            lookup_max_per_ip: 2,
+            lookup_max_queries: 256,
+            lookup_timeout: Duration::from_secs(20),
+            lookup_max_peers: 1000,
         }
     }
 }
@@ -179,7 +204,7 @@ pub struct Dht<A: DhtAddr = SocketAddrV4> {
     last_bootstrap: Option<Time>,
     bootstrap_backoff: Duration,
     next_maintenance: Time,
-    verify_window: (Time, u32),
+    verify_budget: TokenBucket,
     external_ip: Option<A>,
     limiter: RateLimiter<A::Ip>,
     ip_vote: bep42::ExternalIpVote<A::Ip>,
@@ -207,11 +232,21 @@ impl<A: DhtAddr> NodeLists for Dht<A> {
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
 
 impl<A: DhtAddr> Dht<A> {
-    /// A node with `id`, configuration `cfg`, and its own RNG seeded from `seed`.
+    /// A node with `id` and configuration `cfg` whose randomness all derives from `seed`:
+    /// runs repeat exactly, which the simulator and the tests need. Real nodes use
+    /// [`Dht::with_entropy`] with [`Entropy::from_os`], so nobody can recompute their token
+    /// key or transaction ids from a guessable seed.
     pub fn new(id: Id, cfg: Config, seed: u64, now: Time) -> Dht<A> {
-        let mut rng = SmallRng::seed_from_u64(seed);
-        let tokens = Tokens::new(&mut rng, now, cfg.token_interval);
-        let rpc = Rpc::new(rng.gen());
+        Dht::with_entropy(id, cfg, Entropy::from_seed(seed), now)
+    }
+
+    /// A node with `id` and configuration `cfg` drawing on `entropy`: the wire RNG
+    /// (transaction ids, refresh targets) and the token key are separate streams.
+    pub fn with_entropy(id: Id, cfg: Config, entropy: Entropy, now: Time) -> Dht<A> {
+        let rng = entropy.wire;
+        let tokens = Tokens::new(entropy.token_key, now, cfg.token_interval);
+        let rpc = Rpc::new();
+        let verify_per_sec = u64::from(cfg.verify_pings_per_sec);
         let backoff = cfg.bootstrap_retry;
         let cfg_limits = cfg.rate_limits.clone();
         let mut table = RoutingTable::new(id, cfg.k, cfg.one_per_ip, now);
@@ -234,7 +269,7 @@ impl<A: DhtAddr> Dht<A> {
             last_bootstrap: None,
             bootstrap_backoff: backoff,
             next_maintenance: now + MAINTENANCE_EVERY,
-            verify_window: (now, 0),
+            verify_budget: TokenBucket::new(verify_per_sec, verify_per_sec, now),
             external_ip: None,
             limiter: RateLimiter::new(cfg_limits),
             ip_vote: bep42::ExternalIpVote::default(),
@@ -328,9 +363,13 @@ impl<A: DhtAddr> Dht<A> {
         self.start_lookup(now, info_hash, LookupKind::GetPeers { announce }, &[])
     }
 
-    /// Abandons a lookup; late answers are ignored.
+    /// Abandons a lookup (its caller went away): no more queries, no announce, no event;
+    /// late answers are ignored. Cancelling the join lets maintenance retry it.
     pub fn cancel(&mut self, lookup: LookupId) {
         self.lookups.retain(|l| l.id != lookup);
+        if self.bootstrap_lookup == Some(lookup) {
+            self.bootstrap_lookup = None;
+        }
     }
 
     fn start_lookup(&mut self, now: Time, target: Id, kind: LookupKind, extra: &[A]) -> LookupId {
@@ -347,23 +386,26 @@ impl<A: DhtAddr> Dht<A> {
             }
         }
         self.table.touch(&target, now);
-        let lookup = Lookup::new(
-            lid,
-            target,
-            kind,
-            self.cfg.k,
-            self.cfg.alpha,
-            now,
-            &seeds,
-            &bare,
-        )
-        .with_bep42(self.cfg.bep42);
+        let params = LookupParams {
+            k: self.cfg.k,
+            alpha: self.cfg.alpha,
+            own_id: self.id,
+            bep42: self.cfg.bep42,
+            private_nodes: self.cfg.private_nodes,
+            max_per_ip: self.cfg.lookup_max_per_ip,
+            max_queries: self.cfg.lookup_max_queries,
+            timeout: self.cfg.lookup_timeout,
+            max_peers: self.cfg.lookup_max_peers,
+        };
+        let lookup = Lookup::new(lid, target, kind, params, now, &seeds, &bare);
         self.lookups.push(lookup);
         self.step_lookup(now, lid);
         lid
     }
 
-    /// Sends what a lookup wants sent, and finishes it when it is done.
+    /// Sends what a lookup wants sent, and finishes it when it is done or out of budget.
+    /// Called on every answer, error, widen and timeout of its queries, so a lookup past its
+    /// deadline ends at the latest `widen_after` later (it always has a query in flight).
     fn step_lookup(&mut self, now: Time, lid: LookupId) {
         let Some(idx) = self.lookups.iter().position(|l| l.id == lid) else {
             return;
@@ -371,6 +413,9 @@ impl<A: DhtAddr> Dht<A> {
         loop {
             let (target, kind, outgoing) = {
                 let l = &mut self.lookups[idx];
+                if l.expired(now) {
+                    break;
+                }
                 (l.target, l.kind, l.next_queries())
             };
             if outgoing.is_empty() {
@@ -391,32 +436,28 @@ impl<A: DhtAddr> Dht<A> {
                 break;
             }
         }
-        if self.lookups[idx].is_done() {
+        if self.lookups[idx].is_done(now) {
             let l = self.lookups.swap_remove(idx);
             self.finish_lookup(now, l);
         }
     }
 
     fn finish_lookup(&mut self, now: Time, l: Lookup<A>) {
-        let mut closest = l.closest_responded();
-        if self.cfg.bep42 != Bep42Mode::Off {
-            // Announce preferably to nodes whose id matches their address (BEP 42):
-            // stable sort keeps distance order within each group.
-            closest.sort_by_key(|(n, _)| !RoutingTable::verified(n));
-        }
-        closest.truncate(self.cfg.k);
+        // The lookup ranks BEP 42-verified nodes first (when BEP 42 applies), then by
+        // distance: the announce goes preferably to nodes whose id matches their address.
+        let closest = l.closest(self.cfg.k);
         let mut announced = 0;
         if let LookupKind::GetPeers {
             announce: Some(spec),
         } = l.kind
         {
-            for (node, token) in &closest {
-                let Some(token) = token else { continue };
+            // The k best nodes that can store us: those without a token take no place.
+            for (node, token) in l.announce_targets(self.cfg.k) {
                 let method = Method::AnnouncePeer {
                     info_hash: l.target,
                     port: spec.port,
                     implied_port: spec.implied_port,
-                    token: token.clone(),
+                    token,
                 };
                 if self.send_query(
                     now,
@@ -455,7 +496,7 @@ impl<A: DhtAddr> Dht<A> {
             target: l.target,
             stats: l.stats.clone(),
             elapsed: now.since(l.started),
-            closest: closest.into_iter().map(|(n, _)| n).collect(),
+            closest,
             announced,
         });
     }
@@ -468,12 +509,15 @@ impl<A: DhtAddr> Dht<A> {
         method: Method,
         purpose: Purpose,
     ) -> bool {
-        let Some(tid) = self.rpc.register(Outstanding {
-            addr,
-            id,
-            sent: now,
-            purpose,
-        }) else {
+        let Some(tid) = self.rpc.register(
+            Outstanding {
+                addr,
+                id,
+                sent: now,
+                purpose,
+            },
+            &mut self.rng,
+        ) else {
             return false;
         };
         let msg = Message {
@@ -497,7 +541,10 @@ impl<A: DhtAddr> Dht<A> {
         self.transmits.push_back(Transmit { to, data });
     }
 
-    fn reply(&mut self, to: A, tid: Vec<u8>, body: Body) {
+    /// Sends a response or an error reply, if the global reply budget holds its bytes:
+    /// every byte we send because someone else asked counts, so spoofed queries cannot make
+    /// us reflect more than the budget.
+    fn reply(&mut self, now: Time, to: A, tid: Vec<u8>, body: Body) {
         let msg = Message {
             tid,
             version: Some(CLIENT_VERSION.to_vec()),
@@ -505,7 +552,10 @@ impl<A: DhtAddr> Dht<A> {
             read_only: false,
             body,
         };
-        self.push_transmit(to, msg.encode());
+        let data = msg.encode();
+        if self.limiter.allow_reply(now, data.len()) {
+            self.push_transmit(to, data);
+        }
     }
 
     /// Counts another node's view of our address; once a quorum agrees on a public address
@@ -534,6 +584,12 @@ impl<A: DhtAddr> Dht<A> {
     }
 
     /// Feeds one received datagram.
+    ///
+    /// Answers and errors matching one of our outstanding queries (random transaction id and
+    /// the exact address asked) bypass the per-IP limiter and never count toward a ban: an
+    /// off-path spoofer flooding from, say, the bootstrap router's address can get that IP
+    /// banned for its own packets, but cannot guess our ids, so the router's genuine answers
+    /// still arrive.
     pub fn handle_datagram(&mut self, now: Time, from: A, data: &[u8]) {
         self.handle_datagram_with(now, from, data, None);
     }
@@ -548,16 +604,20 @@ impl<A: DhtAddr> Dht<A> {
         data: &[u8],
         other: Option<&dyn NodeLists>,
     ) {
-        if !self.limiter.allow_packet(from.ip_of(), now) {
+        let decoded = Message::decode(data);
+        let ours = matches!(&decoded, Ok(m) if !matches!(m.body, Body::Query(_))
+            && self.rpc.matches(&m.tid, &from));
+        if !ours && !self.limiter.allow_packet(from.ip_of(), now) {
             self.stats.dropped_rate_limited += 1;
             return;
         }
-        let msg = match Message::decode(data) {
+        let msg = match decoded {
             Ok(m) => m,
             Err(e) => {
                 self.stats.malformed_in += 1;
                 if let (Some(tid), false) = (e.query_tid, self.cfg.read_only) {
                     self.reply(
+                        now,
                         from,
                         tid,
                         Body::Error(KrpcError {
@@ -589,7 +649,7 @@ impl<A: DhtAddr> Dht<A> {
         other: Option<&dyn NodeLists>,
     ) {
         self.stats.queries_in += 1;
-        if self.cfg.read_only || !self.limiter.allow_reply(now) {
+        if self.cfg.read_only || !self.limiter.reply_budget_left(now) {
             return;
         }
         let known = ro || self.table.on_query(&q.id, from, now);
@@ -608,7 +668,8 @@ impl<A: DhtAddr> Dht<A> {
                     .peers(&info_hash, self.cfg.max_values, now, &mut self.rng);
                 let mut r = self.node_lists(&info_hash, q.want, now, other);
                 A::set_values(&mut r, values);
-                r.token = Some(self.tokens.token_for(&from.ip_of()).to_vec());
+                let ip: IpAddr = from.ip_of().into();
+                r.token = Some(self.tokens.token_for(&ip, &info_hash).to_vec());
                 Body::Response(r)
             }
             Method::AnnouncePeer {
@@ -617,7 +678,7 @@ impl<A: DhtAddr> Dht<A> {
                 implied_port,
                 token,
             } => {
-                if !self.tokens.check(&token, &from.ip_of()) {
+                if !self.tokens.check(&token, &from.ip_of().into(), &info_hash) {
                     Body::Error(KrpcError {
                         code: ErrorCode::Protocol,
                         message: b"bad token".to_vec(),
@@ -629,13 +690,22 @@ impl<A: DhtAddr> Dht<A> {
                     })
                 } else {
                     let port = if implied_port { from.port_of() } else { port };
-                    self.store
-                        .announce(info_hash, A::from_parts(from.ip_of(), port), now);
-                    self.stats.announces_in += 1;
-                    Body::Response(Response {
-                        id: self.id,
-                        ..Response::default()
-                    })
+                    let peer = A::from_parts(from.ip_of(), port);
+                    match self.store.announce(info_hash, peer, now) {
+                        Ok(_) => {
+                            self.stats.announces_in += 1;
+                            Body::Response(Response {
+                                id: self.id,
+                                ..Response::default()
+                            })
+                        }
+                        // Refused, not stored: say so (202), so the announcer counts
+                        // this node as not holding it.
+                        Err(full) => Body::Error(KrpcError {
+                            code: ErrorCode::Server,
+                            message: full.to_string().into_bytes(),
+                        }),
+                    }
                 }
             }
             Method::Unknown(_) => Body::Error(KrpcError {
@@ -643,7 +713,7 @@ impl<A: DhtAddr> Dht<A> {
                 message: b"method unknown".to_vec(),
             }),
         };
-        self.reply(from, tid, body);
+        self.reply(now, from, tid, body);
         if !known {
             self.maybe_verify(now, from, querier);
         }
@@ -679,13 +749,9 @@ impl<A: DhtAddr> Dht<A> {
         if !self.table.has_room_for(&id, now) {
             return;
         }
-        if now.since(self.verify_window.0) >= Duration::from_secs(1) {
-            self.verify_window = (now, 0);
-        }
-        if self.verify_window.1 >= self.cfg.verify_pings_per_sec {
+        if !self.verify_budget.try_take(1, now) {
             return;
         }
-        self.verify_window.1 += 1;
         self.send_query(now, from, Some(id), Method::Ping, Purpose::Ping);
     }
 
@@ -776,7 +842,7 @@ impl<A: DhtAddr> Dht<A> {
     }
 
     fn maintenance(&mut self, now: Time) {
-        self.tokens.maybe_rotate(now, &mut self.rng);
+        self.tokens.maybe_rotate(now);
         self.store.expire(now);
         // Refresh stale buckets, one lookup each, unless a lookup is already running.
         if self.lookups.len() < 4 && !self.table.is_empty() {

@@ -1,5 +1,7 @@
 //! Flood protection: a per-source-IP packet budget with temporary bans (as libtorrent's dos
-//! blocker does), and a global budget of replies per second.
+//! blocker does), a global budget of reply bytes per second (libtorrent's
+//! `dht_upload_rate_limit` idea: whatever the sources, we reflect at most so many bytes), and
+//! the [`TokenBucket`] all of them, and the node's verification-ping budget, are built on.
 //!
 //! Memory is bounded whatever arrives: the per-IP table is an LRU of fixed capacity, so a
 //! flood from a million spoofed addresses only recycles entries. Nothing is allocated until
@@ -12,7 +14,7 @@ use lru::LruCache;
 
 use super::time::Time;
 
-/// Limits applied to incoming traffic.
+/// Limits applied to incoming traffic and to the replies it provokes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RateLimits {
     /// Packets per second one IP may send on average; 0 disables per-IP limiting.
@@ -21,11 +23,19 @@ pub struct RateLimits {
     pub per_ip_burst: u32,
     /// How long an IP that exceeded its budget is ignored.
     pub ban_for: Duration,
-    /// Replies we send per second at most, over all sources; 0 disables.
-    pub replies_per_sec: u32,
+    /// Reply bytes (responses and error replies) we send per second at most, over all
+    /// sources, so spoofed queries cannot turn us into an amplifier; 0 disables.
+    pub reply_bytes_per_sec: u32,
+    /// Reply bytes that may go out at once above the average (the bucket's depth).
+    pub reply_burst_bytes: u32,
     /// IPs tracked at once (LRU).
     pub tracked_ips: usize,
 }
+
+/// Default global reply budget, bytes/s. libtorrent uses 8000 B/s for a client; a node that
+/// may serve as a bootstrap router needs more, and ~100 kB/s (0.8 Mbit/s) still caps what a
+/// spoofer can reflect at us to a harmless trickle.
+pub const DEFAULT_REPLY_BYTES_PER_SEC: u32 = 100_000;
 
 impl Default for RateLimits {
     fn default() -> Self {
@@ -35,7 +45,8 @@ impl Default for RateLimits {
             per_ip_per_sec: 50,
             per_ip_burst: 500,
             ban_for: Duration::from_secs(5 * 60),
-            replies_per_sec: 0,
+            reply_bytes_per_sec: DEFAULT_REPLY_BYTES_PER_SEC,
+            reply_burst_bytes: DEFAULT_REPLY_BYTES_PER_SEC,
             tracked_ips: 50_000,
         }
     }
@@ -48,26 +59,86 @@ impl RateLimits {
             per_ip_per_sec: 0,
             per_ip_burst: 0,
             ban_for: Duration::ZERO,
-            replies_per_sec: 0,
+            reply_bytes_per_sec: 0,
+            reply_burst_bytes: 0,
             tracked_ips: 0,
         }
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Bucket {
-    /// Tokens in thousandths of a packet.
-    milli_tokens: u64,
+/// A token bucket over fake time: `rate` units a second flow in, at most `burst` units are
+/// saved up, and an action costing `n` units happens only if `n` are there. Over any span of
+/// `t` seconds at most `burst + rate * t` units are spent: the one budget shape every limit
+/// of the node uses, so there is one implementation to get right.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenBucket {
+    /// Units per second.
+    rate: u64,
+    /// Depth, in thousandths of a unit.
+    cap_milli: u64,
+    /// Saved up, in thousandths of a unit.
+    milli: u64,
     refilled: Time,
+}
+
+impl TokenBucket {
+    /// A full bucket of depth `burst` refilling at `rate` units per second.
+    pub fn new(rate: u64, burst: u64, now: Time) -> TokenBucket {
+        let cap_milli = burst.saturating_mul(1000);
+        TokenBucket {
+            rate,
+            cap_milli,
+            milli: cap_milli,
+            refilled: now,
+        }
+    }
+
+    fn refill(&mut self, now: Time) {
+        let elapsed_ms = now.0.saturating_sub(self.refilled.0);
+        self.milli = self
+            .milli
+            .saturating_add(elapsed_ms.saturating_mul(self.rate))
+            .min(self.cap_milli);
+        // Time running backwards (it never should) must not mint tokens later.
+        self.refilled = Time(self.refilled.0.max(now.0));
+    }
+
+    /// Takes `units` at `now` if the bucket holds them; false (and nothing taken) otherwise.
+    pub fn try_take(&mut self, units: u64, now: Time) -> bool {
+        self.refill(now);
+        let need = units.saturating_mul(1000);
+        if self.milli >= need {
+            self.milli -= need;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whole units available at `now`.
+    pub fn available(&mut self, now: Time) -> u64 {
+        self.refill(now);
+        self.milli / 1000
+    }
+
+    /// Fills the bucket to its depth (a ban served its time).
+    pub fn fill(&mut self, now: Time) {
+        self.refilled = now;
+        self.milli = self.cap_milli;
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct IpState {
+    bucket: TokenBucket,
     banned_until: Time,
 }
 
 /// The limiter state.
 pub struct RateLimiter<I = Ipv4Addr> {
     limits: RateLimits,
-    ips: Option<LruCache<I, Bucket>>,
-    global_window: Time,
-    global_count: u32,
+    ips: Option<LruCache<I, IpState>>,
+    replies: Option<TokenBucket>,
     /// Packets dropped because their IP was over budget or banned.
     pub dropped_ip: u64,
     /// Replies suppressed by the global budget.
@@ -77,11 +148,17 @@ pub struct RateLimiter<I = Ipv4Addr> {
 impl<I: Copy + Eq + std::hash::Hash> RateLimiter<I> {
     /// A limiter with `limits`; allocates nothing yet.
     pub fn new(limits: RateLimits) -> RateLimiter<I> {
+        let replies = (limits.reply_bytes_per_sec > 0).then(|| {
+            TokenBucket::new(
+                u64::from(limits.reply_bytes_per_sec),
+                u64::from(limits.reply_burst_bytes.max(1)),
+                Time(0),
+            )
+        });
         RateLimiter {
             limits,
             ips: None,
-            global_window: Time(0),
-            global_count: 0,
+            replies,
             dropped_ip: 0,
             dropped_global: 0,
         }
@@ -93,52 +170,53 @@ impl<I: Copy + Eq + std::hash::Hash> RateLimiter<I> {
         if rate == 0 || self.limits.tracked_ips == 0 {
             return true;
         }
-        let cap = (u64::from(self.limits.per_ip_burst) + rate) * 1000;
+        let depth = u64::from(self.limits.per_ip_burst) + rate;
         let cap_ips = self.limits.tracked_ips;
         // Unbounded LRU with a manual cap: `LruCache::new` would preallocate the full capacity.
         let ips = self.ips.get_or_insert_with(LruCache::unbounded);
         if ips.len() >= cap_ips && !ips.contains(&ip) {
             ips.pop_lru();
         }
-        let b = ips.get_or_insert_mut(ip, || Bucket {
-            milli_tokens: cap,
-            refilled: now,
+        let s = ips.get_or_insert_mut(ip, || IpState {
+            bucket: TokenBucket::new(rate, depth, now),
             banned_until: Time(0),
         });
-        if now < b.banned_until {
+        if now < s.banned_until {
             self.dropped_ip += 1;
             return false;
         }
-        let elapsed_ms = now.0.saturating_sub(b.refilled.0);
-        b.milli_tokens = (b.milli_tokens + elapsed_ms * rate).min(cap);
-        b.refilled = now;
-        if b.milli_tokens >= 1000 {
-            b.milli_tokens -= 1000;
+        if s.bucket.try_take(1, now) {
             true
         } else {
             // Out of budget: a sustained flood. Ignore this IP for a while.
-            b.banned_until = now + self.limits.ban_for;
-            b.milli_tokens = cap;
+            s.banned_until = now + self.limits.ban_for;
+            s.bucket.fill(s.banned_until);
             self.dropped_ip += 1;
             false
         }
     }
 
-    /// Counts one reply at `now`; false if the global budget for this second is spent.
-    pub fn allow_reply(&mut self, now: Time) -> bool {
-        if self.limits.replies_per_sec == 0 {
+    /// Whether a reply could go out at `now` at all: lets the node skip building an answer
+    /// the budget would drop anyway.
+    pub fn reply_budget_left(&mut self, now: Time) -> bool {
+        match self.replies.as_mut() {
+            None => true,
+            Some(b) => b.available(now) > 0,
+        }
+    }
+
+    /// Counts a reply of `bytes` at `now`; false (it must not be sent) if the global budget
+    /// does not hold that many bytes.
+    pub fn allow_reply(&mut self, now: Time, bytes: usize) -> bool {
+        let Some(b) = self.replies.as_mut() else {
             return true;
-        }
-        if now.since(self.global_window) >= Duration::from_secs(1) {
-            self.global_window = now;
-            self.global_count = 0;
-        }
-        if self.global_count >= self.limits.replies_per_sec {
+        };
+        if b.try_take(bytes as u64, now) {
+            true
+        } else {
             self.dropped_global += 1;
-            return false;
+            false
         }
-        self.global_count += 1;
-        true
     }
 
     /// IPs currently tracked.
@@ -146,7 +224,6 @@ impl<I: Copy + Eq + std::hash::Hash> RateLimiter<I> {
         self.ips.as_ref().map_or(0, |m| m.len())
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,10 +234,11 @@ mod tests {
             per_ip_per_sec: 5,
             per_ip_burst: 10,
             ban_for: Duration::from_secs(300),
-            replies_per_sec: 0,
+            reply_bytes_per_sec: 0,
+            reply_burst_bytes: 0,
             tracked_ips: 100,
         };
-        let mut r = RateLimiter::new(limits);
+        let mut r: RateLimiter = RateLimiter::new(limits);
         let ip = Ipv4Addr::new(1, 2, 3, 4);
         // Burst of 15 passes, the 16th within the same millisecond trips the ban.
         for i in 0..15 {
@@ -180,7 +258,7 @@ mod tests {
 
     #[test]
     fn memory_is_bounded_under_spoofed_sources() {
-        let mut r = RateLimiter::new(RateLimits {
+        let mut r: RateLimiter = RateLimiter::new(RateLimits {
             tracked_ips: 1000,
             ..RateLimits::default()
         });
@@ -191,15 +269,45 @@ mod tests {
     }
 
     #[test]
-    fn global_reply_budget() {
+    fn global_reply_budget_counts_bytes() {
         let mut r: RateLimiter = RateLimiter::new(RateLimits {
-            replies_per_sec: 3,
+            reply_bytes_per_sec: 1000,
+            reply_burst_bytes: 500,
             ..RateLimits::unlimited()
         });
-        assert!(r.allow_reply(Time(0)));
-        assert!(r.allow_reply(Time(1)));
-        assert!(r.allow_reply(Time(2)));
-        assert!(!r.allow_reply(Time(3)));
-        assert!(r.allow_reply(Time(1000)));
+        // The burst: 500 bytes at once, not one more.
+        assert!(r.allow_reply(Time(0), 300));
+        assert!(r.allow_reply(Time(0), 200));
+        assert!(!r.allow_reply(Time(0), 1));
+        assert!(!r.reply_budget_left(Time(0)));
+        // 100 ms refill 100 bytes: a 150-byte reply waits, a 100-byte one goes.
+        assert!(!r.allow_reply(Time(100), 150));
+        assert!(r.allow_reply(Time(100), 100));
+        assert_eq!(r.dropped_global, 2);
+        // Never more than the depth is saved up, however long it is idle.
+        assert!(!r.allow_reply(Time(60_000), 501));
+        assert!(r.allow_reply(Time(60_000), 500));
+    }
+
+    #[test]
+    fn token_bucket_never_exceeds_burst_plus_rate_times_time() {
+        let (rate, burst) = (2_000u64, 700u64);
+        let mut b = TokenBucket::new(rate, burst, Time(0));
+        let mut spent = 0u64;
+        let mut offered = 0u64;
+        // Ask for odd sizes every 3 ms for 10 s: far more than the budget.
+        for step in 0..3_334u64 {
+            let now = Time(step * 3);
+            let n = 37 + step % 211;
+            offered += n;
+            if b.try_take(n, now) {
+                spent += n;
+            }
+            let bound = burst + rate * now.0 / 1000;
+            assert!(spent <= bound, "spent {spent} > {bound} at {now:?}");
+        }
+        assert!(offered > 2 * spent, "the budget must have bitten");
+        // And it is used: at least the rate minus one largest request per refill.
+        assert!(spent >= rate * 9, "spent only {spent}");
     }
 }

@@ -139,9 +139,10 @@ impl<A: DhtAddr> RoutingTable<A> {
         self.bep42 = mode;
     }
 
-    /// Whether a node's id matches its address under BEP 42 (exempt addresses always do).
+    /// Whether BEP 42 vouches for a node: a public address with a matching id. Local
+    /// addresses are exempt (any id is valid there), so they are never *verified*.
     pub fn verified(node: &NodeInfo<A>) -> bool {
-        bep42::is_valid_for(&node.id, &node.addr)
+        bep42::is_verified_for(&node.id, &node.addr)
     }
 
     /// Moves the table to a new own id (after BEP 42 re-derivation): same contacts,
@@ -258,8 +259,7 @@ impl<A: DhtAddr> RoutingTable<A> {
         if self.one_per_ip && self.ip_taken(&node.addr.ip_of(), &node.id) {
             return Insert::Refused;
         }
-        let verified = RoutingTable::verified(&node);
-        if self.bep42 == Bep42Mode::Enforce && !verified {
+        if self.bep42 == Bep42Mode::Enforce && !bep42::is_valid_for(&node.id, &node.addr) {
             return Insert::Refused;
         }
         if self.one_per_ip && !bep42::is_exempt_ip(&A::ip_addr(&node.addr.ip_of())) {

@@ -3,10 +3,17 @@
 //! Every query waits a constant time, so deadlines come in send order: two FIFO queues (one for
 //! the short "widen" delay of lookup queries, one for the full timeout) give the next deadline
 //! in O(1). Entries for queries already answered are skipped lazily.
+//!
+//! Transaction ids are 4 random bytes, not a counter: an off-path spoofer who cannot see our
+//! queries has to guess one of 2^32 values (times the exact address asked) to pass an answer
+//! off as genuine, which is also what lets the node exempt genuine answers from its per-IP
+//! flood limiter.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddrV4;
 use std::time::Duration;
+
+use rand::Rng;
 
 use crate::id::Id;
 use crate::krpc::DhtAddr;
@@ -41,41 +48,46 @@ pub struct Outstanding<A = SocketAddrV4> {
 /// Most queries we keep outstanding; more are refused (the caller treats them as failed).
 pub const MAX_OUTSTANDING: usize = 4096;
 
+/// Length of our transaction ids.
+pub const TID_LEN: usize = 4;
+
 /// The table of outstanding queries.
 pub struct Rpc<A = SocketAddrV4> {
-    next_tid: u16,
-    pending: HashMap<u16, Outstanding<A>>,
-    widen_queue: VecDeque<(Time, u16)>,
-    timeout_queue: VecDeque<(Time, u16)>,
+    pending: HashMap<u32, Outstanding<A>>,
+    widen_queue: VecDeque<(Time, u32)>,
+    timeout_queue: VecDeque<(Time, u32)>,
 }
 
-impl<A: DhtAddr> Default for Rpc<A> {
+impl<A> Default for Rpc<A> {
     fn default() -> Self {
-        Rpc::new(0)
-    }
-}
-
-impl<A: DhtAddr> Rpc<A> {
-    /// An empty table whose transaction ids start at `first_tid` (pick it at random).
-    pub fn new(first_tid: u16) -> Rpc<A> {
         Rpc {
-            next_tid: first_tid,
             pending: HashMap::new(),
             widen_queue: VecDeque::new(),
             timeout_queue: VecDeque::new(),
         }
     }
+}
 
-    /// Registers a query and returns its transaction id, or `None` when too many are pending.
-    pub fn register(&mut self, q: Outstanding<A>) -> Option<[u8; 2]> {
+impl<A: DhtAddr> Rpc<A> {
+    /// An empty table.
+    pub fn new() -> Rpc<A> {
+        Rpc::default()
+    }
+
+    /// Registers a query under a fresh random transaction id drawn from `rng`, or returns
+    /// `None` when too many are pending.
+    pub fn register<R: Rng + ?Sized>(
+        &mut self,
+        q: Outstanding<A>,
+        rng: &mut R,
+    ) -> Option<[u8; TID_LEN]> {
         if self.pending.len() >= MAX_OUTSTANDING {
             return None;
         }
-        let mut tid = self.next_tid;
+        let mut tid: u32 = rng.gen();
         while self.pending.contains_key(&tid) {
-            tid = tid.wrapping_add(1);
+            tid = rng.gen();
         }
-        self.next_tid = tid.wrapping_add(1);
         self.pending.insert(tid, q);
         if matches!(q.purpose, Purpose::Lookup(_)) {
             self.widen_queue.push_back((q.sent, tid));
@@ -87,11 +99,21 @@ impl<A: DhtAddr> Rpc<A> {
     /// Takes the query an answer from `from` with transaction id `tid` belongs to.
     /// Answers from another address than the one asked are not ours (spoofing or confusion).
     pub fn take(&mut self, tid: &[u8], from: &A) -> Option<Outstanding<A>> {
-        let t = u16::from_be_bytes(<[u8; 2]>::try_from(tid).ok()?);
+        let t = u32::from_be_bytes(<[u8; TID_LEN]>::try_from(tid).ok()?);
         match self.pending.get(&t) {
             Some(q) if q.addr == *from => self.pending.remove(&t),
             _ => None,
         }
+    }
+
+    /// Whether an answer from `from` with `tid` would match one of our queries (without
+    /// taking it): such answers are ours, and no flood limiter may drop them.
+    pub fn matches(&self, tid: &[u8], from: &A) -> bool {
+        <[u8; TID_LEN]>::try_from(tid)
+            .ok()
+            .map(u32::from_be_bytes)
+            .and_then(|t| self.pending.get(&t))
+            .is_some_and(|q| q.addr == *from)
     }
 
     /// Lookup queries that passed the widen delay at `now` and are still unanswered.
@@ -174,6 +196,8 @@ impl<A: DhtAddr> Rpc<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
     use std::net::Ipv4Addr;
 
     fn q(port: u16, sent: u64, purpose: Purpose) -> Outstanding {
@@ -187,8 +211,11 @@ mod tests {
 
     #[test]
     fn answers_must_come_from_the_queried_address() {
-        let mut r = Rpc::new(7);
-        let tid = r.register(q(1, 0, Purpose::Ping)).unwrap();
+        let mut r = Rpc::new();
+        let mut rng = SmallRng::seed_from_u64(7);
+        let tid = r.register(q(1, 0, Purpose::Ping), &mut rng).unwrap();
+        assert!(r.matches(&tid, &SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1)));
+        assert!(!r.matches(&tid, &SocketAddrV4::new(Ipv4Addr::LOCALHOST, 2)));
         assert!(r
             .take(&tid, &SocketAddrV4::new(Ipv4Addr::LOCALHOST, 2))
             .is_none());
@@ -203,11 +230,14 @@ mod tests {
 
     #[test]
     fn widen_then_timeout_in_send_order() {
-        let mut r = Rpc::new(0);
+        let mut r = Rpc::new();
+        let mut rng = SmallRng::seed_from_u64(0);
         let w = Duration::from_millis(500);
         let t = Duration::from_millis(2000);
-        let a = r.register(q(1, 0, Purpose::Lookup(LookupId(1)))).unwrap();
-        r.register(q(2, 100, Purpose::Ping)).unwrap();
+        let a = r
+            .register(q(1, 0, Purpose::Lookup(LookupId(1))), &mut rng)
+            .unwrap();
+        r.register(q(2, 100, Purpose::Ping), &mut rng).unwrap();
         assert_eq!(r.next_deadline(w, t), Some(Time(500)));
         assert_eq!(r.due_widen(Time(500), w).len(), 1);
         assert_eq!(r.next_deadline(w, t), Some(Time(2000)));

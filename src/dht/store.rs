@@ -1,9 +1,11 @@
 //! What other nodes announced to us, and the write tokens that gate announcing.
 //!
-//! The store is bounded three ways (peers per info-hash, info-hashes, peers in total) with the
-//! least recently announced info-hash evicted first, so a flood of announces cannot grow memory
-//! without bound. Nothing is allocated until the first announce arrives (a million simulated
-//! nodes mostly store nothing).
+//! The store is bounded four ways (peers per info-hash, peers per info-hash from one IP,
+//! info-hashes, peers in total). At capacity it refuses new announces rather than evicting
+//! live ones: whoever floods us cannot push out the torrents that are in use, and one IP
+//! announcing from many ports only ever replaces its own entries. Room is made only from
+//! announces that expired. Nothing is allocated until the first announce arrives (a million
+//! simulated nodes mostly store nothing).
 
 use std::net::{IpAddr, SocketAddrV4};
 use std::time::Duration;
@@ -23,6 +25,9 @@ use super::time::Time;
 pub struct StoreLimits {
     /// Peers kept per info-hash (libtorrent: 500).
     pub per_infohash: usize,
+    /// Peers kept per info-hash from one IP (several clients behind one NAT), so one source
+    /// cannot fill a torrent's list by announcing from many ports.
+    pub per_ip_per_infohash: usize,
     /// Info-hashes kept.
     pub infohashes: usize,
     /// Peers kept in total.
@@ -35,11 +40,36 @@ impl Default for StoreLimits {
     fn default() -> Self {
         StoreLimits {
             per_infohash: 500,
+            per_ip_per_infohash: 4,
             infohashes: 20_000,
             total_peers: 200_000,
             ttl: Duration::from_secs(30 * 60),
         }
     }
+}
+
+/// What an accepted announce did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// A new entry (possibly replacing an older one of the same IP at its cap).
+    Added,
+    /// The peer was already stored; its lifetime starts over.
+    Renewed,
+}
+
+/// Why an announce was refused: the store keeps what it has rather than evicting live
+/// entries, so the announcer should store itself elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreFull {
+    /// The info-hash already has its maximum of live peers.
+    #[error("this info-hash has all the peers it may keep")]
+    Infohash,
+    /// The store holds its maximum of info-hashes.
+    #[error("no room for another info-hash")]
+    Infohashes,
+    /// The store holds its maximum of peers.
+    #[error("no room for another peer")]
+    TotalPeers,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -65,36 +95,64 @@ impl<A: DhtAddr> PeerStore<A> {
         }
     }
 
-    /// Records `peer` for `info_hash` at `now`, evicting as the limits require.
-    pub fn announce(&mut self, info_hash: Id, peer: A, now: Time) {
+    /// Records `peer` for `info_hash` at `now`, or says why there is no room for it.
+    pub fn announce(&mut self, info_hash: Id, peer: A, now: Time) -> Result<Stored, StoreFull> {
         let expires = now + self.limits.ttl;
+        let per_ip = self.limits.per_ip_per_infohash.max(1);
         let map = self.map.get_or_insert_with(LruCache::unbounded);
-        let list = map.get_or_insert_mut(info_hash, Vec::new);
-        if let Some(p) = list.iter_mut().find(|p| p.addr == peer) {
-            p.expires = expires;
-            return;
-        }
-        if list.len() >= self.limits.per_infohash {
-            // Replace the peer closest to expiry: newer announces are likelier alive.
-            if let Some(oldest) = list.iter_mut().min_by_key(|p| p.expires) {
-                *oldest = StoredPeer {
-                    addr: peer,
-                    expires,
-                };
+        // `get_mut` also marks the info-hash as recently announced.
+        let (exists, len) = match map.get_mut(&info_hash) {
+            Some(list) => {
+                if let Some(p) = list.iter_mut().find(|p| p.addr == peer) {
+                    p.expires = expires;
+                    return Ok(Stored::Renewed);
+                }
+                let before = list.len();
+                list.retain(|p| p.expires > now);
+                self.total -= before - list.len();
+                let same_ip = list
+                    .iter()
+                    .filter(|p| p.addr.ip_of() == peer.ip_of())
+                    .count();
+                if same_ip >= per_ip {
+                    // This IP is at its cap here: its newest port replaces its oldest entry,
+                    // never anyone else's.
+                    if let Some(own) = list
+                        .iter_mut()
+                        .filter(|p| p.addr.ip_of() == peer.ip_of())
+                        .min_by_key(|p| p.expires)
+                    {
+                        *own = StoredPeer {
+                            addr: peer,
+                            expires,
+                        };
+                    }
+                    return Ok(Stored::Added);
+                }
+                (true, list.len())
             }
-            return;
+            None => (false, 0),
+        };
+        if exists && len >= self.limits.per_infohash {
+            return Err(StoreFull::Infohash);
         }
-        list.push(StoredPeer {
+        let infohashes_full =
+            |m: &LruCache<Id, Vec<StoredPeer<A>>>| !exists && m.len() >= self.limits.infohashes;
+        if self.total >= self.limits.total_peers || infohashes_full(map) {
+            evict_expired(map, &mut self.total, now, &info_hash);
+        }
+        if self.total >= self.limits.total_peers {
+            return Err(StoreFull::TotalPeers);
+        }
+        if infohashes_full(map) {
+            return Err(StoreFull::Infohashes);
+        }
+        map.get_or_insert_mut(info_hash, Vec::new).push(StoredPeer {
             addr: peer,
             expires,
         });
         self.total += 1;
-        while map.len() > self.limits.infohashes || self.total > self.limits.total_peers {
-            match map.pop_lru() {
-                Some((_, evicted)) => self.total -= evicted.len(),
-                None => break,
-            }
-        }
+        Ok(Stored::Added)
     }
 
     /// Up to `max` live peers for `info_hash`, a random sample when there are more.
@@ -149,12 +207,34 @@ impl<A: DhtAddr> PeerStore<A> {
     }
 }
 
-/// Write-token secrets: tokens are `SHA-1(secret ‖ requester IP)` truncated, the secret
-/// rotates every interval and the previous one is still accepted, so a token stays valid for
-/// between one and two intervals (BEP 5: 5 minutes, up to 10).
+/// Makes room from the least recently announced info-hashes whose peers all expired (an
+/// info-hash announced later than a live one cannot be all expired, so the scan stops at the
+/// first live one). `keep` is the info-hash being announced.
+fn evict_expired<A>(
+    map: &mut LruCache<Id, Vec<StoredPeer<A>>>,
+    total: &mut usize,
+    now: Time,
+    keep: &Id,
+) {
+    while let Some((k, list)) = map.peek_lru() {
+        if k == keep || list.iter().any(|p| p.expires > now) {
+            break;
+        }
+        if let Some((_, gone)) = map.pop_lru() {
+            *total -= gone.len();
+        }
+    }
+}
+
+/// Write tokens: `SHA-1(key ‖ epoch ‖ requester IP ‖ info-hash)` truncated. The epoch
+/// advances every interval and the previous one is still accepted, so a token stays valid
+/// for between one and two intervals (BEP 5: 5 minutes, up to 10), only for the IP it was
+/// given to and only for the info-hash it was asked for (as libtorrent binds it). The key
+/// comes from a CSPRNG of its own, never from the RNG whose outputs go on the wire, so
+/// what a node sends says nothing about the tokens it accepts.
 pub struct Tokens {
-    current: [u8; 8],
-    previous: [u8; 8],
+    key: [u8; 20],
+    epoch: u64,
     rotates_at: Time,
     interval: Duration,
 }
@@ -163,44 +243,46 @@ pub struct Tokens {
 pub const TOKEN_LEN: usize = 8;
 
 impl Tokens {
-    /// Fresh secrets from the injected RNG.
-    pub fn new<R: Rng + ?Sized>(rng: &mut R, now: Time, interval: Duration) -> Tokens {
+    /// Tokens under the secret `key` (fill it from a CSPRNG), rotating every `interval`.
+    pub fn new(key: [u8; 20], now: Time, interval: Duration) -> Tokens {
         Tokens {
-            current: rng.gen(),
-            previous: rng.gen(),
+            key,
+            epoch: 0,
             rotates_at: now + interval,
             interval,
         }
     }
 
-    fn make<I: Copy + Into<IpAddr>>(secret: &[u8; 8], ip: &I) -> [u8; TOKEN_LEN] {
+    fn make(&self, epoch: u64, ip: &IpAddr, info_hash: &Id) -> [u8; TOKEN_LEN] {
         let mut h = Sha1::new();
-        h.update(secret);
-        match (*ip).into() {
+        h.update(self.key);
+        h.update(epoch.to_be_bytes());
+        match ip {
             IpAddr::V4(a) => h.update(a.octets()),
             IpAddr::V6(a) => h.update(a.octets()),
         }
+        h.update(info_hash.0);
         let d = h.finalize();
         let mut out = [0u8; TOKEN_LEN];
         out.copy_from_slice(&d[..TOKEN_LEN]);
         out
     }
 
-    /// The token to hand to `ip` now.
-    pub fn token_for<I: Copy + Into<IpAddr>>(&self, ip: &I) -> [u8; TOKEN_LEN] {
-        Tokens::make(&self.current, ip)
+    /// The token to hand to `ip` asking about `info_hash` now.
+    pub fn token_for(&self, ip: &IpAddr, info_hash: &Id) -> [u8; TOKEN_LEN] {
+        self.make(self.epoch, ip, info_hash)
     }
 
-    /// Whether `token` is valid for `ip` (current or previous secret).
-    pub fn check<I: Copy + Into<IpAddr>>(&self, token: &[u8], ip: &I) -> bool {
-        token == Tokens::make(&self.current, ip) || token == Tokens::make(&self.previous, ip)
+    /// Whether `token` lets `ip` announce `info_hash` (current or previous epoch).
+    pub fn check(&self, token: &[u8], ip: &IpAddr, info_hash: &Id) -> bool {
+        token == self.make(self.epoch, ip, info_hash)
+            || (self.epoch > 0 && token == self.make(self.epoch - 1, ip, info_hash))
     }
 
-    /// Rotates the secret if its interval has passed.
-    pub fn maybe_rotate<R: Rng + ?Sized>(&mut self, now: Time, rng: &mut R) {
+    /// Advances the epoch if its interval has passed.
+    pub fn maybe_rotate(&mut self, now: Time) {
         while now >= self.rotates_at {
-            self.previous = self.current;
-            self.current = rng.gen();
+            self.epoch += 1;
             self.rotates_at = self.rotates_at + self.interval;
         }
     }
@@ -226,16 +308,21 @@ mod tests {
     fn token_valid_for_two_intervals_and_bound_to_ip() {
         let mut rng = StdRng::seed_from_u64(1);
         let five = Duration::from_secs(300);
-        let mut t = Tokens::new(&mut rng, Time(0), five);
-        let ip = Ipv4Addr::new(1, 2, 3, 4);
-        let tok = t.token_for(&ip);
-        assert!(t.check(&tok, &ip));
-        assert!(!t.check(&tok, &Ipv4Addr::new(1, 2, 3, 5)));
-        t.maybe_rotate(Time(0) + five, &mut rng);
-        assert!(t.check(&tok, &ip), "previous secret still accepted");
-        t.maybe_rotate(Time(0) + five * 2, &mut rng);
-        assert!(!t.check(&tok, &ip), "two rotations later it is gone");
-        assert!(!t.check(b"short", &ip));
+        let mut t = Tokens::new(rng.gen(), Time(0), five);
+        let ip = IpAddr::V4(Ipv4Addr::new(1, 2, 3, 4));
+        let ih = Id([1; 20]);
+        let tok = t.token_for(&ip, &ih);
+        assert!(t.check(&tok, &ip, &ih));
+        assert!(!t.check(&tok, &IpAddr::V4(Ipv4Addr::new(1, 2, 3, 5)), &ih));
+        assert!(!t.check(&tok, &ip, &Id([2; 20])), "bound to the info-hash");
+        t.maybe_rotate(Time(0) + five);
+        assert!(t.check(&tok, &ip, &ih), "previous secret still accepted");
+        t.maybe_rotate(Time(0) + five * 2);
+        assert!(!t.check(&tok, &ip, &ih), "two rotations later it is gone");
+        assert!(!t.check(b"short", &ip, &ih));
+        // Another key, other tokens.
+        let other = Tokens::new(rng.gen(), Time(0), five);
+        assert_ne!(other.token_for(&ip, &ih), t.token_for(&ip, &ih));
     }
 
     #[test]
@@ -243,8 +330,8 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let mut s = PeerStore::new(StoreLimits::default());
         let ih = Id([1; 20]);
-        s.announce(ih, peer(1), Time(0));
-        s.announce(ih, peer(2), Time(0) + Duration::from_secs(600));
+        let _ = s.announce(ih, peer(1), Time(0));
+        let _ = s.announce(ih, peer(2), Time(0) + Duration::from_secs(600));
         assert_eq!(s.peers(&ih, 50, Time(1000), &mut rng).len(), 2);
         let t = Time(0) + Duration::from_secs(30 * 60);
         assert_eq!(s.peers(&ih, 50, t, &mut rng), vec![peer(2)]);
@@ -263,20 +350,112 @@ mod tests {
             infohashes: 100,
             total_peers: 500,
             ttl: Duration::from_secs(1800),
+            ..StoreLimits::default()
         };
         let mut s = PeerStore::new(limits);
         for i in 0..10_000u32 {
             let mut ih = [0u8; 20];
             ih[..4].copy_from_slice(&(i % 300).to_be_bytes());
-            s.announce(Id(ih), peer(i), Time(u64::from(i)));
+            let _ = s.announce(Id(ih), peer(i), Time(u64::from(i)));
         }
         assert!(s.infohash_count() <= 100);
         assert!(s.peer_count() <= 500);
-        // Sampling caps the answer size.
+        // Full: a new torrent is refused until the flood's announces expire.
         let ih = Id([7; 20]);
+        assert!(s.announce(ih, peer(1), Time(20_000)).is_err());
+        let later = Time(2_000_000);
         for i in 0..10 {
-            s.announce(ih, peer(i), Time(20_000));
+            assert!(s.announce(ih, peer(i), later).is_ok());
         }
-        assert_eq!(s.peers(&ih, 5, Time(20_001), &mut rng).len(), 5);
+        // Sampling caps the answer size.
+        assert_eq!(s.peers(&ih, 5, later, &mut rng).len(), 5);
+    }
+
+    fn live(s: &mut PeerStore, ih: &Id, now: Time) -> Vec<SocketAddrV4> {
+        let mut rng = StdRng::seed_from_u64(2);
+        s.peers(ih, usize::MAX, now, &mut rng)
+    }
+
+    #[test]
+    fn one_ip_announcing_from_many_ports_cannot_replace_a_torrents_peers() {
+        let limits = StoreLimits {
+            per_infohash: 20,
+            ..StoreLimits::default()
+        };
+        let per_ip = limits.per_ip_per_infohash;
+        let mut s = PeerStore::new(limits);
+        let ih = Id([5; 20]);
+        let honest: Vec<SocketAddrV4> = (1..=10).map(peer).collect();
+        for p in &honest {
+            let _ = s.announce(ih, *p, Time(0));
+        }
+        // One IP, a thousand ports, later (so its entries are the freshest).
+        let attacker = Ipv4Addr::new(6, 6, 6, 6);
+        for port in 1000..2000u16 {
+            let _ = s.announce(ih, SocketAddrV4::new(attacker, port), Time(10));
+        }
+        let got = live(&mut s, &ih, Time(20));
+        for p in &honest {
+            assert!(got.contains(p), "honest peer {p} was evicted");
+        }
+        let from_attacker = got.iter().filter(|p| *p.ip() == attacker).count();
+        assert!(
+            from_attacker <= per_ip,
+            "{from_attacker} entries from one IP, cap {per_ip}"
+        );
+        assert!(from_attacker > 0, "the IP may still announce itself");
+    }
+
+    #[test]
+    fn a_full_store_refuses_new_announces_instead_of_evicting_live_torrents() {
+        let ttl = Duration::from_secs(1800);
+        let limits = StoreLimits {
+            per_infohash: 3,
+            infohashes: 4,
+            total_peers: 10,
+            ttl,
+            ..StoreLimits::default()
+        };
+        let mut s = PeerStore::new(limits);
+        let ih = |i: u8| Id([i; 20]);
+        for i in 0..4u8 {
+            for j in 0..2u32 {
+                assert_eq!(
+                    s.announce(ih(i), peer(u32::from(i) * 10 + j), Time(0)),
+                    Ok(Stored::Added)
+                );
+            }
+        }
+        // A fifth torrent: no room, refused; the four live ones keep every peer.
+        assert_eq!(
+            s.announce(ih(9), peer(99), Time(1)),
+            Err(StoreFull::Infohashes)
+        );
+        // A full torrent refuses a newcomer rather than dropping a live peer.
+        assert_eq!(s.announce(ih(0), peer(5), Time(1)), Ok(Stored::Added));
+        assert_eq!(
+            s.announce(ih(0), peer(6), Time(1)),
+            Err(StoreFull::Infohash)
+        );
+        // Renewing a stored peer always works.
+        assert_eq!(s.announce(ih(0), peer(0), Time(2)), Ok(Stored::Renewed));
+        // Total cap: 9 stored, one more fits, then no more.
+        assert_eq!(s.announce(ih(1), peer(15), Time(2)), Ok(Stored::Added));
+        assert_eq!(
+            s.announce(ih(2), peer(25), Time(2)),
+            Err(StoreFull::TotalPeers)
+        );
+        for i in 0..4u8 {
+            assert!(
+                live(&mut s, &ih(i), Time(3)).len() >= 2,
+                "torrent {i} lost peers"
+            );
+        }
+        assert!(live(&mut s, &ih(9), Time(3)).is_empty());
+        // Once the old announces expired, room is made for new ones.
+        let later = Time(0) + ttl + Duration::from_secs(1);
+        assert_eq!(s.announce(ih(9), peer(99), later), Ok(Stored::Added));
+        assert!(s.infohash_count() <= 4);
+        assert!(s.peer_count() <= 10);
     }
 }

@@ -473,3 +473,226 @@ fn a_flooding_ip_is_ignored_while_others_are_served() {
     node.handle_datagram(Time(1000), addr(2), &ping(5000));
     assert!(node.poll_transmit().is_some());
 }
+
+// ---- Issue 9, round 2: store, secrets, amplification, one limiter ----
+
+/// A query from node id `id` (not read-only).
+fn query_from(id: Id, tid: &[u8], method: Method) -> Vec<u8> {
+    Message {
+        tid: tid.to_vec(),
+        version: None,
+        ip: None,
+        read_only: false,
+        body: Body::Query(Query {
+            id,
+            method,
+            want: crate::krpc::Want::NONE,
+        }),
+    }
+    .encode()
+}
+
+/// Drains `node`'s transmits: (reply bytes, our own queries).
+fn drain_split(node: &mut Dht) -> (u64, Vec<Message>) {
+    let mut reply_bytes = 0;
+    let mut queries = Vec::new();
+    while let Some(t) = node.poll_transmit() {
+        match Message::decode(&t.data) {
+            Ok(m) if matches!(m.body, Body::Query(_)) => queries.push(m),
+            _ => reply_bytes += t.data.len() as u64,
+        }
+    }
+    (reply_bytes, queries)
+}
+
+#[test]
+fn default_reply_budget_bounds_reply_bytes_under_a_spoofed_flood() {
+    // 10 queries a millisecond for 6 s, each from a fresh spoofed IP (so no per-IP limit
+    // applies): get_peers, then garbage that earns an error reply (errors count too).
+    let cfg = Config::default();
+    let rate = u64::from(cfg.rate_limits.reply_bytes_per_sec);
+    let burst = u64::from(cfg.rate_limits.reply_burst_bytes);
+    assert!(rate > 0, "a reply budget is on by default");
+    let mut node = Dht::new(Id([1; 20]), cfg, 1, Time(0));
+    let mut sent = 0u64;
+    let mut errors_sent = 0u64;
+    let mut src = 0u32;
+    for ms in 0..6_000u64 {
+        for _ in 0..10 {
+            src += 1;
+            let from = SocketAddrV4::new(Ipv4Addr::from(0x0b00_0000 + src), 6881);
+            let garbage = ms >= 3_000;
+            let data = if garbage {
+                b"d1:ad2:id2:xxe1:q4:ping1:t2:bb1:y1:qe".to_vec()
+            } else {
+                let mut id = [7u8; 20];
+                id[..4].copy_from_slice(&src.to_be_bytes());
+                query_from(
+                    Id(id),
+                    &src.to_be_bytes(),
+                    Method::GetPeers {
+                        info_hash: Id([3; 20]),
+                    },
+                )
+            };
+            node.handle_datagram(Time(ms), from, &data);
+            let (bytes, _) = drain_split(&mut node);
+            sent += bytes;
+            if garbage {
+                errors_sent += bytes;
+            }
+        }
+        let bound = burst + rate * ms / 1000;
+        assert!(
+            sent <= bound,
+            "{sent} reply bytes by {ms} ms, bound {bound}"
+        );
+    }
+    // The budget is used, not just a wall: most of it went out, errors included.
+    assert!(sent >= rate * 5, "only {sent} bytes answered in 6 s");
+    assert!(
+        errors_sent > 0 && errors_sent <= burst + rate * 3,
+        "error replies {errors_sent} bytes: they count against the budget"
+    );
+}
+
+#[test]
+fn a_spoofer_posing_as_the_router_cannot_get_its_answers_dropped() {
+    // We ask the router; an off-path spoofer floods pings "from" the router's address until
+    // that IP is banned. It cannot know our transaction ids, so the router's genuine answers
+    // still match our queries and must get through (and never count toward a ban).
+    let mut node = Dht::new(Id([1; 20]), Config::default(), 1, Time(0));
+    let router = SocketAddrV4::new(Ipv4Addr::new(67, 215, 246, 10), 6881);
+    let router_id = Id([0x80; 20]);
+    for _ in 0..600 {
+        node.add_node(Time(0), router);
+    }
+    let (_, asked) = drain_split(&mut node);
+    assert_eq!(asked.len(), 600);
+    for i in 0..2_000u32 {
+        node.handle_datagram(
+            Time(1),
+            router,
+            &query_from(Id([5; 20]), &i.to_be_bytes(), Method::Ping),
+        );
+    }
+    assert!(
+        node.stats().dropped_rate_limited > 0,
+        "the flood is limited"
+    );
+    drain_split(&mut node);
+    for q in &asked {
+        let answer = Message {
+            tid: q.tid.clone(),
+            version: None,
+            ip: None,
+            read_only: false,
+            body: Body::Response(crate::krpc::Response {
+                id: router_id,
+                ..crate::krpc::Response::default()
+            }),
+        };
+        node.handle_datagram(Time(2), router, &answer.encode());
+    }
+    assert_eq!(
+        node.stats().responses_in,
+        600,
+        "every genuine answer to our own queries got through the ban"
+    );
+    assert!(node.routing_table().get(&router_id).is_some());
+}
+
+#[test]
+fn a_token_is_bound_to_its_info_hash() {
+    let mut node = Dht::new(Id([1; 20]), Config::default(), 1, Time(0));
+    let from = addr(7);
+    let (a, b) = (Id([3; 20]), Id([4; 20]));
+    node.handle_datagram(
+        Time(0),
+        from,
+        &query(b"a", true, Method::GetPeers { info_hash: a }),
+    );
+    let Body::Response(r) = Message::decode(&node.poll_transmit().unwrap().data)
+        .unwrap()
+        .body
+    else {
+        panic!("expected a response")
+    };
+    let token = r.token.expect("get_peers gives a token");
+    let announce = |info_hash: Id| {
+        query(
+            b"b",
+            true,
+            Method::AnnouncePeer {
+                info_hash,
+                port: 5000,
+                implied_port: false,
+                token: token.clone(),
+            },
+        )
+    };
+    // A token fetched for `a` does not let the same IP announce `b`...
+    node.handle_datagram(Time(1), from, &announce(b));
+    let reply = Message::decode(&node.poll_transmit().unwrap().data).unwrap();
+    assert!(matches!(reply.body, Body::Error(_)), "{reply:?}");
+    assert_eq!(node.store().peer_count(), 0);
+    // ...but does let it announce `a`.
+    node.handle_datagram(Time(1), from, &announce(a));
+    let reply = Message::decode(&node.poll_transmit().unwrap().data).unwrap();
+    assert!(matches!(reply.body, Body::Response(_)), "{reply:?}");
+    assert_eq!(node.store().peer_count(), 1);
+}
+
+#[test]
+fn transaction_ids_are_not_sequential() {
+    let mut node = Dht::new(Id([1; 20]), Config::default(), 1, Time(0));
+    for i in 0..64 {
+        node.add_node(Time(0), addr(i));
+    }
+    let (_, asked) = drain_split(&mut node);
+    let tids: Vec<u64> = asked
+        .iter()
+        .map(|m| m.tid.iter().fold(0u64, |a, b| a << 8 | u64::from(*b)))
+        .collect();
+    assert_eq!(tids.len(), 64);
+    let consecutive = tids.windows(2).filter(|w| w[1] == w[0] + 1).count();
+    assert!(
+        consecutive < 4,
+        "{consecutive} of 63 tids follow their predecessor"
+    );
+    let mut distinct = tids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), tids.len(), "tids are unique");
+}
+
+#[test]
+fn verification_pings_stay_within_one_token_bucket() {
+    // Unknown queriers (each could enter the table) every 0.1 ms around a second boundary:
+    // pings over any span t stay within burst + rate * t (a fixed window would let two full
+    // windows through within a millisecond).
+    let cfg = Config::default();
+    let per_sec = u64::from(cfg.verify_pings_per_sec);
+    let mut node = Dht::new(Id([1; 20]), cfg, 1, Time(0));
+    let mut pings = Vec::new();
+    let mut src = 0u32;
+    for ms in 990..1_010u64 {
+        for _ in 0..10 {
+            src += 1;
+            let mut id = [0u8; 20];
+            id[..4].copy_from_slice(&src.wrapping_mul(0x9e37_79b9).to_be_bytes());
+            let from = SocketAddrV4::new(Ipv4Addr::from(0x0c00_0000 + src), 6881);
+            node.handle_datagram(Time(ms), from, &query_from(Id(id), b"pp", Method::Ping));
+            let (_, q) = drain_split(&mut node);
+            pings.extend(q.iter().map(|_| ms));
+        }
+    }
+    assert!(!pings.is_empty(), "unknown queriers are verified");
+    let span_ms = 20;
+    let bound = per_sec + per_sec * span_ms / 1000;
+    assert!(
+        (pings.len() as u64) <= bound,
+        "{} verification pings within {span_ms} ms, bound {bound}",
+        pings.len()
+    );
+}

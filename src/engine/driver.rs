@@ -523,7 +523,13 @@ impl Driver {
             Event::Interest => self.update_choker(),
             Event::Metadata(bytes) => {
                 if self.t.meta().is_none() {
-                    let info = Info::from_bytes(&bytes)?;
+                    // A file list can be 16 MiB: parse it off the async workers.
+                    let (info, bytes) = tokio::task::spawn_blocking(move || {
+                        let info = Info::from_bytes(&bytes);
+                        (info, bytes)
+                    })
+                    .await?;
+                    let info = info?;
                     tracing::debug!(name = %info.name, "metadata received");
                     self.setup_download(info, bytes).await?;
                 }

@@ -178,6 +178,9 @@ pub enum EngineError {
     /// The torrent's geometry is invalid.
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    /// A blocking task (parsing fetched metadata) panicked or was cancelled.
+    #[error("background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// The given metainfo is for another info-hash than the one requested.
     #[error("metainfo is for {found}, not {expected}")]
     InfoHashMismatch {

@@ -16,13 +16,15 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::dht::{self, AnnounceSpec, Dht, Event, LookupId, LookupStats, NodeLists, Time};
+use crate::dht::{self, AnnounceSpec, Dht, Entropy, Event, LookupId, LookupStats, NodeLists, Time};
 use crate::id::Id;
 use crate::krpc::{DhtAddr, NodeInfo};
 
@@ -46,6 +48,9 @@ pub enum NetError {
     /// The driver task has stopped.
     #[error("the DHT node has shut down")]
     Closed,
+    /// No randomness for the node id and secrets.
+    #[error(transparent)]
+    Entropy(#[from] crate::dht::EntropyError),
 }
 
 /// How to start a node.
@@ -66,7 +71,8 @@ pub struct NodeOptions {
     /// Run a find_node lookup for our own id at start (a long-lived node joins; a one-shot
     /// lookup only needs the bootstrap contacts as a starting point).
     pub join: bool,
-    /// Seed of the core's RNG; random if `None`.
+    /// Seed of all the core's randomness, for reproducible runs only; `None` (every real
+    /// node) takes the node id, the wire RNG and the token key from the OS.
     pub seed: Option<u64>,
 }
 
@@ -198,10 +204,14 @@ pub enum LookupUpdate {
 
 enum Command {
     GetPeers {
+        /// The stream's key, for [`Command::Cancel`].
+        key: u64,
         info_hash: Id,
         announce: Option<AnnounceSpec>,
-        updates: mpsc::UnboundedSender<LookupUpdate>,
+        updates: mpsc::Sender<LookupUpdate>,
     },
+    /// The stream with this key was dropped: abandon its lookup.
+    Cancel(u64),
     AddNode(SocketAddr),
     Stats(oneshot::Sender<NodeStats>),
     SavedState(oneshot::Sender<state::SavedState>),
@@ -216,21 +226,48 @@ pub struct DhtHandle {
     local_addr6: Option<SocketAddrV6>,
     id: Id,
     bootstrapped: watch::Receiver<Option<usize>>,
+    next_key: Arc<AtomicU64>,
+    /// Channel slots kept for the end of a lookup: `Done` and one acknowledgement per
+    /// announce (at most `k`), so a reader that fell behind on peers still learns the end.
+    reserve: usize,
 }
 
+/// Peer updates a lookup's channel holds beyond its reserved slots; a reader slower than
+/// that loses peer batches (counted in the log), never the end of the lookup.
+const PEER_UPDATES: usize = 64;
+
 /// Peers of a get_peers lookup, as a stream; [`PeerStream::summary`] once it has ended.
+/// Dropping it abandons the lookup in the node.
 pub struct PeerStream {
-    rx: mpsc::UnboundedReceiver<LookupUpdate>,
+    rx: mpsc::Receiver<LookupUpdate>,
     buffered: std::collections::VecDeque<SocketAddr>,
     summary: Option<LookupSummary>,
     acks: Vec<SocketAddr>,
+    /// Where to send [`Command::Cancel`] on drop (weak: a stream does not keep the node up).
+    cancel: mpsc::WeakUnboundedSender<Command>,
+    key: u64,
+    ended: bool,
+}
+
+impl Drop for PeerStream {
+    fn drop(&mut self) {
+        if !self.ended {
+            if let Some(tx) = self.cancel.upgrade() {
+                let _ = tx.send(Command::Cancel(self.key));
+            }
+        }
+    }
 }
 
 impl PeerStream {
     /// The next update (peers, announce acknowledgements, the end), or `None` once the
-    /// lookup and its announce acknowledgements are over or the node stopped.
+    /// lookup and its announces are over (every announce acknowledged, or the time for
+    /// answers past) or the node stopped.
     pub async fn next_update(&mut self) -> Option<LookupUpdate> {
-        let u = self.rx.recv().await?;
+        let Some(u) = self.rx.recv().await else {
+            self.ended = true;
+            return None;
+        };
         match &u {
             LookupUpdate::Done(s) => self.summary = Some(s.clone()),
             LookupUpdate::AnnounceAcked(a) => self.acks.push(*a),
@@ -266,11 +303,24 @@ impl futures_core::Stream for PeerStream {
                 Poll::Ready(Some(LookupUpdate::Peers(p))) => self.buffered.extend(p),
                 Poll::Ready(Some(LookupUpdate::Done(s))) => self.summary = Some(s),
                 Poll::Ready(Some(LookupUpdate::AnnounceAcked(a))) => self.acks.push(a),
-                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    return Poll::Ready(None);
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }
     }
+}
+
+/// A node id straight from the OS random source.
+fn os_random_id() -> Result<Id, crate::dht::EntropyError> {
+    use rand::RngCore;
+    let mut id = [0u8; 20];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut id)
+        .map_err(crate::dht::EntropyError::from)?;
+    Ok(Id(id))
 }
 
 fn bind_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
@@ -324,15 +374,34 @@ impl DhtHandle {
             }
         };
         let local_addr6 = sock6.as_ref().map(|(_, a)| *a);
-        let seed = opts.seed.unwrap_or_else(rand::random);
-        let id = opts.id.unwrap_or_else(|| {
-            use rand::SeedableRng;
-            Id::random(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed))
-        });
+        // The IPv6 core's randomness: from the OS, or derived from the seed.
+        let entropy6 = match opts.seed {
+            Some(seed) => Entropy::from_seed(seed ^ 0x6666),
+            None => Entropy::from_os()?,
+        };
+        // A guessable id or token key would let others predict us: from the OS, unless
+        // a run asks to be reproducible.
+        let (id, entropy) = match opts.seed {
+            Some(seed) => {
+                use rand::SeedableRng;
+                let id = opts.id.unwrap_or_else(|| {
+                    Id::random(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed))
+                });
+                (id, Entropy::from_seed(seed))
+            }
+            None => {
+                let id = match opts.id {
+                    Some(id) => id,
+                    None => os_random_id()?,
+                };
+                (id, Entropy::from_os()?)
+            }
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let (boot_tx, boot_rx) = watch::channel(None);
         let (started_tx, started_rx) = oneshot::channel();
         let bind = opts.bind;
+        let reserve = opts.dht.k + 1;
         std::thread::Builder::new()
             .name(format!("dht-{local_addr}"))
             .spawn(move || {
@@ -357,8 +426,8 @@ impl DhtHandle {
                     let v6 = match sock6.map(|(s, _)| UdpSocket::from_std(s)).transpose() {
                         Ok(s) => s.map(|socket| V6Side {
                             socket,
-                            // Same id in both families, as libtorrent does; its own RNG.
-                            dht: Dht::new(id, opts.dht.clone(), seed ^ 0x6666, Time(0)),
+                            // Same id in both families, as libtorrent does.
+                            dht: Dht::with_entropy(id, opts.dht.clone(), entropy6, Time(0)),
                             buf: vec![0u8; 65536],
                         }),
                         Err(source) => {
@@ -369,14 +438,13 @@ impl DhtHandle {
                     let _ = started_tx.send(Ok(()));
                     let driver = Driver {
                         socket,
-                        dht: Dht::new(id, opts.dht.clone(), seed, Time(0)),
+                        dht: Dht::with_entropy(id, opts.dht.clone(), entropy, Time(0)),
                         v6,
                         epoch: Instant::now(),
                         rx,
-                        subs: HashMap::new(),
-                        next_sub: 0,
-                        by4: HashMap::new(),
-                        by6: HashMap::new(),
+                        lookups: HashMap::new(),
+                        lookups6: HashMap::new(),
+                        merging: HashMap::new(),
                         boot_tx,
                         send: batch::SendBatch::new(),
                     };
@@ -395,6 +463,8 @@ impl DhtHandle {
             local_addr6,
             id,
             bootstrapped: boot_rx,
+            next_key: Arc::new(AtomicU64::new(1)),
+            reserve,
         })
     }
 
@@ -435,9 +505,11 @@ impl DhtHandle {
         info_hash: Id,
         announce: Option<AnnounceSpec>,
     ) -> Result<PeerStream, NetError> {
-        let (updates, rx) = mpsc::unbounded_channel();
+        let (updates, rx) = mpsc::channel(PEER_UPDATES + self.reserve);
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         self.tx
             .send(Command::GetPeers {
+                key,
                 info_hash,
                 announce,
                 updates,
@@ -448,6 +520,9 @@ impl DhtHandle {
             buffered: Default::default(),
             summary: None,
             acks: Vec::new(),
+            cancel: self.tx.downgrade(),
+            key,
+            ended: false,
         })
     }
 
@@ -502,11 +577,13 @@ struct Driver {
     v6: Option<V6Side>,
     epoch: Instant,
     rx: mpsc::UnboundedReceiver<Command>,
-    /// One entry per lookup command, however many families it runs in.
-    subs: HashMap<u64, Sub>,
-    next_sub: u64,
-    by4: HashMap<LookupId, u64>,
-    by6: HashMap<LookupId, u64>,
+    lookups: HashMap<LookupId, Subscriber>,
+    /// The IPv6 core's lookups; a command's two subscribers share one channel, which ends
+    /// when both are dropped.
+    lookups6: HashMap<LookupId, Subscriber>,
+    /// Per command key: families whose lookup still runs, and the summary merged so far
+    /// (`Done` goes out once, when the last family ends).
+    merging: HashMap<u64, (u8, LookupSummary)>,
     boot_tx: watch::Sender<Option<usize>>,
     send: batch::SendBatch,
 }
@@ -519,16 +596,22 @@ struct V6Side {
     buf: Vec<u8>,
 }
 
-/// Whoever started a lookup command, and what is merged for them.
-struct Sub {
-    tx: mpsc::UnboundedSender<LookupUpdate>,
-    /// Families whose lookup has not ended.
-    running: u8,
-    summary: LookupSummary,
-}
-
 /// Datagrams read from the IPv6 socket per wake-up.
 const RECV6_ROUNDS: usize = 64;
+
+/// Whoever started a lookup: its channel, and how long to keep it once the lookup is done
+/// (dropping the sender is what ends the stream).
+struct Subscriber {
+    key: u64,
+    tx: mpsc::Sender<LookupUpdate>,
+    /// Slots kept free for `Done` and the acknowledgements.
+    reserve: usize,
+    /// Announces sent and acknowledged; the channel closes when all are in...
+    announced: usize,
+    acked: usize,
+    /// ...or at this instant, when no acknowledgement can arrive any more.
+    close_at: Option<Instant>,
+}
 
 /// Batches read per wake-up before servicing timers and commands again.
 const RECV_ROUNDS: usize = 16;
@@ -611,13 +694,23 @@ impl Driver {
         loop {
             self.flush().await;
             self.dispatch_events();
-            let t4 = self.dht.poll_timeout();
+            let closing = self
+                .lookups
+                .values()
+                .chain(self.lookups6.values())
+                .filter_map(|s| s.close_at)
+                .min();
             let t6 = self.v6.as_mut().and_then(|v| v.dht.poll_timeout());
-            let deadline = match (t4, t6) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            }
-            .map(|t| self.epoch + Duration::from_millis(t.0));
+            let deadline = self
+                .dht
+                .poll_timeout()
+                .into_iter()
+                .chain(t6)
+                .min()
+                .map(|t| self.epoch + Duration::from_millis(t.0))
+                .into_iter()
+                .chain(closing)
+                .min();
             let readable6 = async {
                 match self.v6.as_ref() {
                     Some(v) => v.socket.readable().await,
@@ -660,6 +753,7 @@ impl Driver {
                     if let Some(v6) = self.v6.as_mut() {
                         v6.dht.handle_timeout(now);
                     }
+                    self.close_finished();
                 }
             }
         }
@@ -774,75 +868,85 @@ impl Driver {
     }
 
     fn dispatch_events(&mut self) {
-        while let Some(ev) = self.dht.poll_event() {
-            if let Event::LookupDone { closest, .. } = &ev {
-                if let Some(sub) = self
-                    .by4
-                    .get(&lookup_of(&ev))
-                    .and_then(|i| self.subs.get_mut(i))
-                {
-                    sub.summary.closest = closest.clone();
-                }
-            }
-            if let Event::Bootstrapped { nodes } = ev {
-                tracing::info!("bootstrap finished: {nodes} nodes in the routing table");
-                let _ = self.boot_tx.send(Some(nodes));
-                continue;
-            }
-            on_event(&mut self.subs, &mut self.by4, ev);
+        route_events(
+            &mut self.dht,
+            &mut self.lookups,
+            &mut self.merging,
+            Some(&self.boot_tx),
+            |s, c| s.closest = c,
+        );
+        if let Some(v6) = self.v6.as_mut() {
+            route_events(
+                &mut v6.dht,
+                &mut self.lookups6,
+                &mut self.merging,
+                None,
+                |s, c| s.closest6 = c,
+            );
+        }
+        self.close_finished();
+    }
+
+    /// Ends the streams whose announces can no longer be acknowledged, and abandons the
+    /// lookups whose readers went away without a [`Command::Cancel`] reaching us.
+    fn close_finished(&mut self) {
+        let now = Instant::now();
+        for lid in expire_subscribers(&mut self.lookups, now) {
+            self.dht.cancel(lid);
         }
         if let Some(v6) = self.v6.as_mut() {
-            while let Some(ev) = v6.dht.poll_event() {
-                if let Event::LookupDone { closest, .. } = &ev {
-                    if let Some(sub) = self
-                        .by6
-                        .get(&lookup_of(&ev))
-                        .and_then(|i| self.subs.get_mut(i))
-                    {
-                        sub.summary.closest6 = closest.clone();
-                    }
-                }
-                if let Event::Bootstrapped { nodes } = ev {
-                    tracing::info!("IPv6 bootstrap finished: {nodes} nodes in the routing table");
-                    continue;
-                }
-                on_event(&mut self.subs, &mut self.by6, ev);
+            for lid in expire_subscribers(&mut self.lookups6, now) {
+                v6.dht.cancel(lid);
             }
         }
-        // Forget lookups whose receivers went away.
-        self.subs.retain(|_, s| !s.tx.is_closed());
-        let subs = &self.subs;
-        self.by4.retain(|_, i| subs.contains_key(i));
-        self.by6.retain(|_, i| subs.contains_key(i));
+        let (l4, l6) = (&self.lookups, &self.lookups6);
+        self.merging
+            .retain(|k, _| l4.values().any(|s| s.key == *k) || l6.values().any(|s| s.key == *k));
     }
 
     fn on_command(&mut self, c: Command) {
         let now = self.now();
         match c {
             Command::GetPeers {
+                key,
                 info_hash,
                 announce,
                 updates,
             } => {
-                let sub = self.next_sub;
-                self.next_sub += 1;
-                let lid = self.dht.get_peers(now, info_hash, announce);
-                self.by4.insert(lid, sub);
+                let reserve = self.dht.config().k + 1;
+                let sub = |tx| Subscriber {
+                    key,
+                    tx,
+                    reserve,
+                    announced: 0,
+                    acked: 0,
+                    close_at: None,
+                };
                 let mut running = 1;
                 if let Some(v6) = self.v6.as_mut() {
-                    // Announce on both families (BEP 32): each table has its own closest nodes.
+                    // Announce on both families (BEP 32): each table has its own closest.
                     let lid6 = v6.dht.get_peers(now, info_hash, announce);
-                    self.by6.insert(lid6, sub);
+                    self.lookups6.insert(lid6, sub(updates.clone()));
                     running += 1;
                 }
-                self.subs.insert(
-                    sub,
-                    Sub {
-                        tx: updates,
-                        running,
-                        summary: LookupSummary::default(),
-                    },
-                );
+                let lid = self.dht.get_peers(now, info_hash, announce);
+                self.lookups.insert(lid, sub(updates));
+                self.merging
+                    .insert(key, (running, LookupSummary::default()));
+            }
+            Command::Cancel(key) => {
+                let find = |m: &HashMap<LookupId, Subscriber>| {
+                    m.iter().find_map(|(lid, s)| (s.key == key).then_some(*lid))
+                };
+                if let Some(lid) = find(&self.lookups) {
+                    self.lookups.remove(&lid);
+                    self.dht.cancel(lid);
+                }
+                if let (Some(lid), Some(v6)) = (find(&self.lookups6), self.v6.as_mut()) {
+                    self.lookups6.remove(&lid);
+                    v6.dht.cancel(lid);
+                }
+                self.merging.remove(&key);
             }
             Command::AddNode(a) => {
                 if let Some(a4) = SocketAddrV4::from_socket_addr(a) {
@@ -901,143 +1005,185 @@ impl Driver {
     }
 }
 
-/// The lookup an event is about (0 for events that name none).
-fn lookup_of<A: DhtAddr>(ev: &Event<A>) -> LookupId {
-    match ev {
-        Event::Peers { lookup, .. }
-        | Event::LookupDone { lookup, .. }
-        | Event::AnnounceAcked { lookup, .. } => *lookup,
-        Event::IdChanged { .. } | Event::Bootstrapped { .. } => LookupId(0),
-    }
+/// Drops the subscribers whose announces can no longer be acknowledged; returns the
+/// lookups whose readers went away (to be abandoned in the core).
+fn expire_subscribers(m: &mut HashMap<LookupId, Subscriber>, now: Instant) -> Vec<LookupId> {
+    let mut gone = Vec::new();
+    m.retain(|lid, s| {
+        if s.tx.is_closed() {
+            gone.push(*lid);
+            return false;
+        }
+        s.close_at.is_none_or(|t| t > now)
+    });
+    gone
 }
 
-/// Routes one family's event to the command that started the lookup; `Done` goes out once
-/// every family's lookup has ended, with the merged summary.
-fn on_event<A: DhtAddr>(
-    subs: &mut HashMap<u64, Sub>,
-    by: &mut HashMap<LookupId, u64>,
-    ev: Event<A>,
+/// Routes one family's core events to the streams that started the lookups. A command runs
+/// in each family; its `Done` goes out once, merged, when the last family's lookup ends.
+fn route_events<A: DhtAddr>(
+    dht: &mut Dht<A>,
+    lookups: &mut HashMap<LookupId, Subscriber>,
+    merging: &mut HashMap<u64, (u8, LookupSummary)>,
+    boot_tx: Option<&watch::Sender<Option<usize>>>,
+    set_closest: fn(&mut LookupSummary, Vec<NodeInfo<A>>),
 ) {
-    let lid = lookup_of(&ev);
-    let sub_id = by.get(&lid).copied();
-    let sub = sub_id.and_then(|i| subs.get_mut(&i));
-    match ev {
-        Event::Peers { peers, .. } => {
-            if let Some(sub) = sub {
-                let peers = peers.iter().map(|p| p.to_socket_addr()).collect();
-                let _ = sub.tx.send(LookupUpdate::Peers(peers));
-            }
-        }
-        Event::LookupDone {
-            stats,
-            elapsed,
-            announced,
-            ..
-        } => {
-            let Some(sub) = sub else { return };
-            sub.summary.merge(&stats, elapsed, announced);
-            sub.running = sub.running.saturating_sub(1);
-            if announced == 0 {
-                // No acknowledgements can follow for this family's lookup.
-                by.remove(&lid);
-            }
-            if sub.running == 0 {
-                let _ = sub.tx.send(LookupUpdate::Done(sub.summary.clone()));
-                if sub.summary.announced == 0 {
-                    if let Some(i) = sub_id {
-                        subs.remove(&i);
+    let query_timeout = dht.config().query_timeout;
+    while let Some(ev) = dht.poll_event() {
+        match ev {
+            Event::Peers { lookup, peers } => {
+                if let Some(s) = lookups.get(&lookup) {
+                    // Past the reserve the reader is far behind: drop this batch.
+                    if s.tx.capacity() > s.reserve {
+                        let peers = peers.iter().map(|p| p.to_socket_addr()).collect();
+                        let _ = s.tx.try_send(LookupUpdate::Peers(peers));
+                    } else {
+                        tracing::debug!(
+                            "lookup {lookup:?}: reader behind, {} peers dropped",
+                            peers.len()
+                        );
                     }
                 }
             }
-        }
-        Event::AnnounceAcked { node, .. } => {
-            if let Some(sub) = sub {
-                let _ = sub
-                    .tx
-                    .send(LookupUpdate::AnnounceAcked(node.to_socket_addr()));
+            Event::LookupDone {
+                lookup,
+                stats,
+                elapsed,
+                announced,
+                closest,
+                ..
+            } => {
+                // Keep the channel while acknowledgements may still arrive: an announce
+                // query is answered or forgotten within the query timeout.
+                let close_at = Instant::now() + query_timeout + Duration::from_millis(100);
+                if let Some(s) = lookups.get_mut(&lookup) {
+                    let done = match merging.get_mut(&s.key) {
+                        Some((running, summary)) => {
+                            summary.merge(&stats, elapsed, announced);
+                            set_closest(summary, closest);
+                            *running = running.saturating_sub(1);
+                            *running == 0
+                        }
+                        None => false,
+                    };
+                    if done {
+                        if let Some((_, summary)) = merging.remove(&s.key) {
+                            let _ = s.tx.try_send(LookupUpdate::Done(summary));
+                        }
+                    }
+                    s.announced = announced;
+                    s.close_at = Some(close_at);
+                }
+                if announced == 0 {
+                    lookups.remove(&lookup);
+                }
+            }
+            Event::AnnounceAcked { lookup, node } => {
+                if let Some(s) = lookups.get_mut(&lookup) {
+                    let _ =
+                        s.tx.try_send(LookupUpdate::AnnounceAcked(node.to_socket_addr()));
+                    s.acked += 1;
+                    if s.acked >= s.announced {
+                        lookups.remove(&lookup);
+                    }
+                }
+            }
+            Event::IdChanged { id, external } => {
+                tracing::info!(
+                    "external address {}: new BEP 42 node id {id}",
+                    A::ip_addr(&external)
+                );
+            }
+            Event::Bootstrapped { nodes } => {
+                tracing::info!("{} bootstrap finished: {nodes} nodes in the table", A::NAME);
+                if let Some(tx) = boot_tx {
+                    let _ = tx.send(Some(nodes));
+                }
             }
         }
-        Event::IdChanged { id, external } => {
-            tracing::info!(
-                "external address {}: new BEP 42 node id {id}",
-                A::ip_addr(&external)
-            );
-        }
-        Event::Bootstrapped { .. } => {}
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    //! The driver's lookup plumbing against a scripted responder on loopback (real sockets,
+    //! no sleeps: every wait is bounded by a timeout that only a bug reaches).
 
-    fn done<A: DhtAddr>(lookup: u64, peers: u32, announced: usize) -> Event<A> {
-        Event::LookupDone {
-            lookup: LookupId(lookup),
-            target: Id([0; 20]),
-            stats: LookupStats {
-                peers,
-                queried: 3,
-                ..LookupStats::default()
-            },
-            elapsed: Duration::from_millis(10 * u64::from(peers)),
-            closest: Vec::new(),
-            announced,
-        }
+    use super::*;
+    use crate::krpc::{Body, Message, Method, Response};
+
+    /// A node with one scripted contact: `answer` says whether it replies (get_peers with a
+    /// token, announce_peer with an acknowledgement) or stays silent.
+    async fn node_with_contact(answer: bool) -> (DhtHandle, tokio::task::JoinHandle<()>) {
+        let contact = UdpSocket::bind("127.0.0.1:0").await.expect("bind contact");
+        let at = contact.local_addr().expect("contact address");
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = contact.recv_from(&mut buf).await {
+                let Some(data) = buf.get(..n) else { continue };
+                let Ok(Message {
+                    tid,
+                    body: Body::Query(q),
+                    ..
+                }) = Message::decode(data)
+                else {
+                    continue;
+                };
+                if !answer {
+                    continue;
+                }
+                let token = matches!(q.method, Method::GetPeers { .. }).then(|| b"tk".to_vec());
+                let reply = Message {
+                    tid,
+                    version: None,
+                    ip: None,
+                    read_only: false,
+                    body: Body::Response(Response {
+                        id: Id([0x42; 20]),
+                        token,
+                        ..Response::default()
+                    }),
+                };
+                let _ = contact.send_to(&reply.encode(), from).await;
+            }
+        });
+        let node = DhtHandle::spawn(NodeOptions {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            bootstrap: vec![at.to_string()],
+            join: false,
+            ..NodeOptions::default()
+        })
+        .await
+        .expect("spawn node");
+        (node, task)
     }
 
-    #[test]
-    fn a_dual_stack_lookup_ends_once_both_families_have() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut subs = HashMap::new();
-        subs.insert(
-            7,
-            Sub {
-                tx,
-                running: 2,
-                summary: LookupSummary::default(),
-            },
-        );
-        let mut by4 = HashMap::from([(LookupId(1), 7)]);
-        let mut by6 = HashMap::from([(LookupId(1), 7)]);
-        let p6 = SocketAddrV6::new(std::net::Ipv6Addr::LOCALHOST, 80, 0, 0);
-        on_event(
-            &mut subs,
-            &mut by6,
-            Event::Peers {
-                lookup: LookupId(1),
-                peers: vec![p6],
-            },
-        );
-        on_event(&mut subs, &mut by6, done::<SocketAddrV6>(1, 1, 2));
-        match rx.try_recv() {
-            Ok(LookupUpdate::Peers(p)) => assert_eq!(p, vec![SocketAddr::V6(p6)]),
-            other => panic!("expected IPv6 peers, got {other:?}"),
-        }
-        assert!(rx.try_recv().is_err(), "no Done while the IPv4 lookup runs");
-        on_event(&mut subs, &mut by4, done::<SocketAddrV4>(1, 2, 0));
-        match rx.try_recv() {
-            Ok(LookupUpdate::Done(s)) => {
-                assert_eq!(s.stats.peers, 3);
-                assert_eq!(s.stats.queried, 6);
-                assert_eq!(s.announced, 2);
-                assert_eq!(s.elapsed, Duration::from_millis(20));
-            }
-            other => panic!("expected the merged Done, got {other:?}"),
-        }
-        assert!(subs.contains_key(&7), "kept for the IPv6 announce acks");
-        assert!(by6.contains_key(&LookupId(1)) && !by4.contains_key(&LookupId(1)));
-        on_event(
-            &mut subs,
-            &mut by6,
-            Event::AnnounceAcked {
-                lookup: LookupId(1),
-                node: p6,
-            },
-        );
-        assert!(matches!(
-            rx.try_recv(),
-            Ok(LookupUpdate::AnnounceAcked(SocketAddr::V6(_)))
-        ));
+    #[tokio::test]
+    async fn the_stream_ends_once_the_announces_are_acknowledged() {
+        let (node, contact) = node_with_contact(true).await;
+        let mut stream = node.announce(Id([7; 20]), 5000).expect("announce");
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while stream.next_update().await.is_some() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream never ended");
+        let summary = stream.summary().expect("the lookup finished");
+        assert_eq!(summary.announced, 1);
+        assert_eq!(stream.acks().len(), 1);
+        node.shutdown().await;
+        contact.abort();
+    }
+
+    #[tokio::test]
+    async fn dropping_the_stream_cancels_its_lookup() {
+        let (node, contact) = node_with_contact(false).await;
+        let stream = node.get_peers(Id([7; 20])).expect("get_peers");
+        let before = node.stats().await.expect("stats").active_lookups;
+        assert_eq!(before, 1, "the lookup waits for its silent contact");
+        drop(stream);
+        let after = node.stats().await.expect("stats").active_lookups;
+        assert_eq!(after, 0, "the dropped stream's lookup still runs");
+        node.shutdown().await;
+        contact.abort();
     }
 }

@@ -183,6 +183,8 @@ pub async fn announce_once(
                     }
                 }
             }
+            // The stream ends once the acknowledgements are in or can no longer come.
+            Ok(None) if stream.summary().is_some() => break,
             Ok(None) => return None,
             Err(_) => break,
         }

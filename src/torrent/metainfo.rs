@@ -6,7 +6,7 @@
 //! against us is checked here once: piece length, piece count against total length, length
 //! overflow, and every file path (via [`SafePath`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use bt_bencode::{ByteString, Value};
@@ -16,7 +16,9 @@ use crate::id::Id;
 use crate::torrent::bencode::{self, BencodeError};
 use crate::torrent::layout::{Layout, LayoutError, MAX_PIECE_LENGTH};
 use crate::torrent::magnet::Magnet;
-use crate::torrent::path::{PathError, SafePath};
+use crate::torrent::path::{
+    sanitize_component, NameRules, PathError, SafePath, Sanitized, MAX_DEPTH,
+};
 
 /// Largest `.torrent` file [`Metainfo::read_file`] will load (big enough for any real one).
 pub const MAX_TORRENT_FILE: u64 = 64 * 1024 * 1024;
@@ -121,12 +123,20 @@ impl Info {
         let name_raw = get(d, "name.utf-8")
             .or_else(|| get(d, "name"))
             .ok_or(MetainfoError::Missing("name"))?;
-        let name = lossy(
-            name_raw
-                .as_byte_str()
-                .ok_or(MetainfoError::WrongType("name"))?,
-        );
-        let name_path = SafePath::new([name.clone()])?;
+        let name_bytes = name_raw
+            .as_byte_str()
+            .ok_or(MetainfoError::WrongType("name"))?;
+        let name = lossy(name_bytes);
+        let on_disk = match sanitize_component(name_bytes.as_slice(), NameRules::native())? {
+            Sanitized::Name { name: n, renamed } => {
+                if renamed {
+                    tracing::warn!(torrent = %name.escape_debug(), saved_as = %n, "torrent name renamed for this system");
+                }
+                n
+            }
+            Sanitized::Skip => "_".to_string(),
+        };
+        let name_path = SafePath::new([on_disk])?;
 
         let piece_length = get(d, "piece length")
             .ok_or(MetainfoError::Missing("piece length"))?
@@ -212,8 +222,8 @@ fn parse_files(files: &Value, name: &SafePath) -> Result<Vec<FileEntry>, Metainf
         return Err(MetainfoError::NoFiles);
     }
     let mut out = Vec::with_capacity(list.len());
-    let mut seen_files: HashSet<SafePath> = HashSet::new();
-    let mut seen_dirs: HashSet<SafePath> = HashSet::new();
+    let mut renames = Renames::default();
+    let mut names: Vec<String> = Vec::new();
     for f in list {
         let fd = f.as_dict().ok_or(MetainfoError::WrongType("files"))?;
         let length = get(fd, "length")
@@ -225,28 +235,80 @@ fn parse_files(files: &Value, name: &SafePath) -> Result<Vec<FileEntry>, Metainf
             .ok_or(MetainfoError::Missing("path"))?
             .as_list()
             .ok_or(MetainfoError::WrongType("path"))?;
-        let mut names = Vec::with_capacity(comps.len());
+        names.clear();
         for c in comps {
-            names.push(lossy(
-                c.as_byte_str().ok_or(MetainfoError::WrongType("path"))?,
-            ));
-        }
-        let rel = name.join(&SafePath::new(names)?);
-        // A path used twice, or both as a file and as a directory, cannot be laid out on disk.
-        let comps = rel.components();
-        for n in 1..comps.len() {
-            let dir = SafePath::new(comps.iter().take(n).cloned())?;
-            if seen_files.contains(&dir) {
-                return Err(MetainfoError::DuplicatePath(dir.to_string()));
+            let raw = c.as_byte_str().ok_or(MetainfoError::WrongType("path"))?;
+            match sanitize_component(raw.as_slice(), NameRules::native())? {
+                Sanitized::Skip => {}
+                Sanitized::Name { name, renamed } => {
+                    if renamed {
+                        renames.note(raw.as_slice(), &name);
+                    }
+                    names.push(name);
+                }
             }
-            seen_dirs.insert(dir);
+            if names.len() + name.depth() > MAX_DEPTH {
+                return Err(PathError::TooDeep(names.len() + name.depth()).into());
+            }
         }
-        if seen_dirs.contains(&rel) || !seen_files.insert(rel.clone()) {
-            return Err(MetainfoError::DuplicatePath(rel.to_string()));
+        if names.is_empty() {
+            // Every component was `.`: the file still needs a name of its own.
+            names.push("_".to_string());
         }
+        let rel = name.join(&SafePath::new(&names)?)?;
         out.push(FileEntry { path: rel, length });
     }
+    renames.log();
+    refuse_clashes(&out)?;
     Ok(out)
+}
+
+/// Refuses a path used twice, or used both as a file and as a directory: neither can be laid
+/// out on disk. Sorting component by component puts every path right before the paths below
+/// it, so comparing neighbours finds every clash: O(n log n) time and one index per file, even
+/// for a hostile list of 100,000 deep paths.
+fn refuse_clashes(files: &[FileEntry]) -> Result<(), MetainfoError> {
+    let mut order: Vec<&SafePath> = files.iter().map(|f| &f.path).collect();
+    order.sort_unstable();
+    for pair in order.windows(2) {
+        if let [a, b] = pair {
+            let (a, b) = (a.as_str(), b.as_str());
+            if a == b || b.strip_prefix(a).is_some_and(|rest| rest.starts_with('/')) {
+                return Err(MetainfoError::DuplicatePath(a.to_string()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Components renamed while parsing: logged once per torrent (with the first few examples),
+/// not once per file, so a hostile list of 100,000 odd names cannot flood the log.
+#[derive(Default)]
+struct Renames {
+    count: usize,
+    examples: Vec<(String, String)>,
+}
+
+impl Renames {
+    fn note(&mut self, raw: &[u8], name: &str) {
+        self.count += 1;
+        if self.examples.len() < 3 {
+            self.examples.push((
+                String::from_utf8_lossy(raw).escape_debug().to_string(),
+                name.to_string(),
+            ));
+        }
+    }
+
+    fn log(&self) {
+        if self.count > 0 {
+            tracing::warn!(
+                renamed = self.count,
+                examples = ?self.examples,
+                "file names that cannot exist on this system were renamed"
+            );
+        }
+    }
 }
 
 fn get<'a>(d: &'a BTreeMap<ByteString, Value>, key: &str) -> Option<&'a Value> {

@@ -9,8 +9,9 @@
 //!    `sendmsg` and an `IP_PKTINFO` control message whose `ipi_spec_dst` is a spoofed source
 //!    address 127.SRC.b.c (all of 127.0.0.0/8 is local), so the target sees `sources`
 //!    distinct IPs; its replies to those addresses come back to the same socket. Each source
-//!    sends get_peers (for a fresh info-hash) and then, with the token from the answer, one
-//!    announce_peer each for `per_source` fresh info-hashes, one query in flight per source.
+//!    announces `per_source` fresh info-hashes, each with get_peers and then, with the token
+//!    from that answer (tokens are bound to the info-hash), announce_peer; one query in flight
+//!    per source.
 //!    At most `window` sources are active at once (a reply clocks the next query), at most
 //!    `max_rate` datagrams/s leave, a query unanswered for 2 s is retried twice, and the whole
 //!    flood stops at `flood_limit`. The transaction id names the source and the step.
@@ -60,7 +61,8 @@ pub struct FloodConfig {
     pub src_net: u8,
     /// Distinct spoofed source addresses.
     pub sources: u32,
-    /// Fresh info-hashes each source announces (≤ 14).
+    /// Fresh info-hashes each source announces (≤ 8: get_peers + announce_peer each, 16 steps
+    /// in the transaction id's 4 bits).
     pub per_source: u32,
     /// Flood sources active at once (each with one query in flight).
     pub window: usize,
@@ -83,7 +85,7 @@ impl Default for FloodConfig {
             nodes: 8,
             src_net: 150,
             sources: 100_000,
-            per_source: 10,
+            per_source: 8,
             window: 512,
             max_rate: 0,
             flood_limit: Duration::from_secs(60),
@@ -119,6 +121,12 @@ pub struct FloodCounters {
     pub lost: u64,
     /// Queries the target sent to our spoofed sources (its verification pings).
     pub queries_from_target: u64,
+    /// Bytes of the target's replies (responses and errors) to the flood and the hammer.
+    pub reply_bytes: u64,
+    /// Most reply bytes received within one of the 1-s windows the flood is cut into.
+    pub reply_bytes_max_per_s: u64,
+    /// Reply bytes per 1-s window, in order.
+    pub reply_bytes_per_s: Vec<u64>,
     /// Pings sent by the hammering IP.
     pub hammer_sent: u64,
     /// Of those, answered.
@@ -384,6 +392,7 @@ struct Flood<'a> {
     /// (sent at, source, step, attempt): sent in order, so deadlines are in order too.
     timers: VecDeque<(Instant, u32, u8, u8)>,
     next_source: u32,
+    started: Option<Instant>,
     c: FloodCounters,
 }
 
@@ -393,21 +402,16 @@ impl Flood<'_> {
         let (step, attempt) = (a.step, a.attempts);
         let id = id_for(1, src);
         let tid = (src << 4) | u32::from(step);
-        let n = src * self.cfg.per_source;
-        let data = if step == 0 {
-            query(
-                tid,
-                id,
-                Method::GetPeers {
-                    info_hash: id_for(2, n),
-                },
-            )
+        // Even steps ask for a token for info-hash step/2, odd steps announce it.
+        let info_hash = id_for(2, src * self.cfg.per_source + u32::from(step / 2));
+        let data = if step.is_multiple_of(2) {
+            query(tid, id, Method::GetPeers { info_hash })
         } else {
             query(
                 tid,
                 id,
                 Method::AnnouncePeer {
-                    info_hash: id_for(2, n + u32::from(step) - 1),
+                    info_hash,
                     port: 6881,
                     implied_port: false,
                     token: a.token.clone(),
@@ -415,7 +419,7 @@ impl Flood<'_> {
             )
         };
         if attempt == 1 {
-            if step == 0 {
+            if step.is_multiple_of(2) {
                 self.c.get_peers_sent += 1;
             } else {
                 self.c.infohashes_announced += 1;
@@ -438,7 +442,8 @@ impl Flood<'_> {
     /// Moves `src` to its next step, or retires it.
     fn advance(&mut self, src: u32, now: Instant) {
         let a = self.active.get_mut(&src).expect("active source");
-        if u32::from(a.step) >= self.cfg.per_source || a.token.is_empty() {
+        let last = u32::from(a.step) + 1 >= 2 * self.cfg.per_source;
+        if last || (a.step.is_multiple_of(2) && a.token.is_empty()) {
             self.active.remove(&src);
             self.c.sources_done += 1;
             return;
@@ -456,6 +461,7 @@ impl Flood<'_> {
             self.c.queries_from_target += 1;
             return;
         }
+        self.count_reply_bytes(buf.len() as u64, now);
         let Ok(tid) = <[u8; 4]>::try_from(m.tid.as_slice()) else {
             return;
         };
@@ -472,18 +478,31 @@ impl Flood<'_> {
             return; // a late answer to an earlier step
         }
         self.c.datagrams_answered += 1;
-        match (step, m.body) {
-            (0, Body::Response(r)) => {
+        match (step.is_multiple_of(2), m.body) {
+            (true, Body::Response(r)) => {
                 a.token = r.token.unwrap_or_default();
-                if !a.token.is_empty() {
+                if step == 0 && !a.token.is_empty() {
                     self.c.sources_with_token += 1;
                 }
             }
-            (_, Body::Response(_)) => self.c.announces_acked += 1,
-            (0, _) => {}
-            (_, _) => self.c.announce_errors += 1,
+            (true, _) => a.token.clear(),
+            (false, Body::Response(_)) => self.c.announces_acked += 1,
+            (false, _) => self.c.announce_errors += 1,
         }
         self.advance(src, now);
+    }
+
+    /// Adds a reply to the total and to its 1-s window since the flood began.
+    fn count_reply_bytes(&mut self, n: u64, now: Instant) {
+        self.c.reply_bytes += n;
+        let Some(started) = self.started else { return };
+        let w = now.duration_since(started).as_secs() as usize;
+        let per_s = &mut self.c.reply_bytes_per_s;
+        if per_s.len() <= w {
+            per_s.resize(w + 1, 0);
+        }
+        per_s[w] += n;
+        self.c.reply_bytes_max_per_s = self.c.reply_bytes_max_per_s.max(per_s[w]);
     }
 
     fn on_timers(&mut self, now: Instant) {
@@ -510,6 +529,7 @@ impl Flood<'_> {
 
     fn run(&mut self, target_pid: u32) {
         let started = Instant::now();
+        self.started = Some(started);
         let deadline = started + self.cfg.flood_limit;
         let hammer_ip = Ipv4Addr::new(127, self.cfg.src_net + 2, 0, 1);
         let hammer_id = id_for(3, 0);
@@ -638,8 +658,8 @@ fn polite_lookups(
 /// Runs the whole scenario and returns the figures; all processes are gone on return.
 pub fn run(cfg: &FloodConfig) -> FloodReport {
     assert!(
-        (1..=14).contains(&cfg.per_source),
-        "per_source must be 1..=14"
+        (1..=8).contains(&cfg.per_source),
+        "per_source must be 1..=8"
     );
     assert!(cfg.nodes >= 2);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -689,6 +709,7 @@ pub fn run(cfg: &FloodConfig) -> FloodReport {
         active: HashMap::new(),
         timers: VecDeque::new(),
         next_source: 0,
+        started: None,
         c: FloodCounters::default(),
     };
     let (stop_tx, stop_rx) = channel();

@@ -1,0 +1,81 @@
+//! Where a node's randomness comes from, kept in two separate streams: the fast RNG whose
+//! outputs go on the wire (transaction ids, refresh targets, sampled peers), and the write-token
+//! key, drawn from a CSPRNG of its own so no amount of watching our traffic predicts the
+//! tokens we accept. Production nodes take both from the OS; the simulator and the tests
+//! inject deterministic entropy so runs repeat exactly.
+
+use rand::rngs::{OsRng, SmallRng, StdRng};
+use rand::{Rng, RngCore, SeedableRng};
+
+/// The OS could not give us random bytes.
+#[derive(Debug, thiserror::Error)]
+#[error("the operating system's random source failed: {0}")]
+pub struct EntropyError(#[from] rand::Error);
+
+/// The randomness a [`crate::dht::Dht`] starts from.
+pub struct Entropy {
+    /// Seeds the RNG whose outputs are visible to other nodes.
+    pub(crate) wire: SmallRng,
+    /// The write-token key; never derived from `wire`.
+    pub(crate) token_key: [u8; 20],
+}
+
+impl Entropy {
+    /// Both streams from the operating system (`getrandom`): what every real node uses.
+    pub fn from_os() -> Result<Entropy, EntropyError> {
+        let mut wire = [0u8; 32];
+        OsRng.try_fill_bytes(&mut wire)?;
+        let mut token_key = [0u8; 20];
+        OsRng.try_fill_bytes(&mut token_key)?;
+        Ok(Entropy {
+            wire: SmallRng::from_seed(wire),
+            token_key,
+        })
+    }
+
+    /// Deterministic entropy from `seed`, for the simulator and tests: the wire stream is
+    /// `SmallRng` seeded with `seed`, the token key comes from a ChaCha `StdRng` seeded
+    /// independently of it.
+    pub fn from_seed(seed: u64) -> Entropy {
+        let mut secret = StdRng::seed_from_u64(seed ^ 0x7e4e_5ec7_7e4e_5ec7);
+        Entropy {
+            wire: SmallRng::seed_from_u64(seed),
+            token_key: secret.gen(),
+        }
+    }
+
+    /// Deterministic entropy with the token key given apart from the wire seed (tests that
+    /// show the two streams are independent).
+    pub fn with_token_key(seed: u64, token_key: [u8; 20]) -> Entropy {
+        Entropy {
+            wire: SmallRng::seed_from_u64(seed),
+            token_key,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_entropy_differs_between_nodes() {
+        let (a, b) = (Entropy::from_os(), Entropy::from_os());
+        let (Ok(mut a), Ok(mut b)) = (a, b) else {
+            panic!("no OS entropy on this machine");
+        };
+        assert_ne!(a.token_key, b.token_key);
+        assert_ne!(a.wire.gen::<u64>(), b.wire.gen::<u64>());
+    }
+
+    #[test]
+    fn seeded_entropy_repeats_and_the_key_is_not_the_wire_stream() {
+        let (mut a, mut b) = (Entropy::from_seed(5), Entropy::from_seed(5));
+        assert_eq!(a.token_key, b.token_key);
+        assert_eq!(a.wire.gen::<u64>(), b.wire.gen::<u64>());
+        // The key is not what the wire RNG of the same seed would have produced.
+        let mut wire = SmallRng::seed_from_u64(5);
+        let leaked: [u8; 20] = wire.gen();
+        assert_ne!(a.token_key, leaked);
+    }
+}
