@@ -88,7 +88,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     let saved = state::load(&dir)?;
     let (id, known) = match &saved {
-        Some(s) => (Some(s.id), s.nodes.iter().map(|n| n.addr).collect()),
+        Some(s) => (Some(s.id), s.nodes.clone()),
         None => (None, Vec::new()),
     };
     let (bind, bind6) = split_binds(&args.bind).map_err(anyhow::Error::msg)?;

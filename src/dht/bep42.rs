@@ -6,11 +6,14 @@
 //! Local and private addresses are exempt: every id is valid for them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use rand::Rng;
 
 use crate::id::Id;
 use crate::krpc::DhtAddr;
+
+use super::time::Time;
 
 /// How BEP 42 node-id verification shapes the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -148,19 +151,21 @@ pub fn is_verified(id: &Id, ip: &Ipv4Addr) -> bool {
 }
 
 /// Majority vote over the external address other nodes report (`ip` in responses).
-/// Bounded: at most a handful of candidates are kept, and each voter counts once per round.
+/// Bounded: at most [`MAX_VOTERS`] votes are kept, one per voter (a voter's newer vote replaces
+/// its older one), and votes older than [`VOTE_TTL`] no longer count — so when our address
+/// changes, the new one wins as soon as a quorum reports it, however long the old one held.
+/// Generic over the address family (`I` is `Ipv4Addr` or `Ipv6Addr`).
 #[derive(Clone, Debug)]
 pub struct ExternalIpVote<I = Ipv4Addr> {
-    candidates: Vec<(I, u32)>,
-    voters: Vec<I>,
+    /// (voter, the address it reported, when), oldest first.
+    votes: std::collections::VecDeque<(I, I, Time)>,
     winner: Option<I>,
 }
 
 impl<I> Default for ExternalIpVote<I> {
     fn default() -> Self {
         ExternalIpVote {
-            candidates: Vec::new(),
-            voters: Vec::new(),
+            votes: std::collections::VecDeque::new(),
             winner: None,
         }
     }
@@ -168,45 +173,48 @@ impl<I> Default for ExternalIpVote<I> {
 
 /// Votes needed before an address is believed.
 const QUORUM: u32 = 5;
-/// Candidate addresses tracked at once.
-const MAX_CANDIDATES: usize = 8;
-/// Distinct voters remembered (a voter counts once until the list rolls over).
-const MAX_VOTERS: usize = 64;
+/// Distinct voters remembered (the oldest vote is dropped beyond this).
+pub const MAX_VOTERS: usize = 64;
+/// How long a vote counts.
+pub const VOTE_TTL: Duration = Duration::from_secs(15 * 60);
 
 impl<I: Copy + Eq> ExternalIpVote<I> {
-    /// Records that `voter` says our address is `ours`. Returns the new winner when the
-    /// majority changes.
-    pub fn vote(&mut self, voter: I, ours: I) -> Option<I> {
-        if self.voters.contains(&voter) {
-            return None;
+    /// Records that `voter` says at `now` that our address is `ours`. Returns the new winner
+    /// when the majority changes.
+    pub fn vote(&mut self, voter: I, ours: I, now: Time) -> Option<I> {
+        while self
+            .votes
+            .front()
+            .is_some_and(|(_, _, at)| now.since(*at) >= VOTE_TTL)
+        {
+            self.votes.pop_front();
         }
-        if self.voters.len() >= MAX_VOTERS {
-            self.voters.remove(0);
-        }
-        self.voters.push(voter);
-        match self.candidates.iter_mut().find(|(ip, _)| *ip == ours) {
-            Some((_, n)) => *n += 1,
-            None => {
-                if self.candidates.len() >= MAX_CANDIDATES {
-                    // Forget the weakest candidate.
-                    if let Some(pos) = self
-                        .candidates
-                        .iter()
-                        .enumerate()
-                        .min_by_key(|(_, (_, n))| *n)
-                        .map(|(i, _)| i)
-                    {
-                        self.candidates.remove(pos);
-                    }
+        if let Some(pos) = self.votes.iter().position(|(v, _, _)| *v == voter) {
+            if self.votes.get(pos).is_some_and(|(_, o, _)| *o == ours) {
+                // Same voter, same view: counts once, but stays fresh.
+                if let Some(v) = self.votes.remove(pos) {
+                    self.votes.push_back((v.0, v.1, now));
                 }
-                self.candidates.push((ours, 1));
+                return None;
+            }
+            self.votes.remove(pos);
+        }
+        if self.votes.len() >= MAX_VOTERS {
+            self.votes.pop_front();
+        }
+        self.votes.push_back((voter, ours, now));
+        // Tally: at most MAX_VOTERS votes, so a small linear count is enough.
+        let mut tally: Vec<(I, u32)> = Vec::new();
+        for (_, ip, _) in &self.votes {
+            match tally.iter_mut().find(|(t, _)| t == ip) {
+                Some((_, n)) => *n += 1,
+                None => tally.push((*ip, 1)),
             }
         }
-        let best = self
-            .candidates
+        let best = tally
             .iter()
-            .max_by_key(|(_, n)| *n)
             .filter(|(_, n)| *n >= QUORUM)
+            .max_by_key(|(ip, n)| (*n, Some(*ip) == self.winner))
             .map(|(ip, _)| *ip);
         if best.is_some() && best != self.winner {
             self.winner = best;
@@ -263,15 +271,86 @@ mod tests {
         let ours = Ipv4Addr::new(84, 124, 73, 14);
         // One voter repeating itself does not count.
         for _ in 0..10 {
-            v.vote(Ipv4Addr::new(1, 1, 1, 1), ours);
+            v.vote(Ipv4Addr::new(1, 1, 1, 1), ours, Time(0));
         }
         assert_eq!(v.winner(), None);
         for i in 2..=4 {
-            assert_eq!(v.vote(Ipv4Addr::new(1, 1, 1, i), ours), None);
+            assert_eq!(v.vote(Ipv4Addr::new(1, 1, 1, i), ours, Time(0)), None);
         }
         // A liar does not change the outcome.
-        v.vote(Ipv4Addr::new(9, 9, 9, 9), Ipv4Addr::new(6, 6, 6, 6));
-        assert_eq!(v.vote(Ipv4Addr::new(1, 1, 1, 5), ours), Some(ours));
+        v.vote(
+            Ipv4Addr::new(9, 9, 9, 9),
+            Ipv4Addr::new(6, 6, 6, 6),
+            Time(0),
+        );
+        assert_eq!(v.vote(Ipv4Addr::new(1, 1, 1, 5), ours, Time(0)), Some(ours));
         assert_eq!(v.winner(), Some(ours));
+    }
+
+    #[test]
+    fn old_votes_age_out_so_a_new_address_wins() {
+        let mut v = ExternalIpVote::default();
+        let old = Ipv4Addr::new(84, 124, 73, 14);
+        let new = Ipv4Addr::new(65, 23, 51, 170);
+        // Ten nodes saw us at the old address.
+        for i in 1..=10 {
+            v.vote(Ipv4Addr::new(1, 1, 1, i), old, Time(0));
+        }
+        assert_eq!(v.winner(), Some(old));
+        // After the move, a quorum of five (fewer than the ten old votes) sees the new one.
+        let later = Time(0) + VOTE_TTL + Duration::from_secs(1);
+        let mut changed = None;
+        for i in 1..=5 {
+            changed = changed.or(v.vote(Ipv4Addr::new(2, 2, 2, i), new, later));
+        }
+        assert_eq!(changed, Some(new));
+        assert_eq!(v.winner(), Some(new));
+    }
+
+    #[test]
+    fn a_voter_counts_once_and_may_change_its_mind() {
+        let mut v = ExternalIpVote::default();
+        let a = Ipv4Addr::new(84, 124, 73, 14);
+        let b = Ipv4Addr::new(65, 23, 51, 170);
+        for i in 1..=4 {
+            v.vote(Ipv4Addr::new(1, 1, 1, i), a, Time(0));
+        }
+        // The same four voters switching to `b` do not make a quorum for either.
+        for i in 1..=4 {
+            assert_eq!(v.vote(Ipv4Addr::new(1, 1, 1, i), b, Time(1)), None);
+        }
+        assert_eq!(v.winner(), None);
+        // Bounded whatever the number of voters.
+        for i in 0..1000u32 {
+            v.vote(Ipv4Addr::from(0x0300_0000 + i), a, Time(2));
+        }
+        assert!(v.votes.len() <= MAX_VOTERS);
+        assert_eq!(v.winner(), Some(a));
+    }
+
+    #[test]
+    fn ipv6_votes_age_out_and_count_once_per_voter() {
+        let mut v: ExternalIpVote<Ipv6Addr> = ExternalIpVote::default();
+        let voter = |i: u16| Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, i);
+        let old: Ipv6Addr = "2a00:1450::1".parse().unwrap();
+        let new: Ipv6Addr = "2a00:1450::2".parse().unwrap();
+        for _ in 0..10 {
+            v.vote(voter(1), old, Time(0));
+        }
+        assert_eq!(v.winner(), None);
+        for i in 2..=10 {
+            v.vote(voter(i), old, Time(0));
+        }
+        assert_eq!(v.winner(), Some(old));
+        let later = Time(0) + VOTE_TTL + Duration::from_secs(1);
+        let mut changed = None;
+        for i in 100..105 {
+            changed = changed.or(v.vote(voter(i), new, later));
+        }
+        assert_eq!(changed, Some(new));
+        for i in 0..1000u16 {
+            v.vote(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, i), new, later);
+        }
+        assert!(v.votes.len() <= MAX_VOTERS);
     }
 }

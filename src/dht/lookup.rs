@@ -11,6 +11,12 @@
 //! a node that answers under another id than it was listed with is ranked by the id it
 //! answered with, so a liar cannot make a real node look close.
 //!
+//! Candidates are one per address; an id may be listed at up to `MAX_PER_ID` addresses (one
+//! per lister), so a liar listing the closest ids at dead or junk addresses cannot hide the
+//! real nodes with those ids that honest nodes list later. The first address that answers
+//! under an id wins it: the other listings of that id not yet queried are dropped, and later
+//! listings of it are ignored. A listing alone never takes an id from a node that answers.
+//!
 //! The lookup itself sends nothing: `next_queries` says whom to query, and the node (`dht`)
 //! turns that into datagrams and feeds answers and timeouts back.
 
@@ -28,6 +34,10 @@ use super::time::Time;
 /// Identifies a lookup across events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LookupId(pub u64);
+
+/// Live (not failed) candidates one unconfirmed id may have, at different addresses and
+/// from different listers: a liar's listing then leaves room for the real node's.
+const MAX_PER_ID: usize = 2;
 
 /// What the lookup is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,7 +133,7 @@ fn trust<A: DhtAddr>(mode: Bep42Mode, id: Option<Id>, addr: &A) -> Trust {
 }
 
 #[derive(Clone, Debug)]
-struct Candidate<A> {
+struct Candidate<A: DhtAddr> {
     /// Unknown for bootstrap addresses until they answer; the id it answered with once it has.
     id: Option<Id>,
     addr: A,
@@ -132,9 +142,11 @@ struct Candidate<A> {
     depth: u8,
     state: CandState,
     trust: Trust,
+    /// IP of the responder that listed it; `None` for the seeds we started from.
+    listed_by: Option<A::Ip>,
 }
 
-impl<A> Candidate<A> {
+impl<A: DhtAddr> Candidate<A> {
     fn rank(&self) -> (Trust, Id) {
         (self.trust, self.distance)
     }
@@ -158,7 +170,7 @@ pub struct LookupStats {
 }
 
 /// State of one lookup.
-pub struct Lookup<A = SocketAddrV4> {
+pub struct Lookup<A: DhtAddr = SocketAddrV4> {
     /// Its id.
     pub id: LookupId,
     /// The target id or info-hash.
@@ -219,8 +231,10 @@ impl<A: DhtAddr> Lookup<A> {
         l
     }
 
-    /// Adds a candidate unless it is us, a duplicate, refused by the martian filter (when
-    /// listed by `listed_by`), over its IP's share, or too far to matter.
+    /// Adds a candidate unless it is us, at an address already listed, refused by the
+    /// martian filter (when listed by `listed_by`), over its IP's share, or too far to
+    /// matter. Its id may already be listed (`MAX_PER_ID` live listings, one per lister),
+    /// unless a node answered under it.
     fn add_candidate(&mut self, id: Option<Id>, addr: A, depth: u8, listed_by: Option<&A::Ip>) {
         if id == Some(self.p.own_id) {
             return;
@@ -230,12 +244,25 @@ impl<A: DhtAddr> Lookup<A> {
                 return;
             }
         }
-        if self
-            .candidates
-            .iter()
-            .any(|c| c.addr == addr || (id.is_some() && c.id == id))
-        {
+        if self.candidates.iter().any(|c| c.addr == addr) {
             return;
+        }
+        if id.is_some() {
+            let mut live = 0;
+            for c in self.candidates.iter().filter(|c| c.id == id) {
+                match c.state {
+                    // A node answered under this id: it is taken.
+                    CandState::Responded { .. } => return,
+                    // A dead listing holds no place.
+                    CandState::Failed => {}
+                    // One place per lister: a liar cannot fill them all alone.
+                    _ if c.listed_by.as_ref() == listed_by => return,
+                    _ => live += 1,
+                }
+            }
+            if live >= MAX_PER_ID {
+                return;
+            }
         }
         if martian::scope_ip(&A::ip_addr(&addr.ip_of())) == martian::Scope::Public
             && self
@@ -268,6 +295,7 @@ impl<A: DhtAddr> Lookup<A> {
                 depth,
                 state: CandState::Fresh,
                 trust,
+                listed_by: listed_by.copied(),
             },
         );
         if self.candidates.len() > self.max_candidates {
@@ -334,8 +362,10 @@ impl<A: DhtAddr> Lookup<A> {
     /// An answer from `from` claiming id `responder`: records its token, adds the nodes it
     /// returned, and returns the peers not seen before in this lookup (so the caller can
     /// emit them at once). A responder whose id differs from the one it was listed with is
-    /// re-ranked by the id it answered with; one answering with our id, or with an id
-    /// another candidate already holds, counts as failed.
+    /// re-ranked by the id it answered with, and wins that id: other listings of it not yet
+    /// queried are dropped. One answering with our id, or with an id another address has
+    /// already answered under, counts as failed; an id that was only listed elsewhere does
+    /// not.
     pub fn on_response(
         &mut self,
         from: A,
@@ -347,10 +377,11 @@ impl<A: DhtAddr> Lookup<A> {
         let target = self.target;
         let mode = self.p.bep42;
         let clash = responder == self.p.own_id
-            || self
-                .candidates
-                .iter()
-                .any(|c| c.addr != from && c.id == Some(responder));
+            || self.candidates.iter().any(|c| {
+                c.addr != from
+                    && c.id == Some(responder)
+                    && matches!(c.state, CandState::Responded { .. })
+            });
         let Some(c) = self.find(&from) else {
             return Vec::new();
         };
@@ -358,21 +389,26 @@ impl<A: DhtAddr> Lookup<A> {
         if matches!(c.state, CandState::Responded { .. }) {
             return Vec::new();
         }
-        if c.id != Some(responder) {
-            let trust = trust(mode, Some(responder), &from);
-            let enforced = mode == Bep42Mode::Enforce && trust == Trust::Unverified;
-            if clash || (c.id.is_some() && enforced) {
-                if matches!(c.state, CandState::InFlight { .. } | CandState::Failed) {
-                    c.state = CandState::Failed;
-                }
-                return Vec::new();
+        let trust = trust(mode, Some(responder), &from);
+        let enforced = mode == Bep42Mode::Enforce && trust == Trust::Unverified;
+        let renamed = c.id != Some(responder);
+        if clash || (renamed && c.id.is_some() && enforced) {
+            if matches!(c.state, CandState::InFlight { .. } | CandState::Failed) {
+                c.state = CandState::Failed;
             }
+            return Vec::new();
+        }
+        if renamed {
             c.id = Some(responder);
             c.distance = responder.distance(&target);
             c.trust = trust;
         }
         c.state = CandState::Responded { token };
         let depth = c.depth;
+        // It won the id: listings of it elsewhere that were not queried yet go (those in
+        // flight stay, and fail if they answer under it).
+        self.candidates
+            .retain(|c| c.addr == from || c.id != Some(responder) || c.state != CandState::Fresh);
         self.candidates.sort_by_key(|c| c.rank());
         self.stats.responses += 1;
         self.stats.max_depth = self.stats.max_depth.max(depth);
@@ -637,7 +673,7 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_under_a_taken_or_our_own_id_counts_as_failed() {
+    fn an_answer_under_an_answered_or_our_own_id_counts_as_failed() {
         let seeds = [n(1), n(2), n(3)];
         let mut l = Lookup::new(
             LookupId(1),
@@ -649,17 +685,87 @@ mod tests {
             &[],
         );
         assert_eq!(l.next_queries().len(), 3);
-        // n2's address answers as n1, n3's as us: neither is believed.
+        l.on_response(n(1).addr, n(1).id, &[], &[], None);
+        // n2's address answers as n1 after n1 did, n3's as us: neither is believed.
         l.on_response(n(2).addr, n(1).id, &[n(9)], &[], None);
         l.on_response(n(3).addr, OWN, &[n(9)], &[], None);
-        assert_eq!(l.stats.responses, 0);
+        assert_eq!(l.stats.responses, 1);
         assert!(
             l.next_queries().is_empty(),
             "their node lists were not used"
         );
-        l.on_response(n(1).addr, n(1).id, &[], &[], None);
         assert!(l.is_done(Time(0)));
         assert_eq!(l.closest(8), vec![n(1)]);
+    }
+
+    #[test]
+    fn a_listing_does_not_take_an_id_from_the_node_that_answers_under_it() {
+        // A liar lists the id a bootstrap node really has at a dead address, first.
+        let liar = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 200), 1);
+        let boot = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 99), 1);
+        let real = n(1);
+        let dead = NodeInfo {
+            id: real.id,
+            addr: SocketAddrV4::new(Ipv4Addr::new(10, 0, 9, 1), 1),
+        };
+        let mut l = Lookup::new(
+            LookupId(1),
+            Id::ZERO,
+            LookupKind::FindNode,
+            LookupParams::new(8, 1, OWN),
+            Time(0),
+            &[],
+            &[liar, boot],
+        );
+        assert_eq!(l.next_queries()[0].addr, liar);
+        l.on_response(liar, n(0x70).id, &[dead], &[], None);
+        assert_eq!(l.next_queries()[0].addr, dead.addr);
+        l.on_slow(&dead.addr);
+        assert_eq!(l.next_queries()[0].addr, boot);
+        // The bootstrap node answers as the id the dead listing carries: it wins the id.
+        l.on_response(boot, real.id, &[], &[], None);
+        assert_eq!(l.stats.responses, 2);
+        l.on_failure(&dead.addr);
+        assert!(l.is_done(Time(0)));
+        assert_eq!(
+            l.closest(8)[0],
+            NodeInfo {
+                id: real.id,
+                addr: boot
+            }
+        );
+    }
+
+    #[test]
+    fn an_id_is_kept_at_a_second_address_but_once_per_lister_and_not_once_answered() {
+        let lister = |b: u8| SocketAddrV4::new(Ipv4Addr::new(10, 0, 5, b), 1);
+        let at = |b: u8| SocketAddrV4::new(Ipv4Addr::new(10, 0, 9, b), 1);
+        let x = n(1).id;
+        let listed = |b: u8| NodeInfo { id: x, addr: at(b) };
+        let mut l = Lookup::new(
+            LookupId(1),
+            Id::ZERO,
+            LookupKind::FindNode,
+            LookupParams::new(8, 8, OWN),
+            Time(0),
+            &[],
+            &[lister(1), lister(2), lister(3)],
+        );
+        assert_eq!(l.next_queries().len(), 3);
+        // One lister gets one place for x, however many addresses it lists it at.
+        l.on_response(lister(1), n(0x71).id, &[listed(1), listed(2)], &[], None);
+        // A second lister gets the second place; a third finds both taken.
+        l.on_response(lister(2), n(0x72).id, &[listed(3)], &[], None);
+        l.on_response(lister(3), n(0x73).id, &[listed(4)], &[], None);
+        let q: Vec<SocketAddrV4> = l.next_queries().iter().map(|o| o.addr).collect();
+        assert_eq!(q, vec![at(1), at(3)]);
+        // at(1) is dead; at(3) answers as x and wins it: later listings of x are ignored.
+        l.on_failure(&at(1));
+        l.on_response(at(3), x, &[], &[], None);
+        let again = SocketAddrV4::new(Ipv4Addr::new(10, 0, 5, 9), 1);
+        l.add_candidate(Some(x), again, 2, Some(&Ipv4Addr::new(10, 0, 5, 4)));
+        assert!(l.next_queries().is_empty());
+        assert!(l.is_done(Time(0)));
     }
 
     #[test]

@@ -475,3 +475,88 @@ fn a_private_address_does_not_count_as_bep42_verified() {
     b.collect();
     assert_eq!(b.sent.first().map(|s| s.to), Some(verified.addr));
 }
+
+#[test]
+fn a_liar_listing_the_closest_ids_at_dead_addresses_cannot_hide_the_real_nodes() {
+    // The liar crawled the target's neighbourhood: its first answer lists the eight true
+    // closest ids at dead addresses, before anyone else lists them. The closest real node
+    // (a bootstrap address, queried without an id) answers under one of those ids and lists
+    // the seven others at their real addresses. The lookup must query and rank the real
+    // nodes, and announce to them.
+    let target = Id::ZERO;
+    let liar = sa([10, 0, 0, 100], 6881);
+    let dead = |j: u8| sa([10, 0, 9, j], 6881);
+    let real = |j: u8| sa([10, 0, 4, j], 6881);
+    let cfg = Config::default();
+    let k = cfg.k;
+    let mut b = Bench::new(id(0xee, 0), cfg);
+    b.node.add_bootstrap_addrs(&[liar, real(1)]);
+    let lid = b.node.get_peers(
+        Time(0),
+        target,
+        Some(AnnounceSpec {
+            port: 4000,
+            implied_port: false,
+        }),
+    );
+    let listing = |addr: &dyn Fn(u8) -> SocketAddrV4, from: u8| -> Vec<NodeInfo> {
+        (from..=8)
+            .map(|j| NodeInfo {
+                id: at_distance(u64::from(j)),
+                addr: addr(j),
+            })
+            .collect()
+    };
+    b.run(50, 200, |s| {
+        if s.to == liar {
+            return match s.method {
+                Method::GetPeers { .. } => Some(Response {
+                    id: id(0x70, 0),
+                    nodes: Some(listing(&dead, 1)),
+                    values: vec![],
+                    token: Some(b"liar".to_vec()),
+                    ..Response::default()
+                }),
+                _ => Some(answer(id(0x70, 0), vec![])),
+            };
+        }
+        let [_, _, net, j] = s.to.ip().octets();
+        if net != 4 {
+            return None; // the dead addresses
+        }
+        Some(match s.method {
+            Method::GetPeers { .. } => Response {
+                id: at_distance(u64::from(j)),
+                nodes: Some(if j == 1 { listing(&real, 2) } else { vec![] }),
+                values: vec![],
+                token: Some(vec![j]),
+                ..Response::default()
+            },
+            _ => answer(at_distance(u64::from(j)), vec![]),
+        })
+    });
+    let (_, closest, announced, _) = b.done(lid).expect("lookup finished");
+    let announced_to: Vec<SocketAddrV4> = b
+        .sent
+        .iter()
+        .filter(|s| matches!(s.method, Method::AnnouncePeer { .. }))
+        .map(|s| s.to)
+        .collect();
+    for j in 1..=8 {
+        assert!(b.queried(&real(j)), "real node {j} was never asked");
+        assert!(
+            closest
+                .iter()
+                .any(|n| n.addr == real(j) && n.id == at_distance(u64::from(j))),
+            "real node {j} is not among the closest: {closest:?}"
+        );
+        assert!(
+            announced_to.contains(&real(j)),
+            "no announce to real node {j}: {announced_to:?}"
+        );
+    }
+    assert_eq!(announced, k);
+    assert!(closest
+        .iter()
+        .all(|n| n.addr != liar && n.addr.ip().octets()[2] != 9));
+}

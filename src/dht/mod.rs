@@ -33,4 +33,6 @@ mod family_tests;
 #[cfg(test)]
 mod lookup_tests;
 #[cfg(test)]
+mod table_tests;
+#[cfg(test)]
 mod tests;

@@ -179,6 +179,10 @@ pub struct Stats {
     pub unsolicited_in: u64,
     /// announce_peer queries we accepted.
     pub announces_in: u64,
+    /// announce_peer queries with a valid token that the store had no room for. They are
+    /// answered like accepted ones (libtorrent counts an error reply as a failure of the
+    /// node that sent it), so this is the only place a refusal shows.
+    pub announces_refused: u64,
     /// Datagrams sent.
     pub datagrams_out: u64,
     /// Datagrams dropped by the per-IP limiter.
@@ -200,6 +204,9 @@ pub struct Dht<A: DhtAddr = SocketAddrV4> {
     events: VecDeque<Event<A>>,
     stats: Stats,
     bootstrap_addrs: Vec<A>,
+    /// Bootstrap routers: never entered into the table (bounded by `MAX_ROUTERS`).
+    routers: Vec<A>,
+    saved: Vec<NodeInfo<A>>,
     bootstrap_lookup: Option<LookupId>,
     last_bootstrap: Option<Time>,
     bootstrap_backoff: Duration,
@@ -228,8 +235,13 @@ impl<A: DhtAddr> NodeLists for Dht<A> {
     }
 }
 
-/// How soon housekeeping looks again when bucket refreshes were deferred.
+/// Housekeeping tick while buckets wait for refresh: one stale bucket is refreshed per tick
+/// (as libtorrent and jech/dht do), so a table gone stale does not fire every bucket at once.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
+/// Bootstrap routers remembered at most (they come from the command line and config).
+const MAX_ROUTERS: usize = 64;
+/// Saved contacts (from the state file) remembered at most as join seeds.
+const MAX_SAVED: usize = 512;
 
 impl<A: DhtAddr> Dht<A> {
     /// A node with `id` and configuration `cfg` whose randomness all derives from `seed`:
@@ -265,6 +277,8 @@ impl<A: DhtAddr> Dht<A> {
             events: VecDeque::new(),
             stats: Stats::default(),
             bootstrap_addrs: Vec::new(),
+            routers: Vec::new(),
+            saved: Vec::new(),
             bootstrap_lookup: None,
             last_bootstrap: None,
             bootstrap_backoff: backoff,
@@ -312,8 +326,9 @@ impl<A: DhtAddr> Dht<A> {
     }
 
     /// Joins the network: a find_node lookup for our own id through `addrs` (bootstrap
-    /// routers and saved nodes) and whatever the table already holds. The addresses are
-    /// remembered and retried while the table stays nearly empty.
+    /// contacts), the saved contacts ([`Dht::add_saved_nodes`]) and whatever the table
+    /// already holds. The addresses are remembered and retried while the table stays nearly
+    /// empty. Those also named with [`Dht::add_routers`] never enter the routing table.
     pub fn bootstrap(&mut self, now: Time, addrs: &[A]) -> LookupId {
         self.add_bootstrap_addrs(addrs);
         self.last_bootstrap = Some(now);
@@ -329,15 +344,54 @@ impl<A: DhtAddr> Dht<A> {
     pub fn add_bootstrap_addrs(&mut self, addrs: &[A]) {
         for a in addrs {
             if !self.bootstrap_addrs.contains(a) {
+                if self.bootstrap_addrs.len() >= MAX_ROUTERS {
+                    // Keep the newest: a re-join passes contacts that are alive now.
+                    self.bootstrap_addrs.remove(0);
+                }
                 self.bootstrap_addrs.push(*a);
             }
         }
     }
 
+    /// Remembers contacts saved by an earlier run (with their ids, unlike routers): joins and
+    /// lookups on a nearly empty table start from them, they enter the table when they
+    /// answer, and they are saved again if this run never gets to know better ones (a start
+    /// during an outage must not wipe the state file).
+    pub fn add_saved_nodes(&mut self, nodes: &[NodeInfo<A>]) {
+        for n in nodes {
+            if self.saved.len() >= MAX_SAVED {
+                break;
+            }
+            if n.id != self.id && !self.saved.iter().any(|s| s.id == n.id || s.addr == n.addr) {
+                self.saved.push(*n);
+            }
+        }
+    }
+
+    /// Marks `addrs` as bootstrap routers (the public `router.bittorrent.com` kind): used to
+    /// join like any bootstrap contact, but they only point the way and never enter the
+    /// routing table (libtorrent's rule), so a handful of busy hosts do not end up in every
+    /// node's table and every reply. Ordinary nodes given as bootstrap contacts do enter it.
+    pub fn add_routers(&mut self, addrs: &[A]) {
+        for a in addrs {
+            if !self.routers.contains(a) {
+                if self.routers.len() >= MAX_ROUTERS {
+                    self.routers.remove(0);
+                }
+                self.routers.push(*a);
+            }
+        }
+        self.add_bootstrap_addrs(addrs);
+    }
+
+    fn is_router(&self, addr: &A) -> bool {
+        self.routers.contains(addr)
+    }
+
     /// Puts `node` in the routing table as if it had just answered: for contacts the caller
     /// vouches for (the simulator's perfect tables; a table restored from a trusted source).
-    /// Saved state from disk goes through [`Dht::bootstrap`] instead, so dead contacts are
-    /// weeded out by pings.
+    /// Saved state from disk goes through [`Dht::add_saved_nodes`] instead, so dead contacts
+    /// are weeded out by the join's queries.
     pub fn insert_node(&mut self, now: Time, node: NodeInfo<A>) -> Insert<A> {
         self.table.on_response(node, now)
     }
@@ -375,10 +429,16 @@ impl<A: DhtAddr> Dht<A> {
     fn start_lookup(&mut self, now: Time, target: Id, kind: LookupKind, extra: &[A]) -> LookupId {
         let lid = LookupId(self.next_lookup);
         self.next_lookup += 1;
-        let seeds = self.table.closest(&target, self.cfg.k * 2, now);
+        let mut seeds = self.table.closest(&target, self.cfg.k * 2, now);
         let mut bare: Vec<A> = extra.to_vec();
         if seeds.len() < self.cfg.k {
-            // A nearly empty table: fall back on the bootstrap addresses.
+            // A nearly empty table: fall back on the saved contacts and the bootstrap
+            // addresses.
+            for n in &self.saved {
+                if !seeds.iter().any(|s| s.id == n.id || s.addr == n.addr) {
+                    seeds.push(*n);
+                }
+            }
             for a in &self.bootstrap_addrs {
                 if !bare.contains(a) {
                     bare.push(*a);
@@ -560,6 +620,9 @@ impl<A: DhtAddr> Dht<A> {
 
     /// Counts another node's view of our address; once a quorum agrees on a public address
     /// our id does not match, take a BEP 42 id for it and re-centre the table.
+    /// Votes age out ([`bep42::ExternalIpVote`]), so a changed address is followed; after a
+    /// new id, a join lookup for it tells our new neighbours at once (instead of them
+    /// learning it over the next refresh rounds).
     fn on_external_ip(&mut self, now: Time, voter: A::Ip, ours: A) {
         if bep42::is_exempt_ip(&A::ip_addr(&voter))
             && !bep42::is_exempt_ip(&A::ip_addr(&ours.ip_of()))
@@ -567,7 +630,7 @@ impl<A: DhtAddr> Dht<A> {
             // A local peer cannot vouch for a public address.
             return;
         }
-        if let Some(ip) = self.ip_vote.vote(voter, ours.ip_of()) {
+        if let Some(ip) = self.ip_vote.vote(voter, ours.ip_of(), now) {
             self.external_ip = Some(A::from_parts(ip, ours.port_of()));
             if self.cfg.bep42_derive_id
                 && self.cfg.bep42 != Bep42Mode::Off
@@ -577,6 +640,7 @@ impl<A: DhtAddr> Dht<A> {
                 self.id = id;
                 self.table.recentre(id, now);
                 self.events.push_back(Event::IdChanged { id, external: ip });
+                self.find_node(now, id);
             }
         } else if self.external_ip.is_none() {
             self.external_ip = Some(ours);
@@ -691,21 +755,18 @@ impl<A: DhtAddr> Dht<A> {
                 } else {
                     let port = if implied_port { from.port_of() } else { port };
                     let peer = A::from_parts(from.ip_of(), port);
+                    // Refused at capacity: not stored, but answered normally all the same.
+                    // An error (202) would make libtorrent count us as a failing node and
+                    // drop us from its table, while the announcer stores itself on its
+                    // other closest nodes anyway.
                     match self.store.announce(info_hash, peer, now) {
-                        Ok(_) => {
-                            self.stats.announces_in += 1;
-                            Body::Response(Response {
-                                id: self.id,
-                                ..Response::default()
-                            })
-                        }
-                        // Refused, not stored: say so (202), so the announcer counts
-                        // this node as not holding it.
-                        Err(full) => Body::Error(KrpcError {
-                            code: ErrorCode::Server,
-                            message: full.to_string().into_bytes(),
-                        }),
+                        Ok(_) => self.stats.announces_in += 1,
+                        Err(_) => self.stats.announces_refused += 1,
                     }
+                    Body::Response(Response {
+                        id: self.id,
+                        ..Response::default()
+                    })
                 }
             }
             Method::Unknown(_) => Body::Error(KrpcError {
@@ -768,8 +829,10 @@ impl<A: DhtAddr> Dht<A> {
             id: r.id,
             addr: from,
         };
-        if let Insert::PingFirst(stale) = self.table.on_response(node, now) {
-            self.send_query(now, stale.addr, Some(stale.id), Method::Ping, Purpose::Ping);
+        if !self.is_router(&from) {
+            if let Insert::PingFirst(stale) = self.table.on_response(node, now) {
+                self.send_query(now, stale.addr, Some(stale.id), Method::Ping, Purpose::Ping);
+            }
         }
         match q.purpose {
             Purpose::Lookup(lid) => {
@@ -800,9 +863,37 @@ impl<A: DhtAddr> Dht<A> {
             return;
         };
         self.stats.responses_in += 1;
+        if let Some(id) = q.id {
+            // An error is an answer: the node is alive (and a liveness ping is settled).
+            self.table.on_error_reply(&id, from, now);
+        }
         if let Purpose::Lookup(lid) = q.purpose {
             if let Some(l) = self.lookups.iter_mut().find(|l| l.id == lid) {
                 l.on_failure(&from);
+            }
+            self.step_lookup(now, lid);
+        }
+    }
+
+    /// The driver could not send `data` to `to` (a local error: no route, no buffer space).
+    /// That is our failure, not the remote's: the query is dropped without charging the node
+    /// (a network blip must not empty the routing table), and a lookup moves on at once.
+    pub fn on_send_error(&mut self, now: Time, to: A, data: &[u8]) {
+        let Ok(msg) = Message::decode(data) else {
+            return;
+        };
+        if !matches!(msg.body, Body::Query(_)) {
+            return;
+        }
+        let Some(q) = self.rpc.take(&msg.tid, &to) else {
+            return;
+        };
+        if let Some(id) = q.id {
+            self.table.on_send_failed(&id, to);
+        }
+        if let Purpose::Lookup(lid) = q.purpose {
+            if let Some(l) = self.lookups.iter_mut().find(|l| l.id == lid) {
+                l.on_failure(&to);
             }
             self.step_lookup(now, lid);
         }
@@ -822,7 +913,7 @@ impl<A: DhtAddr> Dht<A> {
         for q in self.rpc.due_timeouts(now, self.cfg.query_timeout) {
             self.stats.timeouts += 1;
             if let Some(id) = q.id {
-                match self.table.on_timeout(&id, now) {
+                match self.table.on_timeout(&id, q.addr, now) {
                     TimeoutOutcome::PingAgain(n) | TimeoutOutcome::Replaced(n) => {
                         self.send_query(now, n.addr, Some(n.id), Method::Ping, Purpose::Ping);
                     }
@@ -844,9 +935,10 @@ impl<A: DhtAddr> Dht<A> {
     fn maintenance(&mut self, now: Time) {
         self.tokens.maybe_rotate(now);
         self.store.expire(now);
-        // Refresh stale buckets, one lookup each, unless a lookup is already running.
-        if self.lookups.len() < 4 && !self.table.is_empty() {
-            for b in self.table.stale_buckets(now, self.cfg.refresh_after) {
+        // Refresh the stalest bucket, one per tick, whatever else is running: busy lookups
+        // must not starve refresh, and a table gone stale must not fire every bucket at once.
+        if !self.table.is_empty() {
+            if let Some(b) = self.table.stalest_bucket(now, self.cfg.refresh_after) {
                 let target = self.id.random_in_bucket(b, &mut self.rng);
                 self.find_node(now, target);
             }
@@ -879,12 +971,10 @@ impl<A: DhtAddr> Dht<A> {
     fn next_maintenance_after(&self, now: Time) -> Time {
         let soon = now + Duration::from_secs(1);
         let mut next = self.tokens.rotates_at();
-        if self.lookups.len() >= 4 {
-            // Refreshes were deferred for running lookups: look again shortly.
-            next = next.min(now + MAINTENANCE_EVERY);
-        } else if !self.table.is_empty() {
+        if !self.table.is_empty() {
             if let Some(due) = self.table.next_refresh_due(self.cfg.refresh_after) {
-                next = next.min(due);
+                // Another bucket already due waits for the next tick.
+                next = next.min(due.max(now + MAINTENANCE_EVERY));
             }
         }
         if self.store.peer_count() > 0 {
@@ -916,12 +1006,34 @@ impl<A: DhtAddr> Dht<A> {
         Some(q.map_or(self.next_maintenance, |t| t.min(self.next_maintenance)))
     }
 
-    /// Nodes worth saving for the next start: every table entry that is not bad.
+    /// Nodes worth saving for the next start, with their ids: every table entry that is not
+    /// bad, best first. When fewer than `k` are left (an outage made them all fail, or the
+    /// node never got online), the last known good table is kept: bad entries that once
+    /// answered, then the contacts this run was started with. A restart pings them anyway.
     pub fn saved_nodes(&self, now: Time) -> Vec<NodeInfo<A>> {
-        self.table
-            .iter()
-            .filter(|e| e.state(now) != NodeState::Bad)
-            .map(|e| e.node)
-            .collect()
+        let mut out: Vec<NodeInfo<A>> = Vec::new();
+        for want in [NodeState::Good, NodeState::Questionable] {
+            out.extend(
+                self.table
+                    .iter()
+                    .filter(|e| e.answered && e.state(now) == want)
+                    .map(|e| e.node),
+            );
+        }
+        if out.len() < self.cfg.k {
+            let mut bad: Vec<_> = self
+                .table
+                .iter()
+                .filter(|e| e.answered && e.state(now) == NodeState::Bad)
+                .collect();
+            bad.sort_by_key(|e| std::cmp::Reverse(e.last_response));
+            out.extend(bad.into_iter().map(|e| e.node));
+            for n in &self.saved {
+                if !out.iter().any(|o| o.id == n.id || o.addr == n.addr) {
+                    out.push(*n);
+                }
+            }
+        }
+        out
     }
 }

@@ -36,6 +36,9 @@ pub struct Entry<A = SocketAddrV4> {
     pub fails: u8,
     /// A liveness ping is outstanding (so we do not ping it twice).
     pub pinging: bool,
+    /// It has answered us at least once. A replacement promoted into a dead node's slot has
+    /// not: its `last_response` means nothing until it does, so it is never good before.
+    pub answered: bool,
 }
 
 /// The BEP 5 node states.
@@ -57,6 +60,20 @@ impl<A: DhtAddr> Entry<A> {
             last_query: Time(0),
             fails: 0,
             pinging: false,
+            answered: true,
+        }
+    }
+
+    /// A candidate that has not answered yet (a promoted replacement): questionable until it
+    /// does, whatever the clock says (`Time(0)` is a real instant, not "never").
+    fn unproven(node: NodeInfo<A>) -> Entry<A> {
+        Entry {
+            node,
+            last_response: Time(0),
+            last_query: Time(0),
+            fails: 0,
+            pinging: false,
+            answered: false,
         }
     }
 
@@ -64,7 +81,8 @@ impl<A: DhtAddr> Entry<A> {
     pub fn state(&self, now: Time) -> NodeState {
         if self.fails >= BAD_AFTER_FAILS {
             NodeState::Bad
-        } else if now.since(self.last_response) < GOOD_FOR || now.since(self.last_query) < GOOD_FOR
+        } else if self.answered
+            && (now.since(self.last_response) < GOOD_FOR || now.since(self.last_query) < GOOD_FOR)
         {
             NodeState::Good
         } else {
@@ -109,7 +127,7 @@ pub enum Insert<A = SocketAddrV4> {
 
 /// The routing table centred on our id.
 #[derive(Clone, Debug)]
-pub struct RoutingTable<A = SocketAddrV4> {
+pub struct RoutingTable<A: DhtAddr = SocketAddrV4> {
     own: Id,
     k: usize,
     /// Bucket `i < len-1` holds nodes sharing exactly `i` leading bits with us; the last bucket
@@ -117,6 +135,9 @@ pub struct RoutingTable<A = SocketAddrV4> {
     buckets: Vec<Bucket<A>>,
     one_per_ip: bool,
     bep42: Bep42Mode,
+    /// The entries' IP addresses, kept in step with `buckets` so the one-per-IP check is a
+    /// lookup instead of a scan of the whole table. Bounded by the table itself.
+    ips: IpIndex<A::Ip>,
 }
 
 impl<A: DhtAddr> RoutingTable<A> {
@@ -131,6 +152,7 @@ impl<A: DhtAddr> RoutingTable<A> {
             }],
             one_per_ip,
             bep42: Bep42Mode::Prefer,
+            ips: IpIndex::new(one_per_ip),
         }
     }
 
@@ -158,12 +180,14 @@ impl<A: DhtAddr> RoutingTable<A> {
             }],
             one_per_ip: self.one_per_ip,
             bep42: self.bep42,
+            ips: IpIndex::new(self.one_per_ip),
         };
         for e in old {
             if self.on_response(e.node, e.last_response) == Insert::Added {
                 if let Some(n) = self.find_mut(&e.node.id) {
                     n.last_query = e.last_query;
                     n.fails = e.fails;
+                    n.answered = e.answered;
                 }
             }
         }
@@ -232,9 +256,15 @@ impl<A: DhtAddr> RoutingTable<A> {
             .find(|e| e.node.id == *id)
     }
 
-    fn ip_taken(&self, ip: &A::Ip, except: &Id) -> bool {
-        self.iter()
-            .any(|e| e.node.addr.ip_of() == *ip && e.node.id != *except)
+    /// Whether another entry already uses `ip` (`on_response` has already handled the case
+    /// of the node itself being in the table).
+    fn ip_taken(&self, ip: &A::Ip) -> bool {
+        self.ips.count(ip) > 0
+    }
+
+    /// Entries currently using `ip` (tracked only with one entry per IP; 0 otherwise).
+    pub fn entries_at_ip(&self, ip: &A::Ip) -> usize {
+        self.ips.count(ip)
     }
 
     /// Records that `node` answered a query of ours at `now`, inserting it if there is room.
@@ -250,13 +280,14 @@ impl<A: DhtAddr> RoutingTable<A> {
             e.last_response = now;
             e.fails = 0;
             e.pinging = false;
+            e.answered = true;
             let b = self.bucket_index(&node.id);
             if let Some(bucket) = self.buckets.get_mut(b) {
                 bucket.last_changed = now;
             }
             return Insert::Added;
         }
-        if self.one_per_ip && self.ip_taken(&node.addr.ip_of(), &node.id) {
+        if self.one_per_ip && self.ip_taken(&node.addr.ip_of()) {
             return Insert::Refused;
         }
         if self.bep42 == Bep42Mode::Enforce && !bep42::is_valid_for(&node.id, &node.addr) {
@@ -290,6 +321,7 @@ impl<A: DhtAddr> RoutingTable<A> {
             if bucket.entries.len() < k {
                 bucket.entries.push(Entry::new(node, now));
                 bucket.last_changed = now;
+                self.ips.add(&node);
                 return Insert::Added;
             }
             if let Some(bad) = bucket
@@ -297,8 +329,10 @@ impl<A: DhtAddr> RoutingTable<A> {
                 .iter()
                 .position(|e| e.state(now) == NodeState::Bad)
             {
-                bucket.entries[bad] = Entry::new(node, now);
+                let old = std::mem::replace(&mut bucket.entries[bad], Entry::new(node, now));
                 bucket.last_changed = now;
+                self.ips.remove(&old.node);
+                self.ips.add(&node);
                 return Insert::Added;
             }
             if bi == n_buckets - 1 && n_buckets < 160 {
@@ -318,6 +352,8 @@ impl<A: DhtAddr> RoutingTable<A> {
                     let old = std::mem::replace(&mut bucket.entries[i], Entry::new(node, now));
                     bucket.last_changed = now;
                     push_replacement(bucket, old.node);
+                    self.ips.remove(&old.node);
+                    self.ips.add(&node);
                     return Insert::Added;
                 }
             }
@@ -367,15 +403,54 @@ impl<A: DhtAddr> RoutingTable<A> {
         self.buckets.push(deeper);
     }
 
-    /// Records that `id` sent us a query at `now` (keeps a known node good). Returns whether
-    /// the node is already in the table.
+    /// Records that `id` sent us a query at `now` (keeps a known node good, and its bucket
+    /// fresh: a bucket whose nodes talk to us needs no refresh lookup). Returns whether the
+    /// node is already in the table.
     pub fn on_query(&mut self, id: &Id, addr: A, now: Time) -> bool {
-        match self.find_mut(id) {
+        let b = self.bucket_index(id);
+        let Some(bucket) = self.buckets.get_mut(b) else {
+            return false;
+        };
+        match bucket.entries.iter_mut().find(|e| e.node.id == *id) {
             Some(e) if e.node.addr == addr => {
                 e.last_query = now;
+                if e.answered {
+                    bucket.last_changed = bucket.last_changed.max(now);
+                }
                 true
             }
             _ => false,
+        }
+    }
+
+    /// A KRPC error came back from `node` for one of our queries: it is alive at that address
+    /// (BEP 5 errors are answers too), so it counts as having answered, and an outstanding
+    /// liveness ping is settled. Unknown nodes are not inserted: an error carries no id.
+    pub fn on_error_reply(&mut self, id: &Id, addr: A, now: Time) {
+        let b = self.bucket_index(id);
+        let Some(bucket) = self.buckets.get_mut(b) else {
+            return;
+        };
+        if let Some(e) = bucket
+            .entries
+            .iter_mut()
+            .find(|e| e.node.id == *id && e.node.addr == addr)
+        {
+            e.last_response = now;
+            e.fails = 0;
+            e.pinging = false;
+            e.answered = true;
+            bucket.last_changed = bucket.last_changed.max(now);
+        }
+    }
+
+    /// Our own send to `node` failed (no route, no buffer space): nothing is learnt about the
+    /// node, but a liveness ping that never left must not block the next one.
+    pub fn on_send_failed(&mut self, id: &Id, addr: A) {
+        if let Some(e) = self.find_mut(id) {
+            if e.node.addr == addr {
+                e.pinging = false;
+            }
         }
     }
 
@@ -394,15 +469,22 @@ impl<A: DhtAddr> RoutingTable<A> {
             || b.entries.iter().any(|e| e.state(now) == NodeState::Bad)
     }
 
-    /// Records that a query to `id` timed out. When the node turns bad and a replacement is
-    /// waiting, the replacement takes its place and is returned so the caller can ping it.
+    /// Records that a query to `id` at `addr` timed out. Only the entry with that id *and*
+    /// that address is charged: anyone can list a known node's id next to a dead address, and
+    /// that must not cost the real node its slot. When the node turns bad and a replacement
+    /// is waiting, the replacement takes its place and is returned so the caller can ping it.
     /// Also returns the node again if it is questionable and deserves a second ping.
-    pub fn on_timeout(&mut self, id: &Id, now: Time) -> TimeoutOutcome<A> {
+    pub fn on_timeout(&mut self, id: &Id, addr: A, now: Time) -> TimeoutOutcome<A> {
         let bi = self.bucket_index(id);
+        let one_per_ip = self.one_per_ip;
         let Some(bucket) = self.buckets.get_mut(bi) else {
             return TimeoutOutcome::Unknown;
         };
-        let Some(pos) = bucket.entries.iter().position(|e| e.node.id == *id) else {
+        let Some(pos) = bucket
+            .entries
+            .iter()
+            .position(|e| e.node.id == *id && e.node.addr == addr)
+        else {
             return TimeoutOutcome::Unknown;
         };
         let e = &mut bucket.entries[pos];
@@ -410,12 +492,20 @@ impl<A: DhtAddr> RoutingTable<A> {
         let was_pinging = e.pinging;
         e.pinging = false;
         if e.state(now) == NodeState::Bad {
-            if let Some(rep) = bucket.replacements.pop() {
-                // The replacement has not answered us yet; it enters as a fresh node and the
-                // caller pings it so it proves itself (or fails out) soon.
-                bucket.entries[pos] = Entry::new(rep, now);
-                bucket.entries[pos].last_response = Time(0);
-                bucket.entries[pos].pinging = true;
+            // The newest replacement whose IP has not entered the table meanwhile.
+            while let Some(rep) = bucket.replacements.pop() {
+                let taken =
+                    self.ips.count(&rep.addr.ip_of()) > 0 && rep.addr.ip_of() != addr.ip_of();
+                if one_per_ip && taken {
+                    continue;
+                }
+                // The replacement has not answered us yet: it enters unproven (questionable,
+                // never handed out) and the caller pings it so it proves itself or fails out.
+                let mut fresh = Entry::unproven(rep);
+                fresh.pinging = true;
+                let old = std::mem::replace(&mut bucket.entries[pos], fresh);
+                self.ips.remove(&old.node);
+                self.ips.add(&rep);
                 return TimeoutOutcome::Replaced(rep);
             }
             return TimeoutOutcome::Bad;
@@ -427,13 +517,14 @@ impl<A: DhtAddr> RoutingTable<A> {
         TimeoutOutcome::Counted
     }
 
-    /// The `count` known nodes closest to `target`, closest first; bad nodes are skipped.
+    /// The `count` known nodes closest to `target`, closest first; bad nodes and nodes that
+    /// never answered us (promoted replacements still being pinged) are skipped.
     ///
     /// Uses the bucket structure instead of scanning everything: nodes in the target's own
     /// bucket are closer than nodes in deeper buckets, which are closer than shallower ones.
     pub fn closest(&self, target: &Id, count: usize, now: Time) -> Vec<NodeInfo<A>> {
         let mut out: Vec<NodeInfo<A>> = Vec::with_capacity(count);
-        let usable = |e: &&Entry<A>| e.state(now) != NodeState::Bad;
+        let usable = |e: &&Entry<A>| e.answered && e.state(now) != NodeState::Bad;
         let b = self.bucket_index(target);
         let take_sorted = |entries: &mut dyn Iterator<Item = &Entry<A>>,
                            out: &mut Vec<NodeInfo<A>>| {
@@ -481,6 +572,17 @@ impl<A: DhtAddr> RoutingTable<A> {
             .collect()
     }
 
+    /// The bucket that has gone longest without change, if it is older than `age`: the one
+    /// to refresh next.
+    pub fn stalest_bucket(&self, now: Time, age: Duration) -> Option<usize> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| now.since(b.last_changed) >= age)
+            .min_by_key(|(_, b)| b.last_changed)
+            .map(|(i, _)| i)
+    }
+
     /// Earliest time a bucket becomes due for refresh.
     pub fn next_refresh_due(&self, age: Duration) -> Option<Time> {
         self.buckets.iter().map(|b| b.last_changed + age).min()
@@ -515,6 +617,58 @@ pub enum TimeoutOutcome<A = SocketAddrV4> {
     Bad,
     /// The node was bad and this replacement took its slot; ping it.
     Replaced(NodeInfo<A>),
+}
+
+/// The IP addresses of the table's entries as a sorted multiset: a membership test is a binary
+/// search (at most 11 steps for a full 160-bucket table), never a scan of every entry. A sorted
+/// array of the family's own IP type rather than a hash map: exact for both families, and four
+/// bytes per entry for IPv4 (`Ipv4Addr` is a `u32` in memory), which matters for a simulator
+/// holding a million tables; sixteen for IPv6. Kept only when the table allows one entry per IP.
+#[derive(Clone, Debug)]
+struct IpIndex<I> {
+    on: bool,
+    sorted: Vec<I>,
+}
+
+impl<I: Copy + Ord> IpIndex<I> {
+    fn new(on: bool) -> IpIndex<I> {
+        IpIndex {
+            on,
+            sorted: Vec::new(),
+        }
+    }
+
+    fn count(&self, ip: &I) -> usize {
+        let ip = *ip;
+        let from = self.sorted.partition_point(|&x| x < ip);
+        self.sorted
+            .get(from..)
+            .map_or(0, |rest| rest.iter().take_while(|&&x| x == ip).count())
+    }
+
+    fn add<A: DhtAddr<Ip = I>>(&mut self, node: &NodeInfo<A>) {
+        if !self.on {
+            return;
+        }
+        let ip = node.addr.ip_of();
+        if self.sorted.len() == self.sorted.capacity() {
+            // Grow by an eighth, not double: the table itself bounds the length.
+            self.sorted.reserve_exact(self.sorted.len() / 8 + 4);
+        }
+        let at = self.sorted.partition_point(|&x| x < ip);
+        self.sorted.insert(at, ip);
+    }
+
+    fn remove<A: DhtAddr<Ip = I>>(&mut self, node: &NodeInfo<A>) {
+        if !self.on {
+            return;
+        }
+        let ip = node.addr.ip_of();
+        let at = self.sorted.partition_point(|&x| x < ip);
+        if self.sorted.get(at) == Some(&ip) {
+            self.sorted.remove(at);
+        }
+    }
 }
 
 fn push_replacement<A: DhtAddr>(bucket: &mut Bucket<A>, node: NodeInfo<A>) {
@@ -591,11 +745,11 @@ mod tests {
         assert_eq!(t.buckets()[0].replacements, vec![newcomer]);
         // First timeout: ping again; second: replaced by the newcomer.
         assert_eq!(
-            t.on_timeout(&ping.id, later),
+            t.on_timeout(&ping.id, ping.addr, later),
             TimeoutOutcome::PingAgain(ping)
         );
         assert_eq!(
-            t.on_timeout(&ping.id, later),
+            t.on_timeout(&ping.id, ping.addr, later),
             TimeoutOutcome::Replaced(newcomer)
         );
         assert!(t.get(&ping.id).is_none());
@@ -710,5 +864,233 @@ mod tests {
         assert_eq!(t.bucket_index(&v.id), 0);
         assert_eq!(t.on_response(v, Time(1)), Insert::Added);
         assert!(t.get(&v.id).is_some());
+    }
+}
+
+#[cfg(test)]
+mod table_round2_tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn node(first: u8, ip_last: u8) -> NodeInfo {
+        let mut id = [0u8; 20];
+        id[0] = first;
+        id[19] = ip_last;
+        NodeInfo {
+            id: Id(id),
+            addr: SocketAddrV4::new(Ipv4Addr::new(10, 0, first, ip_last), 6881),
+        }
+    }
+
+    /// Eight far nodes (bucket 0, no longer splittable) answered at `at`.
+    fn full_far_bucket(at: Time) -> RoutingTable {
+        let mut t = RoutingTable::new(Id::ZERO, 8, true, Time(0));
+        for i in 0..8 {
+            assert_eq!(t.on_response(node(0x80, i), at), Insert::Added);
+        }
+        assert_eq!(t.on_response(node(0x40, 1), at), Insert::Added);
+        assert_eq!(t.buckets().len(), 2);
+        t
+    }
+
+    #[test]
+    fn a_timeout_at_another_address_does_not_charge_the_entry() {
+        let mut t = full_far_bucket(Time(0));
+        let real = node(0x80, 3);
+        let dead = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 6881);
+        for _ in 0..3 {
+            assert_eq!(
+                t.on_timeout(&real.id, dead, Time(10)),
+                TimeoutOutcome::Unknown
+            );
+        }
+        let e = t.get(&real.id).expect("still listed");
+        assert_eq!(e.fails, 0);
+        assert_eq!(e.state(Time(10)), NodeState::Good);
+        // The same id at its own address is charged as before.
+        assert_eq!(
+            t.on_timeout(&real.id, real.addr, Time(10)),
+            TimeoutOutcome::Counted
+        );
+        assert_eq!(t.get(&real.id).map(|e| e.fails), Some(1));
+    }
+
+    #[test]
+    fn a_promoted_replacement_is_not_good_before_it_answers() {
+        // Early in the process clock (well within 15 minutes of Time(0)).
+        let mut t = full_far_bucket(Time(0));
+        let rep = node(0x90, 77);
+        assert_eq!(t.on_response(rep, Time(1_000)), Insert::Replacement);
+        let dying = node(0x80, 0);
+        assert_eq!(
+            t.on_timeout(&dying.id, dying.addr, Time(2_000)),
+            TimeoutOutcome::Counted
+        );
+        assert_eq!(
+            t.on_timeout(&dying.id, dying.addr, Time(3_000)),
+            TimeoutOutcome::Replaced(rep)
+        );
+        let now = Time(4_000);
+        let e = t.get(&rep.id).expect("promoted");
+        assert_eq!(e.state(now), NodeState::Questionable);
+        assert!(t.good_count(now) < t.len());
+        // Never handed out before it answers...
+        assert!(!t.closest(&rep.id, 16, now).contains(&rep));
+        // ...and once it answers it is good and handed out.
+        assert_eq!(t.on_response(rep, now), Insert::Added);
+        assert_eq!(t.get(&rep.id).map(|e| e.state(now)), Some(NodeState::Good));
+        assert!(t.closest(&rep.id, 16, now).contains(&rep));
+    }
+
+    #[test]
+    fn an_error_reply_settles_the_liveness_ping() {
+        let mut t = full_far_bucket(Time(0));
+        let later = Time(0) + GOOD_FOR + Duration::from_secs(1);
+        let Insert::PingFirst(p) = t.on_response(node(0x90, 50), later) else {
+            panic!("expected a ping-first");
+        };
+        assert!(t.get(&p.id).is_some_and(|e| e.pinging));
+        t.on_error_reply(&p.id, p.addr, later);
+        let e = t.get(&p.id).expect("listed");
+        assert!(!e.pinging, "flag cleared");
+        assert_eq!(
+            e.state(later),
+            NodeState::Good,
+            "an error proves it is alive"
+        );
+        // An error from another address proves nothing about the entry.
+        let mut t = full_far_bucket(Time(0));
+        let Insert::PingFirst(p) = t.on_response(node(0x90, 50), later) else {
+            panic!("expected a ping-first");
+        };
+        let other = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 1);
+        t.on_error_reply(&p.id, other, later);
+        assert_eq!(
+            t.get(&p.id).map(|e| e.state(later)),
+            Some(NodeState::Questionable)
+        );
+    }
+
+    #[test]
+    fn a_failed_send_clears_the_ping_flag() {
+        let mut t = full_far_bucket(Time(0));
+        let later = Time(0) + GOOD_FOR + Duration::from_secs(1);
+        let Insert::PingFirst(p) = t.on_response(node(0x90, 50), later) else {
+            panic!("expected a ping-first");
+        };
+        t.on_send_failed(&p.id, p.addr);
+        let e = t.get(&p.id).expect("listed");
+        assert!(!e.pinging);
+        assert_eq!(e.fails, 0, "our own failure is not charged");
+        assert!(t.questionable(later).contains(&p), "it can be pinged again");
+    }
+
+    #[test]
+    fn a_query_from_a_bucket_member_keeps_the_bucket_fresh() {
+        let mut t = RoutingTable::new(Id::ZERO, 8, true, Time(0));
+        let n = node(0x80, 1);
+        t.on_response(n, Time(0));
+        let age = Duration::from_secs(900);
+        // It queries us 14 minutes in: the bucket is not due 15 minutes after the start.
+        assert!(t.on_query(&n.id, n.addr, Time(0) + Duration::from_secs(840)));
+        assert!(t.stale_buckets(Time(0) + age, age).is_empty());
+        assert_eq!(
+            t.next_refresh_due(age),
+            Some(Time(0) + Duration::from_secs(840) + age)
+        );
+        // A query under a known id from another address does not count.
+        let mut t = RoutingTable::new(Id::ZERO, 8, true, Time(0));
+        t.on_response(n, Time(0));
+        let spoof = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 1);
+        assert!(!t.on_query(&n.id, spoof, Time(0) + Duration::from_secs(840)));
+        assert_eq!(t.stale_buckets(Time(0) + age, age), vec![0]);
+    }
+
+    #[test]
+    fn ip_counts_follow_inserts_replacements_and_recentring() {
+        let mut t = full_far_bucket(Time(0));
+        let dying = node(0x80, 0);
+        let rep = node(0x90, 77);
+        assert_eq!(t.on_response(rep, Time(1)), Insert::Replacement);
+        assert_eq!(t.entries_at_ip(dying.addr.ip()), 1);
+        assert_eq!(
+            t.entries_at_ip(rep.addr.ip()),
+            0,
+            "a replacement holds no slot"
+        );
+        t.on_timeout(&dying.id, dying.addr, Time(2));
+        assert_eq!(
+            t.on_timeout(&dying.id, dying.addr, Time(3)),
+            TimeoutOutcome::Replaced(rep)
+        );
+        assert_eq!(t.entries_at_ip(dying.addr.ip()), 0);
+        assert_eq!(t.entries_at_ip(rep.addr.ip()), 1);
+        // The freed IP may enter again (as another id); the taken one may not.
+        let mut again = node(0x40, 9);
+        again.addr = dying.addr;
+        assert_eq!(t.on_response(again, Time(4)), Insert::Added);
+        let mut dup = node(0x41, 9);
+        dup.addr = rep.addr;
+        assert_eq!(t.on_response(dup, Time(4)), Insert::Refused);
+        // Every entry is counted exactly once, also after re-bucketing around a new id.
+        let count = |t: &RoutingTable| {
+            t.iter()
+                .map(|e| t.entries_at_ip(e.node.addr.ip()))
+                .sum::<usize>()
+        };
+        assert_eq!(count(&t), t.len());
+        t.recentre(Id([0xff; 20]), Time(5));
+        assert_eq!(count(&t), t.len());
+        assert!(!t.is_empty());
+    }
+
+    #[test]
+    fn a_replacement_whose_ip_entered_meanwhile_is_skipped() {
+        let mut t = full_far_bucket(Time(0));
+        let dying = node(0x80, 0);
+        let older = node(0x91, 60);
+        let newer = node(0x90, 77);
+        assert_eq!(t.on_response(older, Time(1)), Insert::Replacement);
+        assert_eq!(t.on_response(newer, Time(1)), Insert::Replacement);
+        // `newer`'s IP enters the table under another id in another bucket.
+        let mut twin = node(0x40, 5);
+        twin.addr = newer.addr;
+        assert_eq!(t.on_response(twin, Time(1)), Insert::Added);
+        t.on_timeout(&dying.id, dying.addr, Time(2));
+        assert_eq!(
+            t.on_timeout(&dying.id, dying.addr, Time(3)),
+            TimeoutOutcome::Replaced(older)
+        );
+        assert_eq!(t.entries_at_ip(newer.addr.ip()), 1);
+    }
+}
+
+#[cfg(test)]
+mod ipv6_index_tests {
+    use super::*;
+    use std::net::{Ipv6Addr, SocketAddrV6};
+
+    fn node6(first: u8, ip: Ipv6Addr, port: u16) -> NodeInfo<SocketAddrV6> {
+        let mut id = [0u8; 20];
+        id[0] = first;
+        id[19] = port as u8;
+        NodeInfo {
+            id: Id(id),
+            addr: SocketAddrV6::new(ip, port, 0, 0),
+        }
+    }
+
+    #[test]
+    fn one_entry_per_ipv6_address() {
+        let mut t: RoutingTable<SocketAddrV6> = RoutingTable::new(Id([0; 20]), 8, true, Time(0));
+        let a: Ipv6Addr = "fd00::1".parse().unwrap();
+        let b: Ipv6Addr = "fd00::2".parse().unwrap();
+        assert_eq!(t.on_response(node6(0x80, a, 1), Time(1)), Insert::Added);
+        // Another id at the same IPv6 address is refused; the index sees it.
+        assert_eq!(t.on_response(node6(0x40, a, 2), Time(1)), Insert::Refused);
+        assert_eq!(t.entries_at_ip(&a), 1);
+        assert_eq!(t.on_response(node6(0x40, b, 2), Time(1)), Insert::Added);
+        assert_eq!(t.entries_at_ip(&b), 1);
+        assert_eq!(t.entries_at_ip(&"fd00::3".parse().unwrap()), 0);
     }
 }

@@ -1,12 +1,19 @@
 //! What other nodes announced to us, and the write tokens that gate announcing.
 //!
-//! The store is bounded four ways (peers per info-hash, peers per info-hash from one IP,
-//! info-hashes, peers in total). At capacity it refuses new announces rather than evicting
-//! live ones: whoever floods us cannot push out the torrents that are in use, and one IP
-//! announcing from many ports only ever replaces its own entries. Room is made only from
-//! announces that expired. Nothing is allocated until the first announce arrives (a million
-//! simulated nodes mostly store nothing).
+//! The store is bounded five ways (peers per info-hash, peers per info-hash from one IP,
+//! entries from one IP across the whole store, info-hashes, peers in total). At capacity it
+//! refuses new info-hashes rather than evicting live torrents: whoever floods us cannot push
+//! out the torrents that are in use, and room is made only from announces that expired. One
+//! IP cannot take the store's slots for itself: it holds at most [`StoreLimits::per_ip`]
+//! entries in all. Inside one torrent's list the reverse holds: a full list takes a newcomer
+//! in place of an entry of the IP holding the most entries there (else the oldest entry), so
+//! a few IPs announcing from many ports cannot lock a torrent until their announces expire,
+//! and one IP announcing from many ports only ever replaces its own entries. Nothing is
+//! allocated until the first announce arrives (a million simulated nodes mostly store
+//! nothing).
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, SocketAddrV4};
 use std::time::Duration;
 
@@ -28,6 +35,14 @@ pub struct StoreLimits {
     /// Peers kept per info-hash from one IP (several clients behind one NAT), so one source
     /// cannot fill a torrent's list by announcing from many ports.
     pub per_ip_per_infohash: usize,
+    /// Entries kept from one IP across the whole store, so one source cannot fill the
+    /// store's info-hash or peer slots by announcing many info-hashes. Honest sources stay
+    /// far below it: a client announces each torrent only to the ~8 nodes closest to its
+    /// info-hash, so of all the torrents behind one IP (even a seedbox's thousands, or a
+    /// carrier NAT's users) only a tiny fraction is ever stored by any one node. Default: 1%
+    /// of the smaller of `infohashes` and `total_peers` (200), so it takes at least 100 IPs
+    /// to fill the store.
+    pub per_ip: usize,
     /// Info-hashes kept.
     pub infohashes: usize,
     /// Peers kept in total.
@@ -38,11 +53,14 @@ pub struct StoreLimits {
 
 impl Default for StoreLimits {
     fn default() -> Self {
+        let infohashes = 20_000;
+        let total_peers = 200_000;
         StoreLimits {
             per_infohash: 500,
             per_ip_per_infohash: 4,
-            infohashes: 20_000,
-            total_peers: 200_000,
+            per_ip: infohashes.min(total_peers) / 100,
+            infohashes,
+            total_peers,
             ttl: Duration::from_secs(30 * 60),
         }
     }
@@ -51,19 +69,20 @@ impl Default for StoreLimits {
 /// What an accepted announce did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stored {
-    /// A new entry (possibly replacing an older one of the same IP at its cap).
+    /// A new entry (possibly replacing an older one of the same IP at its cap, or, in a full
+    /// list, one of the IP holding the most entries there, else the oldest).
     Added,
     /// The peer was already stored; its lifetime starts over.
     Renewed,
 }
 
 /// Why an announce was refused: the store keeps what it has rather than evicting live
-/// entries, so the announcer should store itself elsewhere.
+/// torrents, so the announcer should store itself elsewhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreFull {
-    /// The info-hash already has its maximum of live peers.
-    #[error("this info-hash has all the peers it may keep")]
-    Infohash,
+    /// The announcing IP already holds its maximum of entries across the store.
+    #[error("this IP holds all the entries it may")]
+    PerIp,
     /// The store holds its maximum of info-hashes.
     #[error("no room for another info-hash")]
     Infohashes,
@@ -79,10 +98,72 @@ struct StoredPeer<A> {
 }
 
 /// Announced peers per info-hash.
-pub struct PeerStore<A = SocketAddrV4> {
+pub struct PeerStore<A: DhtAddr = SocketAddrV4> {
     limits: StoreLimits,
     map: Option<LruCache<Id, Vec<StoredPeer<A>>>>,
+    /// Entries held per source IP, kept in step with every insert, replacement and removal;
+    /// an IP leaves it when its last entry goes, so it never has more keys than entries.
+    per_ip: HashMap<A::Ip, usize>,
     total: usize,
+}
+
+/// Counts one more entry for `ip`.
+fn count_in<I: Eq + Hash>(per_ip: &mut HashMap<I, usize>, ip: I) {
+    *per_ip.entry(ip).or_insert(0) += 1;
+}
+
+/// Counts one entry less for `ip`, forgetting the IP at zero.
+fn count_out<I: Eq + Hash>(per_ip: &mut HashMap<I, usize>, ip: I) {
+    if let Some(n) = per_ip.get_mut(&ip) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            per_ip.remove(&ip);
+        }
+    }
+}
+
+/// Drops the entries of `list` that expired by `now`, keeping the counts in step.
+fn drop_expired<A: DhtAddr>(
+    list: &mut Vec<StoredPeer<A>>,
+    total: &mut usize,
+    per_ip: &mut HashMap<A::Ip, usize>,
+    now: Time,
+) {
+    list.retain(|p| {
+        let live = p.expires > now;
+        if !live {
+            *total = total.saturating_sub(1);
+            count_out(per_ip, p.addr.ip_of());
+        }
+        live
+    });
+}
+
+/// Which entry of a full list a newcomer replaces: the oldest entry of the IP holding the
+/// most entries there if it holds more than one (the many-ports squatter pays first), else
+/// the oldest entry of the list (the one closest to expiring; honest peers renew theirs).
+fn victim<A: DhtAddr>(list: &[StoredPeer<A>]) -> Option<usize> {
+    let mut ips: Vec<A::Ip> = list.iter().map(|p| p.addr.ip_of()).collect();
+    ips.sort_unstable();
+    let mut heaviest: Option<(usize, A::Ip)> = None;
+    for run in ips.chunk_by(|a, b| a == b) {
+        if let Some(&ip) = run.first() {
+            if heaviest.is_none_or(|(n, _)| run.len() > n) {
+                heaviest = Some((run.len(), ip));
+            }
+        }
+    }
+    let oldest_of = |pick: &dyn Fn(&StoredPeer<A>) -> bool| {
+        list.iter()
+            .enumerate()
+            .filter(|(_, p)| pick(p))
+            .min_by_key(|(_, p)| p.expires)
+            .map(|(i, _)| i)
+    };
+    match heaviest {
+        Some((n, ip)) if n > 1 => oldest_of(&|p| p.addr.ip_of() == ip),
+        _ => oldest_of(&|_| true),
+    }
 }
 
 impl<A: DhtAddr> PeerStore<A> {
@@ -91,6 +172,7 @@ impl<A: DhtAddr> PeerStore<A> {
         PeerStore {
             limits,
             map: None,
+            per_ip: HashMap::new(),
             total: 0,
         }
     }
@@ -98,48 +180,60 @@ impl<A: DhtAddr> PeerStore<A> {
     /// Records `peer` for `info_hash` at `now`, or says why there is no room for it.
     pub fn announce(&mut self, info_hash: Id, peer: A, now: Time) -> Result<Stored, StoreFull> {
         let expires = now + self.limits.ttl;
-        let per_ip = self.limits.per_ip_per_infohash.max(1);
+        let new = StoredPeer {
+            addr: peer,
+            expires,
+        };
+        let ip = peer.ip_of();
+        let per_ip_here = self.limits.per_ip_per_infohash.max(1);
+        let per_ip_cap = self.limits.per_ip.max(1);
+        let per_infohash = self.limits.per_infohash.max(1);
         let map = self.map.get_or_insert_with(LruCache::unbounded);
         // `get_mut` also marks the info-hash as recently announced.
-        let (exists, len) = match map.get_mut(&info_hash) {
+        let exists = match map.get_mut(&info_hash) {
             Some(list) => {
                 if let Some(p) = list.iter_mut().find(|p| p.addr == peer) {
                     p.expires = expires;
                     return Ok(Stored::Renewed);
                 }
-                let before = list.len();
-                list.retain(|p| p.expires > now);
-                self.total -= before - list.len();
-                let same_ip = list
-                    .iter()
-                    .filter(|p| p.addr.ip_of() == peer.ip_of())
-                    .count();
-                if same_ip >= per_ip {
+                drop_expired(list, &mut self.total, &mut self.per_ip, now);
+                let same_ip = list.iter().filter(|p| p.addr.ip_of() == ip).count();
+                if same_ip >= per_ip_here {
                     // This IP is at its cap here: its newest port replaces its oldest entry,
-                    // never anyone else's.
+                    // never anyone else's (its count across the store stays the same).
                     if let Some(own) = list
                         .iter_mut()
-                        .filter(|p| p.addr.ip_of() == peer.ip_of())
+                        .filter(|p| p.addr.ip_of() == ip)
                         .min_by_key(|p| p.expires)
                     {
-                        *own = StoredPeer {
-                            addr: peer,
-                            expires,
-                        };
+                        *own = new;
                     }
                     return Ok(Stored::Added);
                 }
-                (true, list.len())
+                if self.per_ip.get(&ip).copied().unwrap_or(0) >= per_ip_cap {
+                    return Err(StoreFull::PerIp);
+                }
+                if list.len() >= per_infohash {
+                    // Full: take the newcomer in place of the heaviest IP's oldest entry (or
+                    // the oldest entry), so a full list cannot lock honest announcers out.
+                    if let Some(slot) = victim(list).and_then(|i| list.get_mut(i)) {
+                        count_out(&mut self.per_ip, slot.addr.ip_of());
+                        *slot = new;
+                        count_in(&mut self.per_ip, ip);
+                        return Ok(Stored::Added);
+                    }
+                }
+                true
             }
-            None => (false, 0),
+            None => false,
         };
-        if exists && len >= self.limits.per_infohash {
-            return Err(StoreFull::Infohash);
+        if !exists && self.per_ip.get(&ip).copied().unwrap_or(0) >= per_ip_cap {
+            return Err(StoreFull::PerIp);
         }
         let infohashes_full =
             |m: &LruCache<Id, Vec<StoredPeer<A>>>| !exists && m.len() >= self.limits.infohashes;
         if self.total >= self.limits.total_peers || infohashes_full(map) {
-            evict_expired(map, &mut self.total, now, &info_hash);
+            evict_expired(map, &mut self.total, &mut self.per_ip, now, &info_hash);
         }
         if self.total >= self.limits.total_peers {
             return Err(StoreFull::TotalPeers);
@@ -147,11 +241,9 @@ impl<A: DhtAddr> PeerStore<A> {
         if infohashes_full(map) {
             return Err(StoreFull::Infohashes);
         }
-        map.get_or_insert_mut(info_hash, Vec::new).push(StoredPeer {
-            addr: peer,
-            expires,
-        });
+        map.get_or_insert_mut(info_hash, Vec::new).push(new);
         self.total += 1;
+        count_in(&mut self.per_ip, ip);
         Ok(Stored::Added)
     }
 
@@ -184,9 +276,7 @@ impl<A: DhtAddr> PeerStore<A> {
         };
         let mut empty = Vec::new();
         for (k, list) in map.iter_mut() {
-            let before = list.len();
-            list.retain(|p| p.expires > now);
-            self.total -= before - list.len();
+            drop_expired(list, &mut self.total, &mut self.per_ip, now);
             if list.is_empty() {
                 empty.push(*k);
             }
@@ -205,14 +295,21 @@ impl<A: DhtAddr> PeerStore<A> {
     pub fn peer_count(&self) -> usize {
         self.total
     }
+
+    /// Entries stored from `ip` across all info-hashes (the count [`StoreLimits::per_ip`]
+    /// caps), for tests and status output.
+    pub fn entries_from(&self, ip: A::Ip) -> usize {
+        self.per_ip.get(&ip).copied().unwrap_or(0)
+    }
 }
 
 /// Makes room from the least recently announced info-hashes whose peers all expired (an
 /// info-hash announced later than a live one cannot be all expired, so the scan stops at the
 /// first live one). `keep` is the info-hash being announced.
-fn evict_expired<A>(
+fn evict_expired<A: DhtAddr>(
     map: &mut LruCache<Id, Vec<StoredPeer<A>>>,
     total: &mut usize,
+    per_ip: &mut HashMap<A::Ip, usize>,
     now: Time,
     keep: &Id,
 ) {
@@ -221,7 +318,10 @@ fn evict_expired<A>(
             break;
         }
         if let Some((_, gone)) = map.pop_lru() {
-            *total -= gone.len();
+            *total = total.saturating_sub(gone.len());
+            for p in &gone {
+                count_out(per_ip, p.addr.ip_of());
+            }
         }
     }
 }
@@ -431,14 +531,17 @@ mod tests {
             s.announce(ih(9), peer(99), Time(1)),
             Err(StoreFull::Infohashes)
         );
-        // A full torrent refuses a newcomer rather than dropping a live peer.
+        // A full torrent takes a newcomer in place of its oldest entry (every IP holds
+        // one here), without growing.
         assert_eq!(s.announce(ih(0), peer(5), Time(1)), Ok(Stored::Added));
+        assert_eq!(s.announce(ih(0), peer(6), Time(1)), Ok(Stored::Added));
         assert_eq!(
-            s.announce(ih(0), peer(6), Time(1)),
-            Err(StoreFull::Infohash)
+            live(&mut s, &ih(0), Time(1)),
+            vec![peer(6), peer(1), peer(5)]
         );
+        assert_eq!(s.peer_count(), 9);
         // Renewing a stored peer always works.
-        assert_eq!(s.announce(ih(0), peer(0), Time(2)), Ok(Stored::Renewed));
+        assert_eq!(s.announce(ih(0), peer(1), Time(2)), Ok(Stored::Renewed));
         // Total cap: 9 stored, one more fits, then no more.
         assert_eq!(s.announce(ih(1), peer(15), Time(2)), Ok(Stored::Added));
         assert_eq!(
@@ -457,5 +560,143 @@ mod tests {
         assert_eq!(s.announce(ih(9), peer(99), later), Ok(Stored::Added));
         assert!(s.infohash_count() <= 4);
         assert!(s.peer_count() <= 10);
+    }
+
+    fn ih_n(i: u32) -> Id {
+        let mut ih = [0u8; 20];
+        ih[..4].copy_from_slice(&i.to_be_bytes());
+        Id(ih)
+    }
+
+    #[test]
+    fn one_ip_cannot_fill_the_stores_infohash_slots() {
+        let limits = StoreLimits::default();
+        let (cap, infohashes, ttl) = (limits.per_ip, limits.infohashes, limits.ttl);
+        assert!(
+            cap > 0 && cap * 100 <= infohashes,
+            "default cap is 1% of the slots"
+        );
+        let mut s = PeerStore::new(limits);
+        // One IP announces as many random info-hashes as the store has slots.
+        let attacker = Ipv4Addr::new(6, 6, 6, 6);
+        let mut refused = 0;
+        for i in 0..infohashes as u32 {
+            let port = 1000 + (i % 4) as u16;
+            let at = Time(u64::from(i) * 45);
+            match s.announce(ih_n(i), SocketAddrV4::new(attacker, port), at) {
+                Ok(_) => {}
+                Err(e) => {
+                    assert_eq!(e, StoreFull::PerIp);
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(s.entries_from(attacker), cap);
+        assert_eq!(s.peer_count(), cap);
+        assert_eq!(refused, infohashes - cap);
+        // Everyone else still gets new torrents in.
+        let now = Time(u64::from(infohashes as u32) * 45);
+        for i in 0..100u32 {
+            assert_eq!(
+                s.announce(ih_n(1_000_000 + i), peer(i), now),
+                Ok(Stored::Added),
+                "honest torrent {i} refused"
+            );
+        }
+        // Renewing what it holds still works; the count follows expiry.
+        assert_eq!(
+            s.announce(ih_n(0), SocketAddrV4::new(attacker, 1000), now),
+            Ok(Stored::Renewed)
+        );
+        s.expire(now + ttl + Duration::from_secs(1));
+        assert_eq!(s.entries_from(attacker), 0);
+        assert_eq!(s.peer_count(), 0);
+        let later = now + ttl * 2;
+        assert_eq!(
+            s.announce(ih_n(7), SocketAddrV4::new(attacker, 1000), later),
+            Ok(Stored::Added)
+        );
+        assert_eq!(s.entries_from(attacker), 1);
+    }
+
+    #[test]
+    fn a_full_torrent_takes_newcomers_in_place_of_the_ip_with_most_entries() {
+        let limits = StoreLimits::default();
+        let (full, per_ip) = (limits.per_infohash, limits.per_ip_per_infohash);
+        let mut s = PeerStore::new(limits);
+        let ih = Id([5; 20]);
+        // 125 IPs x 4 ports fill the list.
+        let attackers: Vec<Ipv4Addr> = (0..(full / per_ip) as u32)
+            .map(|i| Ipv4Addr::from(0x0b00_0000 + i))
+            .collect();
+        for ip in &attackers {
+            for port in 0..per_ip as u16 {
+                let _ = s.announce(ih, SocketAddrV4::new(*ip, 2000 + port), Time(0));
+            }
+        }
+        assert_eq!(live(&mut s, &ih, Time(1)).len(), full);
+        // Honest announcers still get in, each taking one attacker entry.
+        let honest: Vec<SocketAddrV4> = (1..=100).map(peer).collect();
+        for p in &honest {
+            assert_eq!(
+                s.announce(ih, *p, Time(10)),
+                Ok(Stored::Added),
+                "{p} refused"
+            );
+        }
+        let got = live(&mut s, &ih, Time(11));
+        assert_eq!(got.len(), full);
+        for p in &honest {
+            assert!(got.contains(p), "honest peer {p} missing");
+        }
+        // The attackers announce all their ports again: they only displace each other.
+        for ip in &attackers {
+            for port in 0..per_ip as u16 {
+                let _ = s.announce(ih, SocketAddrV4::new(*ip, 2000 + port), Time(20));
+            }
+        }
+        let got = live(&mut s, &ih, Time(21));
+        assert_eq!(got.len(), full);
+        for p in &honest {
+            assert!(
+                got.contains(p),
+                "honest peer {p} evicted by the re-announce"
+            );
+        }
+        // The per-IP counts stayed in step with the replacements.
+        let counted: usize = attackers
+            .iter()
+            .map(|ip| s.entries_from(*ip))
+            .sum::<usize>()
+            + honest
+                .iter()
+                .map(|p| s.entries_from(*p.ip()))
+                .sum::<usize>();
+        assert_eq!(counted, s.peer_count());
+        assert_eq!(s.peer_count(), full);
+    }
+
+    #[test]
+    fn per_ip_cap_holds_for_ipv6() {
+        use std::net::{Ipv6Addr, SocketAddrV6};
+        let limits = StoreLimits::default();
+        let cap = limits.per_ip;
+        let mut s: PeerStore<SocketAddrV6> = PeerStore::new(limits);
+        let attacker: Ipv6Addr = "2001:db8::6".parse().unwrap();
+        let mut refused = 0;
+        for i in 0..(cap as u32 + 50) {
+            let peer = SocketAddrV6::new(attacker, 1000 + (i % 4) as u16, 0, 0);
+            if let Err(e) = s.announce(ih_n(i), peer, Time(u64::from(i))) {
+                assert_eq!(e, StoreFull::PerIp);
+                refused += 1;
+            }
+        }
+        assert_eq!(s.entries_from(attacker), cap);
+        assert_eq!(refused, 50);
+        let honest = SocketAddrV6::new("2001:db8::7".parse().unwrap(), 1, 0, 0);
+        assert_eq!(
+            s.announce(ih_n(9_999_999), honest, Time(1_000)),
+            Ok(Stored::Added)
+        );
     }
 }

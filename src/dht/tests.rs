@@ -70,7 +70,9 @@ impl Net {
         }
         loop {
             let next_packet = self.queue.keys().next().map(|k| Time(k.0));
+            // A dead node neither receives nor sends: its timers stop too.
             let next_timer = (0..self.nodes.len())
+                .filter(|&i| !self.dead[i])
                 .filter_map(|i| self.nodes[i].poll_timeout().map(|t| (t, i)))
                 .min();
             let step = match (next_packet, next_timer) {
@@ -411,7 +413,8 @@ fn questionable_node_is_pinged_before_replacement_through_the_node() {
     for i in 1..20 {
         net.dead[i] = true;
     }
-    let t = net.now + Duration::from_secs(16 * 60);
+    // Two refresh rounds (a bucket is refreshed once per 15 minutes, one bucket per tick).
+    let t = net.now + Duration::from_secs(32 * 60);
     net.run_until(t);
     // The refresh lookups hit dead nodes: two failures each and they turn bad, but with no
     // replacement waiting they stay listed as bad (never silently dropped for nobody).
@@ -695,4 +698,51 @@ fn verification_pings_stay_within_one_token_bucket() {
         "{} verification pings within {span_ms} ms, bound {bound}",
         pings.len()
     );
+}
+
+#[test]
+fn an_announce_refused_at_capacity_gets_a_normal_reply_and_is_counted() {
+    let mut cfg = Config::default();
+    cfg.store.infohashes = 1;
+    let mut node = Dht::new(Id([1; 20]), cfg, 1, Time(0));
+    let from = addr(7);
+    let ask = |node: &mut Dht, info_hash: Id| -> Message {
+        node.handle_datagram(
+            Time(0),
+            from,
+            &query(b"g", true, Method::GetPeers { info_hash }),
+        );
+        let Body::Response(r) = Message::decode(&node.poll_transmit().unwrap().data)
+            .unwrap()
+            .body
+        else {
+            panic!("expected a response")
+        };
+        node.handle_datagram(
+            Time(1),
+            from,
+            &query(
+                b"a",
+                true,
+                Method::AnnouncePeer {
+                    info_hash,
+                    port: 5000,
+                    implied_port: false,
+                    token: r.token.expect("get_peers gives a token"),
+                },
+            ),
+        );
+        Message::decode(&node.poll_transmit().unwrap().data).unwrap()
+    };
+    let reply = ask(&mut node, Id([3; 20]));
+    assert!(matches!(reply.body, Body::Response(_)), "{reply:?}");
+    assert_eq!(node.stats().announces_in, 1);
+    // The store has no room for a second info-hash: not stored, counted, but answered
+    // like a success (no 202 for libtorrent to hold against us).
+    let reply = ask(&mut node, Id([4; 20]));
+    assert!(matches!(reply.body, Body::Response(_)), "{reply:?}");
+    assert_eq!(node.stats().announces_in, 1);
+    assert_eq!(node.stats().announces_refused, 1);
+    assert_eq!(node.store().peer_count(), 1);
+    assert_eq!(node.store().infohash_count(), 1);
 }

@@ -130,6 +130,9 @@ pub struct SendBatch {
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     sent: usize,
+    /// Datagrams the kernel refused since the last [`SendBatch::take_failed`] (at most one
+    /// batch: the driver collects them after every send).
+    failed: Vec<(SocketAddrV4, Vec<u8>)>,
 }
 
 // SAFETY: as for RecvBatch.
@@ -143,7 +146,14 @@ impl SendBatch {
             iovs: Vec::with_capacity(BATCH),
             hdrs: Vec::with_capacity(BATCH),
             sent: 0,
+            failed: Vec::new(),
         }
+    }
+
+    /// The datagrams refused since the last call (destination and bytes), so the driver can
+    /// tell the core its own send failed rather than the remote.
+    pub fn take_failed(&mut self) -> Vec<(SocketAddrV4, Vec<u8>)> {
+        std::mem::take(&mut self.failed)
     }
 
     /// Queues a datagram.
@@ -200,8 +210,16 @@ impl SendBatch {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                // The first datagram was refused (unreachable, bad address): skip it.
+                // The first datagram was refused (unreachable, bad address): skip it, and
+                // remember it for the caller.
                 tracing::debug!("send failed: {e}");
+                if let Some((addr, data)) = self.items.get_mut(self.sent) {
+                    if self.failed.len() < BATCH * 4 {
+                        if let Some(to) = from_sockaddr(addr) {
+                            self.failed.push((to, std::mem::take(data)));
+                        }
+                    }
+                }
                 self.sent += 1;
                 continue;
             }
@@ -258,5 +276,24 @@ mod tests {
         for (i, d) in got.iter().enumerate() {
             assert_eq!(d, &vec![i as u8; i + 1]);
         }
+    }
+
+    #[test]
+    fn refused_datagrams_are_handed_back() {
+        // Broadcast without SO_BROADCAST: the kernel refuses it (EACCES), a local error.
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ok = match b.local_addr().unwrap() {
+            std::net::SocketAddr::V4(v) => v,
+            _ => unreachable!(),
+        };
+        let refused = SocketAddrV4::new(Ipv4Addr::BROADCAST, 6881);
+        let mut s = SendBatch::new();
+        s.push(&ok, b"first".to_vec());
+        s.push(&refused, b"lost".to_vec());
+        s.push(&ok, b"third".to_vec());
+        s.send(a.as_raw_fd()).unwrap();
+        assert_eq!(s.take_failed(), vec![(refused, b"lost".to_vec())]);
+        assert!(s.take_failed().is_empty());
     }
 }

@@ -62,8 +62,9 @@ pub struct NodeOptions {
     pub bind6: Option<SocketAddr>,
     /// Bootstrap contacts as `host:port`, resolved by the driver.
     pub bootstrap: Vec<String>,
-    /// Extra known node addresses (e.g. from saved state).
-    pub known_nodes: Vec<SocketAddrV4>,
+    /// Contacts saved by an earlier run, with their ids (they may enter the routing table;
+    /// the bootstrap routers never do).
+    pub known_nodes: Vec<crate::krpc::NodeInfo>,
     /// Node id; random if `None`.
     pub id: Option<Id>,
     /// Core tunables.
@@ -636,9 +637,10 @@ impl Driver {
     }
 
     /// Resolves the bootstrap hosts concurrently (each bounded to 5 s), so one slow or dead
-    /// name server entry does not hold up the others.
-    /// Names resolve to both families (A and AAAA); `[v6]:port` is accepted as given.
-    async fn resolve(bootstrap: &[String]) -> Vec<SocketAddr> {
+    /// name server entry does not hold up the others: (index in `bootstrap`, addresses), in
+    /// the order the user gave. Names resolve to both families (A and AAAA); `[v6]:port` is
+    /// accepted as given.
+    async fn resolve(bootstrap: &[String]) -> Vec<(usize, Vec<SocketAddr>)> {
         let mut tasks = tokio::task::JoinSet::new();
         for (i, host) in bootstrap.iter().enumerate() {
             let host = host.clone();
@@ -663,20 +665,44 @@ impl Driver {
         }
         // Keep the order the user gave.
         resolved.sort_by_key(|(i, _)| *i);
-        resolved.into_iter().flat_map(|(_, a)| a).collect()
+        resolved
     }
 
     async fn run(mut self, opts: NodeOptions) {
-        let resolved = Driver::resolve(&opts.bootstrap).await;
-        let mut addrs: Vec<SocketAddrV4> = resolved
+        let per_host = Driver::resolve(&opts.bootstrap).await;
+        // Contacts named by host name (`router.bittorrent.com:6881`) are routers, which never
+        // enter the table; an address literal is an ordinary node. Both families.
+        let routers: Vec<SocketAddr> = per_host
+            .iter()
+            .filter(|(i, _)| {
+                opts.bootstrap
+                    .get(*i)
+                    .is_some_and(|h| h.parse::<SocketAddr>().is_err())
+            })
+            .flat_map(|(_, a)| a.iter().copied())
+            .collect();
+        let routers4: Vec<SocketAddrV4> = routers
             .iter()
             .filter_map(|a| SocketAddrV4::from_socket_addr(*a))
             .collect();
-        addrs.extend(opts.known_nodes.iter().copied());
+        let routers6: Vec<SocketAddrV6> = routers
+            .iter()
+            .filter_map(|a| SocketAddrV6::from_socket_addr(*a))
+            .collect();
+        self.dht.add_routers(&routers4);
+        if let Some(v6) = self.v6.as_mut() {
+            v6.dht.add_routers(&routers6);
+        }
+        let resolved: Vec<SocketAddr> = per_host.into_iter().flat_map(|(_, a)| a).collect();
+        let addrs: Vec<SocketAddrV4> = resolved
+            .iter()
+            .filter_map(|a| SocketAddrV4::from_socket_addr(*a))
+            .collect();
         let addrs6: Vec<SocketAddrV6> = resolved
             .iter()
             .filter_map(|a| SocketAddrV6::from_socket_addr(*a))
             .collect();
+        self.dht.add_saved_nodes(&opts.known_nodes);
         let now = self.now();
         if opts.join {
             self.dht.bootstrap(now, &addrs);
@@ -864,6 +890,16 @@ impl Driver {
                     }
                 }
             }
+            self.report_send_failures();
+        }
+    }
+
+    /// Tells the core which datagrams the kernel refused (ENETUNREACH, ENOBUFS, ...): our
+    /// own failures, which must not count as the remote's timeouts.
+    fn report_send_failures(&mut self) {
+        let now = self.now();
+        for (to, data) in self.send.take_failed() {
+            self.dht.on_send_error(now, to, &data);
         }
     }
 

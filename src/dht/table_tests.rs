@@ -1,0 +1,372 @@
+//! Node-level tests of the routing-table side of the core (issue 9, round 2): timeouts charged
+//! by id *and* address, error replies and failed sends settle liveness pings, our own send
+//! failures are not the remote's, saved state, routers, refresh scheduling and BEP 42 joins.
+//! Each drives one [`Dht`] with fake time and hand-made datagrams: no sockets, no sleeps.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use super::*;
+use crate::id::Id;
+use crate::krpc::{Body, ErrorCode, KrpcError, Message, Method, NodeInfo, Query, Response};
+
+const LATER: Duration = Duration::from_secs(16 * 60);
+
+fn priv_addr(i: u8) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(10, 7, 0, i), 6881)
+}
+
+fn far(i: u8) -> NodeInfo {
+    let mut id = [0x80u8; 20];
+    id[19] = i;
+    NodeInfo {
+        id: Id(id),
+        addr: priv_addr(i + 1),
+    }
+}
+
+/// A node with id 0 whose far bucket holds 8 nodes and whose near bucket holds one, all
+/// having answered at `Time(0)`.
+fn node_with_table() -> Dht {
+    let mut d = Dht::new(Id::ZERO, Config::default(), 1, Time(0));
+    for i in 0..8 {
+        assert_eq!(d.insert_node(Time(0), far(i)), Insert::Added);
+    }
+    let near = NodeInfo {
+        id: Id([0x40; 20]),
+        addr: priv_addr(100),
+    };
+    assert_eq!(d.insert_node(Time(0), near), Insert::Added);
+    assert_eq!(d.routing_table().buckets().len(), 2);
+    d
+}
+
+fn sent(d: &mut Dht) -> Vec<(SocketAddrV4, Message)> {
+    let mut out = Vec::new();
+    while let Some(t) = d.poll_transmit() {
+        if let Ok(m) = Message::decode(&t.data) {
+            out.push((t.to, m));
+        }
+    }
+    out
+}
+
+fn is_query(m: &Message) -> bool {
+    matches!(m.body, Body::Query(_))
+}
+
+fn reply(
+    d: &mut Dht,
+    now: Time,
+    from: SocketAddrV4,
+    q: &Message,
+    id: Id,
+    ip: Option<SocketAddrV4>,
+) {
+    let r = Message {
+        tid: q.tid.clone(),
+        version: None,
+        ip: ip.map(std::net::SocketAddr::V4),
+        read_only: false,
+        body: Body::Response(Response {
+            id,
+            ..Response::default()
+        }),
+    };
+    d.handle_datagram(now, from, &r.encode());
+}
+
+fn reply_error(d: &mut Dht, now: Time, from: SocketAddrV4, q: &Message) {
+    let r = Message {
+        tid: q.tid.clone(),
+        version: None,
+        ip: None,
+        read_only: false,
+        body: Body::Error(KrpcError {
+            code: ErrorCode::Server,
+            message: b"busy".to_vec(),
+        }),
+    };
+    d.handle_datagram(now, from, &r.encode());
+}
+
+#[test]
+fn spoofed_queries_under_a_known_id_do_not_make_the_real_node_bad() {
+    let mut d = Dht::new(Id::ZERO, Config::default(), 1, Time(0));
+    let x = far(1);
+    d.insert_node(Time(0), x);
+    // An attacker keeps querying us under X's id from an address that never answers: each
+    // query earns a verification ping to (X.id, dead address), which times out.
+    let dead = priv_addr(66);
+    let mut now = Time(1_000);
+    for round in 0..4u8 {
+        let q = Message {
+            tid: vec![b'q', round],
+            version: None,
+            ip: None,
+            read_only: false,
+            body: Body::Query(Query {
+                id: x.id,
+                method: Method::Ping,
+                want: crate::krpc::Want::NONE,
+            }),
+        };
+        d.handle_datagram(now, dead, &q.encode());
+        let out = sent(&mut d);
+        assert!(
+            out.iter().any(|(to, m)| *to == dead && is_query(m)),
+            "round {round}: a verification ping went to the dead address"
+        );
+        now = now + Duration::from_secs(3);
+        d.handle_timeout(now);
+    }
+    assert!(d.stats().timeouts >= 4);
+    let e = d.routing_table().get(&x.id).expect("X still listed");
+    assert_eq!(e.fails, 0, "X was charged for another address's silence");
+    assert_eq!(e.state(now), NodeState::Good);
+}
+
+#[test]
+fn an_error_reply_to_a_ping_first_clears_the_flag() {
+    let mut d = node_with_table();
+    let later = Time(0) + LATER;
+    // A newcomer answers while the far bucket is full of questionable nodes: the stalest
+    // one gets a liveness ping...
+    let newcomer = priv_addr(50);
+    d.add_node(later, newcomer);
+    let out = sent(&mut d);
+    let (_, ping) = out.iter().find(|(to, _)| *to == newcomer).expect("ping");
+    reply(&mut d, later, newcomer, ping, Id([0x90; 20]), None);
+    let out = sent(&mut d);
+    let (to, ping) = out
+        .iter()
+        .find(|(_, m)| is_query(m))
+        .expect("a ping-first went out");
+    let stale = d
+        .routing_table()
+        .iter()
+        .find(|e| e.node.addr == *to)
+        .map(|e| e.node)
+        .expect("the pinged node is in the table");
+    assert!(d.routing_table().get(&stale.id).is_some_and(|e| e.pinging));
+    // ...which it answers with a KRPC error: alive, and the flag is settled.
+    reply_error(&mut d, later, *to, ping);
+    let e = d.routing_table().get(&stale.id).expect("still listed");
+    assert!(!e.pinging, "ping-before-replace flag stuck");
+    assert_eq!(e.state(later), NodeState::Good);
+}
+
+/// Drives `d` through `span` of fake time, handing every datagram to `fate`.
+fn run(
+    d: &mut Dht,
+    from: Time,
+    span: Duration,
+    mut fate: impl FnMut(&mut Dht, Time, Transmit),
+) -> Time {
+    let end = from + span;
+    let mut now = from;
+    while now < end {
+        d.handle_timeout(now);
+        while let Some(t) = d.poll_transmit() {
+            fate(d, now, t);
+        }
+        let next = d.poll_timeout().unwrap_or(end);
+        now = next.max(now + Duration::from_millis(1)).min(end);
+    }
+    now
+}
+
+#[test]
+fn a_network_blip_does_not_empty_the_table() {
+    let mut d = node_with_table();
+    let later = Time(0) + LATER;
+    // Every send fails locally (ENETUNREACH) for 20 minutes of refreshes.
+    let now = run(&mut d, later, Duration::from_secs(20 * 60), |d, now, t| {
+        d.on_send_error(now, t.to, &t.data)
+    });
+    assert!(d.stats().queries_out > 0, "refreshes were attempted");
+    assert_eq!(
+        d.stats().timeouts,
+        0,
+        "a query that never left cannot time out"
+    );
+    let t = d.routing_table();
+    assert_eq!(t.len(), 9);
+    assert!(
+        t.iter().all(|e| e.fails == 0 && !e.pinging),
+        "our own failures were charged to the nodes"
+    );
+    assert_eq!(d.saved_nodes(now).len(), 9);
+}
+
+#[test]
+fn saved_state_keeps_the_last_good_table_through_an_outage() {
+    let mut d = node_with_table();
+    let later = Time(0) + LATER;
+    // Sends "succeed" but nothing comes back for 40 minutes (a dead uplink).
+    let now = run(&mut d, later, Duration::from_secs(40 * 60), |_, _, _| {});
+    let bad = d
+        .routing_table()
+        .iter()
+        .filter(|e| e.state(now) == NodeState::Bad)
+        .count();
+    assert!(bad > 0, "the outage made nodes fail");
+    let saved = d.saved_nodes(now);
+    for e in d.routing_table().iter() {
+        assert!(
+            saved.contains(&e.node),
+            "{:?} dropped from the saved state",
+            e.node
+        );
+    }
+}
+
+#[test]
+fn routers_never_enter_the_table_and_saved_contacts_keep_their_ids() {
+    let mut d = Dht::new(Id::ZERO, Config::default(), 1, Time(0));
+    let router = priv_addr(200);
+    let saved = NodeInfo {
+        id: Id([0x55; 20]),
+        addr: priv_addr(201),
+    };
+    d.add_saved_nodes(&[saved]);
+    d.add_routers(&[router]);
+    d.bootstrap(Time(0), &[router]);
+    // Offline start: nothing answered, yet the saved state still holds the contact.
+    assert_eq!(d.saved_nodes(Time(0)), vec![saved]);
+    let out = sent(&mut d);
+    let (_, to_router) = out
+        .iter()
+        .find(|(to, _)| *to == router)
+        .expect("router queried");
+    let (_, to_saved) = out
+        .iter()
+        .find(|(to, _)| *to == saved.addr)
+        .expect("saved contact queried");
+    let router_id = Id([0x66; 20]);
+    reply(&mut d, Time(10), router, to_router, router_id, None);
+    reply(&mut d, Time(10), saved.addr, to_saved, saved.id, None);
+    assert!(
+        d.routing_table().get(&router_id).is_none(),
+        "a bootstrap router entered the routing table"
+    );
+    assert!(d.routing_table().get(&saved.id).is_some());
+    // A router that queries us is not pulled in through a verification ping either.
+    let q = Message {
+        tid: b"rq".to_vec(),
+        version: None,
+        ip: None,
+        read_only: false,
+        body: Body::Query(Query {
+            id: router_id,
+            method: Method::Ping,
+            want: crate::krpc::Want::NONE,
+        }),
+    };
+    d.handle_datagram(Time(20), router, &q.encode());
+    for (to, m) in sent(&mut d) {
+        if to == router && is_query(&m) {
+            reply(&mut d, Time(30), router, &m, router_id, None);
+        }
+    }
+    assert!(d.routing_table().get(&router_id).is_none());
+}
+
+#[test]
+fn refresh_is_not_starved_by_running_lookups() {
+    let mut d = node_with_table();
+    let later = Time(0) + LATER;
+    // Four user lookups near our own id are running (their queries are unanswered).
+    for i in 0..4u8 {
+        d.get_peers(later, Id([i; 20]), None);
+    }
+    let _ = sent(&mut d);
+    assert_eq!(d.active_lookups(), 4);
+    let age = d.config().refresh_after;
+    assert!(d.routing_table().stalest_bucket(later, age).is_some());
+    d.handle_timeout(later);
+    assert_eq!(
+        d.active_lookups(),
+        5,
+        "the stale far bucket was not refreshed"
+    );
+}
+
+#[test]
+fn one_stale_bucket_is_refreshed_per_tick() {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let mut d = Dht::new(Id::ZERO, Config::default(), 1, Time(0));
+    for i in 0..400u32 {
+        let b = i.to_be_bytes();
+        let n = NodeInfo {
+            id: Id::random(&mut rng),
+            addr: SocketAddrV4::new(Ipv4Addr::new(10, b[1], b[2], b[3]), 1),
+        };
+        d.insert_node(Time(0), n);
+    }
+    // A few deep buckets, to have several stale at once.
+    for depth in 1..6 {
+        let mut id = Id::ZERO.random_in_bucket(depth, &mut rng);
+        id.0[19] = depth as u8;
+        let n = NodeInfo {
+            id,
+            addr: SocketAddrV4::new(Ipv4Addr::new(10, 200, depth as u8, 1), 1),
+        };
+        d.insert_node(Time(0), n);
+    }
+    let age = d.config().refresh_after;
+    let stale = |d: &Dht, now| d.routing_table().stale_buckets(now, age).len();
+    let mut now = Time(0) + LATER;
+    let mut left = stale(&d, now);
+    assert!(left >= 3, "only {left} stale buckets");
+    let mut ticks = 0;
+    while left > 0 {
+        d.handle_timeout(now);
+        let _ = sent(&mut d);
+        let after = stale(&d, now);
+        assert!(
+            after + 1 >= left,
+            "{} buckets refreshed in one tick",
+            left - after
+        );
+        left = after;
+        ticks += 1;
+        assert!(ticks < 200, "refresh never got through the stale buckets");
+        now = d
+            .poll_timeout()
+            .unwrap_or(now)
+            .max(now + Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_new_bep42_id_is_followed_by_a_join_lookup_for_it() {
+    let mut d = Dht::new(Id::ZERO, Config::default(), 1, Time(0));
+    let ours = SocketAddrV4::new(Ipv4Addr::new(84, 124, 73, 14), 6881);
+    let mut now = Time(100);
+    let mut changed = false;
+    for i in 1..=5u8 {
+        let voter = SocketAddrV4::new(Ipv4Addr::new(20, 0, i, 1), 6881);
+        d.add_node(now, voter);
+        let out = sent(&mut d);
+        let (_, ping) = out.iter().find(|(to, _)| *to == voter).expect("ping");
+        let mut id = [i; 20];
+        id[0] = 0x10 * i;
+        reply(&mut d, now, voter, ping, Id(id), Some(ours));
+        while let Some(e) = d.poll_event() {
+            changed |= matches!(e, Event::IdChanged { .. });
+        }
+        now = now + Duration::from_millis(10);
+    }
+    assert!(changed, "the quorum gave us a BEP 42 id");
+    let new_id = d.id();
+    assert!(bep42::is_valid(&new_id, ours.ip()));
+    let joins = sent(&mut d)
+        .into_iter()
+        .filter(|(_, m)| {
+            matches!(&m.body, Body::Query(Query { method: Method::FindNode { target }, .. }) if *target == new_id)
+        })
+        .count();
+    assert!(joins > 0, "nobody was told about the new id");
+}
