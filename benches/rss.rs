@@ -170,7 +170,11 @@ fn query(tid: &[u8], id: Id, read_only: bool, method: Method) -> Vec<u8> {
         version: None,
         ip: None,
         read_only,
-        body: Body::Query(Query { id, method }),
+        body: Body::Query(Query {
+            id,
+            method,
+            want: dhtnode::krpc::Want::NONE,
+        }),
     }
     .encode()
 }

@@ -4,7 +4,9 @@
 //! typed [`Message`]; everything past this module works on types. Decoding never panics, bounds
 //! nesting depth before serde recurses, and allocates at most in proportion to the datagram.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::{ByteBuf, Bytes};
@@ -15,16 +17,208 @@ use crate::id::Id;
 pub const COMPACT_NODE_LEN: usize = 26;
 /// Size of one compact peer info entry: 4-byte IPv4, 2-byte port.
 pub const COMPACT_PEER_LEN: usize = 6;
+/// Size of one compact IPv6 node info entry (BEP 32 `nodes6`): id, 16-byte IPv6, port.
+pub const COMPACT_NODE6_LEN: usize = 38;
+/// Size of one compact IPv6 peer (BEP 32 `values`): 16-byte IPv6, 2-byte port.
+pub const COMPACT_PEER6_LEN: usize = 18;
 /// Deepest bencode nesting we accept; KRPC needs 3 (dict → list → string).
 const MAX_DEPTH: usize = 8;
 
-/// A DHT contact: who a node is and where it listens.
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for std::net::SocketAddrV4 {}
+    impl Sealed for std::net::SocketAddrV6 {}
+}
+
+/// An address family the DHT runs on (BEP 5 IPv4, BEP 32 IPv6), named by its socket address
+/// type. One DHT core runs per family, each with its own table, so the core is generic over
+/// this trait; IPv4 keeps its 8-byte addresses (the simulator holds a million IPv4 nodes).
+/// Sealed: the wire knows exactly these two.
+pub trait DhtAddr:
+    sealed::Sealed + Copy + Eq + Ord + Hash + Debug + Send + Sync + Unpin + 'static
+{
+    /// The IP address alone (what tokens, rate limits and one-node-per-IP are keyed by).
+    type Ip: Copy + Eq + Ord + Hash + Debug + Send + Sync + Unpin + Into<IpAddr> + 'static;
+    /// Length of the compact peer form (6 or 18).
+    const COMPACT_LEN: usize;
+    /// Which node list (`n4` / `n6` of BEP 32 `want`) carries this family.
+    const WANT: Want;
+    /// Human name for logs and status ("ipv4", "ipv6").
+    const NAME: &'static str;
+    /// Parses the compact peer form; `None` unless `b` is exactly `COMPACT_LEN` long.
+    fn decode_compact(b: &[u8]) -> Option<Self>;
+    /// Appends the compact peer form.
+    fn write_compact(&self, out: &mut Vec<u8>);
+    /// The IP part.
+    fn ip_of(&self) -> Self::Ip;
+    /// The port part.
+    fn port_of(&self) -> u16;
+    /// Builds an address from its parts.
+    fn from_parts(ip: Self::Ip, port: u16) -> Self;
+    /// The IP as a family-neutral value.
+    fn ip_addr(ip: &Self::Ip) -> IpAddr;
+    /// The network an IP belongs to, for "at most a few nodes per network" limits: the /24
+    /// of an IPv4 address, the /64 of an IPv6 one.
+    fn subnet(ip: &Self::Ip) -> u64;
+    /// Family-neutral socket address (for the driver and the `ip` key).
+    fn to_socket_addr(&self) -> SocketAddr;
+    /// This family's address, if `a` is one (IPv4-mapped IPv6 counts as IPv4).
+    fn from_socket_addr(a: SocketAddr) -> Option<Self>;
+    /// The node list of this family in a response, if the responder sent the key.
+    fn nodes_of(r: &Response) -> Option<&[NodeInfo<Self>]>;
+    /// Sets the node list of this family in a response.
+    fn set_nodes(r: &mut Response, nodes: Vec<NodeInfo<Self>>);
+    /// The peers of this family in a response's `values`.
+    fn values_of(r: &Response) -> &[Self];
+    /// Sets the peers of this family in a response's `values`.
+    fn set_values(r: &mut Response, values: Vec<Self>);
+}
+
+impl DhtAddr for SocketAddrV4 {
+    type Ip = Ipv4Addr;
+    const COMPACT_LEN: usize = COMPACT_PEER_LEN;
+    const WANT: Want = Want::N4;
+    const NAME: &'static str = "ipv4";
+    fn decode_compact(b: &[u8]) -> Option<Self> {
+        decode_peer(b)
+    }
+    fn write_compact(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&encode_peer(self));
+    }
+    fn ip_of(&self) -> Ipv4Addr {
+        *self.ip()
+    }
+    fn port_of(&self) -> u16 {
+        self.port()
+    }
+    fn from_parts(ip: Ipv4Addr, port: u16) -> Self {
+        SocketAddrV4::new(ip, port)
+    }
+    fn ip_addr(ip: &Ipv4Addr) -> IpAddr {
+        IpAddr::V4(*ip)
+    }
+    fn subnet(ip: &Ipv4Addr) -> u64 {
+        u64::from(u32::from(*ip) >> 8)
+    }
+    fn to_socket_addr(&self) -> SocketAddr {
+        SocketAddr::V4(*self)
+    }
+    fn from_socket_addr(a: SocketAddr) -> Option<Self> {
+        match a {
+            SocketAddr::V4(a) => Some(a),
+            SocketAddr::V6(a) => a
+                .ip()
+                .to_ipv4_mapped()
+                .map(|ip| SocketAddrV4::new(ip, a.port())),
+        }
+    }
+    fn nodes_of(r: &Response) -> Option<&[NodeInfo<Self>]> {
+        r.nodes.as_deref()
+    }
+    fn set_nodes(r: &mut Response, nodes: Vec<NodeInfo<Self>>) {
+        r.nodes = Some(nodes);
+    }
+    fn values_of(r: &Response) -> &[Self] {
+        &r.values
+    }
+    fn set_values(r: &mut Response, values: Vec<Self>) {
+        r.values = values;
+    }
+}
+
+impl DhtAddr for SocketAddrV6 {
+    type Ip = Ipv6Addr;
+    const COMPACT_LEN: usize = COMPACT_PEER6_LEN;
+    const WANT: Want = Want::N6;
+    const NAME: &'static str = "ipv6";
+    fn decode_compact(b: &[u8]) -> Option<Self> {
+        decode_peer6(b)
+    }
+    fn write_compact(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&encode_peer6(self));
+    }
+    fn ip_of(&self) -> Ipv6Addr {
+        *self.ip()
+    }
+    fn port_of(&self) -> u16 {
+        self.port()
+    }
+    fn from_parts(ip: Ipv6Addr, port: u16) -> Self {
+        SocketAddrV6::new(ip, port, 0, 0)
+    }
+    fn ip_addr(ip: &Ipv6Addr) -> IpAddr {
+        IpAddr::V6(*ip)
+    }
+    fn subnet(ip: &Ipv6Addr) -> u64 {
+        (u128::from(*ip) >> 64) as u64
+    }
+    fn to_socket_addr(&self) -> SocketAddr {
+        SocketAddr::V6(*self)
+    }
+    fn from_socket_addr(a: SocketAddr) -> Option<Self> {
+        match a {
+            SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_none() => {
+                Some(SocketAddrV6::new(*a.ip(), a.port(), 0, 0))
+            }
+            _ => None,
+        }
+    }
+    fn nodes_of(r: &Response) -> Option<&[NodeInfo<Self>]> {
+        r.nodes6.as_deref()
+    }
+    fn set_nodes(r: &mut Response, nodes: Vec<NodeInfo<Self>>) {
+        r.nodes6 = Some(nodes);
+    }
+    fn values_of(r: &Response) -> &[Self] {
+        &r.values6
+    }
+    fn set_values(r: &mut Response, values: Vec<Self>) {
+        r.values6 = values;
+    }
+}
+
+/// BEP 32 `want`: which node lists a querier asks for (`n4`, `n6`). Empty means "the family
+/// of the socket the query came in on", which the answering side decides.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Want {
+    /// `n4`: IPv4 nodes (`nodes`).
+    pub n4: bool,
+    /// `n6`: IPv6 nodes (`nodes6`).
+    pub n6: bool,
+}
+
+impl Want {
+    /// Nothing asked: the default lists of the receiving socket's family.
+    pub const NONE: Want = Want {
+        n4: false,
+        n6: false,
+    };
+    /// Only `n4`.
+    pub const N4: Want = Want {
+        n4: true,
+        n6: false,
+    };
+    /// Only `n6`.
+    pub const N6: Want = Want {
+        n4: false,
+        n6: true,
+    };
+    /// Both families (what a dual-stack node asks).
+    pub const BOTH: Want = Want { n4: true, n6: true };
+
+    /// Whether nothing was asked.
+    pub fn is_empty(self) -> bool {
+        !self.n4 && !self.n6
+    }
+}
+
+/// A DHT contact: who a node is and where it listens. `A` is the family (IPv4 by default).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct NodeInfo {
+pub struct NodeInfo<A = SocketAddrV4> {
     /// The node's 160-bit id.
     pub id: Id,
     /// Its UDP endpoint.
-    pub addr: SocketAddrV4,
+    pub addr: A,
 }
 
 /// One decoded KRPC datagram.
@@ -34,8 +228,8 @@ pub struct Message {
     pub tid: Vec<u8>,
     /// Client version string (`v`), if the sender gave one.
     pub version: Option<Vec<u8>>,
-    /// Our address as the sender sees it (`ip`, BEP 42); set in responses.
-    pub ip: Option<SocketAddrV4>,
+    /// Our address as the sender sees it (`ip`, BEP 42; 6 or 18 bytes); set in responses.
+    pub ip: Option<SocketAddr>,
     /// Read-only node (`ro`, BEP 43): it must never enter a routing table.
     pub read_only: bool,
     /// What the message says.
@@ -60,6 +254,8 @@ pub struct Query {
     pub id: Id,
     /// Method and arguments.
     pub method: Method,
+    /// BEP 32 `want` (find_node, get_peers): which families' nodes to return.
+    pub want: Want,
 }
 
 /// The BEP 5 methods, plus whatever else a peer may send (answered with error 204).
@@ -111,10 +307,16 @@ impl Method {
 pub struct Response {
     /// The responding node's id.
     pub id: Id,
-    /// Closest nodes (find_node, get_peers without values).
-    pub nodes: Vec<NodeInfo>,
-    /// Peers (get_peers).
+    /// Closest IPv4 nodes (find_node, get_peers). `Some` even when empty: a find_node or
+    /// get_peers answer always carries the key (BEP 5), a ping answer never does.
+    pub nodes: Option<Vec<NodeInfo>>,
+    /// Closest IPv6 nodes (BEP 32 `nodes6`), present when asked for (`want n6`) or when
+    /// answering over IPv6.
+    pub nodes6: Option<Vec<NodeInfo<SocketAddrV6>>>,
+    /// IPv4 peers (get_peers `values`, 6-byte entries).
     pub values: Vec<SocketAddrV4>,
+    /// IPv6 peers (get_peers `values`, 18-byte entries, BEP 32).
+    pub values6: Vec<SocketAddrV6>,
     /// Write token (get_peers).
     pub token: Option<Vec<u8>>,
 }
@@ -200,6 +402,8 @@ struct RawArgs<'a> {
     info_hash: Option<&'a Bytes>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     nodes: Option<&'a Bytes>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    nodes6: Option<&'a Bytes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     port: Option<i64>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
@@ -208,6 +412,8 @@ struct RawArgs<'a> {
     token: Option<&'a Bytes>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     values: Option<Vec<&'a Bytes>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    want: Option<Vec<&'a Bytes>>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -332,15 +538,90 @@ fn port_of(v: Option<i64>) -> Option<u16> {
     v.and_then(|p| u16::try_from(p).ok())
 }
 
-/// Parses compact node info; a trailing partial entry is ignored, as libtorrent does.
+/// Parses compact IPv4 node info; a trailing partial entry is ignored, as libtorrent does.
 pub fn decode_nodes(buf: &[u8]) -> Vec<NodeInfo> {
-    buf.chunks_exact(COMPACT_NODE_LEN)
+    decode_node_list(buf)
+}
+
+/// Parses compact node info of family `A` (`nodes` or BEP 32 `nodes6`); a trailing partial
+/// entry is ignored.
+pub fn decode_node_list<A: DhtAddr>(buf: &[u8]) -> Vec<NodeInfo<A>> {
+    buf.chunks_exact(20 + A::COMPACT_LEN)
         .filter_map(|c| {
             let id = Id::from_slice(c.get(..20)?)?;
-            let addr = decode_peer(c.get(20..)?)?;
+            let addr = A::decode_compact(c.get(20..)?)?;
             Some(NodeInfo { id, addr })
         })
         .collect()
+}
+
+/// Encodes nodes of family `A` in compact node info form.
+pub fn encode_node_list<A: DhtAddr>(nodes: &[NodeInfo<A>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(nodes.len() * (20 + A::COMPACT_LEN));
+    for n in nodes {
+        out.extend_from_slice(&n.id.0);
+        n.addr.write_compact(&mut out);
+    }
+    out
+}
+
+/// Parses one compact IPv6 peer (18 bytes, BEP 32).
+pub fn decode_peer6(b: &[u8]) -> Option<SocketAddrV6> {
+    let b: &[u8; COMPACT_PEER6_LEN] = b.try_into().ok()?;
+    let (ip, port) = b.split_at(16);
+    let ip: [u8; 16] = ip.try_into().ok()?;
+    let port: [u8; 2] = port.try_into().ok()?;
+    Some(SocketAddrV6::new(
+        Ipv6Addr::from(ip),
+        u16::from_be_bytes(port),
+        0,
+        0,
+    ))
+}
+
+/// Encodes an IPv6 peer or node address in the 18-byte compact form.
+pub fn encode_peer6(a: &SocketAddrV6) -> [u8; COMPACT_PEER6_LEN] {
+    let mut out = [0u8; COMPACT_PEER6_LEN];
+    out[..16].copy_from_slice(&a.ip().octets());
+    out[16..].copy_from_slice(&a.port().to_be_bytes());
+    out
+}
+
+/// Parses the `ip` key (BEP 42 / BEP 32): 6 bytes for IPv4, 18 for IPv6.
+fn decode_ip_key(b: &[u8]) -> Option<SocketAddr> {
+    match b.len() {
+        COMPACT_PEER_LEN => decode_peer(b).map(SocketAddr::V4),
+        COMPACT_PEER6_LEN => decode_peer6(b).map(SocketAddr::V6),
+        _ => None,
+    }
+}
+
+/// Encodes the `ip` key in the compact form of its family.
+fn encode_ip_key(a: &SocketAddr) -> Vec<u8> {
+    match a {
+        SocketAddr::V4(a) => encode_peer(a).to_vec(),
+        SocketAddr::V6(a) => encode_peer6(a).to_vec(),
+    }
+}
+
+/// Parses BEP 32 `want`: unknown entries are ignored.
+fn decode_want(list: Option<Vec<&Bytes>>) -> Want {
+    let mut w = Want::NONE;
+    for item in list.unwrap_or_default() {
+        match &item[..] {
+            b"n4" => w.n4 = true,
+            b"n6" => w.n6 = true,
+            _ => {}
+        }
+    }
+    w
+}
+
+/// The `want` list on the wire, in a fixed order.
+fn want_items(w: Want) -> impl Iterator<Item = &'static [u8]> {
+    [(w.n4, &b"n4"[..]), (w.n6, &b"n6"[..])]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
 }
 
 /// Parses one compact peer (6 bytes).
@@ -359,14 +640,9 @@ pub fn encode_peer(a: &SocketAddrV4) -> [u8; 6] {
     [ip[0], ip[1], ip[2], ip[3], p[0], p[1]]
 }
 
-/// Encodes nodes in compact node info form.
+/// Encodes IPv4 nodes in compact node info form.
 pub fn encode_nodes(nodes: &[NodeInfo]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(nodes.len() * COMPACT_NODE_LEN);
-    for n in nodes {
-        out.extend_from_slice(&n.id.0);
-        out.extend_from_slice(&encode_peer(&n.addr));
-    }
-    out
+    encode_node_list(nodes)
 }
 
 impl Message {
@@ -421,20 +697,28 @@ impl Message {
                     }
                     other => Method::Unknown(other.to_vec()),
                 };
-                Body::Query(Query { id, method })
+                let want = decode_want(a.want);
+                Body::Query(Query { id, method, want })
             }
             b"r" => {
                 let r = raw.r.ok_or(DecodeError::new("response without body"))?;
                 let id = id_of(r.id, "response without a valid id").map_err(DecodeError::new)?;
+                let mut values = Vec::new();
+                let mut values6 = Vec::new();
+                for v in r.values.unwrap_or_default() {
+                    // Each entry's length says its family (BEP 32); others are ignored.
+                    if let Some(p) = decode_peer(v) {
+                        values.push(p);
+                    } else if let Some(p) = decode_peer6(v) {
+                        values6.push(p);
+                    }
+                }
                 Body::Response(Response {
                     id,
-                    nodes: r.nodes.map(|n| decode_nodes(n)).unwrap_or_default(),
-                    values: r
-                        .values
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter_map(|v| decode_peer(v))
-                        .collect(),
+                    nodes: r.nodes.map(|n| decode_nodes(n)),
+                    nodes6: r.nodes6.map(|n| decode_node_list(n)),
+                    values,
+                    values6,
                     token: r.token.map(|t| t.to_vec()),
                 })
             }
@@ -450,7 +734,7 @@ impl Message {
         Ok(Message {
             tid,
             version: raw.v.map(|v| v.to_vec()),
-            ip: raw.ip.and_then(|b| decode_peer(b)),
+            ip: raw.ip.and_then(|b| decode_ip_key(b)),
             read_only: raw.ro.unwrap_or(0) == 1,
             body,
         })
@@ -496,6 +780,14 @@ impl Message {
                         w.bytes(token);
                     }
                 }
+                if !q.want.is_empty() {
+                    w.key(b"want");
+                    w.raw(b"l");
+                    for item in want_items(q.want) {
+                        w.bytes(item);
+                    }
+                    w.raw(b"e");
+                }
                 w.raw(b"e");
             }
             Body::Error(e) => {
@@ -509,7 +801,7 @@ impl Message {
         }
         if let Some(ip) = &self.ip {
             w.key(b"ip");
-            w.bytes(&encode_peer(ip));
+            w.bytes(&encode_ip_key(ip));
         }
         if let Body::Query(q) = &self.body {
             w.key(b"q");
@@ -520,23 +812,34 @@ impl Message {
             w.raw(b"d");
             w.key(b"id");
             w.bytes(&r.id.0);
-            if !r.nodes.is_empty() {
+            if let Some(nodes) = &r.nodes {
                 w.key(b"nodes");
-                w.len_prefix(r.nodes.len() * COMPACT_NODE_LEN);
-                for n in &r.nodes {
+                w.len_prefix(nodes.len() * COMPACT_NODE_LEN);
+                for n in nodes {
                     w.raw(&n.id.0);
                     w.raw(&encode_peer(&n.addr));
+                }
+            }
+            if let Some(nodes) = &r.nodes6 {
+                w.key(b"nodes6");
+                w.len_prefix(nodes.len() * COMPACT_NODE6_LEN);
+                for n in nodes {
+                    w.raw(&n.id.0);
+                    w.raw(&encode_peer6(&n.addr));
                 }
             }
             if let Some(t) = &r.token {
                 w.key(b"token");
                 w.bytes(t);
             }
-            if !r.values.is_empty() {
+            if !r.values.is_empty() || !r.values6.is_empty() {
                 w.key(b"values");
                 w.raw(b"l");
                 for v in &r.values {
                     w.bytes(&encode_peer(v));
+                }
+                for v in &r.values6 {
+                    w.bytes(&encode_peer6(v));
                 }
                 w.raw(b"e");
             }
@@ -564,7 +867,13 @@ impl Message {
 
     fn encoded_len_hint(&self) -> usize {
         let body = match &self.body {
-            Body::Response(r) => r.nodes.len() * 26 + r.values.len() * 8 + 64,
+            Body::Response(r) => {
+                r.nodes.as_ref().map_or(0, |n| n.len() * COMPACT_NODE_LEN)
+                    + r.nodes6.as_ref().map_or(0, |n| n.len() * COMPACT_NODE6_LEN)
+                    + r.values.len() * 8
+                    + r.values6.len() * 21
+                    + 80
+            }
             Body::Query(_) => 120,
             Body::Error(e) => e.message.len() + 32,
         };
@@ -573,11 +882,11 @@ impl Message {
 
     /// The reference encoding through bt_bencode + serde; [`Message::encode`] must match it.
     pub fn encode_with_serde(&self) -> Vec<u8> {
-        let ip = self.ip.as_ref().map(encode_peer);
+        let ip = self.ip.as_ref().map(encode_ip_key);
         let mut raw = RawMessage {
             a: None,
             e: None,
-            ip: ip.as_ref().map(|b| Bytes::new(&b[..])),
+            ip: ip.as_deref().map(Bytes::new),
             q: None,
             r: None,
             ro: if self.read_only { Some(1) } else { None },
@@ -586,13 +895,19 @@ impl Message {
             y: None,
         };
         let nodes_buf;
-        let values_buf: Vec<[u8; 6]>;
+        let nodes6_buf;
+        let values_buf: Vec<Vec<u8>>;
         match &self.body {
             Body::Query(q) => {
                 raw.y = Some(Bytes::new(b"q"));
                 raw.q = Some(Bytes::new(q.method.name()));
                 let mut a = RawArgs {
                     id: Some(Bytes::new(&q.id.0)),
+                    want: if q.want.is_empty() {
+                        None
+                    } else {
+                        Some(want_items(q.want).map(Bytes::new).collect())
+                    },
                     ..Default::default()
                 };
                 match &q.method {
@@ -615,20 +930,23 @@ impl Message {
             }
             Body::Response(r) => {
                 raw.y = Some(Bytes::new(b"r"));
-                nodes_buf = encode_nodes(&r.nodes);
-                values_buf = r.values.iter().map(encode_peer).collect();
+                nodes_buf = r.nodes.as_deref().map(encode_nodes);
+                nodes6_buf = r.nodes6.as_deref().map(encode_node_list);
+                values_buf = r
+                    .values
+                    .iter()
+                    .map(|v| encode_peer(v).to_vec())
+                    .chain(r.values6.iter().map(|v| encode_peer6(v).to_vec()))
+                    .collect();
                 raw.r = Some(RawArgs {
                     id: Some(Bytes::new(&r.id.0)),
-                    nodes: if r.nodes.is_empty() {
-                        None
-                    } else {
-                        Some(Bytes::new(&nodes_buf))
-                    },
+                    nodes: nodes_buf.as_deref().map(Bytes::new),
+                    nodes6: nodes6_buf.as_deref().map(Bytes::new),
                     token: r.token.as_deref().map(Bytes::new),
-                    values: if r.values.is_empty() {
+                    values: if values_buf.is_empty() {
                         None
                     } else {
-                        Some(values_buf.iter().map(|v| Bytes::new(&v[..])).collect())
+                        Some(values_buf.iter().map(|v| Bytes::new(v)).collect())
                     },
                     ..Default::default()
                 });
@@ -661,7 +979,8 @@ mod tests {
             m.body,
             Body::Query(Query {
                 id: Id(*b"abcdefghij0123456789"),
-                method: Method::Ping
+                method: Method::Ping,
+                want: Want::NONE,
             })
         );
         let m = Message::decode(
@@ -697,6 +1016,7 @@ mod tests {
                 method: Method::GetPeers {
                     info_hash: Id(*b"mnopqrstuvwxyz123456"),
                 },
+                want: Want::NONE,
             }),
         };
         assert_eq!(
@@ -740,6 +1060,18 @@ mod tests {
     fn arb_addr() -> impl Strategy<Value = SocketAddrV4> {
         (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddrV4::new(ip.into(), p))
     }
+    fn arb_addr6() -> impl Strategy<Value = SocketAddrV6> {
+        (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddrV6::new(ip.into(), p, 0, 0))
+    }
+    fn arb_ip_key() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            arb_addr().prop_map(SocketAddr::V4),
+            arb_addr6().prop_map(SocketAddr::V6)
+        ]
+    }
+    fn arb_want() -> impl Strategy<Value = Want> {
+        (any::<bool>(), any::<bool>()).prop_map(|(n4, n6)| Want { n4, n6 })
+    }
     fn arb_body() -> impl Strategy<Value = Body> {
         let query = (
             arb_id(),
@@ -763,22 +1095,30 @@ mod tests {
                     }),
                 proptest::collection::vec(b'a'..=b'z', 1..10).prop_map(Method::Unknown),
             ],
+            arb_want(),
         )
-            .prop_map(|(id, method)| Body::Query(Query { id, method }));
+            .prop_map(|(id, method, want)| Body::Query(Query { id, method, want }));
         let response = (
             arb_id(),
-            proptest::collection::vec(
+            proptest::option::of(proptest::collection::vec(
                 (arb_id(), arb_addr()).prop_map(|(id, addr)| NodeInfo { id, addr }),
                 0..8,
-            ),
+            )),
+            proptest::option::of(proptest::collection::vec(
+                (arb_id(), arb_addr6()).prop_map(|(id, addr)| NodeInfo { id, addr }),
+                0..8,
+            )),
             proptest::collection::vec(arb_addr(), 0..50),
+            proptest::collection::vec(arb_addr6(), 0..20),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
         )
-            .prop_map(|(id, nodes, values, token)| {
+            .prop_map(|(id, nodes, nodes6, values, values6, token)| {
                 Body::Response(Response {
                     id,
                     nodes,
+                    nodes6,
                     values,
+                    values6,
                     token,
                 })
             });
@@ -798,7 +1138,7 @@ mod tests {
         fn round_trip(
             tid in proptest::collection::vec(any::<u8>(), 1..8),
             version in proptest::option::of(proptest::collection::vec(any::<u8>(), 4)),
-            ip in proptest::option::of(arb_addr()),
+            ip in proptest::option::of(arb_ip_key()),
             read_only in any::<bool>(),
             body in arb_body(),
         ) {
@@ -844,5 +1184,124 @@ mod tests {
         let mut partial = enc.clone();
         partial.extend_from_slice(&[1, 2, 3]);
         assert_eq!(decode_nodes(&partial), nodes);
+    }
+
+    #[test]
+    fn empty_node_list_is_still_sent() {
+        // Hole 11: a find_node / get_peers answer names `nodes` even with nothing to give.
+        let m = Message {
+            tid: b"aa".to_vec(),
+            version: None,
+            ip: None,
+            read_only: false,
+            body: Body::Response(Response {
+                id: Id(*b"abcdefghij0123456789"),
+                nodes: Some(Vec::new()),
+                ..Response::default()
+            }),
+        };
+        let bytes = m.encode();
+        assert_eq!(
+            bytes,
+            b"d1:rd2:id20:abcdefghij01234567895:nodes0:e1:t2:aa1:y1:re"
+        );
+        assert_eq!(bytes, m.encode_with_serde());
+        assert_eq!(Message::decode(&bytes).unwrap(), m);
+    }
+
+    #[test]
+    fn bep32_nodes6_values6_and_ip6_are_decoded() {
+        // A reply as a BEP 32 node sends it: an 18-byte `ip`, `nodes6` with one 38-byte entry
+        // (plus a stray partial one), and `values` mixing 6- and 18-byte peers.
+        let ip6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+        let mut ip_key = ip6.octets().to_vec();
+        ip_key.extend_from_slice(&6881u16.to_be_bytes());
+        let mut node6 = vec![7u8; 20];
+        node6.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        node6.extend_from_slice(&1234u16.to_be_bytes());
+        let mut partial = node6.clone();
+        partial.extend_from_slice(&[1, 2, 3]);
+        let mut peer6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9)
+            .octets()
+            .to_vec();
+        peer6.extend_from_slice(&80u16.to_be_bytes());
+        let mut buf = b"d2:ip18:".to_vec();
+        buf.extend_from_slice(&ip_key);
+        buf.extend_from_slice(b"1:rd2:id20:abcdefghij01234567896:nodes641:");
+        buf.extend_from_slice(&partial);
+        buf.extend_from_slice(b"6:valuesl6:axje.u18:");
+        buf.extend_from_slice(&peer6);
+        buf.extend_from_slice(b"3:oddee1:t2:aa1:y1:re");
+        let m = Message::decode(&buf).unwrap();
+        assert_eq!(
+            m.ip,
+            Some(SocketAddr::V6(SocketAddrV6::new(ip6, 6881, 0, 0)))
+        );
+        let Body::Response(r) = m.body else {
+            panic!("expected a response")
+        };
+        assert_eq!(r.nodes, None, "no `nodes` key");
+        assert_eq!(
+            r.nodes6,
+            Some(vec![NodeInfo {
+                id: Id([7; 20]),
+                addr: SocketAddrV6::new(Ipv6Addr::LOCALHOST, 1234, 0, 0)
+            }])
+        );
+        assert_eq!(r.values, vec![decode_peer(b"axje.u").unwrap()]);
+        assert_eq!(r.values6, vec![decode_peer6(&peer6).unwrap()]);
+        assert_eq!(SocketAddrV6::values_of(&r), &r.values6[..]);
+        assert_eq!(SocketAddrV4::nodes_of(&r), None);
+    }
+
+    #[test]
+    fn bep32_want_is_read_and_written() {
+        let m = Message::decode(
+            b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz1234564:wantl2:n42:n62:xxee1:q9:find_node1:t2:aa1:y1:qe",
+        )
+        .unwrap();
+        let Body::Query(q) = &m.body else {
+            panic!("expected a query")
+        };
+        assert_eq!(q.want, Want::BOTH);
+        let again = m.encode();
+        assert!(again
+            .windows(b"4:wantl2:n42:n6e".len())
+            .any(|w| w == b"4:wantl2:n42:n6e"));
+        assert_eq!(again, m.encode_with_serde());
+        let m = Message::decode(
+            b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz123456e1:q9:find_node1:t2:aa1:y1:qe",
+        )
+        .unwrap();
+        let Body::Query(q) = &m.body else {
+            panic!("expected a query")
+        };
+        assert!(q.want.is_empty(), "no want key: the socket's family");
+    }
+
+    #[test]
+    fn family_conversions() {
+        let v4 = SocketAddrV4::new(Ipv4Addr::new(1, 2, 3, 4), 5);
+        let mapped = SocketAddr::V6(SocketAddrV6::new(
+            Ipv4Addr::new(1, 2, 3, 4).to_ipv6_mapped(),
+            5,
+            0,
+            0,
+        ));
+        assert_eq!(SocketAddrV4::from_socket_addr(mapped), Some(v4));
+        assert_eq!(SocketAddrV6::from_socket_addr(mapped), None);
+        let v6 = SocketAddrV6::new(Ipv6Addr::LOCALHOST, 9, 3, 4);
+        assert_eq!(
+            SocketAddrV6::from_socket_addr(SocketAddr::V6(v6)),
+            Some(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 9, 0, 0)),
+            "flow info and scope are not part of a DHT address"
+        );
+        let nodes = vec![NodeInfo {
+            id: id(1),
+            addr: SocketAddrV6::new(Ipv6Addr::LOCALHOST, 9, 0, 0),
+        }];
+        let enc = encode_node_list(&nodes);
+        assert_eq!(enc.len(), COMPACT_NODE6_LEN);
+        assert_eq!(decode_node_list::<SocketAddrV6>(&enc), nodes);
     }
 }

@@ -10,14 +10,15 @@ use dhtnode::net::state;
 use dhtnode::net::{DhtHandle, NodeOptions, NodeStats};
 
 use super::output::{self, Written};
-use super::{bind_arg, bootstrap_list, ShutdownSignal};
+use super::{bind_arg, bootstrap_list, split_binds, ShutdownSignal};
 
 /// Arguments of `dhtnode bootstrap`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Local UDP address.
+    /// Local address (repeatable: one IPv4 and optionally one IPv6 address, `[::]:PORT`,
+    /// for a dual-stack DHT node, BEP 32).
     #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:6881", value_parser = bind_arg)]
-    bind: SocketAddr,
+    bind: Vec<SocketAddr>,
     /// Bootstrap node (repeatable); replaces the public routers; `none` starts alone.
     #[arg(long, value_name = "HOST:PORT")]
     bootstrap: Vec<String>,
@@ -54,8 +55,14 @@ fn print_status(s: &NodeStats, json: bool) -> std::io::Result<Written> {
     if json {
         output::json_line(s)
     } else {
+        let six = s.ipv6.as_ref().map_or(String::new(), |f| {
+            format!(
+                " | ipv4 {} ({} good), ipv6 {} ({} good)",
+                s.ipv4.nodes, s.ipv4.good_nodes, f.nodes, f.good_nodes
+            )
+        });
         output::line(format_args!(
-            "node {} | {} nodes ({} good) in {} buckets | {} peers for {} info-hashes | queries in {} out {}",
+            "node {} | {} nodes ({} good) in {} buckets{six} | {} peers for {} info-hashes | queries in {} out {}",
             s.node_id,
             s.nodes,
             s.good_nodes,
@@ -84,8 +91,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(s) => (Some(s.id), s.nodes.clone()),
         None => (None, Vec::new()),
     };
+    let (bind, bind6) = split_binds(&args.bind).map_err(anyhow::Error::msg)?;
     let node = DhtHandle::spawn(NodeOptions {
-        bind: args.bind,
+        bind,
+        bind6,
         bootstrap: bootstrap_list(&args.bootstrap),
         known_nodes: known,
         id,
@@ -104,7 +113,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     tracing::info!(
         "node {} listening on {} (state in {}, {} saved contacts)",
         node.id(),
-        node.local_addr(),
+        match node.local_addr6() {
+            Some(a6) => format!("{} and {a6}", node.local_addr()),
+            None => node.local_addr().to_string(),
+        },
         dir.display(),
         saved.as_ref().map_or(0, |s| s.nodes.len())
     );

@@ -11,7 +11,7 @@ use anyhow::Context;
 use dhtnode::session::{AddTorrent, Session, SessionConfig, SessionError};
 
 use super::progress::spawn_progress;
-use super::{bind_arg, bootstrap_list, output, rate_arg, ShutdownSignal};
+use super::{bind_arg, bootstrap_list, output, rate_arg, split_binds, ShutdownSignal};
 
 /// Arguments of `dhtnode fetch`.
 #[derive(clap::Args, Debug)]
@@ -22,10 +22,10 @@ pub struct Args {
     /// Directory to write the files under.
     #[arg(long, value_name = "DIR", default_value = ".")]
     output: PathBuf,
-    /// Local address: UDP for the DHT, TCP for peers (same port), and the source IP of
-    /// outgoing connections.
+    /// Local address (repeatable: one IPv4 and optionally one IPv6 address, `[::]:PORT`,
+    /// for a dual-stack DHT node, BEP 32).
     #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:0", value_parser = bind_arg)]
-    bind: SocketAddr,
+    bind: Vec<SocketAddr>,
     /// Bootstrap node (repeatable); `none` to use only --peer.
     #[arg(long, value_name = "HOST:PORT")]
     bootstrap: Vec<String>,
@@ -95,7 +95,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     add.peers = args.peer.clone();
     add.seed_after = args.seed;
     add.seed_ratio = args.seed_ratio;
-    let mut cfg = SessionConfig::new(args.bind);
+    let (bind, bind6) = split_binds(&args.bind).map_err(anyhow::Error::msg)?;
+    let mut cfg = SessionConfig::new(bind);
+    cfg.bind6 = bind6;
     cfg.bootstrap = bootstrap_list(&args.bootstrap);
     if let Some(mi) = add.metainfo() {
         // Trackerless torrents may list DHT nodes to start from (`nodes` key).

@@ -10,7 +10,7 @@ use dhtnode::net::{DhtHandle, LookupUpdate, NodeOptions};
 use dhtnode::torrent::Magnet;
 
 use super::output::{self, err_line};
-use super::{bind_arg, bootstrap_list, infohash_arg};
+use super::{bind_arg, bootstrap_list, infohash_arg, split_binds};
 
 /// Arguments of `dhtnode lookup`.
 #[derive(clap::Args, Debug)]
@@ -18,9 +18,10 @@ pub struct Args {
     /// Info-hash (40 hex or 32 base32 characters) or a magnet link.
     #[arg(value_name = "INFOHASH|MAGNET", value_parser = infohash_arg)]
     target: Magnet,
-    /// Local UDP address.
+    /// Local address (repeatable: one IPv4 and optionally one IPv6 address, `[::]:PORT`,
+    /// for a dual-stack DHT node, BEP 32).
     #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:0", value_parser = bind_arg)]
-    bind: SocketAddr,
+    bind: Vec<SocketAddr>,
     /// Bootstrap node (repeatable); `none` for no default routers.
     #[arg(long, value_name = "HOST:PORT")]
     bootstrap: Vec<String>,
@@ -58,8 +59,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "no bootstrap nodes: give --bootstrap HOST:PORT (a lookup cannot start alone)"
         );
     }
+    let (bind, bind6) = split_binds(&args.bind).map_err(anyhow::Error::msg)?;
     let node = DhtHandle::spawn(NodeOptions {
-        bind: args.bind,
+        bind,
+        bind6,
         bootstrap,
         join: false,
         dht: dht::Config {

@@ -70,15 +70,29 @@ pub fn bootstrap_list(given: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Parses `IP:PORT` for `--bind`, refusing IPv6 with a clear message.
+/// Parses `IP:PORT` or `[IPv6]:PORT` for `--bind`.
 pub fn bind_arg(s: &str) -> Result<SocketAddr, String> {
-    let a: SocketAddr = s
-        .parse()
-        .map_err(|_| format!("invalid address {s:?}: expected IP:PORT, e.g. 0.0.0.0:6881"))?;
-    if !a.is_ipv4() {
-        return Err(format!("{s}: only IPv4 addresses are supported"));
+    s.parse().map_err(|_| {
+        format!("invalid address {s:?}: expected IP:PORT, e.g. 0.0.0.0:6881 or [::]:6881")
+    })
+}
+
+/// Splits the repeatable `--bind` into the IPv4 socket and the optional IPv6 one of a
+/// dual-stack node (BEP 32): at most one of each family, and the IPv4 one is required.
+pub fn split_binds(binds: &[SocketAddr]) -> Result<(SocketAddr, Option<SocketAddr>), String> {
+    let v4: Vec<SocketAddr> = binds.iter().copied().filter(SocketAddr::is_ipv4).collect();
+    let v6: Vec<SocketAddr> = binds.iter().copied().filter(SocketAddr::is_ipv6).collect();
+    if v4.len() > 1 || v6.len() > 1 {
+        return Err("--bind: give at most one IPv4 and one IPv6 address".into());
     }
-    Ok(a)
+    match v4.first() {
+        Some(a) => Ok((*a, v6.first().copied())),
+        None => Err(
+            "--bind: an IPv4 address is needed (an IPv6 one may be given beside it, e.g. \
+             --bind 0.0.0.0:6881 --bind [::]:6881)"
+                .into(),
+        ),
+    }
 }
 
 /// Parses a rate in bytes per second (`0` = unlimited) for `--upload-limit` and

@@ -9,7 +9,7 @@ use anyhow::Context;
 use dhtnode::session::{AddTorrent, Session, SessionConfig};
 use dhtnode::torrent::{build_torrent, BuildOptions, Metainfo};
 
-use super::{bind_arg, bootstrap_list, output, rate_arg, ShutdownSignal};
+use super::{bind_arg, bootstrap_list, output, rate_arg, split_binds, ShutdownSignal};
 
 /// Arguments of `dhtnode seed`.
 #[derive(clap::Args, Debug)]
@@ -23,9 +23,10 @@ pub struct Args {
     /// Write the built .torrent here.
     #[arg(long, value_name = "FILE")]
     torrent_out: Option<PathBuf>,
-    /// Local address for the DHT (UDP) and for peers (TCP).
+    /// Local address (repeatable: one IPv4 and optionally one IPv6 address, `[::]:PORT`,
+    /// for a dual-stack DHT node, BEP 32).
     #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:6881", value_parser = bind_arg)]
-    bind: SocketAddr,
+    bind: Vec<SocketAddr>,
     /// Bootstrap node (repeatable); replaces the public routers; `none` starts alone.
     #[arg(long, value_name = "HOST:PORT")]
     bootstrap: Vec<String>,
@@ -102,7 +103,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     let data_dir = data_dir_for(&args.path, &info.name);
-    let mut cfg = SessionConfig::new(args.bind);
+    let (bind, bind6) = split_binds(&args.bind).map_err(anyhow::Error::msg)?;
+    let mut cfg = SessionConfig::new(bind);
+    cfg.bind6 = bind6;
     cfg.bootstrap = bootstrap_list(&args.bootstrap);
     // A seed is a DHT node even when it starts alone: others bootstrap from it.
     cfg.dht_always = true;

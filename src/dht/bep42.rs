@@ -5,12 +5,13 @@
 //! majority vote), check other nodes' ids, and prefer verified nodes where trust matters.
 //! Local and private addresses are exempt: every id is valid for them.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use rand::Rng;
 
 use crate::id::Id;
+use crate::krpc::DhtAddr;
 
 use super::time::Time;
 
@@ -69,6 +70,79 @@ pub fn is_valid(id: &Id, ip: &Ipv4Addr) -> bool {
     id.0[0] == crc[0] && id.0[1] == crc[1] && (id.0[2] & 0xf8) == (crc[2] & 0xf8)
 }
 
+/// Whether BEP 42 does not apply to an IPv6 `ip` (loopback, unspecified, unique-local,
+/// link-local, IPv4-mapped: none of them is a public IPv6 address).
+pub fn is_exempt6(ip: &Ipv6Addr) -> bool {
+    let seg = ip.segments()[0];
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || (seg & 0xfe00) == 0xfc00
+        || (seg & 0xffc0) == 0xfe80
+        || ip.to_ipv4_mapped().is_some()
+}
+
+/// Whether BEP 42 does not apply to `ip`, of either family.
+pub fn is_exempt_ip(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => is_exempt(a),
+        IpAddr::V6(a) => is_exempt6(a),
+    }
+}
+
+fn prefix_crc6(ip: &Ipv6Addr, r: u8) -> u32 {
+    let o = ip.octets();
+    let mask = [0x01u8, 0x03, 0x07, 0x0f, 0x1f, 0x3f, 0x7f, 0xff];
+    let mut b = [0u8; 8];
+    for (i, m) in mask.iter().enumerate() {
+        b[i] = o[i] & m;
+    }
+    b[0] |= (r & 7) << 5;
+    crc32c::crc32c(&b)
+}
+
+fn crc_for(ip: &IpAddr, r: u8) -> [u8; 4] {
+    match ip {
+        IpAddr::V4(a) => prefix_crc(a, r),
+        IpAddr::V6(a) => prefix_crc6(a, r),
+    }
+    .to_be_bytes()
+}
+
+/// A random id valid for `ip` of either family (for exempt addresses: fully random).
+pub fn id_for_ip_addr<R: Rng + ?Sized>(ip: &IpAddr, rng: &mut R) -> Id {
+    let mut id = Id::random(rng);
+    if is_exempt_ip(ip) {
+        return id;
+    }
+    let rand_byte: u8 = rng.gen();
+    let crc = crc_for(ip, rand_byte);
+    id.0[0] = crc[0];
+    id.0[1] = crc[1];
+    id.0[2] = (crc[2] & 0xf8) | (id.0[2] & 0x07);
+    id.0[19] = rand_byte;
+    id
+}
+
+/// Whether `id` is a valid BEP 42 id for `ip` of either family.
+pub fn is_valid_ip(id: &Id, ip: &IpAddr) -> bool {
+    if is_exempt_ip(ip) {
+        return true;
+    }
+    let crc = crc_for(ip, id.0[19]);
+    id.0[0] == crc[0] && id.0[1] == crc[1] && (id.0[2] & 0xf8) == (crc[2] & 0xf8)
+}
+
+/// Whether `id` is a valid BEP 42 id for the address `addr` (the generic core's entry).
+pub fn is_valid_for<A: DhtAddr>(id: &Id, addr: &A) -> bool {
+    is_valid_ip(id, &A::ip_addr(&addr.ip_of()))
+}
+
+/// [`is_verified`] for an address of either family (the generic core's entry).
+pub fn is_verified_for<A: DhtAddr>(id: &Id, addr: &A) -> bool {
+    let ip = A::ip_addr(&addr.ip_of());
+    !is_exempt_ip(&ip) && is_valid_ip(id, &ip)
+}
+
 /// Whether BEP 42 positively vouches for `id` at `ip`: a public address and an id valid
 /// for it. Exempt addresses pass [`is_valid`] with any id, so a preference for verified
 /// nodes must not favour them (a LAN node could claim any id).
@@ -80,11 +154,21 @@ pub fn is_verified(id: &Id, ip: &Ipv4Addr) -> bool {
 /// Bounded: at most [`MAX_VOTERS`] votes are kept, one per voter (a voter's newer vote replaces
 /// its older one), and votes older than [`VOTE_TTL`] no longer count — so when our address
 /// changes, the new one wins as soon as a quorum reports it, however long the old one held.
-#[derive(Clone, Debug, Default)]
-pub struct ExternalIpVote {
+/// Generic over the address family (`I` is `Ipv4Addr` or `Ipv6Addr`).
+#[derive(Clone, Debug)]
+pub struct ExternalIpVote<I = Ipv4Addr> {
     /// (voter, the address it reported, when), oldest first.
-    votes: std::collections::VecDeque<(Ipv4Addr, Ipv4Addr, Time)>,
-    winner: Option<Ipv4Addr>,
+    votes: std::collections::VecDeque<(I, I, Time)>,
+    winner: Option<I>,
+}
+
+impl<I> Default for ExternalIpVote<I> {
+    fn default() -> Self {
+        ExternalIpVote {
+            votes: std::collections::VecDeque::new(),
+            winner: None,
+        }
+    }
 }
 
 /// Votes needed before an address is believed.
@@ -94,10 +178,10 @@ pub const MAX_VOTERS: usize = 64;
 /// How long a vote counts.
 pub const VOTE_TTL: Duration = Duration::from_secs(15 * 60);
 
-impl ExternalIpVote {
+impl<I: Copy + Eq> ExternalIpVote<I> {
     /// Records that `voter` says at `now` that our address is `ours`. Returns the new winner
     /// when the majority changes.
-    pub fn vote(&mut self, voter: Ipv4Addr, ours: Ipv4Addr, now: Time) -> Option<Ipv4Addr> {
+    pub fn vote(&mut self, voter: I, ours: I, now: Time) -> Option<I> {
         while self
             .votes
             .front()
@@ -120,7 +204,7 @@ impl ExternalIpVote {
         }
         self.votes.push_back((voter, ours, now));
         // Tally: at most MAX_VOTERS votes, so a small linear count is enough.
-        let mut tally: Vec<(Ipv4Addr, u32)> = Vec::new();
+        let mut tally: Vec<(I, u32)> = Vec::new();
         for (_, ip, _) in &self.votes {
             match tally.iter_mut().find(|(t, _)| t == ip) {
                 Some((_, n)) => *n += 1,
@@ -140,7 +224,7 @@ impl ExternalIpVote {
     }
 
     /// The address most nodes agree on, once a quorum has voted.
-    pub fn winner(&self) -> Option<Ipv4Addr> {
+    pub fn winner(&self) -> Option<I> {
         self.winner
     }
 }
@@ -242,5 +326,31 @@ mod tests {
         }
         assert!(v.votes.len() <= MAX_VOTERS);
         assert_eq!(v.winner(), Some(a));
+    }
+
+    #[test]
+    fn ipv6_votes_age_out_and_count_once_per_voter() {
+        let mut v: ExternalIpVote<Ipv6Addr> = ExternalIpVote::default();
+        let voter = |i: u16| Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, i);
+        let old: Ipv6Addr = "2a00:1450::1".parse().unwrap();
+        let new: Ipv6Addr = "2a00:1450::2".parse().unwrap();
+        for _ in 0..10 {
+            v.vote(voter(1), old, Time(0));
+        }
+        assert_eq!(v.winner(), None);
+        for i in 2..=10 {
+            v.vote(voter(i), old, Time(0));
+        }
+        assert_eq!(v.winner(), Some(old));
+        let later = Time(0) + VOTE_TTL + Duration::from_secs(1);
+        let mut changed = None;
+        for i in 100..105 {
+            changed = changed.or(v.vote(voter(i), new, later));
+        }
+        assert_eq!(changed, Some(new));
+        for i in 0..1000u16 {
+            v.vote(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, i), new, later);
+        }
+        assert!(v.votes.len() <= MAX_VOTERS);
     }
 }

@@ -21,11 +21,11 @@
 //! turns that into datagrams and feeds answers and timeouts back.
 
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use crate::id::Id;
-use crate::krpc::NodeInfo;
+use crate::krpc::{DhtAddr, NodeInfo};
 
 use super::bep42::{self, Bep42Mode};
 use super::martian::{self, PrivateNodes};
@@ -122,31 +122,31 @@ enum Trust {
     Unverified,
 }
 
-fn trust(mode: Bep42Mode, id: Option<Id>, addr: &SocketAddrV4) -> Trust {
+fn trust<A: DhtAddr>(mode: Bep42Mode, id: Option<Id>, addr: &A) -> Trust {
     match id {
         _ if mode == Bep42Mode::Off => Trust::Verified,
         None => Trust::Verified,
-        Some(_) if bep42::is_exempt(addr.ip()) => Trust::Local,
-        Some(i) if bep42::is_valid(&i, addr.ip()) => Trust::Verified,
+        Some(_) if bep42::is_exempt_ip(&A::ip_addr(&addr.ip_of())) => Trust::Local,
+        Some(i) if bep42::is_valid_for(&i, addr) => Trust::Verified,
         Some(_) => Trust::Unverified,
     }
 }
 
 #[derive(Clone, Debug)]
-struct Candidate {
+struct Candidate<A: DhtAddr> {
     /// Unknown for bootstrap addresses until they answer; the id it answered with once it has.
     id: Option<Id>,
-    addr: SocketAddrV4,
+    addr: A,
     distance: Id,
     /// Hops from our own table: 1 for nodes we knew, n+1 for nodes learned from a hop-n node.
     depth: u8,
     state: CandState,
     trust: Trust,
     /// IP of the responder that listed it; `None` for the seeds we started from.
-    listed_by: Option<Ipv4Addr>,
+    listed_by: Option<A::Ip>,
 }
 
-impl Candidate {
+impl<A: DhtAddr> Candidate<A> {
     fn rank(&self) -> (Trust, Id) {
         (self.trust, self.distance)
     }
@@ -170,7 +170,7 @@ pub struct LookupStats {
 }
 
 /// State of one lookup.
-pub struct Lookup {
+pub struct Lookup<A: DhtAddr = SocketAddrV4> {
     /// Its id.
     pub id: LookupId,
     /// The target id or info-hash.
@@ -182,21 +182,21 @@ pub struct Lookup {
     /// Counters.
     pub stats: LookupStats,
     p: LookupParams,
-    candidates: Vec<Candidate>,
+    candidates: Vec<Candidate<A>>,
     max_candidates: usize,
-    seen_peers: HashSet<SocketAddrV4>,
+    seen_peers: HashSet<A>,
 }
 
 /// A query the lookup wants sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Outgoing {
+pub struct Outgoing<A = SocketAddrV4> {
     /// Where to send it.
-    pub addr: SocketAddrV4,
+    pub addr: A,
     /// Expected responder id, if known.
     pub id: Option<Id>,
 }
 
-impl Lookup {
+impl<A: DhtAddr> Lookup<A> {
     /// A new lookup seeded with known nodes (from the routing table) and bare addresses
     /// (bootstrap routers, saved nodes: the caller chose them, so the martian filter does
     /// not apply to them).
@@ -206,9 +206,9 @@ impl Lookup {
         kind: LookupKind,
         params: LookupParams,
         now: Time,
-        seeds: &[NodeInfo],
-        bare: &[SocketAddrV4],
-    ) -> Lookup {
+        seeds: &[NodeInfo<A>],
+        bare: &[A],
+    ) -> Lookup<A> {
         let mut params = params;
         params.alpha = params.alpha.max(1);
         let mut l = Lookup {
@@ -235,18 +235,12 @@ impl Lookup {
     /// martian filter (when listed by `listed_by`), over its IP's share, or too far to
     /// matter. Its id may already be listed (`MAX_PER_ID` live listings, one per lister),
     /// unless a node answered under it.
-    fn add_candidate(
-        &mut self,
-        id: Option<Id>,
-        addr: SocketAddrV4,
-        depth: u8,
-        listed_by: Option<&Ipv4Addr>,
-    ) {
+    fn add_candidate(&mut self, id: Option<Id>, addr: A, depth: u8, listed_by: Option<&A::Ip>) {
         if id == Some(self.p.own_id) {
             return;
         }
         if let Some(from) = listed_by {
-            if !martian::acceptable(&addr, from, self.p.private_nodes) {
+            if !martian::acceptable_for(&addr, from, self.p.private_nodes) {
                 return;
             }
         }
@@ -270,11 +264,11 @@ impl Lookup {
                 return;
             }
         }
-        if martian::is_public(addr.ip())
+        if martian::scope_ip(&A::ip_addr(&addr.ip_of())) == martian::Scope::Public
             && self
                 .candidates
                 .iter()
-                .filter(|c| c.addr.ip() == addr.ip())
+                .filter(|c| c.addr.ip_of() == addr.ip_of())
                 .count()
                 >= self.p.max_per_ip
         {
@@ -334,7 +328,7 @@ impl Lookup {
 
     /// The queries to send now: fresh candidates among the closest, while fewer than `alpha`
     /// non-slow queries are outstanding and the query budget lasts. Marks them in flight.
-    pub fn next_queries(&mut self) -> Vec<Outgoing> {
+    pub fn next_queries(&mut self) -> Vec<Outgoing<A>> {
         let mut out = Vec::new();
         let mut active = self.active();
         let mut settled = 0;
@@ -361,7 +355,7 @@ impl Lookup {
         out
     }
 
-    fn find(&mut self, addr: &SocketAddrV4) -> Option<&mut Candidate> {
+    fn find(&mut self, addr: &A) -> Option<&mut Candidate<A>> {
         self.candidates.iter_mut().find(|c| c.addr == *addr)
     }
 
@@ -374,12 +368,12 @@ impl Lookup {
     /// not.
     pub fn on_response(
         &mut self,
-        from: SocketAddrV4,
+        from: A,
         responder: Id,
-        nodes: &[NodeInfo],
-        values: &[SocketAddrV4],
+        nodes: &[NodeInfo<A>],
+        values: &[A],
         token: Option<Vec<u8>>,
-    ) -> Vec<SocketAddrV4> {
+    ) -> Vec<A> {
         let target = self.target;
         let mode = self.p.bep42;
         let clash = responder == self.p.own_id
@@ -419,7 +413,12 @@ impl Lookup {
         self.stats.responses += 1;
         self.stats.max_depth = self.stats.max_depth.max(depth);
         for n in nodes {
-            self.add_candidate(Some(n.id), n.addr, depth.saturating_add(1), Some(from.ip()));
+            self.add_candidate(
+                Some(n.id),
+                n.addr,
+                depth.saturating_add(1),
+                Some(&from.ip_of()),
+            );
         }
         let policy = self.p.private_nodes;
         let mut fresh = Vec::new();
@@ -427,7 +426,7 @@ impl Lookup {
             if self.seen_peers.len() >= self.p.max_peers {
                 break;
             }
-            if martian::acceptable(p, from.ip(), policy) && self.seen_peers.insert(*p) {
+            if martian::acceptable_for(p, &from.ip_of(), policy) && self.seen_peers.insert(*p) {
                 fresh.push(*p);
             }
         }
@@ -439,7 +438,7 @@ impl Lookup {
     }
 
     /// The query to `addr` passed the widen delay: stop counting it against `alpha`.
-    pub fn on_slow(&mut self, addr: &SocketAddrV4) {
+    pub fn on_slow(&mut self, addr: &A) {
         if let Some(c) = self.find(addr) {
             if c.state == (CandState::InFlight { slow: false }) {
                 c.state = CandState::InFlight { slow: true };
@@ -448,7 +447,7 @@ impl Lookup {
     }
 
     /// The query to `addr` timed out (or was answered with an error).
-    pub fn on_failure(&mut self, addr: &SocketAddrV4) {
+    pub fn on_failure(&mut self, addr: &A) {
         if let Some(c) = self.find(addr) {
             if matches!(c.state, CandState::InFlight { .. }) {
                 c.state = CandState::Failed;
@@ -480,7 +479,7 @@ impl Lookup {
         true
     }
 
-    fn responded(&self) -> impl Iterator<Item = (NodeInfo, &Option<Vec<u8>>)> {
+    fn responded(&self) -> impl Iterator<Item = (NodeInfo<A>, &Option<Vec<u8>>)> {
         self.candidates
             .iter()
             .filter_map(|c| match (&c.state, c.id) {
@@ -493,13 +492,13 @@ impl Lookup {
 
     /// The `n` best nodes that answered (BEP 42-verified first when it applies, then
     /// closest first).
-    pub fn closest(&self, n: usize) -> Vec<NodeInfo> {
+    pub fn closest(&self, n: usize) -> Vec<NodeInfo<A>> {
         self.responded().map(|(node, _)| node).take(n).collect()
     }
 
     /// Where to announce: the `n` best nodes that answered *with a token*, with it. Nodes
     /// that gave none cannot store us, so they do not take a place.
-    pub fn announce_targets(&self, n: usize) -> Vec<(NodeInfo, Vec<u8>)> {
+    pub fn announce_targets(&self, n: usize) -> Vec<(NodeInfo<A>, Vec<u8>)> {
         self.responded()
             .filter_map(|(node, token)| token.clone().map(|t| (node, t)))
             .take(n)

@@ -134,7 +134,7 @@ fn id(b: u8, rest: u8) -> Id {
 fn answer(id: Id, nodes: Vec<NodeInfo>) -> Response {
     Response {
         id,
-        nodes,
+        nodes: Some(nodes),
         ..Response::default()
     }
 }
@@ -241,16 +241,18 @@ fn a_public_node_cannot_hand_out_unroutable_or_local_addresses() {
     b.run(50, 50, |s| {
         (s.to == boot).then(|| Response {
             id: id(0x40, 0),
-            nodes: bad
-                .iter()
-                .enumerate()
-                .map(|(i, a)| NodeInfo {
-                    id: at_distance(i as u64 + 1),
-                    addr: *a,
-                })
-                .collect(),
+            nodes: Some(
+                bad.iter()
+                    .enumerate()
+                    .map(|(i, a)| NodeInfo {
+                        id: at_distance(i as u64 + 1),
+                        addr: *a,
+                    })
+                    .collect(),
+            ),
             values: bad.to_vec(),
             token: Some(b"t".to_vec()),
+            ..Response::default()
         })
     });
     assert!(b.done(lid).is_some());
@@ -273,12 +275,13 @@ fn local_responders_may_list_local_nodes() {
         b.run(50, 50, |s| {
             (s.to == boot).then(|| Response {
                 id: id(0x40, 0),
-                nodes: vec![NodeInfo {
+                nodes: Some(vec![NodeInfo {
                     id: id(0x01, 0),
                     addr: listed,
-                }],
+                }]),
                 values: vec![listed],
                 token: None,
+                ..Response::default()
             })
         });
         assert!(b.done(lid).is_some());
@@ -327,12 +330,13 @@ fn ever_closer(counter: &mut u64, values: usize) -> Response {
     };
     Response {
         id: at_distance(u64::MAX - c),
-        nodes: vec![NodeInfo {
+        nodes: Some(vec![NodeInfo {
             id: at_distance(u64::MAX - c - 1),
             addr: addr(c + 0x1_0000, 10),
-        }],
+        }]),
         values: (0..values as u64).map(|v| addr(c * 1000 + v, 20)).collect(),
         token: None,
+        ..Response::default()
     }
 }
 
@@ -415,14 +419,17 @@ fn announces_go_to_the_k_closest_nodes_that_gave_a_token() {
         match (s.to.ip().octets()[2], &s.method) {
             (1, Method::GetPeers { .. }) => Some(Response {
                 id: id(0x80 + j, 0),
-                nodes: (1..=8)
-                    .map(|i| NodeInfo {
-                        id: id(0x01 + i, 0),
-                        addr: near(i),
-                    })
-                    .collect(),
+                nodes: Some(
+                    (1..=8)
+                        .map(|i| NodeInfo {
+                            id: id(0x01 + i, 0),
+                            addr: near(i),
+                        })
+                        .collect(),
+                ),
                 values: vec![],
                 token: Some(vec![j]),
+                ..Response::default()
             }),
             (2, Method::GetPeers { .. }) => Some(answer(id(0x01 + j, 0), vec![])),
             (_, Method::AnnouncePeer { .. }) => Some(answer(id(0x80 + j, 0), vec![])),
@@ -505,9 +512,10 @@ fn a_liar_listing_the_closest_ids_at_dead_addresses_cannot_hide_the_real_nodes()
             return match s.method {
                 Method::GetPeers { .. } => Some(Response {
                     id: id(0x70, 0),
-                    nodes: listing(&dead, 1),
+                    nodes: Some(listing(&dead, 1)),
                     values: vec![],
                     token: Some(b"liar".to_vec()),
+                    ..Response::default()
                 }),
                 _ => Some(answer(id(0x70, 0), vec![])),
             };
@@ -519,9 +527,10 @@ fn a_liar_listing_the_closest_ids_at_dead_addresses_cannot_hide_the_real_nodes()
         Some(match s.method {
             Method::GetPeers { .. } => Response {
                 id: at_distance(u64::from(j)),
-                nodes: if j == 1 { listing(&real, 2) } else { vec![] },
+                nodes: Some(if j == 1 { listing(&real, 2) } else { vec![] }),
                 values: vec![],
                 token: Some(vec![j]),
+                ..Response::default()
             },
             _ => answer(at_distance(u64::from(j)), vec![]),
         })

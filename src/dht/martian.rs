@@ -84,6 +84,52 @@ pub fn acceptable(addr: &SocketAddrV4, responder: &Ipv4Addr, policy: PrivateNode
     }
 }
 
+/// [`scope`] for an address of either family: IPv6 multicast, unspecified and
+/// documentation (2001:db8::/32) addresses are unroutable, unique-local (fc00::/7) and
+/// link-local (fe80::/10) ones private; an IPv4-mapped address has its IPv4 scope.
+pub fn scope_ip(ip: &std::net::IpAddr) -> Scope {
+    match ip {
+        std::net::IpAddr::V4(a) => scope(a),
+        std::net::IpAddr::V6(a) => {
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return scope(&v4);
+            }
+            let seg = a.segments();
+            if a.is_unspecified() || a.is_multicast() || (seg[0] == 0x2001 && seg[1] == 0x0db8) {
+                Scope::Unroutable
+            } else if a.is_loopback() {
+                Scope::Loopback
+            } else if (seg[0] & 0xfe00) == 0xfc00 || (seg[0] & 0xffc0) == 0xfe80 {
+                Scope::Private
+            } else {
+                Scope::Public
+            }
+        }
+    }
+}
+
+/// [`acceptable`] for the address family `A` of the generic core.
+pub fn acceptable_for<A: crate::krpc::DhtAddr>(
+    addr: &A,
+    responder: &A::Ip,
+    policy: PrivateNodes,
+) -> bool {
+    if addr.port_of() == 0 {
+        return false;
+    }
+    let from = scope_ip(&A::ip_addr(responder));
+    match (scope_ip(&A::ip_addr(&addr.ip_of())), policy) {
+        (Scope::Unroutable, _) => false,
+        (Scope::Public, _) => true,
+        (_, PrivateNodes::Allow) => true,
+        (_, PrivateNodes::Deny) => false,
+        (Scope::Loopback, PrivateNodes::SameScope) => from == Scope::Loopback,
+        (Scope::Private, PrivateNodes::SameScope) => {
+            matches!(from, Scope::Private | Scope::Loopback)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

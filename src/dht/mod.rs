@@ -21,13 +21,15 @@ pub use bep42::Bep42Mode;
 pub use entropy::{Entropy, EntropyError};
 pub use lookup::{AnnounceSpec, LookupId, LookupKind, LookupStats};
 pub use martian::PrivateNodes;
-pub use node::{Config, Dht, Event, Stats, Transmit, CLIENT_VERSION};
+pub use node::{Config, Dht, Event, NodeLists, Stats, Transmit, CLIENT_VERSION};
 pub use ratelimit::{RateLimiter, RateLimits, TokenBucket};
 pub use routing::{Insert, NodeState, RoutingTable, TimeoutOutcome};
 pub use rpc::Purpose;
 pub use store::{PeerStore, StoreFull, StoreLimits, Stored, Tokens};
 pub use time::Time;
 
+#[cfg(test)]
+mod family_tests;
 #[cfg(test)]
 mod lookup_tests;
 #[cfg(test)]

@@ -8,7 +8,9 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 
 use crate::id::Id;
-use crate::krpc::{Body, ErrorCode, KrpcError, Message, Method, NodeInfo, Query, Response};
+use crate::krpc::{
+    Body, DhtAddr, ErrorCode, KrpcError, Message, Method, NodeInfo, Query, Response, Want,
+};
 
 use super::bep42::{self, Bep42Mode};
 use super::entropy::Entropy;
@@ -107,22 +109,22 @@ impl Default for Config {
 
 /// A datagram to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transmit {
+pub struct Transmit<A = SocketAddrV4> {
     /// Destination.
-    pub to: SocketAddrV4,
+    pub to: A,
     /// Bencoded KRPC message.
     pub data: Vec<u8>,
 }
 
 /// What the node reports to its driver.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
+pub enum Event<A: DhtAddr = SocketAddrV4> {
     /// New peers for a get_peers lookup, as soon as an answer carries them.
     Peers {
         /// The lookup.
         lookup: LookupId,
         /// Peers not reported before by this lookup.
-        peers: Vec<SocketAddrV4>,
+        peers: Vec<A>,
     },
     /// A lookup finished.
     LookupDone {
@@ -135,7 +137,7 @@ pub enum Event {
         /// How long it took.
         elapsed: Duration,
         /// The closest nodes that answered.
-        closest: Vec<NodeInfo>,
+        closest: Vec<NodeInfo<A>>,
         /// announce_peer queries sent afterwards.
         announced: usize,
     },
@@ -144,14 +146,14 @@ pub enum Event {
         /// The get_peers lookup that announced.
         lookup: LookupId,
         /// The node that stored us.
-        node: SocketAddrV4,
+        node: A,
     },
     /// Our id changed to match our external IP (BEP 42).
     IdChanged {
         /// The new id.
         id: Id,
         /// The external address it was derived from.
-        external: std::net::Ipv4Addr,
+        external: A::Ip,
     },
     /// The bootstrap lookup finished.
     Bootstrapped {
@@ -188,31 +190,49 @@ pub struct Stats {
 }
 
 /// The DHT node state machine.
-pub struct Dht {
+pub struct Dht<A: DhtAddr = SocketAddrV4> {
     cfg: Config,
     id: Id,
     rng: SmallRng,
-    table: RoutingTable,
-    rpc: Rpc,
-    lookups: Vec<Lookup>,
+    table: RoutingTable<A>,
+    rpc: Rpc<A>,
+    lookups: Vec<Lookup<A>>,
     next_lookup: u64,
-    store: PeerStore,
+    store: PeerStore<A>,
     tokens: Tokens,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<Event>,
+    transmits: VecDeque<Transmit<A>>,
+    events: VecDeque<Event<A>>,
     stats: Stats,
-    bootstrap_addrs: Vec<SocketAddrV4>,
+    bootstrap_addrs: Vec<A>,
     /// Bootstrap routers: never entered into the table (bounded by `MAX_ROUTERS`).
-    routers: Vec<SocketAddrV4>,
-    saved: Vec<NodeInfo>,
+    routers: Vec<A>,
+    saved: Vec<NodeInfo<A>>,
     bootstrap_lookup: Option<LookupId>,
     last_bootstrap: Option<Time>,
     bootstrap_backoff: Duration,
     next_maintenance: Time,
     verify_budget: TokenBucket,
-    external_ip: Option<SocketAddrV4>,
-    limiter: RateLimiter,
-    ip_vote: bep42::ExternalIpVote,
+    external_ip: Option<A>,
+    limiter: RateLimiter<A::Ip>,
+    ip_vote: bep42::ExternalIpVote<A::Ip>,
+}
+
+/// The node lists one family's node can put in a response: what the other family's
+/// [`Dht`] offers when a query's `want` (BEP 32) asks for its nodes.
+pub trait NodeLists {
+    /// Which `want` entry this family answers (`n4` or `n6`).
+    fn family(&self) -> Want;
+    /// Sets this family's `count` nodes closest to `target` in `r`.
+    fn fill_nodes(&self, target: &Id, count: usize, now: Time, r: &mut Response);
+}
+
+impl<A: DhtAddr> NodeLists for Dht<A> {
+    fn family(&self) -> Want {
+        A::WANT
+    }
+    fn fill_nodes(&self, target: &Id, count: usize, now: Time, r: &mut Response) {
+        A::set_nodes(r, self.table.closest(target, count, now));
+    }
 }
 
 /// Housekeeping tick while buckets wait for refresh: one stale bucket is refreshed per tick
@@ -223,18 +243,18 @@ const MAX_ROUTERS: usize = 64;
 /// Saved contacts (from the state file) remembered at most as join seeds.
 const MAX_SAVED: usize = 512;
 
-impl Dht {
+impl<A: DhtAddr> Dht<A> {
     /// A node with `id` and configuration `cfg` whose randomness all derives from `seed`:
     /// runs repeat exactly, which the simulator and the tests need. Real nodes use
     /// [`Dht::with_entropy`] with [`Entropy::from_os`], so nobody can recompute their token
     /// key or transaction ids from a guessable seed.
-    pub fn new(id: Id, cfg: Config, seed: u64, now: Time) -> Dht {
+    pub fn new(id: Id, cfg: Config, seed: u64, now: Time) -> Dht<A> {
         Dht::with_entropy(id, cfg, Entropy::from_seed(seed), now)
     }
 
     /// A node with `id` and configuration `cfg` drawing on `entropy`: the wire RNG
     /// (transaction ids, refresh targets) and the token key are separate streams.
-    pub fn with_entropy(id: Id, cfg: Config, entropy: Entropy, now: Time) -> Dht {
+    pub fn with_entropy(id: Id, cfg: Config, entropy: Entropy, now: Time) -> Dht<A> {
         let rng = entropy.wire;
         let tokens = Tokens::new(entropy.token_key, now, cfg.token_interval);
         let rpc = Rpc::new();
@@ -281,12 +301,12 @@ impl Dht {
     }
 
     /// The routing table, for status output and persistence.
-    pub fn routing_table(&self) -> &RoutingTable {
+    pub fn routing_table(&self) -> &RoutingTable<A> {
         &self.table
     }
 
     /// The peer store, for status output.
-    pub fn store(&self) -> &PeerStore {
+    pub fn store(&self) -> &PeerStore<A> {
         &self.store
     }
 
@@ -296,7 +316,7 @@ impl Dht {
     }
 
     /// Our address as other nodes report it (`ip` key of responses), if any did.
-    pub fn external_addr(&self) -> Option<SocketAddrV4> {
+    pub fn external_addr(&self) -> Option<A> {
         self.external_ip
     }
 
@@ -309,7 +329,7 @@ impl Dht {
     /// contacts), the saved contacts ([`Dht::add_saved_nodes`]) and whatever the table
     /// already holds. The addresses are remembered and retried while the table stays nearly
     /// empty. Those also named with [`Dht::add_routers`] never enter the routing table.
-    pub fn bootstrap(&mut self, now: Time, addrs: &[SocketAddrV4]) -> LookupId {
+    pub fn bootstrap(&mut self, now: Time, addrs: &[A]) -> LookupId {
         self.add_bootstrap_addrs(addrs);
         self.last_bootstrap = Some(now);
         let target = self.id;
@@ -321,7 +341,7 @@ impl Dht {
 
     /// Remembers bootstrap addresses without joining now: lookups fall back on them while
     /// the table is nearly empty (a short-lived `lookup` does not need a full join).
-    pub fn add_bootstrap_addrs(&mut self, addrs: &[SocketAddrV4]) {
+    pub fn add_bootstrap_addrs(&mut self, addrs: &[A]) {
         for a in addrs {
             if !self.bootstrap_addrs.contains(a) {
                 if self.bootstrap_addrs.len() >= MAX_ROUTERS {
@@ -337,7 +357,7 @@ impl Dht {
     /// lookups on a nearly empty table start from them, they enter the table when they
     /// answer, and they are saved again if this run never gets to know better ones (a start
     /// during an outage must not wipe the state file).
-    pub fn add_saved_nodes(&mut self, nodes: &[NodeInfo]) {
+    pub fn add_saved_nodes(&mut self, nodes: &[NodeInfo<A>]) {
         for n in nodes {
             if self.saved.len() >= MAX_SAVED {
                 break;
@@ -352,7 +372,7 @@ impl Dht {
     /// join like any bootstrap contact, but they only point the way and never enter the
     /// routing table (libtorrent's rule), so a handful of busy hosts do not end up in every
     /// node's table and every reply. Ordinary nodes given as bootstrap contacts do enter it.
-    pub fn add_routers(&mut self, addrs: &[SocketAddrV4]) {
+    pub fn add_routers(&mut self, addrs: &[A]) {
         for a in addrs {
             if !self.routers.contains(a) {
                 if self.routers.len() >= MAX_ROUTERS {
@@ -364,7 +384,7 @@ impl Dht {
         self.add_bootstrap_addrs(addrs);
     }
 
-    fn is_router(&self, addr: &SocketAddrV4) -> bool {
+    fn is_router(&self, addr: &A) -> bool {
         self.routers.contains(addr)
     }
 
@@ -372,12 +392,12 @@ impl Dht {
     /// vouches for (the simulator's perfect tables; a table restored from a trusted source).
     /// Saved state from disk goes through [`Dht::add_saved_nodes`] instead, so dead contacts
     /// are weeded out by the join's queries.
-    pub fn insert_node(&mut self, now: Time, node: NodeInfo) -> Insert {
+    pub fn insert_node(&mut self, now: Time, node: NodeInfo<A>) -> Insert<A> {
         self.table.on_response(node, now)
     }
 
     /// Pings `addr` so it can enter the routing table if it answers.
-    pub fn add_node(&mut self, now: Time, addr: SocketAddrV4) {
+    pub fn add_node(&mut self, now: Time, addr: A) {
         self.send_query(now, addr, None, Method::Ping, Purpose::Ping);
     }
 
@@ -406,17 +426,11 @@ impl Dht {
         }
     }
 
-    fn start_lookup(
-        &mut self,
-        now: Time,
-        target: Id,
-        kind: LookupKind,
-        extra: &[SocketAddrV4],
-    ) -> LookupId {
+    fn start_lookup(&mut self, now: Time, target: Id, kind: LookupKind, extra: &[A]) -> LookupId {
         let lid = LookupId(self.next_lookup);
         self.next_lookup += 1;
         let mut seeds = self.table.closest(&target, self.cfg.k * 2, now);
-        let mut bare: Vec<SocketAddrV4> = extra.to_vec();
+        let mut bare: Vec<A> = extra.to_vec();
         if seeds.len() < self.cfg.k {
             // A nearly empty table: fall back on the saved contacts and the bootstrap
             // addresses.
@@ -488,7 +502,7 @@ impl Dht {
         }
     }
 
-    fn finish_lookup(&mut self, now: Time, l: Lookup) {
+    fn finish_lookup(&mut self, now: Time, l: Lookup<A>) {
         // The lookup ranks BEP 42-verified nodes first (when BEP 42 applies), then by
         // distance: the announce goes preferably to nodes whose id matches their address.
         let closest = l.closest(self.cfg.k);
@@ -550,7 +564,7 @@ impl Dht {
     fn send_query(
         &mut self,
         now: Time,
-        addr: SocketAddrV4,
+        addr: A,
         id: Option<Id>,
         method: Method,
         purpose: Purpose,
@@ -574,6 +588,7 @@ impl Dht {
             body: Body::Query(Query {
                 id: self.id,
                 method,
+                want: Want::NONE,
             }),
         };
         self.stats.queries_out += 1;
@@ -581,7 +596,7 @@ impl Dht {
         true
     }
 
-    fn push_transmit(&mut self, to: SocketAddrV4, data: Vec<u8>) {
+    fn push_transmit(&mut self, to: A, data: Vec<u8>) {
         self.stats.datagrams_out += 1;
         self.transmits.push_back(Transmit { to, data });
     }
@@ -589,11 +604,11 @@ impl Dht {
     /// Sends a response or an error reply, if the global reply budget holds its bytes:
     /// every byte we send because someone else asked counts, so spoofed queries cannot make
     /// us reflect more than the budget.
-    fn reply(&mut self, now: Time, to: SocketAddrV4, tid: Vec<u8>, body: Body) {
+    fn reply(&mut self, now: Time, to: A, tid: Vec<u8>, body: Body) {
         let msg = Message {
             tid,
             version: Some(CLIENT_VERSION.to_vec()),
-            ip: Some(to),
+            ip: Some(to.to_socket_addr()),
             read_only: false,
             body,
         };
@@ -608,18 +623,20 @@ impl Dht {
     /// Votes age out ([`bep42::ExternalIpVote`]), so a changed address is followed; after a
     /// new id, a join lookup for it tells our new neighbours at once (instead of them
     /// learning it over the next refresh rounds).
-    fn on_external_ip(&mut self, now: Time, voter: std::net::Ipv4Addr, ours: SocketAddrV4) {
-        if bep42::is_exempt(&voter) && !bep42::is_exempt(ours.ip()) {
+    fn on_external_ip(&mut self, now: Time, voter: A::Ip, ours: A) {
+        if bep42::is_exempt_ip(&A::ip_addr(&voter))
+            && !bep42::is_exempt_ip(&A::ip_addr(&ours.ip_of()))
+        {
             // A local peer cannot vouch for a public address.
             return;
         }
-        if let Some(ip) = self.ip_vote.vote(voter, *ours.ip(), now) {
-            self.external_ip = Some(SocketAddrV4::new(ip, ours.port()));
+        if let Some(ip) = self.ip_vote.vote(voter, ours.ip_of(), now) {
+            self.external_ip = Some(A::from_parts(ip, ours.port_of()));
             if self.cfg.bep42_derive_id
                 && self.cfg.bep42 != Bep42Mode::Off
-                && !bep42::is_valid(&self.id, &ip)
+                && !bep42::is_valid_ip(&self.id, &A::ip_addr(&ip))
             {
-                let id = bep42::id_for_ip(&ip, &mut self.rng);
+                let id = bep42::id_for_ip_addr(&A::ip_addr(&ip), &mut self.rng);
                 self.id = id;
                 self.table.recentre(id, now);
                 self.events.push_back(Event::IdChanged { id, external: ip });
@@ -637,11 +654,24 @@ impl Dht {
     /// off-path spoofer flooding from, say, the bootstrap router's address can get that IP
     /// banned for its own packets, but cannot guess our ids, so the router's genuine answers
     /// still arrive.
-    pub fn handle_datagram(&mut self, now: Time, from: SocketAddrV4, data: &[u8]) {
+    pub fn handle_datagram(&mut self, now: Time, from: A, data: &[u8]) {
+        self.handle_datagram_with(now, from, data, None);
+    }
+
+    /// Feeds one received datagram, with the node of the other address family beside this
+    /// one (dual stack, BEP 32): a query whose `want` asks for that family's nodes is
+    /// answered from `other`'s table.
+    pub fn handle_datagram_with(
+        &mut self,
+        now: Time,
+        from: A,
+        data: &[u8],
+        other: Option<&dyn NodeLists>,
+    ) {
         let decoded = Message::decode(data);
         let ours = matches!(&decoded, Ok(m) if !matches!(m.body, Body::Query(_))
             && self.rpc.matches(&m.tid, &from));
-        if !ours && !self.limiter.allow_packet(*from.ip(), now) {
+        if !ours && !self.limiter.allow_packet(from.ip_of(), now) {
             self.stats.dropped_rate_limited += 1;
             return;
         }
@@ -664,13 +694,24 @@ impl Dht {
             }
         };
         match msg.body {
-            Body::Query(q) => self.handle_query(now, from, msg.tid, msg.read_only, q),
-            Body::Response(r) => self.handle_response(now, from, &msg.tid, msg.ip, r),
+            Body::Query(q) => self.handle_query(now, from, msg.tid, msg.read_only, q, other),
+            Body::Response(r) => {
+                let ip = msg.ip.and_then(A::from_socket_addr);
+                self.handle_response(now, from, &msg.tid, ip, r)
+            }
             Body::Error(_) => self.handle_error(now, from, &msg.tid),
         }
     }
 
-    fn handle_query(&mut self, now: Time, from: SocketAddrV4, tid: Vec<u8>, ro: bool, q: Query) {
+    fn handle_query(
+        &mut self,
+        now: Time,
+        from: A,
+        tid: Vec<u8>,
+        ro: bool,
+        q: Query,
+        other: Option<&dyn NodeLists>,
+    ) {
         self.stats.queries_in += 1;
         if self.cfg.read_only || !self.limiter.reply_budget_left(now) {
             return;
@@ -682,25 +723,18 @@ impl Dht {
                 id: self.id,
                 ..Response::default()
             }),
-            Method::FindNode { target } => Body::Response(Response {
-                id: self.id,
-                nodes: self.table.closest(&target, self.cfg.k, now),
-                ..Response::default()
-            }),
+            Method::FindNode { target } => {
+                Body::Response(self.node_lists(&target, q.want, now, other))
+            }
             Method::GetPeers { info_hash } => {
                 let values = self
                     .store
                     .peers(&info_hash, self.cfg.max_values, now, &mut self.rng);
-                Body::Response(Response {
-                    id: self.id,
-                    nodes: self.table.closest(&info_hash, self.cfg.k, now),
-                    values,
-                    token: Some(
-                        self.tokens
-                            .token_for(&IpAddr::V4(*from.ip()), &info_hash)
-                            .to_vec(),
-                    ),
-                })
+                let mut r = self.node_lists(&info_hash, q.want, now, other);
+                A::set_values(&mut r, values);
+                let ip: IpAddr = from.ip_of().into();
+                r.token = Some(self.tokens.token_for(&ip, &info_hash).to_vec());
+                Body::Response(r)
             }
             Method::AnnouncePeer {
                 info_hash,
@@ -708,10 +742,7 @@ impl Dht {
                 implied_port,
                 token,
             } => {
-                if !self
-                    .tokens
-                    .check(&token, &IpAddr::V4(*from.ip()), &info_hash)
-                {
+                if !self.tokens.check(&token, &from.ip_of().into(), &info_hash) {
                     Body::Error(KrpcError {
                         code: ErrorCode::Protocol,
                         message: b"bad token".to_vec(),
@@ -722,8 +753,8 @@ impl Dht {
                         message: b"bad port".to_vec(),
                     })
                 } else {
-                    let port = if implied_port { from.port() } else { port };
-                    let peer = SocketAddrV4::new(*from.ip(), port);
+                    let port = if implied_port { from.port_of() } else { port };
+                    let peer = A::from_parts(from.ip_of(), port);
                     // Refused at capacity: not stored, but answered normally all the same.
                     // An error (202) would make libtorrent count us as a failing node and
                     // drop us from its table, while the announcer stores itself on its
@@ -749,9 +780,33 @@ impl Dht {
         }
     }
 
+    /// A find_node / get_peers answer's node lists: this family's unless `want` (BEP 32)
+    /// names only the other, plus the other family's from `other` when asked for. A list
+    /// given is always present, even empty (BEP 5 replies always carry `nodes`).
+    fn node_lists(
+        &self,
+        target: &Id,
+        want: Want,
+        now: Time,
+        other: Option<&dyn NodeLists>,
+    ) -> Response {
+        let mut r = Response {
+            id: self.id,
+            ..Response::default()
+        };
+        let asks = |fam: Want| (want.n4 && fam.n4) || (want.n6 && fam.n6);
+        if want.is_empty() || asks(A::WANT) {
+            A::set_nodes(&mut r, self.table.closest(target, self.cfg.k, now));
+        }
+        if let Some(o) = other.filter(|o| asks(o.family())) {
+            o.fill_nodes(target, self.cfg.k, now, &mut r);
+        }
+        r
+    }
+
     /// An unknown node queried us: if it could enter the table, ping it (answers prove the
     /// address is real). Budgeted, so a flood of queriers cannot make us flood pings.
-    fn maybe_verify(&mut self, now: Time, from: SocketAddrV4, id: Id) {
+    fn maybe_verify(&mut self, now: Time, from: A, id: Id) {
         if !self.table.has_room_for(&id, now) {
             return;
         }
@@ -761,21 +816,14 @@ impl Dht {
         self.send_query(now, from, Some(id), Method::Ping, Purpose::Ping);
     }
 
-    fn handle_response(
-        &mut self,
-        now: Time,
-        from: SocketAddrV4,
-        tid: &[u8],
-        ip: Option<SocketAddrV4>,
-        r: Response,
-    ) {
+    fn handle_response(&mut self, now: Time, from: A, tid: &[u8], ip: Option<A>, r: Response) {
         let Some(q) = self.rpc.take(tid, &from) else {
             self.stats.unsolicited_in += 1;
             return;
         };
         self.stats.responses_in += 1;
         if let Some(ours) = ip {
-            self.on_external_ip(now, *from.ip(), ours);
+            self.on_external_ip(now, from.ip_of(), ours);
         }
         let node = NodeInfo {
             id: r.id,
@@ -791,7 +839,8 @@ impl Dht {
                 let Some(l) = self.lookups.iter_mut().find(|l| l.id == lid) else {
                     return;
                 };
-                let fresh = l.on_response(from, r.id, &r.nodes, &r.values, r.token);
+                let nodes = A::nodes_of(&r).unwrap_or(&[]);
+                let fresh = l.on_response(from, r.id, nodes, A::values_of(&r), r.token.clone());
                 if !fresh.is_empty() {
                     self.events.push_back(Event::Peers {
                         lookup: lid,
@@ -808,7 +857,7 @@ impl Dht {
         }
     }
 
-    fn handle_error(&mut self, now: Time, from: SocketAddrV4, tid: &[u8]) {
+    fn handle_error(&mut self, now: Time, from: A, tid: &[u8]) {
         let Some(q) = self.rpc.take(tid, &from) else {
             self.stats.unsolicited_in += 1;
             return;
@@ -829,7 +878,7 @@ impl Dht {
     /// The driver could not send `data` to `to` (a local error: no route, no buffer space).
     /// That is our failure, not the remote's: the query is dropped without charging the node
     /// (a network blip must not empty the routing table), and a lookup moves on at once.
-    pub fn on_send_error(&mut self, now: Time, to: SocketAddrV4, data: &[u8]) {
+    pub fn on_send_error(&mut self, now: Time, to: A, data: &[u8]) {
         let Ok(msg) = Message::decode(data) else {
             return;
         };
@@ -940,12 +989,12 @@ impl Dht {
     }
 
     /// The next datagram to send, if any.
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+    pub fn poll_transmit(&mut self) -> Option<Transmit<A>> {
         self.transmits.pop_front()
     }
 
     /// The next event, if any.
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub fn poll_event(&mut self) -> Option<Event<A>> {
         self.events.pop_front()
     }
 
@@ -961,8 +1010,8 @@ impl Dht {
     /// bad, best first. When fewer than `k` are left (an outage made them all fail, or the
     /// node never got online), the last known good table is kept: bad entries that once
     /// answered, then the contacts this run was started with. A restart pings them anyway.
-    pub fn saved_nodes(&self, now: Time) -> Vec<NodeInfo> {
-        let mut out: Vec<NodeInfo> = Vec::new();
+    pub fn saved_nodes(&self, now: Time) -> Vec<NodeInfo<A>> {
+        let mut out: Vec<NodeInfo<A>> = Vec::new();
         for want in [NodeState::Good, NodeState::Questionable] {
             out.extend(
                 self.table

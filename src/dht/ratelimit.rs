@@ -135,9 +135,9 @@ struct IpState {
 }
 
 /// The limiter state.
-pub struct RateLimiter {
+pub struct RateLimiter<I = Ipv4Addr> {
     limits: RateLimits,
-    ips: Option<LruCache<Ipv4Addr, IpState>>,
+    ips: Option<LruCache<I, IpState>>,
     replies: Option<TokenBucket>,
     /// Packets dropped because their IP was over budget or banned.
     pub dropped_ip: u64,
@@ -145,9 +145,9 @@ pub struct RateLimiter {
     pub dropped_global: u64,
 }
 
-impl RateLimiter {
+impl<I: Copy + Eq + std::hash::Hash> RateLimiter<I> {
     /// A limiter with `limits`; allocates nothing yet.
-    pub fn new(limits: RateLimits) -> RateLimiter {
+    pub fn new(limits: RateLimits) -> RateLimiter<I> {
         let replies = (limits.reply_bytes_per_sec > 0).then(|| {
             TokenBucket::new(
                 u64::from(limits.reply_bytes_per_sec),
@@ -165,7 +165,7 @@ impl RateLimiter {
     }
 
     /// Counts one packet from `ip` at `now`; false if it must be dropped.
-    pub fn allow_packet(&mut self, ip: Ipv4Addr, now: Time) -> bool {
+    pub fn allow_packet(&mut self, ip: I, now: Time) -> bool {
         let rate = u64::from(self.limits.per_ip_per_sec);
         if rate == 0 || self.limits.tracked_ips == 0 {
             return true;
@@ -238,7 +238,7 @@ mod tests {
             reply_burst_bytes: 0,
             tracked_ips: 100,
         };
-        let mut r = RateLimiter::new(limits);
+        let mut r: RateLimiter = RateLimiter::new(limits);
         let ip = Ipv4Addr::new(1, 2, 3, 4);
         // Burst of 15 passes, the 16th within the same millisecond trips the ban.
         for i in 0..15 {
@@ -258,7 +258,7 @@ mod tests {
 
     #[test]
     fn memory_is_bounded_under_spoofed_sources() {
-        let mut r = RateLimiter::new(RateLimits {
+        let mut r: RateLimiter = RateLimiter::new(RateLimits {
             tracked_ips: 1000,
             ..RateLimits::default()
         });
@@ -270,7 +270,7 @@ mod tests {
 
     #[test]
     fn global_reply_budget_counts_bytes() {
-        let mut r = RateLimiter::new(RateLimits {
+        let mut r: RateLimiter = RateLimiter::new(RateLimits {
             reply_bytes_per_sec: 1000,
             reply_burst_bytes: 500,
             ..RateLimits::unlimited()

@@ -5,11 +5,11 @@
 //! The table never sends anything itself: when a questionable node should be pinged before it
 //! is replaced, insertion says so and the node (`dht`) sends the ping.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use crate::id::Id;
-use crate::krpc::NodeInfo;
+use crate::krpc::{DhtAddr, NodeInfo};
 
 use super::bep42::{self, Bep42Mode};
 use super::time::Time;
@@ -25,9 +25,9 @@ pub const MAX_PER_SLASH24: usize = 2;
 
 /// One routing table entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
+pub struct Entry<A = SocketAddrV4> {
     /// Who the node is.
-    pub node: NodeInfo,
+    pub node: NodeInfo<A>,
     /// Last time it answered one of our queries.
     pub last_response: Time,
     /// Last time it sent us a query (counts toward "good" once it has answered before).
@@ -52,8 +52,8 @@ pub enum NodeState {
     Bad,
 }
 
-impl Entry {
-    fn new(node: NodeInfo, now: Time) -> Entry {
+impl<A: DhtAddr> Entry<A> {
+    fn new(node: NodeInfo<A>, now: Time) -> Entry<A> {
         Entry {
             node,
             last_response: now,
@@ -66,7 +66,7 @@ impl Entry {
 
     /// A candidate that has not answered yet (a promoted replacement): questionable until it
     /// does, whatever the clock says (`Time(0)` is a real instant, not "never").
-    fn unproven(node: NodeInfo) -> Entry {
+    fn unproven(node: NodeInfo<A>) -> Entry<A> {
         Entry {
             node,
             last_response: Time(0),
@@ -92,19 +92,29 @@ impl Entry {
 }
 
 /// One k-bucket.
-#[derive(Clone, Debug, Default)]
-pub struct Bucket {
+#[derive(Clone, Debug)]
+pub struct Bucket<A = SocketAddrV4> {
     /// Live entries, at most `k`.
-    pub entries: Vec<Entry>,
+    pub entries: Vec<Entry<A>>,
     /// Candidates waiting for a slot, newest last.
-    pub replacements: Vec<NodeInfo>,
+    pub replacements: Vec<NodeInfo<A>>,
     /// Last time a node in this bucket answered or was added, or a lookup went through it.
     pub last_changed: Time,
 }
 
+impl<A> Default for Bucket<A> {
+    fn default() -> Self {
+        Bucket {
+            entries: Vec::new(),
+            replacements: Vec::new(),
+            last_changed: Time(0),
+        }
+    }
+}
+
 /// What happened to a node offered to the table.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Insert {
+pub enum Insert<A = SocketAddrV4> {
     /// It is in the table (new or refreshed).
     Added,
     /// Refused: our own id, a read-only node, or its IP already has another entry.
@@ -112,27 +122,27 @@ pub enum Insert {
     /// Bucket full of good nodes; kept as a replacement.
     Replacement,
     /// Bucket full; kept as a replacement, and this questionable node should be pinged first.
-    PingFirst(NodeInfo),
+    PingFirst(NodeInfo<A>),
 }
 
 /// The routing table centred on our id.
 #[derive(Clone, Debug)]
-pub struct RoutingTable {
+pub struct RoutingTable<A: DhtAddr = SocketAddrV4> {
     own: Id,
     k: usize,
     /// Bucket `i < len-1` holds nodes sharing exactly `i` leading bits with us; the last bucket
     /// holds every node sharing at least `len-1` bits (it is the one that splits).
-    buckets: Vec<Bucket>,
+    buckets: Vec<Bucket<A>>,
     one_per_ip: bool,
     bep42: Bep42Mode,
     /// The entries' IP addresses, kept in step with `buckets` so the one-per-IP check is a
     /// lookup instead of a scan of the whole table. Bounded by the table itself.
-    ips: IpIndex,
+    ips: IpIndex<A::Ip>,
 }
 
-impl RoutingTable {
+impl<A: DhtAddr> RoutingTable<A> {
     /// An empty table for `own` id with `k` entries per bucket.
-    pub fn new(own: Id, k: usize, one_per_ip: bool, now: Time) -> RoutingTable {
+    pub fn new(own: Id, k: usize, one_per_ip: bool, now: Time) -> RoutingTable<A> {
         RoutingTable {
             own,
             k,
@@ -153,14 +163,14 @@ impl RoutingTable {
 
     /// Whether BEP 42 vouches for a node: a public address with a matching id. Local
     /// addresses are exempt (any id is valid there), so they are never *verified*.
-    pub fn verified(node: &NodeInfo) -> bool {
-        bep42::is_verified(&node.id, node.addr.ip())
+    pub fn verified(node: &NodeInfo<A>) -> bool {
+        bep42::is_verified_for(&node.id, &node.addr)
     }
 
     /// Moves the table to a new own id (after BEP 42 re-derivation): same contacts,
     /// re-bucketed around the new id.
     pub fn recentre(&mut self, own: Id, now: Time) {
-        let old: Vec<Entry> = self.iter().cloned().collect();
+        let old: Vec<Entry<A>> = self.iter().cloned().collect();
         *self = RoutingTable {
             own,
             k: self.k,
@@ -194,7 +204,7 @@ impl RoutingTable {
     }
 
     /// The buckets, for status output and refresh.
-    pub fn buckets(&self) -> &[Bucket] {
+    pub fn buckets(&self) -> &[Bucket<A>] {
         &self.buckets
     }
 
@@ -223,11 +233,11 @@ impl RoutingTable {
     }
 
     /// All entries.
-    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+    pub fn iter(&self) -> impl Iterator<Item = &Entry<A>> {
         self.buckets.iter().flat_map(|b| b.entries.iter())
     }
 
-    fn find_mut(&mut self, id: &Id) -> Option<&mut Entry> {
+    fn find_mut(&mut self, id: &Id) -> Option<&mut Entry<A>> {
         let b = self.bucket_index(id);
         self.buckets
             .get_mut(b)?
@@ -237,7 +247,7 @@ impl RoutingTable {
     }
 
     /// The entry for `id`, if present.
-    pub fn get(&self, id: &Id) -> Option<&Entry> {
+    pub fn get(&self, id: &Id) -> Option<&Entry<A>> {
         let b = self.bucket_index(id);
         self.buckets
             .get(b)?
@@ -248,17 +258,17 @@ impl RoutingTable {
 
     /// Whether another entry already uses `ip` (`on_response` has already handled the case
     /// of the node itself being in the table).
-    fn ip_taken(&self, ip: &Ipv4Addr) -> bool {
+    fn ip_taken(&self, ip: &A::Ip) -> bool {
         self.ips.count(ip) > 0
     }
 
     /// Entries currently using `ip` (tracked only with one entry per IP; 0 otherwise).
-    pub fn entries_at_ip(&self, ip: &Ipv4Addr) -> usize {
+    pub fn entries_at_ip(&self, ip: &A::Ip) -> usize {
         self.ips.count(ip)
     }
 
     /// Records that `node` answered a query of ours at `now`, inserting it if there is room.
-    pub fn on_response(&mut self, node: NodeInfo, now: Time) -> Insert {
+    pub fn on_response(&mut self, node: NodeInfo<A>, now: Time) -> Insert<A> {
         if node.id == self.own {
             return Insert::Refused;
         }
@@ -277,19 +287,19 @@ impl RoutingTable {
             }
             return Insert::Added;
         }
-        if self.one_per_ip && self.ip_taken(node.addr.ip()) {
+        if self.one_per_ip && self.ip_taken(&node.addr.ip_of()) {
             return Insert::Refused;
         }
-        if self.bep42 == Bep42Mode::Enforce && !bep42::is_valid(&node.id, node.addr.ip()) {
+        if self.bep42 == Bep42Mode::Enforce && !bep42::is_valid_for(&node.id, &node.addr) {
             return Insert::Refused;
         }
-        if self.one_per_ip && !bep42::is_exempt(node.addr.ip()) {
-            let net = u32::from(*node.addr.ip()) >> 8;
+        if self.one_per_ip && !bep42::is_exempt_ip(&A::ip_addr(&node.addr.ip_of())) {
+            let net = A::subnet(&node.addr.ip_of());
             let b = self.bucket_index(&node.id);
             let same_net = self.buckets.get(b).map_or(0, |b| {
                 b.entries
                     .iter()
-                    .filter(|e| u32::from(*e.node.addr.ip()) >> 8 == net)
+                    .filter(|e| A::subnet(&e.node.addr.ip_of()) == net)
                     .count()
             });
             if same_net >= MAX_PER_SLASH24 {
@@ -299,7 +309,7 @@ impl RoutingTable {
         self.insert_new(node, now)
     }
 
-    fn insert_new(&mut self, node: NodeInfo, now: Time) -> Insert {
+    fn insert_new(&mut self, node: NodeInfo<A>, now: Time) -> Insert<A> {
         loop {
             let bi = self.bucket_index(&node.id);
             let n_buckets = self.buckets.len();
@@ -377,13 +387,13 @@ impl RoutingTable {
             ..Bucket::default()
         };
         if let Some(last) = self.buckets.last_mut() {
-            let (stay, go): (Vec<Entry>, Vec<Entry>) = last
+            let (stay, go): (Vec<Entry<A>>, Vec<Entry<A>>) = last
                 .entries
                 .drain(..)
                 .partition(|e| own.common_prefix_len(&e.node.id) == depth);
             last.entries = stay;
             deeper.entries = go;
-            let (stay, go): (Vec<NodeInfo>, Vec<NodeInfo>) = last
+            let (stay, go): (Vec<NodeInfo<A>>, Vec<NodeInfo<A>>) = last
                 .replacements
                 .drain(..)
                 .partition(|n| own.common_prefix_len(&n.id) == depth);
@@ -396,7 +406,7 @@ impl RoutingTable {
     /// Records that `id` sent us a query at `now` (keeps a known node good, and its bucket
     /// fresh: a bucket whose nodes talk to us needs no refresh lookup). Returns whether the
     /// node is already in the table.
-    pub fn on_query(&mut self, id: &Id, addr: SocketAddrV4, now: Time) -> bool {
+    pub fn on_query(&mut self, id: &Id, addr: A, now: Time) -> bool {
         let b = self.bucket_index(id);
         let Some(bucket) = self.buckets.get_mut(b) else {
             return false;
@@ -416,7 +426,7 @@ impl RoutingTable {
     /// A KRPC error came back from `node` for one of our queries: it is alive at that address
     /// (BEP 5 errors are answers too), so it counts as having answered, and an outstanding
     /// liveness ping is settled. Unknown nodes are not inserted: an error carries no id.
-    pub fn on_error_reply(&mut self, id: &Id, addr: SocketAddrV4, now: Time) {
+    pub fn on_error_reply(&mut self, id: &Id, addr: A, now: Time) {
         let b = self.bucket_index(id);
         let Some(bucket) = self.buckets.get_mut(b) else {
             return;
@@ -436,7 +446,7 @@ impl RoutingTable {
 
     /// Our own send to `node` failed (no route, no buffer space): nothing is learnt about the
     /// node, but a liveness ping that never left must not block the next one.
-    pub fn on_send_failed(&mut self, id: &Id, addr: SocketAddrV4) {
+    pub fn on_send_failed(&mut self, id: &Id, addr: A) {
         if let Some(e) = self.find_mut(id) {
             if e.node.addr == addr {
                 e.pinging = false;
@@ -464,7 +474,7 @@ impl RoutingTable {
     /// that must not cost the real node its slot. When the node turns bad and a replacement
     /// is waiting, the replacement takes its place and is returned so the caller can ping it.
     /// Also returns the node again if it is questionable and deserves a second ping.
-    pub fn on_timeout(&mut self, id: &Id, addr: SocketAddrV4, now: Time) -> TimeoutOutcome {
+    pub fn on_timeout(&mut self, id: &Id, addr: A, now: Time) -> TimeoutOutcome<A> {
         let bi = self.bucket_index(id);
         let one_per_ip = self.one_per_ip;
         let Some(bucket) = self.buckets.get_mut(bi) else {
@@ -484,7 +494,8 @@ impl RoutingTable {
         if e.state(now) == NodeState::Bad {
             // The newest replacement whose IP has not entered the table meanwhile.
             while let Some(rep) = bucket.replacements.pop() {
-                let taken = self.ips.count(rep.addr.ip()) > 0 && rep.addr.ip() != addr.ip();
+                let taken =
+                    self.ips.count(&rep.addr.ip_of()) > 0 && rep.addr.ip_of() != addr.ip_of();
                 if one_per_ip && taken {
                     continue;
                 }
@@ -511,12 +522,13 @@ impl RoutingTable {
     ///
     /// Uses the bucket structure instead of scanning everything: nodes in the target's own
     /// bucket are closer than nodes in deeper buckets, which are closer than shallower ones.
-    pub fn closest(&self, target: &Id, count: usize, now: Time) -> Vec<NodeInfo> {
-        let mut out: Vec<NodeInfo> = Vec::with_capacity(count);
-        let usable = |e: &&Entry| e.answered && e.state(now) != NodeState::Bad;
+    pub fn closest(&self, target: &Id, count: usize, now: Time) -> Vec<NodeInfo<A>> {
+        let mut out: Vec<NodeInfo<A>> = Vec::with_capacity(count);
+        let usable = |e: &&Entry<A>| e.answered && e.state(now) != NodeState::Bad;
         let b = self.bucket_index(target);
-        let take_sorted = |entries: &mut dyn Iterator<Item = &Entry>, out: &mut Vec<NodeInfo>| {
-            let mut v: Vec<NodeInfo> = entries.filter(usable).map(|e| e.node).collect();
+        let take_sorted = |entries: &mut dyn Iterator<Item = &Entry<A>>,
+                           out: &mut Vec<NodeInfo<A>>| {
+            let mut v: Vec<NodeInfo<A>> = entries.filter(usable).map(|e| e.node).collect();
             v.sort_unstable_by_key(|n| n.id.distance(target));
             let need = count.saturating_sub(out.len());
             out.extend(v.into_iter().take(need));
@@ -577,7 +589,7 @@ impl RoutingTable {
     }
 
     /// Questionable entries (not already being pinged), for liveness checks.
-    pub fn questionable(&self, now: Time) -> Vec<NodeInfo> {
+    pub fn questionable(&self, now: Time) -> Vec<NodeInfo<A>> {
         self.iter()
             .filter(|e| e.state(now) == NodeState::Questionable && !e.pinging)
             .map(|e| e.node)
@@ -594,50 +606,51 @@ impl RoutingTable {
 
 /// What a timeout did to the table.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TimeoutOutcome {
+pub enum TimeoutOutcome<A = SocketAddrV4> {
     /// The node is not in the table.
     Unknown,
     /// Failure counted; nothing else to do.
     Counted,
     /// A questionable node missed a liveness ping: ping it once more before giving up.
-    PingAgain(NodeInfo),
+    PingAgain(NodeInfo<A>),
     /// The node is bad and no replacement is waiting.
     Bad,
     /// The node was bad and this replacement took its slot; ping it.
-    Replaced(NodeInfo),
+    Replaced(NodeInfo<A>),
 }
 
 /// The IP addresses of the table's entries as a sorted multiset: a membership test is a binary
 /// search (at most 11 steps for a full 160-bucket table), never a scan of every entry. A sorted
-/// `u32` array rather than a hash map: four bytes per entry, which matters for a simulator
-/// holding a million tables. Kept only when the table allows one entry per IP.
-#[derive(Clone, Debug, Default)]
-struct IpIndex {
+/// array of the family's own IP type rather than a hash map: exact for both families, and four
+/// bytes per entry for IPv4 (`Ipv4Addr` is a `u32` in memory), which matters for a simulator
+/// holding a million tables; sixteen for IPv6. Kept only when the table allows one entry per IP.
+#[derive(Clone, Debug)]
+struct IpIndex<I> {
     on: bool,
-    sorted: Vec<u32>,
+    sorted: Vec<I>,
 }
 
-impl IpIndex {
-    fn new(on: bool) -> IpIndex {
+impl<I: Copy + Ord> IpIndex<I> {
+    fn new(on: bool) -> IpIndex<I> {
         IpIndex {
             on,
             sorted: Vec::new(),
         }
     }
 
-    fn count(&self, ip: &Ipv4Addr) -> usize {
-        let ip = u32::from(*ip);
+    fn count(&self, ip: &I) -> usize {
+        let ip = *ip;
         let from = self.sorted.partition_point(|&x| x < ip);
         self.sorted
             .get(from..)
             .map_or(0, |rest| rest.iter().take_while(|&&x| x == ip).count())
     }
 
-    fn add(&mut self, node: &NodeInfo) {
+    fn add<A: DhtAddr<Ip = I>>(&mut self, node: &NodeInfo<A>) {
         if !self.on {
             return;
         }
-        let ip = u32::from(*node.addr.ip());
+        let ip = node.addr.ip_of();
         if self.sorted.len() == self.sorted.capacity() {
             // Grow by an eighth, not double: the table itself bounds the length.
             self.sorted.reserve_exact(self.sorted.len() / 8 + 4);
@@ -646,11 +659,11 @@ impl IpIndex {
         self.sorted.insert(at, ip);
     }
 
-    fn remove(&mut self, node: &NodeInfo) {
+    fn remove<A: DhtAddr<Ip = I>>(&mut self, node: &NodeInfo<A>) {
         if !self.on {
             return;
         }
-        let ip = u32::from(*node.addr.ip());
+        let ip = node.addr.ip_of();
         let at = self.sorted.partition_point(|&x| x < ip);
         if self.sorted.get(at) == Some(&ip) {
             self.sorted.remove(at);
@@ -658,7 +671,7 @@ impl IpIndex {
     }
 }
 
-fn push_replacement(bucket: &mut Bucket, node: NodeInfo) {
+fn push_replacement<A: DhtAddr>(bucket: &mut Bucket<A>, node: NodeInfo<A>) {
     bucket.replacements.retain(|r| r.id != node.id);
     if bucket.replacements.len() >= REPLACEMENTS {
         bucket.replacements.remove(0);
@@ -669,6 +682,7 @@ fn push_replacement(bucket: &mut Bucket, node: NodeInfo) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn node(first: u8, ip_last: u8) -> NodeInfo {
         let mut id = [0u8; 20];
@@ -856,6 +870,7 @@ mod tests {
 #[cfg(test)]
 mod table_round2_tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn node(first: u8, ip_last: u8) -> NodeInfo {
         let mut id = [0u8; 20];
@@ -1047,5 +1062,35 @@ mod table_round2_tests {
             TimeoutOutcome::Replaced(older)
         );
         assert_eq!(t.entries_at_ip(newer.addr.ip()), 1);
+    }
+}
+
+#[cfg(test)]
+mod ipv6_index_tests {
+    use super::*;
+    use std::net::{Ipv6Addr, SocketAddrV6};
+
+    fn node6(first: u8, ip: Ipv6Addr, port: u16) -> NodeInfo<SocketAddrV6> {
+        let mut id = [0u8; 20];
+        id[0] = first;
+        id[19] = port as u8;
+        NodeInfo {
+            id: Id(id),
+            addr: SocketAddrV6::new(ip, port, 0, 0),
+        }
+    }
+
+    #[test]
+    fn one_entry_per_ipv6_address() {
+        let mut t: RoutingTable<SocketAddrV6> = RoutingTable::new(Id([0; 20]), 8, true, Time(0));
+        let a: Ipv6Addr = "fd00::1".parse().unwrap();
+        let b: Ipv6Addr = "fd00::2".parse().unwrap();
+        assert_eq!(t.on_response(node6(0x80, a, 1), Time(1)), Insert::Added);
+        // Another id at the same IPv6 address is refused; the index sees it.
+        assert_eq!(t.on_response(node6(0x40, a, 2), Time(1)), Insert::Refused);
+        assert_eq!(t.entries_at_ip(&a), 1);
+        assert_eq!(t.on_response(node6(0x40, b, 2), Time(1)), Insert::Added);
+        assert_eq!(t.entries_at_ip(&b), 1);
+        assert_eq!(t.entries_at_ip(&"fd00::3".parse().unwrap()), 0);
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::id::Id;
+use crate::krpc::DhtAddr;
 
 use super::lookup::LookupId;
 use super::time::Time;
@@ -33,9 +34,9 @@ pub enum Purpose {
 
 /// A query waiting for its answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Outstanding {
+pub struct Outstanding<A = SocketAddrV4> {
     /// Where it went; the answer must come from there.
-    pub addr: SocketAddrV4,
+    pub addr: A,
     /// Who we expect to answer, if known.
     pub id: Option<Id>,
     /// When it was sent.
@@ -51,16 +52,25 @@ pub const MAX_OUTSTANDING: usize = 4096;
 pub const TID_LEN: usize = 4;
 
 /// The table of outstanding queries.
-#[derive(Default)]
-pub struct Rpc {
-    pending: HashMap<u32, Outstanding>,
+pub struct Rpc<A = SocketAddrV4> {
+    pending: HashMap<u32, Outstanding<A>>,
     widen_queue: VecDeque<(Time, u32)>,
     timeout_queue: VecDeque<(Time, u32)>,
 }
 
-impl Rpc {
+impl<A> Default for Rpc<A> {
+    fn default() -> Self {
+        Rpc {
+            pending: HashMap::new(),
+            widen_queue: VecDeque::new(),
+            timeout_queue: VecDeque::new(),
+        }
+    }
+}
+
+impl<A: DhtAddr> Rpc<A> {
     /// An empty table.
-    pub fn new() -> Rpc {
+    pub fn new() -> Rpc<A> {
         Rpc::default()
     }
 
@@ -68,7 +78,7 @@ impl Rpc {
     /// `None` when too many are pending.
     pub fn register<R: Rng + ?Sized>(
         &mut self,
-        q: Outstanding,
+        q: Outstanding<A>,
         rng: &mut R,
     ) -> Option<[u8; TID_LEN]> {
         if self.pending.len() >= MAX_OUTSTANDING {
@@ -88,7 +98,7 @@ impl Rpc {
 
     /// Takes the query an answer from `from` with transaction id `tid` belongs to.
     /// Answers from another address than the one asked are not ours (spoofing or confusion).
-    pub fn take(&mut self, tid: &[u8], from: &SocketAddrV4) -> Option<Outstanding> {
+    pub fn take(&mut self, tid: &[u8], from: &A) -> Option<Outstanding<A>> {
         let t = u32::from_be_bytes(<[u8; TID_LEN]>::try_from(tid).ok()?);
         match self.pending.get(&t) {
             Some(q) if q.addr == *from => self.pending.remove(&t),
@@ -98,7 +108,7 @@ impl Rpc {
 
     /// Whether an answer from `from` with `tid` would match one of our queries (without
     /// taking it): such answers are ours, and no flood limiter may drop them.
-    pub fn matches(&self, tid: &[u8], from: &SocketAddrV4) -> bool {
+    pub fn matches(&self, tid: &[u8], from: &A) -> bool {
         <[u8; TID_LEN]>::try_from(tid)
             .ok()
             .map(u32::from_be_bytes)
@@ -107,7 +117,7 @@ impl Rpc {
     }
 
     /// Lookup queries that passed the widen delay at `now` and are still unanswered.
-    pub fn due_widen(&mut self, now: Time, widen: Duration) -> Vec<Outstanding> {
+    pub fn due_widen(&mut self, now: Time, widen: Duration) -> Vec<Outstanding<A>> {
         let mut out = Vec::new();
         while let Some(&(sent, tid)) = self.widen_queue.front() {
             if sent + widen > now {
@@ -124,7 +134,7 @@ impl Rpc {
     }
 
     /// Queries that timed out at `now`; they are removed.
-    pub fn due_timeouts(&mut self, now: Time, timeout: Duration) -> Vec<Outstanding> {
+    pub fn due_timeouts(&mut self, now: Time, timeout: Duration) -> Vec<Outstanding<A>> {
         let mut out = Vec::new();
         while let Some(&(sent, tid)) = self.timeout_queue.front() {
             if sent + timeout > now {

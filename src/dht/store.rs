@@ -13,7 +13,8 @@
 //! nothing).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::hash::Hash;
+use std::net::{IpAddr, SocketAddrV4};
 use std::time::Duration;
 
 use lru::LruCache;
@@ -22,6 +23,7 @@ use rand::Rng;
 use sha1::{Digest, Sha1};
 
 use crate::id::Id;
+use crate::krpc::DhtAddr;
 
 use super::time::Time;
 
@@ -90,28 +92,28 @@ pub enum StoreFull {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct StoredPeer {
-    addr: SocketAddrV4,
+struct StoredPeer<A> {
+    addr: A,
     expires: Time,
 }
 
 /// Announced peers per info-hash.
-pub struct PeerStore {
+pub struct PeerStore<A: DhtAddr = SocketAddrV4> {
     limits: StoreLimits,
-    map: Option<LruCache<Id, Vec<StoredPeer>>>,
+    map: Option<LruCache<Id, Vec<StoredPeer<A>>>>,
     /// Entries held per source IP, kept in step with every insert, replacement and removal;
     /// an IP leaves it when its last entry goes, so it never has more keys than entries.
-    per_ip: HashMap<Ipv4Addr, usize>,
+    per_ip: HashMap<A::Ip, usize>,
     total: usize,
 }
 
 /// Counts one more entry for `ip`.
-fn count_in(per_ip: &mut HashMap<Ipv4Addr, usize>, ip: Ipv4Addr) {
+fn count_in<I: Eq + Hash>(per_ip: &mut HashMap<I, usize>, ip: I) {
     *per_ip.entry(ip).or_insert(0) += 1;
 }
 
 /// Counts one entry less for `ip`, forgetting the IP at zero.
-fn count_out(per_ip: &mut HashMap<Ipv4Addr, usize>, ip: Ipv4Addr) {
+fn count_out<I: Eq + Hash>(per_ip: &mut HashMap<I, usize>, ip: I) {
     if let Some(n) = per_ip.get_mut(&ip) {
         *n = n.saturating_sub(1);
         if *n == 0 {
@@ -121,17 +123,17 @@ fn count_out(per_ip: &mut HashMap<Ipv4Addr, usize>, ip: Ipv4Addr) {
 }
 
 /// Drops the entries of `list` that expired by `now`, keeping the counts in step.
-fn drop_expired(
-    list: &mut Vec<StoredPeer>,
+fn drop_expired<A: DhtAddr>(
+    list: &mut Vec<StoredPeer<A>>,
     total: &mut usize,
-    per_ip: &mut HashMap<Ipv4Addr, usize>,
+    per_ip: &mut HashMap<A::Ip, usize>,
     now: Time,
 ) {
     list.retain(|p| {
         let live = p.expires > now;
         if !live {
             *total = total.saturating_sub(1);
-            count_out(per_ip, *p.addr.ip());
+            count_out(per_ip, p.addr.ip_of());
         }
         live
     });
@@ -140,10 +142,10 @@ fn drop_expired(
 /// Which entry of a full list a newcomer replaces: the oldest entry of the IP holding the
 /// most entries there if it holds more than one (the many-ports squatter pays first), else
 /// the oldest entry of the list (the one closest to expiring; honest peers renew theirs).
-fn victim(list: &[StoredPeer]) -> Option<usize> {
-    let mut ips: Vec<Ipv4Addr> = list.iter().map(|p| *p.addr.ip()).collect();
+fn victim<A: DhtAddr>(list: &[StoredPeer<A>]) -> Option<usize> {
+    let mut ips: Vec<A::Ip> = list.iter().map(|p| p.addr.ip_of()).collect();
     ips.sort_unstable();
-    let mut heaviest: Option<(usize, Ipv4Addr)> = None;
+    let mut heaviest: Option<(usize, A::Ip)> = None;
     for run in ips.chunk_by(|a, b| a == b) {
         if let Some(&ip) = run.first() {
             if heaviest.is_none_or(|(n, _)| run.len() > n) {
@@ -151,7 +153,7 @@ fn victim(list: &[StoredPeer]) -> Option<usize> {
             }
         }
     }
-    let oldest_of = |pick: &dyn Fn(&StoredPeer) -> bool| {
+    let oldest_of = |pick: &dyn Fn(&StoredPeer<A>) -> bool| {
         list.iter()
             .enumerate()
             .filter(|(_, p)| pick(p))
@@ -159,14 +161,14 @@ fn victim(list: &[StoredPeer]) -> Option<usize> {
             .map(|(i, _)| i)
     };
     match heaviest {
-        Some((n, ip)) if n > 1 => oldest_of(&|p| *p.addr.ip() == ip),
+        Some((n, ip)) if n > 1 => oldest_of(&|p| p.addr.ip_of() == ip),
         _ => oldest_of(&|_| true),
     }
 }
 
-impl PeerStore {
+impl<A: DhtAddr> PeerStore<A> {
     /// An empty store; allocates nothing until used.
-    pub fn new(limits: StoreLimits) -> PeerStore {
+    pub fn new(limits: StoreLimits) -> PeerStore<A> {
         PeerStore {
             limits,
             map: None,
@@ -176,18 +178,13 @@ impl PeerStore {
     }
 
     /// Records `peer` for `info_hash` at `now`, or says why there is no room for it.
-    pub fn announce(
-        &mut self,
-        info_hash: Id,
-        peer: SocketAddrV4,
-        now: Time,
-    ) -> Result<Stored, StoreFull> {
+    pub fn announce(&mut self, info_hash: Id, peer: A, now: Time) -> Result<Stored, StoreFull> {
         let expires = now + self.limits.ttl;
         let new = StoredPeer {
             addr: peer,
             expires,
         };
-        let ip = *peer.ip();
+        let ip = peer.ip_of();
         let per_ip_here = self.limits.per_ip_per_infohash.max(1);
         let per_ip_cap = self.limits.per_ip.max(1);
         let per_infohash = self.limits.per_infohash.max(1);
@@ -200,13 +197,13 @@ impl PeerStore {
                     return Ok(Stored::Renewed);
                 }
                 drop_expired(list, &mut self.total, &mut self.per_ip, now);
-                let same_ip = list.iter().filter(|p| *p.addr.ip() == ip).count();
+                let same_ip = list.iter().filter(|p| p.addr.ip_of() == ip).count();
                 if same_ip >= per_ip_here {
                     // This IP is at its cap here: its newest port replaces its oldest entry,
                     // never anyone else's (its count across the store stays the same).
                     if let Some(own) = list
                         .iter_mut()
-                        .filter(|p| *p.addr.ip() == ip)
+                        .filter(|p| p.addr.ip_of() == ip)
                         .min_by_key(|p| p.expires)
                     {
                         *own = new;
@@ -220,7 +217,7 @@ impl PeerStore {
                     // Full: take the newcomer in place of the heaviest IP's oldest entry (or
                     // the oldest entry), so a full list cannot lock honest announcers out.
                     if let Some(slot) = victim(list).and_then(|i| list.get_mut(i)) {
-                        count_out(&mut self.per_ip, *slot.addr.ip());
+                        count_out(&mut self.per_ip, slot.addr.ip_of());
                         *slot = new;
                         count_in(&mut self.per_ip, ip);
                         return Ok(Stored::Added);
@@ -234,7 +231,7 @@ impl PeerStore {
             return Err(StoreFull::PerIp);
         }
         let infohashes_full =
-            |m: &LruCache<Id, Vec<StoredPeer>>| !exists && m.len() >= self.limits.infohashes;
+            |m: &LruCache<Id, Vec<StoredPeer<A>>>| !exists && m.len() >= self.limits.infohashes;
         if self.total >= self.limits.total_peers || infohashes_full(map) {
             evict_expired(map, &mut self.total, &mut self.per_ip, now, &info_hash);
         }
@@ -257,11 +254,11 @@ impl PeerStore {
         max: usize,
         now: Time,
         rng: &mut R,
-    ) -> Vec<SocketAddrV4> {
+    ) -> Vec<A> {
         let Some(list) = self.map.as_mut().and_then(|m| m.peek(info_hash)) else {
             return Vec::new();
         };
-        let live: Vec<SocketAddrV4> = list
+        let live: Vec<A> = list
             .iter()
             .filter(|p| p.expires > now)
             .map(|p| p.addr)
@@ -301,7 +298,7 @@ impl PeerStore {
 
     /// Entries stored from `ip` across all info-hashes (the count [`StoreLimits::per_ip`]
     /// caps), for tests and status output.
-    pub fn entries_from(&self, ip: Ipv4Addr) -> usize {
+    pub fn entries_from(&self, ip: A::Ip) -> usize {
         self.per_ip.get(&ip).copied().unwrap_or(0)
     }
 }
@@ -309,10 +306,10 @@ impl PeerStore {
 /// Makes room from the least recently announced info-hashes whose peers all expired (an
 /// info-hash announced later than a live one cannot be all expired, so the scan stops at the
 /// first live one). `keep` is the info-hash being announced.
-fn evict_expired(
-    map: &mut LruCache<Id, Vec<StoredPeer>>,
+fn evict_expired<A: DhtAddr>(
+    map: &mut LruCache<Id, Vec<StoredPeer<A>>>,
     total: &mut usize,
-    per_ip: &mut HashMap<Ipv4Addr, usize>,
+    per_ip: &mut HashMap<A::Ip, usize>,
     now: Time,
     keep: &Id,
 ) {
@@ -323,7 +320,7 @@ fn evict_expired(
         if let Some((_, gone)) = map.pop_lru() {
             *total = total.saturating_sub(gone.len());
             for p in &gone {
-                count_out(per_ip, *p.addr.ip());
+                count_out(per_ip, p.addr.ip_of());
             }
         }
     }
@@ -677,5 +674,29 @@ mod tests {
                 .sum::<usize>();
         assert_eq!(counted, s.peer_count());
         assert_eq!(s.peer_count(), full);
+    }
+
+    #[test]
+    fn per_ip_cap_holds_for_ipv6() {
+        use std::net::{Ipv6Addr, SocketAddrV6};
+        let limits = StoreLimits::default();
+        let cap = limits.per_ip;
+        let mut s: PeerStore<SocketAddrV6> = PeerStore::new(limits);
+        let attacker: Ipv6Addr = "2001:db8::6".parse().unwrap();
+        let mut refused = 0;
+        for i in 0..(cap as u32 + 50) {
+            let peer = SocketAddrV6::new(attacker, 1000 + (i % 4) as u16, 0, 0);
+            if let Err(e) = s.announce(ih_n(i), peer, Time(u64::from(i))) {
+                assert_eq!(e, StoreFull::PerIp);
+                refused += 1;
+            }
+        }
+        assert_eq!(s.entries_from(attacker), cap);
+        assert_eq!(refused, 50);
+        let honest = SocketAddrV6::new("2001:db8::7".parse().unwrap(), 1, 0, 0);
+        assert_eq!(
+            s.announce(ih_n(9_999_999), honest, Time(1_000)),
+            Ok(Stored::Added)
+        );
     }
 }

@@ -66,7 +66,7 @@ fn reply(
     let r = Message {
         tid: q.tid.clone(),
         version: None,
-        ip,
+        ip: ip.map(std::net::SocketAddr::V4),
         read_only: false,
         body: Body::Response(Response {
             id,
@@ -108,6 +108,7 @@ fn spoofed_queries_under_a_known_id_do_not_make_the_real_node_bad() {
             body: Body::Query(Query {
                 id: x.id,
                 method: Method::Ping,
+                want: crate::krpc::Want::NONE,
             }),
         };
         d.handle_datagram(now, dead, &q.encode());
@@ -259,6 +260,7 @@ fn routers_never_enter_the_table_and_saved_contacts_keep_their_ids() {
         body: Body::Query(Query {
             id: router_id,
             method: Method::Ping,
+            want: crate::krpc::Want::NONE,
         }),
     };
     d.handle_datagram(Time(20), router, &q.encode());

@@ -162,6 +162,7 @@ fn query(tid: &[u8], ro: bool, method: Method) -> Vec<u8> {
         body: Body::Query(Query {
             id: Id([9; 20]),
             method,
+            want: crate::krpc::Want::NONE,
         }),
     }
     .encode()
@@ -248,7 +249,7 @@ fn announce_needs_a_current_token() {
     };
     assert_eq!(
         reply.ip,
-        Some(from),
+        Some(from.into()),
         "responses tell the requester its address"
     );
     let token = r.token.expect("get_peers gives a token");
@@ -485,7 +486,11 @@ fn query_from(id: Id, tid: &[u8], method: Method) -> Vec<u8> {
         version: None,
         ip: None,
         read_only: false,
-        body: Body::Query(Query { id, method }),
+        body: Body::Query(Query {
+            id,
+            method,
+            want: crate::krpc::Want::NONE,
+        }),
     }
     .encode()
 }

@@ -2,6 +2,11 @@
 //! machine, maps the wall clock onto the core's [`Time`], and talks to the rest of the program
 //! through a cloneable [`DhtHandle`].
 //!
+//! Dual stack (BEP 32): with [`NodeOptions::bind6`] a second socket and a second core (an
+//! IPv6 [`Dht`], its own routing table) run beside the IPv4 ones in the same task; each core
+//! answers `want` from the other's table, and one lookup command runs in both, its peers and
+//! its summary merged.
+//!
 //! Everything protocol-related lives in `dht`; this file only moves bytes, time and commands.
 
 pub mod batch;
@@ -9,7 +14,7 @@ pub mod state;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,8 +24,9 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::dht::{self, AnnounceSpec, Dht, Entropy, Event, LookupId, LookupStats, Time};
+use crate::dht::{self, AnnounceSpec, Dht, Entropy, Event, LookupId, LookupStats, NodeLists, Time};
 use crate::id::Id;
+use crate::krpc::{DhtAddr, NodeInfo};
 
 /// Errors of the network driver.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +39,12 @@ pub enum NetError {
         /// Why.
         source: io::Error,
     },
-    /// Only IPv4 is supported (BEP 5 compact formats).
-    #[error("only IPv4 addresses are supported, got {0}")]
+    /// The main socket is IPv4 (BEP 5); IPv6 goes in `bind6`.
+    #[error("the main DHT socket must be IPv4, got {0} (give IPv6 as the second bind)")]
     NotIpv4(SocketAddr),
+    /// The second socket of a dual-stack node must be IPv6 (BEP 32).
+    #[error("the second DHT socket must be IPv6, got {0}")]
+    NotIpv6(SocketAddr),
     /// The driver task has stopped.
     #[error("the DHT node has shut down")]
     Closed,
@@ -47,8 +56,10 @@ pub enum NetError {
 /// How to start a node.
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
-    /// Local UDP address.
+    /// Local UDP address (IPv4).
     pub bind: SocketAddr,
+    /// Local IPv6 UDP address of a dual-stack node (BEP 32), if any.
+    pub bind6: Option<SocketAddr>,
     /// Bootstrap contacts as `host:port`, resolved by the driver.
     pub bootstrap: Vec<String>,
     /// Contacts saved by an earlier run, with their ids (they may enter the routing table;
@@ -70,6 +81,7 @@ impl Default for NodeOptions {
     fn default() -> Self {
         NodeOptions {
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            bind6: None,
             bootstrap: Vec::new(),
             known_nodes: Vec::new(),
             id: None,
@@ -111,6 +123,40 @@ pub struct NodeStats {
     pub active_lookups: usize,
     /// Our address as others see it.
     pub external_addr: Option<String>,
+    /// The IPv4 routing table alone.
+    pub ipv4: FamilyStats,
+    /// The IPv6 routing table alone (dual-stack nodes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<FamilyStats>,
+}
+
+/// One address family's part of [`NodeStats`]: each family has its own table (BEP 32).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct FamilyStats {
+    /// Entries answering within 15 minutes.
+    pub good_nodes: usize,
+    /// All routing table entries.
+    pub nodes: usize,
+    /// Buckets in the table.
+    pub buckets: usize,
+    /// Stored peers of this family.
+    pub stored_peers: usize,
+    /// Our address in this family as others see it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_addr: Option<String>,
+}
+
+impl FamilyStats {
+    fn of<A: DhtAddr>(d: &Dht<A>, now: Time) -> FamilyStats {
+        let t = d.routing_table();
+        FamilyStats {
+            good_nodes: t.good_count(now),
+            nodes: t.len(),
+            buckets: t.buckets().len(),
+            stored_peers: d.store().peer_count(),
+            external_addr: d.external_addr().map(|a| a.to_socket_addr().to_string()),
+        }
+    }
 }
 
 /// What a lookup reports when it ends.
@@ -122,19 +168,39 @@ pub struct LookupSummary {
     pub elapsed: Duration,
     /// announce_peer queries sent.
     pub announced: usize,
-    /// The closest nodes that answered, closest first.
-    pub closest: Vec<crate::krpc::NodeInfo>,
+    /// The closest IPv4 nodes that answered, closest first.
+    pub closest: Vec<NodeInfo>,
+    /// The closest IPv6 nodes that answered (dual-stack nodes).
+    pub closest6: Vec<NodeInfo<SocketAddrV6>>,
+}
+
+impl LookupSummary {
+    /// Folds one family's finished lookup into the summary of the command.
+    fn merge(&mut self, stats: &LookupStats, elapsed: Duration, announced: usize) {
+        let s = &mut self.stats;
+        s.queried += stats.queried;
+        s.responses += stats.responses;
+        s.timeouts += stats.timeouts;
+        s.peers += stats.peers;
+        s.first_peer_hops = match (s.first_peer_hops, stats.first_peer_hops) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        s.max_depth = s.max_depth.max(stats.max_depth);
+        self.elapsed = self.elapsed.max(elapsed);
+        self.announced += announced;
+    }
 }
 
 /// Messages from a running lookup to whoever started it.
 #[derive(Clone, Debug)]
 pub enum LookupUpdate {
-    /// Peers, as soon as an answer carries them.
-    Peers(Vec<SocketAddrV4>),
-    /// The lookup ended.
+    /// Peers (IPv4 or IPv6), as soon as an answer carries them.
+    Peers(Vec<SocketAddr>),
+    /// The lookup ended (in every family it ran in).
     Done(LookupSummary),
     /// A node stored our announce.
-    AnnounceAcked(SocketAddrV4),
+    AnnounceAcked(SocketAddr),
 }
 
 enum Command {
@@ -147,7 +213,7 @@ enum Command {
     },
     /// The stream with this key was dropped: abandon its lookup.
     Cancel(u64),
-    AddNode(SocketAddrV4),
+    AddNode(SocketAddr),
     Stats(oneshot::Sender<NodeStats>),
     SavedState(oneshot::Sender<state::SavedState>),
     Shutdown(oneshot::Sender<()>),
@@ -158,6 +224,7 @@ enum Command {
 pub struct DhtHandle {
     tx: mpsc::UnboundedSender<Command>,
     local_addr: SocketAddrV4,
+    local_addr6: Option<SocketAddrV6>,
     id: Id,
     bootstrapped: watch::Receiver<Option<usize>>,
     next_key: Arc<AtomicU64>,
@@ -174,9 +241,9 @@ const PEER_UPDATES: usize = 64;
 /// Dropping it abandons the lookup in the node.
 pub struct PeerStream {
     rx: mpsc::Receiver<LookupUpdate>,
-    buffered: std::collections::VecDeque<SocketAddrV4>,
+    buffered: std::collections::VecDeque<SocketAddr>,
     summary: Option<LookupSummary>,
-    acks: Vec<SocketAddrV4>,
+    acks: Vec<SocketAddr>,
     /// Where to send [`Command::Cancel`] on drop (weak: a stream does not keep the node up).
     cancel: mpsc::WeakUnboundedSender<Command>,
     key: u64,
@@ -216,16 +283,16 @@ impl PeerStream {
     }
 
     /// Nodes that acknowledged our announce so far.
-    pub fn acks(&self) -> &[SocketAddrV4] {
+    pub fn acks(&self) -> &[SocketAddr] {
         &self.acks
     }
 }
 
 impl futures_core::Stream for PeerStream {
-    type Item = SocketAddrV4;
+    type Item = SocketAddr;
 
     /// Yields peers one by one; ends when the lookup does.
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SocketAddrV4>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SocketAddr>> {
         loop {
             if let Some(p) = self.buffered.pop_front() {
                 return Poll::Ready(Some(p));
@@ -259,7 +326,11 @@ fn os_random_id() -> Result<Id, crate::dht::EntropyError> {
 
 fn bind_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // One socket per family: IPv4 has its own (and its own table).
+        sock.set_only_v6(true)?;
+    }
     sock.set_reuse_address(true)?;
     // A deep receive buffer rides out bursts (answers to many parallel lookups, floods).
     let _ = sock.set_recv_buffer_size(8 << 20);
@@ -289,6 +360,25 @@ impl DhtHandle {
                     source,
                 })
             }
+        };
+        let sock6 = match opts.bind6 {
+            None => None,
+            Some(b) if !b.is_ipv6() => return Err(NetError::NotIpv6(b)),
+            Some(b) => {
+                let s = bind_socket(b).map_err(|source| NetError::Bind { addr: b, source })?;
+                let local = match s.local_addr() {
+                    Ok(SocketAddr::V6(a)) => a,
+                    Ok(other) => return Err(NetError::NotIpv6(other)),
+                    Err(source) => return Err(NetError::Bind { addr: b, source }),
+                };
+                Some((s, local))
+            }
+        };
+        let local_addr6 = sock6.as_ref().map(|(_, a)| *a);
+        // The IPv6 core's randomness: from the OS, or derived from the seed.
+        let entropy6 = match opts.seed {
+            Some(seed) => Entropy::from_seed(seed ^ 0x6666),
+            None => Entropy::from_os()?,
         };
         // A guessable id or token key would let others predict us: from the OS, unless
         // a run asks to be reproducible.
@@ -334,13 +424,28 @@ impl DhtHandle {
                             return;
                         }
                     };
+                    let v6 = match sock6.map(|(s, _)| UdpSocket::from_std(s)).transpose() {
+                        Ok(s) => s.map(|socket| V6Side {
+                            socket,
+                            // Same id in both families, as libtorrent does.
+                            dht: Dht::with_entropy(id, opts.dht.clone(), entropy6, Time(0)),
+                            buf: vec![0u8; 65536],
+                        }),
+                        Err(source) => {
+                            let _ = started_tx.send(Err(source));
+                            return;
+                        }
+                    };
                     let _ = started_tx.send(Ok(()));
                     let driver = Driver {
                         socket,
                         dht: Dht::with_entropy(id, opts.dht.clone(), entropy, Time(0)),
+                        v6,
                         epoch: Instant::now(),
                         rx,
                         lookups: HashMap::new(),
+                        lookups6: HashMap::new(),
+                        merging: HashMap::new(),
                         boot_tx,
                         send: batch::SendBatch::new(),
                     };
@@ -356,6 +461,7 @@ impl DhtHandle {
         Ok(DhtHandle {
             tx,
             local_addr,
+            local_addr6,
             id,
             bootstrapped: boot_rx,
             next_key: Arc::new(AtomicU64::new(1)),
@@ -366,6 +472,11 @@ impl DhtHandle {
     /// The UDP address the node listens on.
     pub fn local_addr(&self) -> SocketAddrV4 {
         self.local_addr
+    }
+
+    /// The IPv6 UDP address of a dual-stack node.
+    pub fn local_addr6(&self) -> Option<SocketAddrV6> {
+        self.local_addr6
     }
 
     /// Our node id at start (see [`DhtHandle::saved_state`] for the current one).
@@ -416,8 +527,8 @@ impl DhtHandle {
         })
     }
 
-    /// Pings a node so it can enter our routing table.
-    pub fn add_node(&self, addr: SocketAddrV4) -> Result<(), NetError> {
+    /// Pings a node so it can enter our routing table (of its family).
+    pub fn add_node(&self, addr: SocketAddr) -> Result<(), NetError> {
         self.tx
             .send(Command::AddNode(addr))
             .map_err(|_| NetError::Closed)
@@ -464,12 +575,30 @@ impl DhtHandle {
 struct Driver {
     socket: UdpSocket,
     dht: Dht,
+    v6: Option<V6Side>,
     epoch: Instant,
     rx: mpsc::UnboundedReceiver<Command>,
     lookups: HashMap<LookupId, Subscriber>,
+    /// The IPv6 core's lookups; a command's two subscribers share one channel, which ends
+    /// when both are dropped.
+    lookups6: HashMap<LookupId, Subscriber>,
+    /// Per command key: families whose lookup still runs, and the summary merged so far
+    /// (`Done` goes out once, when the last family ends).
+    merging: HashMap<u64, (u8, LookupSummary)>,
     boot_tx: watch::Sender<Option<usize>>,
     send: batch::SendBatch,
 }
+
+/// The IPv6 half of a dual-stack node: plain `send_to`/`recv_from` (IPv6 traffic is a small
+/// share of the DHT; the IPv4 side keeps its batched syscalls).
+struct V6Side {
+    socket: UdpSocket,
+    dht: Dht<SocketAddrV6>,
+    buf: Vec<u8>,
+}
+
+/// Datagrams read from the IPv6 socket per wake-up.
+const RECV6_ROUNDS: usize = 64;
 
 /// Whoever started a lookup: its channel, and how long to keep it once the lookup is done
 /// (dropping the sender is what ends the stream).
@@ -509,8 +638,9 @@ impl Driver {
 
     /// Resolves the bootstrap hosts concurrently (each bounded to 5 s), so one slow or dead
     /// name server entry does not hold up the others: (index in `bootstrap`, addresses), in
-    /// the order the user gave.
-    async fn resolve(bootstrap: &[String]) -> Vec<(usize, Vec<SocketAddrV4>)> {
+    /// the order the user gave. Names resolve to both families (A and AAAA); `[v6]:port` is
+    /// accepted as given.
+    async fn resolve(bootstrap: &[String]) -> Vec<(usize, Vec<SocketAddr>)> {
         let mut tasks = tokio::task::JoinSet::new();
         for (i, host) in bootstrap.iter().enumerate() {
             let host = host.clone();
@@ -524,20 +654,11 @@ impl Driver {
                 (i, host, r)
             });
         }
-        let mut resolved: Vec<(usize, Vec<SocketAddrV4>)> = Vec::new();
+        let mut resolved: Vec<(usize, Vec<SocketAddr>)> = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             let Ok((i, host, r)) = joined else { continue };
             match r {
-                Ok(Ok(addrs)) => resolved.push((
-                    i,
-                    addrs
-                        .into_iter()
-                        .filter_map(|a| match a {
-                            SocketAddr::V4(v4) => Some(v4),
-                            SocketAddr::V6(_) => None,
-                        })
-                        .collect(),
-                )),
+                Ok(Ok(addrs)) => resolved.push((i, addrs)),
                 Ok(Err(e)) => tracing::warn!("cannot resolve bootstrap node {host}: {e}"),
                 Err(_) => tracing::warn!("resolving bootstrap node {host} timed out"),
             }
@@ -550,8 +671,8 @@ impl Driver {
     async fn run(mut self, opts: NodeOptions) {
         let per_host = Driver::resolve(&opts.bootstrap).await;
         // Contacts named by host name (`router.bittorrent.com:6881`) are routers, which never
-        // enter the table; an address literal is an ordinary node.
-        let routers: Vec<SocketAddrV4> = per_host
+        // enter the table; an address literal is an ordinary node. Both families.
+        let routers: Vec<SocketAddr> = per_host
             .iter()
             .filter(|(i, _)| {
                 opts.bootstrap
@@ -560,28 +681,68 @@ impl Driver {
             })
             .flat_map(|(_, a)| a.iter().copied())
             .collect();
-        self.dht.add_routers(&routers);
-        let addrs: Vec<SocketAddrV4> = per_host.into_iter().flat_map(|(_, a)| a).collect();
+        let routers4: Vec<SocketAddrV4> = routers
+            .iter()
+            .filter_map(|a| SocketAddrV4::from_socket_addr(*a))
+            .collect();
+        let routers6: Vec<SocketAddrV6> = routers
+            .iter()
+            .filter_map(|a| SocketAddrV6::from_socket_addr(*a))
+            .collect();
+        self.dht.add_routers(&routers4);
+        if let Some(v6) = self.v6.as_mut() {
+            v6.dht.add_routers(&routers6);
+        }
+        let resolved: Vec<SocketAddr> = per_host.into_iter().flat_map(|(_, a)| a).collect();
+        let addrs: Vec<SocketAddrV4> = resolved
+            .iter()
+            .filter_map(|a| SocketAddrV4::from_socket_addr(*a))
+            .collect();
+        let addrs6: Vec<SocketAddrV6> = resolved
+            .iter()
+            .filter_map(|a| SocketAddrV6::from_socket_addr(*a))
+            .collect();
         self.dht.add_saved_nodes(&opts.known_nodes);
         let now = self.now();
         if opts.join {
             self.dht.bootstrap(now, &addrs);
+            if let Some(v6) = self.v6.as_mut() {
+                v6.dht.bootstrap(now, &addrs6);
+            }
         } else {
             self.dht.add_bootstrap_addrs(&addrs);
+            if let Some(v6) = self.v6.as_mut() {
+                v6.dht.add_bootstrap_addrs(&addrs6);
+            }
             let _ = self.boot_tx.send(Some(0));
         }
         let mut recv = batch::RecvBatch::new();
         loop {
             self.flush().await;
             self.dispatch_events();
-            let closing = self.lookups.values().filter_map(|s| s.close_at).min();
+            let closing = self
+                .lookups
+                .values()
+                .chain(self.lookups6.values())
+                .filter_map(|s| s.close_at)
+                .min();
+            let t6 = self.v6.as_mut().and_then(|v| v.dht.poll_timeout());
             let deadline = self
                 .dht
                 .poll_timeout()
+                .into_iter()
+                .chain(t6)
+                .min()
                 .map(|t| self.epoch + Duration::from_millis(t.0))
                 .into_iter()
                 .chain(closing)
                 .min();
+            let readable6 = async {
+                match self.v6.as_ref() {
+                    Some(v) => v.socket.readable().await,
+                    None => std::future::pending().await,
+                }
+            };
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -594,6 +755,12 @@ impl Driver {
                         break;
                     }
                     self.drain(&mut recv).await;
+                }
+                r = readable6 => {
+                    if r.is_err() {
+                        break;
+                    }
+                    self.drain6().await;
                 }
                 cmd = self.rx.recv() => {
                     match cmd {
@@ -609,6 +776,9 @@ impl Driver {
                 _ = sleep => {
                     let now = self.now();
                     self.dht.handle_timeout(now);
+                    if let Some(v6) = self.v6.as_mut() {
+                        v6.dht.handle_timeout(now);
+                    }
                     self.close_finished();
                 }
             }
@@ -645,17 +815,52 @@ impl Driver {
                 }
             };
             let now = self.now();
+            let other = self.v6.as_ref().map(|v| &v.dht as &dyn NodeLists);
             for i in 0..n {
                 if let Some((from, data)) = recv.get(i) {
-                    self.dht.handle_datagram(now, from, data);
+                    self.dht.handle_datagram_with(now, from, data, other);
                 }
             }
             self.flush().await;
         }
     }
 
-    /// Sends everything the core queued, in batches.
+    /// Reads what is queued on the IPv6 socket, answering from both tables (`want`).
+    async fn drain6(&mut self) {
+        let now = self.now();
+        let Some(v6) = self.v6.as_mut() else { return };
+        for _ in 0..RECV6_ROUNDS {
+            let (n, from) = match v6.socket.try_recv_from(&mut v6.buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!("recv error (IPv6): {e}");
+                    break;
+                }
+            };
+            let Some(from) = SocketAddrV6::from_socket_addr(from) else {
+                continue;
+            };
+            let data = v6.buf.get(..n).unwrap_or_default();
+            v6.dht
+                .handle_datagram_with(now, from, data, Some(&self.dht as &dyn NodeLists));
+        }
+        self.flush().await;
+    }
+
+    /// Sends what the IPv6 core queued.
+    async fn flush6(&mut self) {
+        let Some(v6) = self.v6.as_mut() else { return };
+        while let Some(t) = v6.dht.poll_transmit() {
+            if let Err(e) = v6.socket.send_to(&t.data, SocketAddr::V6(t.to)).await {
+                tracing::debug!("send error (IPv6) to {}: {e}", t.to);
+            }
+        }
+    }
+
+    /// Sends everything the cores queued, in batches (IPv4).
     async fn flush(&mut self) {
+        self.flush6().await;
         use std::os::fd::AsRawFd;
         let fd = self.socket.as_raw_fd();
         loop {
@@ -699,66 +904,21 @@ impl Driver {
     }
 
     fn dispatch_events(&mut self) {
-        while let Some(ev) = self.dht.poll_event() {
-            match ev {
-                Event::Peers { lookup, peers } => {
-                    if let Some(s) = self.lookups.get(&lookup) {
-                        // Past the reserve the reader is far behind: drop this batch.
-                        if s.tx.capacity() > s.reserve {
-                            let _ = s.tx.try_send(LookupUpdate::Peers(peers));
-                        } else {
-                            tracing::debug!(
-                                "lookup {lookup:?}: reader behind, {} peers dropped",
-                                peers.len()
-                            );
-                        }
-                    }
-                }
-                Event::LookupDone {
-                    lookup,
-                    stats,
-                    elapsed,
-                    announced,
-                    closest,
-                    ..
-                } => {
-                    let summary = LookupSummary {
-                        stats,
-                        elapsed,
-                        announced,
-                        closest,
-                    };
-                    // Keep the channel while acknowledgements may still arrive: an announce
-                    // query is answered or forgotten within the query timeout.
-                    let close_at = Instant::now()
-                        + self.dht.config().query_timeout
-                        + Duration::from_millis(100);
-                    if let Some(s) = self.lookups.get_mut(&lookup) {
-                        let _ = s.tx.try_send(LookupUpdate::Done(summary));
-                        s.announced = announced;
-                        s.close_at = Some(close_at);
-                    }
-                    if announced == 0 {
-                        self.lookups.remove(&lookup);
-                    }
-                }
-                Event::AnnounceAcked { lookup, node } => {
-                    if let Some(s) = self.lookups.get_mut(&lookup) {
-                        let _ = s.tx.try_send(LookupUpdate::AnnounceAcked(node));
-                        s.acked += 1;
-                        if s.acked >= s.announced {
-                            self.lookups.remove(&lookup);
-                        }
-                    }
-                }
-                Event::IdChanged { id, external } => {
-                    tracing::info!("external address {external}: new BEP 42 node id {id}");
-                }
-                Event::Bootstrapped { nodes } => {
-                    tracing::info!("bootstrap finished: {nodes} nodes in the routing table");
-                    let _ = self.boot_tx.send(Some(nodes));
-                }
-            }
+        route_events(
+            &mut self.dht,
+            &mut self.lookups,
+            &mut self.merging,
+            Some(&self.boot_tx),
+            |s, c| s.closest = c,
+        );
+        if let Some(v6) = self.v6.as_mut() {
+            route_events(
+                &mut v6.dht,
+                &mut self.lookups6,
+                &mut self.merging,
+                None,
+                |s, c| s.closest6 = c,
+            );
         }
         self.close_finished();
     }
@@ -767,17 +927,17 @@ impl Driver {
     /// lookups whose readers went away without a [`Command::Cancel`] reaching us.
     fn close_finished(&mut self) {
         let now = Instant::now();
-        let mut gone = Vec::new();
-        self.lookups.retain(|lid, s| {
-            if s.tx.is_closed() {
-                gone.push(*lid);
-                return false;
-            }
-            s.close_at.is_none_or(|t| t > now)
-        });
-        for lid in gone {
+        for lid in expire_subscribers(&mut self.lookups, now) {
             self.dht.cancel(lid);
         }
+        if let Some(v6) = self.v6.as_mut() {
+            for lid in expire_subscribers(&mut self.lookups6, now) {
+                v6.dht.cancel(lid);
+            }
+        }
+        let (l4, l6) = (&self.lookups, &self.lookups6);
+        self.merging
+            .retain(|k, _| l4.values().any(|s| s.key == *k) || l6.values().any(|s| s.key == *k));
     }
 
     fn on_command(&mut self, c: Command) {
@@ -789,49 +949,85 @@ impl Driver {
                 announce,
                 updates,
             } => {
-                let lid = self.dht.get_peers(now, info_hash, announce);
                 let reserve = self.dht.config().k + 1;
-                self.lookups.insert(
-                    lid,
-                    Subscriber {
-                        key,
-                        tx: updates,
-                        reserve,
-                        announced: 0,
-                        acked: 0,
-                        close_at: None,
-                    },
-                );
+                let sub = |tx| Subscriber {
+                    key,
+                    tx,
+                    reserve,
+                    announced: 0,
+                    acked: 0,
+                    close_at: None,
+                };
+                let mut running = 1;
+                if let Some(v6) = self.v6.as_mut() {
+                    // Announce on both families (BEP 32): each table has its own closest.
+                    let lid6 = v6.dht.get_peers(now, info_hash, announce);
+                    self.lookups6.insert(lid6, sub(updates.clone()));
+                    running += 1;
+                }
+                let lid = self.dht.get_peers(now, info_hash, announce);
+                self.lookups.insert(lid, sub(updates));
+                self.merging
+                    .insert(key, (running, LookupSummary::default()));
             }
             Command::Cancel(key) => {
-                let lid = self
-                    .lookups
-                    .iter()
-                    .find_map(|(lid, s)| (s.key == key).then_some(*lid));
-                if let Some(lid) = lid {
+                let find = |m: &HashMap<LookupId, Subscriber>| {
+                    m.iter().find_map(|(lid, s)| (s.key == key).then_some(*lid))
+                };
+                if let Some(lid) = find(&self.lookups) {
                     self.lookups.remove(&lid);
                     self.dht.cancel(lid);
                 }
+                if let (Some(lid), Some(v6)) = (find(&self.lookups6), self.v6.as_mut()) {
+                    self.lookups6.remove(&lid);
+                    v6.dht.cancel(lid);
+                }
+                self.merging.remove(&key);
             }
-            Command::AddNode(a) => self.dht.add_node(now, a),
+            Command::AddNode(a) => {
+                if let Some(a4) = SocketAddrV4::from_socket_addr(a) {
+                    self.dht.add_node(now, a4);
+                } else if let (Some(a6), Some(v6)) =
+                    (SocketAddrV6::from_socket_addr(a), self.v6.as_mut())
+                {
+                    v6.dht.add_node(now, a6);
+                }
+            }
             Command::Stats(tx) => {
-                let t = self.dht.routing_table();
-                let st = self.dht.stats();
+                let ipv4 = FamilyStats::of(&self.dht, now);
+                let ipv6 = self.v6.as_ref().map(|v| FamilyStats::of(&v.dht, now));
+                let six = ipv6.clone().unwrap_or_default();
+                let mut st = self.dht.stats().clone();
+                let mut stored_infohashes = self.dht.store().infohash_count();
+                let mut active_lookups = self.dht.active_lookups();
+                if let Some(v6) = self.v6.as_ref() {
+                    let s6 = v6.dht.stats();
+                    st.queries_in += s6.queries_in;
+                    st.queries_out += s6.queries_out;
+                    st.responses_in += s6.responses_in;
+                    st.timeouts += s6.timeouts;
+                    st.malformed_in += s6.malformed_in;
+                    st.dropped_rate_limited += s6.dropped_rate_limited;
+                    stored_infohashes += v6.dht.store().infohash_count();
+                    active_lookups += v6.dht.active_lookups();
+                }
                 let _ = tx.send(NodeStats {
                     node_id: self.dht.id().to_hex(),
-                    good_nodes: t.good_count(now),
-                    nodes: t.len(),
-                    buckets: t.buckets().len(),
-                    stored_infohashes: self.dht.store().infohash_count(),
-                    stored_peers: self.dht.store().peer_count(),
+                    good_nodes: ipv4.good_nodes + six.good_nodes,
+                    nodes: ipv4.nodes + six.nodes,
+                    buckets: ipv4.buckets + six.buckets,
+                    stored_infohashes,
+                    stored_peers: ipv4.stored_peers + six.stored_peers,
                     queries_in: st.queries_in,
                     queries_out: st.queries_out,
                     responses_in: st.responses_in,
                     timeouts: st.timeouts,
                     malformed_in: st.malformed_in,
                     dropped_rate_limited: st.dropped_rate_limited,
-                    active_lookups: self.dht.active_lookups(),
-                    external_addr: self.dht.external_addr().map(|a| a.to_string()),
+                    active_lookups,
+                    external_addr: ipv4.external_addr.clone(),
+                    ipv4,
+                    ipv6,
                 });
             }
             Command::SavedState(tx) => {
@@ -841,6 +1037,105 @@ impl Driver {
                 });
             }
             Command::Shutdown(_) => {}
+        }
+    }
+}
+
+/// Drops the subscribers whose announces can no longer be acknowledged; returns the
+/// lookups whose readers went away (to be abandoned in the core).
+fn expire_subscribers(m: &mut HashMap<LookupId, Subscriber>, now: Instant) -> Vec<LookupId> {
+    let mut gone = Vec::new();
+    m.retain(|lid, s| {
+        if s.tx.is_closed() {
+            gone.push(*lid);
+            return false;
+        }
+        s.close_at.is_none_or(|t| t > now)
+    });
+    gone
+}
+
+/// Routes one family's core events to the streams that started the lookups. A command runs
+/// in each family; its `Done` goes out once, merged, when the last family's lookup ends.
+fn route_events<A: DhtAddr>(
+    dht: &mut Dht<A>,
+    lookups: &mut HashMap<LookupId, Subscriber>,
+    merging: &mut HashMap<u64, (u8, LookupSummary)>,
+    boot_tx: Option<&watch::Sender<Option<usize>>>,
+    set_closest: fn(&mut LookupSummary, Vec<NodeInfo<A>>),
+) {
+    let query_timeout = dht.config().query_timeout;
+    while let Some(ev) = dht.poll_event() {
+        match ev {
+            Event::Peers { lookup, peers } => {
+                if let Some(s) = lookups.get(&lookup) {
+                    // Past the reserve the reader is far behind: drop this batch.
+                    if s.tx.capacity() > s.reserve {
+                        let peers = peers.iter().map(|p| p.to_socket_addr()).collect();
+                        let _ = s.tx.try_send(LookupUpdate::Peers(peers));
+                    } else {
+                        tracing::debug!(
+                            "lookup {lookup:?}: reader behind, {} peers dropped",
+                            peers.len()
+                        );
+                    }
+                }
+            }
+            Event::LookupDone {
+                lookup,
+                stats,
+                elapsed,
+                announced,
+                closest,
+                ..
+            } => {
+                // Keep the channel while acknowledgements may still arrive: an announce
+                // query is answered or forgotten within the query timeout.
+                let close_at = Instant::now() + query_timeout + Duration::from_millis(100);
+                if let Some(s) = lookups.get_mut(&lookup) {
+                    let done = match merging.get_mut(&s.key) {
+                        Some((running, summary)) => {
+                            summary.merge(&stats, elapsed, announced);
+                            set_closest(summary, closest);
+                            *running = running.saturating_sub(1);
+                            *running == 0
+                        }
+                        None => false,
+                    };
+                    if done {
+                        if let Some((_, summary)) = merging.remove(&s.key) {
+                            let _ = s.tx.try_send(LookupUpdate::Done(summary));
+                        }
+                    }
+                    s.announced = announced;
+                    s.close_at = Some(close_at);
+                }
+                if announced == 0 {
+                    lookups.remove(&lookup);
+                }
+            }
+            Event::AnnounceAcked { lookup, node } => {
+                if let Some(s) = lookups.get_mut(&lookup) {
+                    let _ =
+                        s.tx.try_send(LookupUpdate::AnnounceAcked(node.to_socket_addr()));
+                    s.acked += 1;
+                    if s.acked >= s.announced {
+                        lookups.remove(&lookup);
+                    }
+                }
+            }
+            Event::IdChanged { id, external } => {
+                tracing::info!(
+                    "external address {}: new BEP 42 node id {id}",
+                    A::ip_addr(&external)
+                );
+            }
+            Event::Bootstrapped { nodes } => {
+                tracing::info!("{} bootstrap finished: {nodes} nodes in the table", A::NAME);
+                if let Some(tx) = boot_tx {
+                    let _ = tx.send(Some(nodes));
+                }
+            }
         }
     }
 }

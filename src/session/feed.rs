@@ -63,11 +63,7 @@ async fn drain(
             LookupUpdate::Peers(ps) => {
                 for p in ps {
                     stats.saw_peer();
-                    if peers
-                        .send((SocketAddr::V4(p), PeerSource::Dht))
-                        .await
-                        .is_err()
-                    {
+                    if peers.send((p, PeerSource::Dht)).await.is_err() {
                         return false;
                     }
                 }
@@ -183,7 +179,7 @@ pub async fn announce_once(
                     for p in ps {
                         stats.saw_peer();
                         // try_send: an announce never waits on a busy torrent.
-                        let _ = tx.try_send((SocketAddr::V4(p), PeerSource::Dht));
+                        let _ = tx.try_send((p, PeerSource::Dht));
                     }
                 }
             }

@@ -56,6 +56,8 @@ pub struct SessionConfig {
     /// Local address: TCP for peers and UDP for the DHT, on the same port when it is free
     /// (port 0 picks one). Outgoing peer connections are made from this IP.
     pub bind: SocketAddr,
+    /// IPv6 UDP address for the DHT of a dual-stack session (BEP 32); `None`: IPv4 only.
+    pub bind6: Option<SocketAddr>,
     /// DHT bootstrap contacts (`host:port`). Empty: no DHT node unless `dht_always`.
     pub bootstrap: Vec<String>,
     /// Run a DHT node even with no bootstrap contacts (others may bootstrap from us).
@@ -108,6 +110,7 @@ impl SessionConfig {
     pub fn new(bind: SocketAddr) -> SessionConfig {
         SessionConfig {
             bind,
+            bind6: None,
             bootstrap: Vec::new(),
             dht_always: false,
             dht: dht::Config::default(),
@@ -197,6 +200,7 @@ impl Session {
             Some(
                 DhtHandle::spawn(NodeOptions {
                     bind: cfg.bind,
+                    bind6: cfg.bind6,
                     bootstrap: cfg.bootstrap.clone(),
                     join: true,
                     dht: cfg.dht.clone(),
@@ -229,10 +233,8 @@ impl Session {
             let (tx, mut rx) = mpsc::unbounded_channel::<SocketAddr>();
             tokio::spawn(async move {
                 while let Some(a) = rx.recv().await {
-                    if let SocketAddr::V4(a) = a {
-                        if d.add_node(a).is_err() {
-                            return;
-                        }
+                    if d.add_node(a).is_err() {
+                        return;
                     }
                 }
             });

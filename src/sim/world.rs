@@ -588,7 +588,7 @@ impl<'p> World<'p> {
                         // 10/8 like every simulated node, but on a port nobody listens on.
                         let ip = 0x0A00_0000 | (h as u32 & 0x00ff_ffff);
                         let port = 1024 + ((h >> 32) as u16 % 5000);
-                        r.nodes.push(NodeInfo {
+                        r.nodes.get_or_insert_with(Vec::new).push(NodeInfo {
                             id: id_near(&t, h, 1),
                             addr: SocketAddrV4::new(ip.into(), port),
                         });
@@ -601,7 +601,7 @@ impl<'p> World<'p> {
                         let pick = self.colluders
                             [(mix64(who ^ (j << 48) ^ r.id.0[19] as u64) % c) as usize];
                         if pick != me {
-                            r.nodes.push(NodeInfo {
+                            r.nodes.get_or_insert_with(Vec::new).push(NodeInfo {
                                 id: id_near(&t, u64::from(pick), 0),
                                 addr: self.addrs.addr_of(pick),
                             });
@@ -616,14 +616,15 @@ impl<'p> World<'p> {
                     let hi = (p + 16).min(hs.len());
                     let mut near: Vec<(Id, u32)> = hs[lo..hi].to_vec();
                     near.sort_by_key(|(id, _)| id.distance(&t));
-                    r.nodes = near
-                        .iter()
-                        .take(8)
-                        .map(|&(id, j)| NodeInfo {
-                            id,
-                            addr: self.addrs.addr_of(j),
-                        })
-                        .collect();
+                    r.nodes = Some(
+                        near.iter()
+                            .take(8)
+                            .map(|&(id, j)| NodeInfo {
+                                id,
+                                addr: self.addrs.addr_of(j),
+                            })
+                            .collect(),
+                    );
                 }
             }
         }
@@ -634,7 +635,7 @@ impl<'p> World<'p> {
         let m = Message {
             tid,
             version: None,
-            ip: Some(self.addrs.addr_of(to)),
+            ip: Some(self.addrs.addr_of(to).into()),
             read_only: false,
             body,
         };

@@ -376,7 +376,11 @@ fn query(tid: u32, id: Id, method: Method) -> Vec<u8> {
         version: None,
         ip: None,
         read_only: false,
-        body: Body::Query(Query { id, method }),
+        body: Body::Query(Query {
+            id,
+            method,
+            want: dhtnode::krpc::Want::NONE,
+        }),
     }
     .encode()
 }
