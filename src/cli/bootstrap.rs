@@ -91,7 +91,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(s) => (Some(s.id), s.nodes.clone()),
         None => (None, Vec::new()),
     };
-    let (bind, bind6) = split_binds(&args.bind).map_err(anyhow::Error::msg)?;
+    let (bind, bind6) = match split_binds(&args.bind) {
+        Ok(b) => b,
+        Err(e) => {
+            // A bad argument: exit 2, like clap's own errors.
+            super::output::err_line(format_args!("error: {e}"));
+            return Ok(ExitCode::from(2));
+        }
+    };
     let node = DhtHandle::spawn(NodeOptions {
         bind,
         bind6,

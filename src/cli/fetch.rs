@@ -95,7 +95,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     add.peers = args.peer.clone();
     add.seed_after = args.seed;
     add.seed_ratio = args.seed_ratio;
-    let (bind, bind6) = split_binds(&args.bind).map_err(anyhow::Error::msg)?;
+    let (bind, bind6) = match split_binds(&args.bind) {
+        Ok(b) => b,
+        Err(e) => {
+            // A bad argument: exit 2, like clap's own errors.
+            super::output::err_line(format_args!("error: {e}"));
+            return Ok(ExitCode::from(2));
+        }
+    };
     let mut cfg = SessionConfig::new(bind);
     cfg.bind6 = bind6;
     cfg.bootstrap = bootstrap_list(&args.bootstrap);

@@ -59,7 +59,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "no bootstrap nodes: give --bootstrap HOST:PORT (a lookup cannot start alone)"
         );
     }
-    let (bind, bind6) = split_binds(&args.bind).map_err(anyhow::Error::msg)?;
+    let (bind, bind6) = match split_binds(&args.bind) {
+        Ok(b) => b,
+        Err(e) => {
+            // A bad argument: exit 2, like clap's own errors.
+            super::output::err_line(format_args!("error: {e}"));
+            return Ok(ExitCode::from(2));
+        }
+    };
     let node = DhtHandle::spawn(NodeOptions {
         bind,
         bind6,

@@ -63,6 +63,14 @@ fn data_dir_for(path: &Path, name: &str) -> PathBuf {
 /// Runs the seeder until a signal arrives.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut signals = ShutdownSignal::install()?;
+    let (bind, bind6) = match split_binds(&args.bind) {
+        Ok(b) => b,
+        Err(e) => {
+            // A bad argument: exit 2, like clap's own errors.
+            super::output::err_line(format_args!("error: {e}"));
+            return Ok(ExitCode::from(2));
+        }
+    };
     if !args.path.exists() {
         output::err_line(format_args!(
             "error: {} does not exist",
@@ -103,7 +111,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     let data_dir = data_dir_for(&args.path, &info.name);
-    let (bind, bind6) = split_binds(&args.bind).map_err(anyhow::Error::msg)?;
     let mut cfg = SessionConfig::new(bind);
     cfg.bind6 = bind6;
     cfg.bootstrap = bootstrap_list(&args.bootstrap);
