@@ -15,7 +15,7 @@ use crate::krpc::{
 use super::bep42::{self, Bep42Mode};
 use super::entropy::Entropy;
 use super::lookup::{AnnounceSpec, Lookup, LookupId, LookupKind, LookupParams, LookupStats};
-use super::martian::PrivateNodes;
+use super::martian::{self, PrivateNodes};
 use super::ratelimit::{RateLimiter, RateLimits, TokenBucket};
 use super::routing::{Insert, NodeState, RoutingTable, TimeoutOutcome};
 use super::rpc::{Outstanding, Purpose, Rpc};
@@ -807,6 +807,11 @@ impl<A: DhtAddr> Dht<A> {
     /// An unknown node queried us: if it could enter the table, ping it (answers prove the
     /// address is real). Budgeted, so a flood of queriers cannot make us flood pings.
     fn maybe_verify(&mut self, now: Time, from: A, id: Id) {
+        // A spoofed source must not aim our pings at addresses that cannot be nodes (0/8,
+        // multicast, reserved, port 0) nor, when local nodes are denied, at our own LAN.
+        if !martian::acceptable_for(&from, &from.ip_of(), self.cfg.private_nodes) {
+            return;
+        }
         if !self.table.has_room_for(&id, now) {
             return;
         }

@@ -669,6 +669,43 @@ fn transaction_ids_are_not_sequential() {
     assert_eq!(distinct.len(), tids.len(), "tids are unique");
 }
 
+/// A query whose (spoofed) source cannot be a node, or is a local address when local nodes are
+/// denied, is answered but never verified with a ping: a spoofer cannot aim our pings at
+/// 0.0.0.0/8, multicast, reserved space or, with `PrivateNodes::Deny`, our own LAN.
+#[test]
+fn verification_pings_never_go_to_unroutable_or_denied_sources() {
+    let mut cfg = Config::default();
+    cfg.private_nodes = super::martian::PrivateNodes::Deny;
+    let mut node = Dht::new(Id([1; 20]), cfg, 1, Time(0));
+    let sources = [
+        SocketAddrV4::new(Ipv4Addr::new(0, 1, 2, 3), 6881),
+        SocketAddrV4::new(Ipv4Addr::new(224, 0, 0, 1), 6881),
+        SocketAddrV4::new(Ipv4Addr::new(240, 1, 1, 1), 6881),
+        SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 1), 6881),
+        SocketAddrV4::new(Ipv4Addr::new(12, 0, 0, 1), 0),
+    ];
+    for (i, from) in sources.iter().enumerate() {
+        let mut id = [0u8; 20];
+        id[0] = 0x80 | i as u8;
+        node.handle_datagram(
+            Time(10 + i as u64),
+            *from,
+            &query_from(Id(id), b"pp", Method::Ping),
+        );
+        let (_, q) = drain_split(&mut node);
+        assert!(q.is_empty(), "verification ping sent to {from}");
+    }
+    // A public source still is verified.
+    let public = SocketAddrV4::new(Ipv4Addr::new(12, 0, 0, 1), 6881);
+    node.handle_datagram(
+        Time(50),
+        public,
+        &query_from(Id([0x90; 20]), b"pp", Method::Ping),
+    );
+    let (_, q) = drain_split(&mut node);
+    assert_eq!(q.len(), 1, "a public querier is verified");
+}
+
 #[test]
 fn verification_pings_stay_within_one_token_bucket() {
     // Unknown queriers (each could enter the table) every 0.1 ms around a second boundary:
