@@ -674,8 +674,10 @@ fn transaction_ids_are_not_sequential() {
 /// 0.0.0.0/8, multicast, reserved space or, with `PrivateNodes::Deny`, our own LAN.
 #[test]
 fn verification_pings_never_go_to_unroutable_or_denied_sources() {
-    let mut cfg = Config::default();
-    cfg.private_nodes = super::martian::PrivateNodes::Deny;
+    let cfg = Config {
+        private_nodes: super::martian::PrivateNodes::Deny,
+        ..Config::default()
+    };
     let mut node = Dht::new(Id([1; 20]), cfg, 1, Time(0));
     let sources = [
         SocketAddrV4::new(Ipv4Addr::new(0, 1, 2, 3), 6881),
