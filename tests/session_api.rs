@@ -82,7 +82,13 @@ async fn limit_pause_resume_through_the_session_api() {
     h.pause();
     until(&h, "paused", |p| p.phase == Phase::Paused && p.peers == 0).await;
     let done_at_pause = h.stats().pieces_done;
-    // Paused: the seed sends nothing more.
+    // Paused: the seed sends nothing more. The seed publishes its counters on a 500 ms tick,
+    // so a snapshot taken the moment the client paused can lag the bytes it had already
+    // written; count from the first snapshot in which the seed has seen the connection go.
+    until(&seeding, "the seed saw the connection close", |p| {
+        p.peers == 0
+    })
+    .await;
     let up_before = seeding.stats().uploaded;
     let waited = Instant::now();
     until(&seeding, "two more seed progress updates", |_| {
