@@ -1,7 +1,7 @@
-//! Where a node's randomness comes from, kept in two separate streams: the fast RNG whose
-//! outputs go on the wire (transaction ids, refresh targets, sampled peers), and the write-token
-//! key, drawn from a CSPRNG of its own so no amount of watching our traffic predicts the
-//! tokens we accept. Production nodes take both from the OS; the simulator and the tests
+//! Where a node's randomness comes from, kept in separate streams: the fast RNG whose outputs
+//! go on the wire (refresh targets, sampled peers), and two secret keys drawn from a CSPRNG of
+//! their own, so no amount of watching our traffic predicts the tokens we accept or the
+//! transaction ids of our next queries. Production nodes take both from the OS; the simulator and the tests
 //! inject deterministic entropy so runs repeat exactly.
 
 use rand::rngs::{OsRng, SmallRng, StdRng};
@@ -18,6 +18,8 @@ pub struct Entropy {
     pub(crate) wire: SmallRng,
     /// The write-token key; never derived from `wire`.
     pub(crate) token_key: [u8; 20],
+    /// The transaction-id key ([`crate::dht::rpc`]); never derived from `wire`.
+    pub(crate) tid_key: [u8; 16],
 }
 
 impl Entropy {
@@ -27,20 +29,24 @@ impl Entropy {
         OsRng.try_fill_bytes(&mut wire)?;
         let mut token_key = [0u8; 20];
         OsRng.try_fill_bytes(&mut token_key)?;
+        let mut tid_key = [0u8; 16];
+        OsRng.try_fill_bytes(&mut tid_key)?;
         Ok(Entropy {
             wire: SmallRng::from_seed(wire),
             token_key,
+            tid_key,
         })
     }
 
     /// Deterministic entropy from `seed`, for the simulator and tests: the wire stream is
-    /// `SmallRng` seeded with `seed`, the token key comes from a ChaCha `StdRng` seeded
+    /// `SmallRng` seeded with `seed`, the keys come from a ChaCha `StdRng` seeded
     /// independently of it.
     pub fn from_seed(seed: u64) -> Entropy {
-        let mut secret = StdRng::seed_from_u64(seed ^ 0x7e4e_5ec7_7e4e_5ec7);
+        let mut secret = secret_stream(seed);
         Entropy {
             wire: SmallRng::seed_from_u64(seed),
             token_key: secret.gen(),
+            tid_key: secret.gen(),
         }
     }
 
@@ -48,10 +54,15 @@ impl Entropy {
     /// show the two streams are independent).
     pub fn with_token_key(seed: u64, token_key: [u8; 20]) -> Entropy {
         Entropy {
-            wire: SmallRng::seed_from_u64(seed),
             token_key,
+            ..Entropy::from_seed(seed)
         }
     }
+}
+
+/// The secret keys' deterministic source for `seed`, apart from the wire stream.
+fn secret_stream(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed ^ 0x7e4e_5ec7_7e4e_5ec7)
 }
 
 #[cfg(test)]

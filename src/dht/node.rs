@@ -257,7 +257,7 @@ impl<A: DhtAddr> Dht<A> {
     pub fn with_entropy(id: Id, cfg: Config, entropy: Entropy, now: Time) -> Dht<A> {
         let rng = entropy.wire;
         let tokens = Tokens::new(entropy.token_key, now, cfg.token_interval);
-        let rpc = Rpc::new();
+        let rpc = Rpc::new(entropy.tid_key);
         let verify_per_sec = u64::from(cfg.verify_pings_per_sec);
         let backoff = cfg.bootstrap_retry;
         let cfg_limits = cfg.rate_limits.clone();
@@ -569,15 +569,12 @@ impl<A: DhtAddr> Dht<A> {
         method: Method,
         purpose: Purpose,
     ) -> bool {
-        let Some(tid) = self.rpc.register(
-            Outstanding {
-                addr,
-                id,
-                sent: now,
-                purpose,
-            },
-            &mut self.rng,
-        ) else {
+        let Some(tid) = self.rpc.register(Outstanding {
+            addr,
+            id,
+            sent: now,
+            purpose,
+        }) else {
             return false;
         };
         let msg = Message {
@@ -601,9 +598,10 @@ impl<A: DhtAddr> Dht<A> {
         self.transmits.push_back(Transmit { to, data });
     }
 
-    /// Sends a response or an error reply, if the global reply budget holds its bytes:
-    /// every byte we send because someone else asked counts, so spoofed queries cannot make
-    /// us reflect more than the budget.
+    /// Sends a response or an error reply, if the global reply budget holds its bytes (the
+    /// IP and UDP headers included: a flood of tiny replies costs the victim's link those
+    /// too): every byte we send because someone else asked counts, so spoofed queries cannot
+    /// make us reflect more than the budget.
     fn reply(&mut self, now: Time, to: A, tid: Vec<u8>, body: Body) {
         let msg = Message {
             tid,
@@ -613,7 +611,10 @@ impl<A: DhtAddr> Dht<A> {
             body,
         };
         let data = msg.encode();
-        if self.limiter.allow_reply(now, data.len()) {
+        if self
+            .limiter
+            .allow_reply(now, data.len() + udp_overhead(&to))
+        {
             self.push_transmit(to, data);
         }
     }
@@ -668,10 +669,18 @@ impl<A: DhtAddr> Dht<A> {
         data: &[u8],
         other: Option<&dyn NodeLists>,
     ) {
+        // Only a datagram from an address we queried can be an answer of ours, exempt from
+        // the per-IP limiter; anything else meets the limiter before we spend a decode on it.
+        let awaited = self.rpc.awaits(&from);
+        if !awaited && !self.limiter.allow_packet(from.ip_of(), now) {
+            self.stats.dropped_rate_limited += 1;
+            return;
+        }
         let decoded = Message::decode(data);
-        let ours = matches!(&decoded, Ok(m) if !matches!(m.body, Body::Query(_))
-            && self.rpc.matches(&m.tid, &from));
-        if !ours && !self.limiter.allow_packet(from.ip_of(), now) {
+        let ours = awaited
+            && matches!(&decoded, Ok(m) if !matches!(m.body, Body::Query(_))
+                && self.rpc.matches(&m.tid, &from));
+        if awaited && !ours && !self.limiter.allow_packet(from.ip_of(), now) {
             self.stats.dropped_rate_limited += 1;
             return;
         }
@@ -818,7 +827,33 @@ impl<A: DhtAddr> Dht<A> {
         if !self.verify_budget.try_take(1, now) {
             return;
         }
+        // A stranger's query made us send this ping, so it is paid from the reply budget
+        // like an answer would be: spoofed queries cannot add pings on top of the budget.
+        if !self
+            .limiter
+            .allow_reply(now, self.ping_len() + udp_overhead(&from))
+        {
+            return;
+        }
         self.send_query(now, from, Some(id), Method::Ping, Purpose::Ping);
+    }
+
+    /// Bytes of one of our pings on the wire (its size does not depend on the transaction
+    /// id's value, only on its length).
+    fn ping_len(&self) -> usize {
+        Message {
+            tid: vec![0; super::rpc::TID_LEN],
+            version: Some(CLIENT_VERSION.to_vec()),
+            ip: None,
+            read_only: self.cfg.read_only,
+            body: Body::Query(Query {
+                id: self.id,
+                method: Method::Ping,
+                want: Want::NONE,
+            }),
+        }
+        .encode()
+        .len()
     }
 
     fn handle_response(&mut self, now: Time, from: A, tid: &[u8], ip: Option<A>, r: Response) {
@@ -1040,5 +1075,14 @@ impl<A: DhtAddr> Dht<A> {
             }
         }
         out
+    }
+}
+
+/// IP and UDP header bytes of a datagram to `to`: 20 + 8 over IPv4, 40 + 8 over IPv6.
+fn udp_overhead<A: DhtAddr>(to: &A) -> usize {
+    if to.to_socket_addr().is_ipv4() {
+        28
+    } else {
+        48
     }
 }

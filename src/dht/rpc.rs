@@ -4,16 +4,21 @@
 //! the short "widen" delay of lookup queries, one for the full timeout) give the next deadline
 //! in O(1). Entries for queries already answered are skipped lazily.
 //!
-//! Transaction ids are 4 random bytes, not a counter: an off-path spoofer who cannot see our
-//! queries has to guess one of 2^32 values (times the exact address asked) to pass an answer
-//! off as genuine, which is also what lets the node exempt genuine answers from its per-IP
-//! flood limiter.
+//! Transaction ids are 4 bytes of a keyed hash (SipHash-2-4) of a counter, not the counter
+//! and not the output of the node's fast RNG: that RNG (xoshiro) can be reconstructed from a
+//! few of its outputs, and the refresh targets it draws are on the wire, so ids drawn from it
+//! could be predicted. With a secret key an off-path spoofer who cannot see our queries has to
+//! guess one of 2^32 values (times the exact address asked) to pass an answer off as genuine,
+//! which is also what lets the node exempt genuine answers from its per-IP flood limiter.
+//! SipHash is a crate (`siphasher`) rather than std's `DefaultHasher` because std does not
+//! promise its algorithm, and the simulator's runs must repeat on every toolchain.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hasher;
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use rand::Rng;
+use siphasher::sip::SipHasher24;
 
 use crate::id::Id;
 use crate::krpc::DhtAddr;
@@ -54,41 +59,52 @@ pub const TID_LEN: usize = 4;
 /// The table of outstanding queries.
 pub struct Rpc<A = SocketAddrV4> {
     pending: HashMap<u32, Outstanding<A>>,
+    /// How many pending queries went to each address: answers from an address we await are
+    /// decoded before the per-IP flood limiter sees them (they may be ours); everything else
+    /// meets the limiter first, so a flood is dropped before we spend a decode on it.
+    awaited: HashMap<A, u32>,
     widen_queue: VecDeque<(Time, u32)>,
     timeout_queue: VecDeque<(Time, u32)>,
-}
-
-impl<A> Default for Rpc<A> {
-    fn default() -> Self {
-        Rpc {
-            pending: HashMap::new(),
-            widen_queue: VecDeque::new(),
-            timeout_queue: VecDeque::new(),
-        }
-    }
+    /// Secret key of the transaction-id hash.
+    key: [u8; 16],
+    /// Queries registered so far: the hash input.
+    counter: u64,
 }
 
 impl<A: DhtAddr> Rpc<A> {
-    /// An empty table.
-    pub fn new() -> Rpc<A> {
-        Rpc::default()
+    /// An empty table whose transaction ids are keyed by `key` (secret: from the OS for a real
+    /// node, from the seed in the simulator and tests).
+    pub fn new(key: [u8; 16]) -> Rpc<A> {
+        Rpc {
+            pending: HashMap::new(),
+            awaited: HashMap::new(),
+            widen_queue: VecDeque::new(),
+            timeout_queue: VecDeque::new(),
+            key,
+            counter: 0,
+        }
     }
 
-    /// Registers a query under a fresh random transaction id drawn from `rng`, or returns
-    /// `None` when too many are pending.
-    pub fn register<R: Rng + ?Sized>(
-        &mut self,
-        q: Outstanding<A>,
-        rng: &mut R,
-    ) -> Option<[u8; TID_LEN]> {
+    /// The next transaction id: 32 bits of SipHash-2-4(key, counter).
+    fn next_tid(&mut self) -> u32 {
+        let mut h = SipHasher24::new_with_key(&self.key);
+        h.write_u64(self.counter);
+        self.counter = self.counter.wrapping_add(1);
+        h.finish() as u32
+    }
+
+    /// Registers a query under a fresh unpredictable transaction id, or returns `None` when
+    /// too many are pending.
+    pub fn register(&mut self, q: Outstanding<A>) -> Option<[u8; TID_LEN]> {
         if self.pending.len() >= MAX_OUTSTANDING {
             return None;
         }
-        let mut tid: u32 = rng.gen();
+        let mut tid = self.next_tid();
         while self.pending.contains_key(&tid) {
-            tid = rng.gen();
+            tid = self.next_tid();
         }
         self.pending.insert(tid, q);
+        *self.awaited.entry(q.addr).or_insert(0) += 1;
         if matches!(q.purpose, Purpose::Lookup(_)) {
             self.widen_queue.push_back((q.sent, tid));
         }
@@ -101,9 +117,27 @@ impl<A: DhtAddr> Rpc<A> {
     pub fn take(&mut self, tid: &[u8], from: &A) -> Option<Outstanding<A>> {
         let t = u32::from_be_bytes(<[u8; TID_LEN]>::try_from(tid).ok()?);
         match self.pending.get(&t) {
-            Some(q) if q.addr == *from => self.pending.remove(&t),
+            Some(q) if q.addr == *from => self.remove(t),
             _ => None,
         }
+    }
+
+    /// Removes a pending query and its count in `awaited`.
+    fn remove(&mut self, tid: u32) -> Option<Outstanding<A>> {
+        let q = self.pending.remove(&tid)?;
+        if let Some(n) = self.awaited.get_mut(&q.addr) {
+            *n -= 1;
+            if *n == 0 {
+                self.awaited.remove(&q.addr);
+            }
+        }
+        Some(q)
+    }
+
+    /// Whether some query of ours to exactly `from` is pending: only then can a datagram from
+    /// it be an answer we are waiting for.
+    pub fn awaits(&self, from: &A) -> bool {
+        self.awaited.contains_key(from)
     }
 
     /// Whether an answer from `from` with `tid` would match one of our queries (without
@@ -142,7 +176,7 @@ impl<A: DhtAddr> Rpc<A> {
             }
             self.timeout_queue.pop_front();
             if self.pending.get(&tid).is_some_and(|q| q.sent == sent) {
-                if let Some(q) = self.pending.remove(&tid) {
+                if let Some(q) = self.remove(tid) {
                     out.push(q);
                 }
             }
@@ -177,6 +211,7 @@ impl<A: DhtAddr> Rpc<A> {
     pub fn shrink_if_idle(&mut self) {
         if self.pending.is_empty() {
             self.pending.shrink_to_fit();
+            self.awaited.shrink_to_fit();
             self.widen_queue.shrink_to(8);
             self.timeout_queue.shrink_to(8);
         }
@@ -196,8 +231,6 @@ impl<A: DhtAddr> Rpc<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::rngs::SmallRng;
-    use rand::SeedableRng;
     use std::net::Ipv4Addr;
 
     fn q(port: u16, sent: u64, purpose: Purpose) -> Outstanding {
@@ -211,9 +244,8 @@ mod tests {
 
     #[test]
     fn answers_must_come_from_the_queried_address() {
-        let mut r = Rpc::new();
-        let mut rng = SmallRng::seed_from_u64(7);
-        let tid = r.register(q(1, 0, Purpose::Ping), &mut rng).unwrap();
+        let mut r = Rpc::new([7; 16]);
+        let tid = r.register(q(1, 0, Purpose::Ping)).unwrap();
         assert!(r.matches(&tid, &SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1)));
         assert!(!r.matches(&tid, &SocketAddrV4::new(Ipv4Addr::LOCALHOST, 2)));
         assert!(r
@@ -230,14 +262,11 @@ mod tests {
 
     #[test]
     fn widen_then_timeout_in_send_order() {
-        let mut r = Rpc::new();
-        let mut rng = SmallRng::seed_from_u64(0);
+        let mut r = Rpc::new([0; 16]);
         let w = Duration::from_millis(500);
         let t = Duration::from_millis(2000);
-        let a = r
-            .register(q(1, 0, Purpose::Lookup(LookupId(1))), &mut rng)
-            .unwrap();
-        r.register(q(2, 100, Purpose::Ping), &mut rng).unwrap();
+        let a = r.register(q(1, 0, Purpose::Lookup(LookupId(1)))).unwrap();
+        r.register(q(2, 100, Purpose::Ping)).unwrap();
         assert_eq!(r.next_deadline(w, t), Some(Time(500)));
         assert_eq!(r.due_widen(Time(500), w).len(), 1);
         assert_eq!(r.next_deadline(w, t), Some(Time(2000)));
@@ -249,5 +278,46 @@ mod tests {
         assert_eq!(timed_out.len(), 1);
         assert_eq!(timed_out[0].addr.port(), 2);
         assert_eq!(r.next_deadline(w, t), None);
+    }
+
+    #[test]
+    fn transaction_ids_depend_on_the_key_and_do_not_count_up() {
+        let mut a = Rpc::new([1; 16]);
+        let mut b = Rpc::new([2; 16]);
+        let ids_a: Vec<u32> = (0..64)
+            .map(|i| u32::from_be_bytes(a.register(q(i, 0, Purpose::Ping)).unwrap()))
+            .collect();
+        let ids_b: Vec<u32> = (0..64)
+            .map(|i| u32::from_be_bytes(b.register(q(i, 0, Purpose::Ping)).unwrap()))
+            .collect();
+        assert_ne!(ids_a, ids_b, "another key gives other ids");
+        // Not a counter: consecutive ids are not one apart, nor ordered.
+        let steps_of_one = ids_a.windows(2).filter(|w| w[1] == w[0].wrapping_add(1));
+        assert_eq!(steps_of_one.count(), 0);
+        assert!(ids_a.windows(2).any(|w| w[1] < w[0]));
+        // The same key repeats (the simulator's runs must).
+        let mut c = Rpc::new([1; 16]);
+        let first = u32::from_be_bytes(c.register(q(0, 0, Purpose::Ping)).unwrap());
+        assert_eq!(first, ids_a[0]);
+    }
+
+    #[test]
+    fn awaited_addresses_follow_register_take_and_timeout() {
+        let mut r = Rpc::new([3; 16]);
+        let one = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1);
+        let two = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 2);
+        assert!(!r.awaits(&one));
+        let a = r.register(q(1, 0, Purpose::Ping)).unwrap();
+        let b = r.register(q(1, 10, Purpose::Ping)).unwrap();
+        r.register(q(2, 20, Purpose::Ping)).unwrap();
+        assert!(r.awaits(&one) && r.awaits(&two));
+        // A wrong-address answer takes nothing.
+        assert!(r.take(&a, &two).is_none());
+        r.take(&a, &one).unwrap();
+        assert!(r.awaits(&one), "a second query to it is still pending");
+        r.take(&b, &one).unwrap();
+        assert!(!r.awaits(&one));
+        assert_eq!(r.due_timeouts(Time(5000), Duration::from_secs(1)).len(), 1);
+        assert!(!r.awaits(&two), "a timed-out query is no longer awaited");
     }
 }
