@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use dhtnode::sim::provenance::Provenance;
 use dhtnode::sim::{run_scenario, write_outputs, ProgressUpdate, RunOptions, Scenario};
 
 use super::output::{self, err_line};
@@ -76,8 +77,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let report = run_scenario(&scenario, &opts, &mut progress)
+    let mut provenance = Provenance::now();
+    let mut report = run_scenario(&scenario, &opts, &mut progress)
         .with_context(|| format!("running {}", args.scenario.display()))?;
+    provenance.finish();
+    report.provenance = Some(provenance);
     if let Some(b) = bar {
         b.finish_and_clear();
     }

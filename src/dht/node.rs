@@ -417,6 +417,16 @@ impl<A: DhtAddr> Dht<A> {
         self.start_lookup(now, info_hash, LookupKind::GetPeers { announce }, &[])
     }
 
+    /// The counters of a lookup still running (`None` once it ended or was cancelled): what
+    /// the simulator reads when a lookup's first peer comes in, to count the queries it took
+    /// to get there apart from those it sends until it completes.
+    pub fn lookup_stats(&self, lookup: LookupId) -> Option<&LookupStats> {
+        self.lookups
+            .iter()
+            .find(|l| l.id == lookup)
+            .map(|l| &l.stats)
+    }
+
     /// Abandons a lookup (its caller went away): no more queries, no announce, no event;
     /// late answers are ignored. Cancelling the join lets maintenance retry it.
     pub fn cancel(&mut self, lookup: LookupId) {

@@ -20,7 +20,9 @@ pub struct LookupRecord {
     pub done_ms: Option<u32>,
     /// Depth of the answer that carried the first peer.
     pub hops: Option<u8>,
-    /// Queries the lookup sent.
+    /// Queries the lookup had sent when its first announced peer came in.
+    pub messages_to_first_peer: Option<u32>,
+    /// Queries the lookup sent until it completed.
     pub messages: u32,
     /// Answers it received.
     pub responses: u32,
@@ -120,7 +122,10 @@ pub struct LookupSummary {
     pub lookup_ms: Percentiles,
     /// Hops to the first peer, successful lookups.
     pub hops: MeanTail,
-    /// Queries per lookup, ended lookups.
+    /// Queries sent until the first peer came in, successful lookups (what published
+    /// measurements of lookup cost count).
+    pub messages_to_first_peer: MeanTail,
+    /// Queries per lookup until it completed, ended lookups.
     pub messages_per_lookup: MeanTail,
     /// Timed-out queries per lookup, ended lookups.
     pub timeouts_per_lookup: MeanTail,
@@ -153,6 +158,11 @@ impl LookupSummary {
                     .collect(),
             ),
             hops: mean_tail(ok.iter().filter_map(|r| r.hops.map(f64::from)).collect()),
+            messages_to_first_peer: mean_tail(
+                ok.iter()
+                    .filter_map(|r| r.messages_to_first_peer.map(f64::from))
+                    .collect(),
+            ),
             messages_per_lookup: mean_tail(ended.iter().map(|r| f64::from(r.messages)).collect()),
             timeouts_per_lookup: mean_tail(ended.iter().map(|r| f64::from(r.timeouts)).collect()),
         }
@@ -195,6 +205,7 @@ mod tests {
             first_peer_ms: first,
             done_ms: Some(500),
             hops: first.map(|_| 3),
+            messages_to_first_peer: first.map(|_| 9),
             messages: 20,
             responses: 18,
             timeouts: 2,
@@ -205,5 +216,9 @@ mod tests {
         assert_eq!(s.success_rate, 0.5);
         assert_eq!(s.first_peer_ms.p50, 200.0);
         assert_eq!(s.hops.mean, 3.0);
+        // Messages to the first peer count successful lookups only; to completion, every
+        // ended lookup that was counted.
+        assert_eq!(s.messages_to_first_peer.mean, 9.0);
+        assert_eq!(s.messages_per_lookup.mean, 20.0);
     }
 }

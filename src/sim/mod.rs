@@ -9,6 +9,7 @@
 pub mod metrics;
 pub mod net;
 pub mod output;
+pub mod provenance;
 pub mod queue;
 pub mod scenario;
 pub mod world;
@@ -93,7 +94,9 @@ pub struct PerfectFigures {
     pub lookup_ms: Percentiles,
     /// Its hops.
     pub hops: MeanTail,
-    /// Its queries per lookup.
+    /// Its queries until the first peer.
+    pub messages_to_first_peer: MeanTail,
+    /// Its queries per lookup until completion.
     pub messages_per_lookup: MeanTail,
 }
 
@@ -181,6 +184,10 @@ pub struct Report {
     pub wall_seconds: f64,
     /// Peak resident memory of the process (not deterministic).
     pub peak_rss_mb: f64,
+    /// The commit, build and machine that produced this report (set by the CLI for the
+    /// top-level report only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<provenance::Provenance>,
     /// Per-node figures.
     pub per_node: NodeFigures,
     /// Network counters.
@@ -213,6 +220,11 @@ impl Report {
         Report {
             wall_seconds: 0.0,
             peak_rss_mb: 0.0,
+            provenance: self.provenance.as_ref().map(|p| provenance::Provenance {
+                load_at_start: 0.0,
+                load_at_end: 0.0,
+                ..p.clone()
+            }),
             variant: self.variant.as_ref().map(|v| Box::new(v.deterministic())),
             attack_runs: self.attack_runs.iter().map(Report::deterministic).collect(),
             ..self.clone()
@@ -335,6 +347,7 @@ pub fn run_scenario(
             first_peer_ms: s.first_peer_ms,
             lookup_ms: s.lookup_ms,
             hops: s.hops,
+            messages_to_first_peer: s.messages_to_first_peer,
             messages_per_lookup: s.messages_per_lookup,
         })
     } else {
@@ -365,6 +378,7 @@ pub fn run_scenario(
         sim_seconds: out.sim_seconds,
         wall_seconds: metrics::round3(started.elapsed().as_secs_f64()),
         peak_rss_mb: peak_rss_mb(),
+        provenance: None,
         per_node: NodeFigures {
             online: out.online_at_end,
             routing_table: metrics::mean_tail(out.table_sizes),

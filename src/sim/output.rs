@@ -23,12 +23,12 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
 /// CSV of every measured lookup, one row each.
 pub fn lookups_csv(r: &Report) -> String {
     let mut s = String::from(
-        "index,origin,infohash,start_ms,success,first_peer_ms,done_ms,hops,messages,responses,timeouts,aborted\n",
+        "index,origin,infohash,start_ms,success,first_peer_ms,done_ms,hops,messages_to_first_peer,messages,responses,timeouts,aborted\n",
     );
     for l in &r.records {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
             l.index,
             l.origin,
             l.infohash,
@@ -37,6 +37,7 @@ pub fn lookups_csv(r: &Report) -> String {
             opt(l.first_peer_ms),
             opt(l.done_ms),
             opt(l.hops),
+            opt(l.messages_to_first_peer),
             l.messages,
             l.responses,
             l.timeouts,

@@ -662,9 +662,14 @@ impl<'p> World<'p> {
                             .node_of_ip(p.ip(), self.n)
                             .is_some_and(|a| self.announcers[ih].contains(&a))
                 });
+                let sent = self.nodes[i as usize]
+                    .dht
+                    .lookup_stats(lookup)
+                    .map(|s| s.queried);
                 let r = &mut self.records[rec as usize];
                 if announced && r.first_peer_ms.is_none() {
                     r.first_peer_ms = Some(now_ms.saturating_sub(start_ms) as u32);
+                    r.messages_to_first_peer = sent;
                 }
             }
             Event::LookupDone {
@@ -771,6 +776,7 @@ impl<'p> World<'p> {
             first_peer_ms: None,
             done_ms: None,
             hops: None,
+            messages_to_first_peer: None,
             messages: 0,
             responses: 0,
             timeouts: 0,

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Regenerates every committed simulation result and the result tables of
+# simulations/README.md from them:
+#
+#   simulations/regenerate.sh                 # every scenario, one after another
+#   simulations/regenerate.sh small sybil     # only these (the tables use every report)
+#   simulations/regenerate.sh --tables-only   # rewrite the README tables from the reports
+#
+# Each report.json records the commit the binary was built from, whether its code differed
+# from that commit (`provenance.dirty`), the machine and its load at start and end. Commit the
+# code first so the reports name a commit that holds it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+all=(small perfect-100k join-100k lossy-100k churn-100k stock-vs-tuned sybil million)
+if [[ "${1:-}" == "--tables-only" ]]; then
+  exec python3 simulations/tables.py
+fi
+if [[ -n "$(git status --porcelain --untracked-files=no -- src build.rs Cargo.toml Cargo.lock)" ]]; then
+  echo "warning: the code has uncommitted changes; the reports will say dirty" >&2
+fi
+cargo build --release
+scenarios=("$@")
+[[ ${#scenarios[@]} -eq 0 ]] && scenarios=("${all[@]}")
+for s in "${scenarios[@]}"; do
+  echo "== $s ($(date -u +%H:%M:%S))" >&2
+  mkdir -p "simulations/results/$s"
+  ./target/release/dhtnode simulate "simulations/$s.toml" --out "simulations/results/$s" >/dev/null
+done
+python3 simulations/tables.py
