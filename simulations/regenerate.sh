@@ -18,12 +18,15 @@ fi
 if [[ -n "$(git status --porcelain --untracked-files=no -- src build.rs Cargo.toml Cargo.lock)" ]]; then
   echo "warning: the code has uncommitted changes; the reports will say dirty" >&2
 fi
-cargo build --release
+# DHTNODE_BIN=path runs that binary instead of building (e.g. a copy, so that rebuilding
+# the tree during a long run cannot swap the binary between scenarios).
+bin="${DHTNODE_BIN:-./target/release/dhtnode}"
+[[ -z "${DHTNODE_BIN:-}" ]] && cargo build --release
 scenarios=("$@")
 [[ ${#scenarios[@]} -eq 0 ]] && scenarios=("${all[@]}")
 for s in "${scenarios[@]}"; do
   echo "== $s ($(date -u +%H:%M:%S))" >&2
   mkdir -p "simulations/results/$s"
-  ./target/release/dhtnode simulate "simulations/$s.toml" --out "simulations/results/$s" >/dev/null
+  "$bin" simulate "simulations/$s.toml" --out "simulations/results/$s" >/dev/null
 done
 python3 simulations/tables.py
