@@ -66,22 +66,10 @@ pub fn is_public(ip: &Ipv4Addr) -> bool {
     scope(ip) == Scope::Public
 }
 
-/// Whether a lookup may query `addr`, listed in an answer from `responder`.
+/// Whether a lookup may query `addr`, listed in an answer from `responder` (the IPv4 case of
+/// [`acceptable_for`]).
 pub fn acceptable(addr: &SocketAddrV4, responder: &Ipv4Addr, policy: PrivateNodes) -> bool {
-    if addr.port() == 0 {
-        return false;
-    }
-    let from = scope(responder);
-    match (scope(addr.ip()), policy) {
-        (Scope::Unroutable, _) => false,
-        (Scope::Public, _) => true,
-        (_, PrivateNodes::Allow) => true,
-        (_, PrivateNodes::Deny) => false,
-        (Scope::Loopback, PrivateNodes::SameScope) => from == Scope::Loopback,
-        (Scope::Private, PrivateNodes::SameScope) => {
-            matches!(from, Scope::Private | Scope::Loopback)
-        }
-    }
+    acceptable_for(addr, responder, policy)
 }
 
 /// [`scope`] for an address of either family: IPv6 multicast, unspecified and
@@ -108,7 +96,9 @@ pub fn scope_ip(ip: &std::net::IpAddr) -> Scope {
     }
 }
 
-/// [`acceptable`] for the address family `A` of the generic core.
+/// Whether a lookup may query `addr` of the address family `A`, listed in an answer from
+/// `responder`: never an unroutable address or port 0; a private or loopback one only as
+/// `policy` allows.
 pub fn acceptable_for<A: crate::krpc::DhtAddr>(
     addr: &A,
     responder: &A::Ip,
