@@ -6,7 +6,8 @@
 //! - the same over UDP (BEP 15) from a magnet link with `tr=udp://...`;
 //! - `dhtnode seed --tracker http://...` is found by a libtorrent downloader through the
 //!   tracker;
-//! - scrape over HTTP and UDP through the library API.
+//! - scrape over HTTP and UDP through the library API, which also shows dhtnode's
+//!   `completed` (counted) and `stopped` (off the swarm) announces arrived.
 //!
 //! Debian builds opentracker whitelist-only ("private mode"): each test writes its own config
 //! (`listen.tcp_udp`, `access.whitelist` with the info-hash in hex) into a temp dir that
@@ -301,7 +302,13 @@ fn dhtnode_fetches_a_magnet_from_a_libtorrent_seed_found_through_a_udp_tracker()
                 .scrape(&TrackerUrl::parse(url).unwrap(), &built.metainfo.info_hash)
                 .await
                 .unwrap_or_else(|e| panic!("scrape {url}: {e}"));
-            assert!(s.complete >= 1, "scrape {url}: {s:?}");
+            // The libtorrent seeder; dhtnode's `completed` was counted and its `stopped`
+            // took it off the swarm.
+            assert_eq!((s.complete, s.incomplete), (1, 0), "scrape {url}: {s:?}");
+            assert!(
+                s.downloaded >= 1,
+                "scrape {url}: no completed event counted: {s:?}"
+            );
         }
     });
 }

@@ -231,13 +231,25 @@ async fn run(mut f: TrackerFeed, mut stop: watch::Receiver<bool>) {
             }
         }
     }
-    // Stopped: tell the tracker that last answered, briefly.
-    if let (true, Some(url)) = (started_sent, last_good) {
-        let req = request(&f, key, AnnounceEvent::Stopped);
-        match tokio::time::timeout(STOP_WAIT, client.announce(&url, &req)).await {
-            Ok(Ok(_)) => tracing::info!("tracker {url}: stopped {}", f.info_hash),
-            Ok(Err(e)) => tracing::info!("tracker {url}: stopped announce failed: {e}"),
-            Err(_) => tracing::info!("tracker {url}: no answer to stopped within {STOP_WAIT:?}"),
+    // Stopped: tell the tracker that last answered, briefly — first `completed` if the
+    // download completed just as it stopped (the tracker counts downloads by it).
+    let (true, Some(url)) = (started_sent, last_good) else {
+        return;
+    };
+    let deadline = Instant::now() + STOP_WAIT;
+    let mut events = vec![AnnounceEvent::Stopped];
+    if !completed_sent && complete(&f.progress.borrow()) {
+        events.insert(0, AnnounceEvent::Completed);
+    }
+    for event in events {
+        let req = request(&f, key, event);
+        match tokio::time::timeout_at(deadline, client.announce(&url, &req)).await {
+            Ok(Ok(_)) => tracing::info!("tracker {url}: {event:?} {}", f.info_hash),
+            Ok(Err(e)) => tracing::info!("tracker {url}: {event:?} announce failed: {e}"),
+            Err(_) => {
+                tracing::info!("tracker {url}: no answer to {event:?} within {STOP_WAIT:?}");
+                return;
+            }
         }
     }
 }
