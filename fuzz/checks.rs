@@ -28,6 +28,8 @@ pub const TARGETS: &[&str] = &[
     "ut_metadata",
     "metadata_assembler",
     "ut_pex",
+    "tracker_http",
+    "tracker_udp",
 ];
 
 /// Runs the check for `target` on `data`. Panics on an unknown target name.
@@ -40,7 +42,51 @@ pub fn check(target: &str, data: &[u8]) {
         "ut_metadata" => check_ut_metadata(data),
         "metadata_assembler" => check_assembler(data),
         "ut_pex" => check_pex(data),
+        "tracker_http" => check_tracker_http(data),
+        "tracker_udp" => check_tracker_udp(data),
         other => panic!("unknown fuzz target {other:?}"),
+    }
+}
+
+/// HTTP tracker answers (announce and scrape bodies): parse; a parsed announce has at most
+/// `MAX_PEERS` peers, no duplicates, no port 0 and no unspecified address.
+pub fn check_tracker_http(data: &[u8]) {
+    use dhtnode::tracker::{response, MAX_PEERS};
+    if let Ok(r) = response::parse_announce(data) {
+        assert!(r.peers.len() <= MAX_PEERS, "{} peers kept", r.peers.len());
+        let mut seen = std::collections::HashSet::new();
+        for p in &r.peers {
+            assert!(
+                p.port() != 0 && !p.ip().is_unspecified(),
+                "useless peer {p}"
+            );
+            assert!(seen.insert(*p), "duplicate peer {p}");
+        }
+        assert!(r.warning.as_ref().map_or(0, |w| w.chars().count()) <= 300);
+    }
+    let _ = response::parse_scrape(data, &Id([0; 20]));
+}
+
+/// UDP tracker datagrams: decode for both families; fed to an exchange waiting for a connect
+/// answer, any datagram leads to a send, a wait or an end — never a panic.
+pub fn check_tracker_udp(data: &[u8]) {
+    use dhtnode::tracker::udp_proto::{self, Exchange, Op, Reply, Retransmit};
+    use dhtnode::tracker::MAX_PEERS;
+    for v6 in [false, true] {
+        if let Ok(Reply::Announced { response, .. }) = udp_proto::decode(data, v6) {
+            assert!(response.peers.len() <= MAX_PEERS);
+        }
+        let now = Instant::now();
+        let (mut x, _) = Exchange::start(
+            now,
+            Op::Scrape(Id([1; 20])),
+            v6,
+            Retransmit::default(),
+            None,
+            data.first().copied().map_or(0, u32::from),
+        );
+        let _ = x.on_datagram(now, data);
+        let _ = x.on_timeout(now + Duration::from_secs(3600));
     }
 }
 

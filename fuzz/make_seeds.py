@@ -325,6 +325,34 @@ write(x, "not-dict", b"l5:addede")
 write(x, "empty-dict", b"de")
 write(x, "empty", b"")
 
+# ---------------------------------------------------------------- tracker answers
+h = "tracker_http"
+write(h, "opentracker", b({"complete": 1, "downloaded": 0, "incomplete": 1, "interval": 1683,
+                           "min interval": 841, "peers": v4(127, 0, 0, 1, 5000) + v4(10, 0, 0, 2, 6881)}))
+write(h, "dict-peers", b({"interval": 60, "peers": [{"ip": "127.0.0.5", "port": 7000},
+                                                     {"ip": "example.com", "port": 1},
+                                                     {"ip": "::1", "port": 0}, 5],
+                          "peers6": v6(1, 7000), "warning message": "slow!", "tracker id": "abc"}))
+write(h, "failure", b({"failure reason": "Requested download is not authorized for use with this tracker."}))
+write(h, "failure-not-string", b({"failure reason": 5, "interval": 1}))
+write(h, "html", b"<html><body>502 Bad Gateway</body></html>")
+write(h, "newline", b({"interval": 60, "peers": b""}) + b"\n")
+write(h, "huge", b({"interval": 60, "peers": b"".join(v4(10, i // 65536 % 256, i // 256 % 256, i % 256, 1) for i in range(1, 1600))}))
+write(h, "negative", b({"interval": -5, "min interval": -1, "complete": -3, "peers": b"\x01"}))
+write(h, "scrape", b({"files": {bytes(20): {"complete": 3, "downloaded": 9, "incomplete": 2}}}))
+write(h, "deep", b"d5:peers" + b"l" * 60 + b"e" * 60 + b"e")
+write(h, "empty", b"")
+
+u = "tracker_udp"
+write(u, "connect", struct.pack(">IIQ", 0, 7, 0x1122334455667788))
+write(u, "announce", struct.pack(">IIIII", 1, 7, 1800, 2, 1) + v4(127, 0, 0, 9, 80) + v4(10, 0, 0, 1, 1))
+write(u, "announce-v6", struct.pack(">IIIII", 1, 7, 1800, 2, 1) + v6(1, 80))
+write(u, "scrape", struct.pack(">IIIII", 2, 7, 3, 9, 2))
+write(u, "error", struct.pack(">II", 3, 7) + b"torrent not registered")
+write(u, "short", struct.pack(">I", 1))
+write(u, "bad-action", struct.pack(">II", 9, 7))
+write(u, "empty", b"")
+
 # ---------------------------------------------------------------- MetadataAssembler scripts
 a = "metadata_assembler"
 # Layout: a (size/16KiB units), u16 LE remainder, `size` bytes of truth, then ops (see checks.rs).

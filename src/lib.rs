@@ -12,4 +12,5 @@ pub mod session;
 pub mod sim;
 mod sync;
 pub mod torrent;
+pub mod tracker;
 pub mod wire;

@@ -99,6 +99,8 @@ corpus_test!(wire_codec, "wire_codec");
 corpus_test!(ut_metadata, "ut_metadata");
 corpus_test!(metadata_assembler, "metadata_assembler");
 corpus_test!(ut_pex, "ut_pex");
+corpus_test!(tracker_http, "tracker_http");
+corpus_test!(tracker_udp, "tracker_udp");
 
 /// Real torrents from `build_torrent` (single file, and a directory with an empty file and a
 /// nested one) pass the metainfo checks, as does their info dictionary alone, and their

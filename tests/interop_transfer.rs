@@ -62,23 +62,6 @@ fn assert_same(want: &Path, got: &Path) {
 
 // ----- libtorrent processes ---------------------------------------------------------------
 
-/// Sends one request to a harness and waits (bounded) for its reply, echoing progress events
-/// to stderr; panics when the reply is not ok.
-fn lt_call(p: &mut Proc, cmd: serde_json::Value, timeout: Duration) -> serde_json::Value {
-    p.send_line(&cmd.to_string());
-    let want = cmd["cmd"].as_str().unwrap().to_string();
-    let line = p.wait_line(timeout, &want, |l| {
-        let v = json(l);
-        if v.get("event").is_some() {
-            eprintln!("{l}");
-        }
-        v["cmd"].as_str() == Some(want.as_str())
-    });
-    let r = json(&line);
-    assert_eq!(r["ok"], true, "libtorrent command {cmd} failed: {r}");
-    r
-}
-
 /// A private DHT of libtorrent sessions (lt_dht.py) on 127.NET.0.1.., fully wired.
 fn start_lt_dht(net: u8, sessions: usize) -> (Proc, Vec<String>) {
     let py = libtorrent_python();
@@ -132,7 +115,7 @@ fn libtorrent_seeds_dhtnode_fetches(net: u8, make: fn(&Path, u64) -> PathBuf) {
     let (_dht, nodes) = start_lt_dht(net, 6);
     let mut seeder = start_lt_torrent("lt_seed", &format!("127.{net}.0.100"), &nodes);
     let started = Instant::now();
-    let s = lt_call(
+    let s = common::lt::call(
         &mut seeder,
         serde_json::json!({"cmd": "seed", "path": src, "wait_announced": true, "timeout": 60}),
         Duration::from_secs(90),
@@ -221,7 +204,7 @@ fn dhtnode_seeds_libtorrent_fetches(net: u8, make: fn(&Path, u64) -> PathBuf) {
     let mut leecher = start_lt_torrent("lt_download", &format!("127.{net}.0.100"), &nodes);
     let save = tmp.path().join("lt-save");
     let started = Instant::now();
-    let r = lt_call(
+    let r = common::lt::call(
         &mut leecher,
         serde_json::json!({"cmd": "download", "info_hash": ih, "save_path": save, "timeout": 90}),
         Duration::from_secs(120),

@@ -1,5 +1,5 @@
-//! `dhtnode fetch`: join the swarm of one torrent — find peers through the DHT, PEX, `--peer`
-//! and magnet `x.pe`, fetch the metadata if needed, download, verify and write the files,
+//! `dhtnode fetch`: join the swarm of one torrent — find peers through the DHT, trackers
+//! (the torrent's, a magnet's `tr`, `--tracker`), PEX, `--peer` and magnet `x.pe`, fetch the metadata if needed, download, verify and write the files,
 //! uploading what we have to the other downloaders all along; optionally keep seeding.
 
 use std::net::SocketAddr;
@@ -11,7 +11,7 @@ use anyhow::Context;
 use dhtnode::session::{AddTorrent, Session, SessionConfig, SessionError};
 
 use super::progress::spawn_progress;
-use super::{bind_arg, bootstrap_list, output, rate_arg, split_binds, ShutdownSignal};
+use super::{bind_arg, bootstrap_list, output, rate_arg, split_binds, tracker_arg, ShutdownSignal};
 
 /// Arguments of `dhtnode fetch`.
 #[derive(clap::Args, Debug)]
@@ -32,6 +32,10 @@ pub struct Args {
     /// A peer to connect to directly (repeatable).
     #[arg(long, value_name = "IP:PORT")]
     peer: Vec<SocketAddr>,
+    /// A tracker to announce to besides the torrent's own (repeatable; http://, https://,
+    /// udp://).
+    #[arg(long, value_name = "URL", value_parser = tracker_arg)]
+    tracker: Vec<String>,
     /// Keep seeding after the download completes, until SIGINT/SIGTERM.
     #[arg(long)]
     seed: bool,
@@ -93,6 +97,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     add.peers = args.peer.clone();
+    add.trackers = args.tracker.clone();
     add.seed_after = args.seed;
     add.seed_ratio = args.seed_ratio;
     let (bind, bind6) = match split_binds(&args.bind) {
@@ -113,9 +118,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     cfg.upload_limit = args.upload_limit;
     cfg.download_limit = args.download_limit;
-    if cfg.bootstrap.is_empty() && add.initial_peers().is_empty() {
+    if cfg.bootstrap.is_empty() && add.initial_peers().is_empty() && add.tracker_tiers().is_empty()
+    {
         output::err_line(
-            "error: no way to find peers: give --bootstrap HOST:PORT or --peer IP:PORT",
+            "error: no way to find peers: give --bootstrap HOST:PORT, --peer IP:PORT or --tracker URL",
         );
         return Ok(ExitCode::from(2));
     }

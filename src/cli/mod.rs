@@ -70,6 +70,13 @@ pub fn bootstrap_list(given: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Checks a `--tracker` URL (http, https or udp with a port) and keeps it as written.
+pub fn tracker_arg(s: &str) -> Result<String, String> {
+    dhtnode::tracker::TrackerUrl::parse(s)
+        .map(|_| s.trim().to_string())
+        .map_err(|e| e.to_string())
+}
+
 /// Parses `IP:PORT` or `[IPv6]:PORT` for `--bind`.
 pub fn bind_arg(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| {

@@ -1,5 +1,5 @@
-//! `dhtnode seed`: share a file or directory with no tracker — build (or check) the torrent,
-//! announce it into the DHT, and serve peers until SIGINT/SIGTERM.
+//! `dhtnode seed`: share a file or directory — build (or check) the torrent, announce it into
+//! the DHT (and to the `--tracker`s, if any), and serve peers until SIGINT/SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use anyhow::Context;
 use dhtnode::session::{AddTorrent, Session, SessionConfig};
 use dhtnode::torrent::{build_torrent, BuildOptions, Metainfo};
 
-use super::{bind_arg, bootstrap_list, output, rate_arg, split_binds, ShutdownSignal};
+use super::{bind_arg, bootstrap_list, output, rate_arg, split_binds, tracker_arg, ShutdownSignal};
 
 /// Arguments of `dhtnode seed`.
 #[derive(clap::Args, Debug)]
@@ -30,6 +30,11 @@ pub struct Args {
     /// Bootstrap node (repeatable); replaces the public routers; `none` starts alone.
     #[arg(long, value_name = "HOST:PORT")]
     bootstrap: Vec<String>,
+    /// Tracker announce URL, http://, https:// or udp:// (repeatable): written into the
+    /// built torrent (`announce`, and `announce-list` with one tier each in the order given)
+    /// and announced to, beside the DHT. With --torrent, announced to besides its own.
+    #[arg(long, value_name = "URL", value_parser = tracker_arg)]
+    tracker: Vec<String>,
     /// Upload limit in bytes per second (0 = unlimited).
     #[arg(long, value_name = "BYTES_PER_S", value_parser = rate_arg)]
     upload_limit: Option<u64>,
@@ -84,9 +89,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             true,
         ),
         None => {
-            let built =
-                tokio::task::block_in_place(|| build_torrent(&args.path, &BuildOptions::default()))
-                    .with_context(|| format!("building a torrent from {}", args.path.display()))?;
+            let opts = BuildOptions {
+                trackers: args.tracker.clone(),
+                ..BuildOptions::default()
+            };
+            let built = tokio::task::block_in_place(|| build_torrent(&args.path, &opts))
+                .with_context(|| format!("building a torrent from {}", args.path.display()))?;
             if let Some(out) = &args.torrent_out {
                 std::fs::write(out, &built.torrent)
                     .with_context(|| format!("writing {}", out.display()))?;
@@ -120,10 +128,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let session = Session::new(cfg).await.context("starting the session")?;
     let info_hash = metainfo.info_hash;
     let name = info.name.clone();
-    let handle = match session
-        .add_torrent(AddTorrent::seed(metainfo, data_dir.clone(), verify))
-        .await
-    {
+    let mut add = AddTorrent::seed(metainfo, data_dir.clone(), verify);
+    if args.torrent.is_some() {
+        // A built torrent has them inside already.
+        add.trackers = args.tracker.clone();
+    }
+    let handle = match session.add_torrent(add).await {
         Ok(h) => h,
         Err(e) => {
             session.shutdown().await;

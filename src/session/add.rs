@@ -30,6 +30,9 @@ pub struct AddTorrent {
     pub output_dir: PathBuf,
     /// Peers to dial besides what the DHT and PEX find (`--peer`).
     pub peers: Vec<SocketAddr>,
+    /// Trackers to announce to besides the torrent's own (`announce`, `announce-list`,
+    /// magnet `tr`), each its own tier after them (`seed --tracker`).
+    pub trackers: Vec<String>,
     /// Keep serving once complete, until removed.
     pub seed_after: bool,
     /// Keep serving once complete until this many times the torrent's size was uploaded;
@@ -54,6 +57,7 @@ impl AddTorrent {
             source,
             output_dir,
             peers: Vec::new(),
+            trackers: Vec::new(),
             seed_after: false,
             seed_ratio: None,
             seed_existing: None,
@@ -115,6 +119,18 @@ impl AddTorrent {
         v.sort_unstable();
         v.dedup();
         v
+    }
+
+    /// Every tracker to announce to, as BEP 12 tiers: the torrent's `announce-list` (or
+    /// `announce`), a magnet's `tr` (one tier each), then [`AddTorrent::trackers`].
+    pub fn tracker_tiers(&self) -> Vec<Vec<String>> {
+        let mut tiers = match &self.source {
+            TorrentSource::Metainfo(mi) => mi.trackers(),
+            TorrentSource::Magnet(m) => m.trackers.iter().map(|t| vec![t.clone()]).collect(),
+            TorrentSource::InfoHash(_) => Vec::new(),
+        };
+        tiers.extend(self.trackers.iter().map(|t| vec![t.clone()]));
+        tiers
     }
 
     /// BEP 27: a private torrent uses no DHT and no PEX.

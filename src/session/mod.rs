@@ -25,12 +25,14 @@
 //!
 //! Layout: [`add`] (what to add and how), [`handle`] (the per-torrent handle, its events and
 //! stats), `supervisor` (the task that runs one torrent: engine start/stop, pause/resume,
-//! seed ratio), `feed` (DHT lookups on a schedule and announces).
+//! seed ratio), `feed` (DHT lookups on a schedule and announces), `trackers` (tracker
+//! announces, the other peer source).
 
 pub mod add;
 pub mod feed;
 pub mod handle;
 mod supervisor;
+pub mod trackers;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -43,6 +45,7 @@ use tokio::sync::mpsc;
 pub use add::{AddTorrent, TorrentSource};
 pub use feed::announce_once;
 pub use handle::{FeedStats, TorrentEvent, TorrentHandle};
+pub use trackers::TrackerConfig;
 
 use crate::dht;
 use crate::engine::{EngineConfig, EngineError, Listener, ListenerConfig, RateLimiter};
@@ -74,6 +77,8 @@ pub struct SessionConfig {
     pub download_limit: Option<u64>,
     /// Peer sources: how often DHT lookups repeat.
     pub schedule: FeedSchedule,
+    /// How trackers are asked (intervals, timeouts).
+    pub trackers: TrackerConfig,
 }
 
 /// When a torrent looks for peers in the DHT and announces itself. Lookups never stop while
@@ -119,6 +124,7 @@ impl SessionConfig {
             upload_limit: None,
             download_limit: None,
             schedule: FeedSchedule::default(),
+            trackers: TrackerConfig::default(),
         }
     }
 }
@@ -138,8 +144,8 @@ pub enum SessionError {
     /// The torrent is already in this session.
     #[error("torrent {0} is already in the session")]
     Duplicate(Id),
-    /// No way to find peers: no DHT and no peers given.
-    #[error("no way to find peers: give DHT bootstrap nodes or peer addresses")]
+    /// No way to find peers: no DHT, no tracker and no peers given.
+    #[error("no way to find peers: give DHT bootstrap nodes, trackers or peer addresses")]
     NoPeerSource,
     /// The download failed as a whole (e.g. out of peers, disk error).
     #[error("{0}")]
@@ -153,6 +159,9 @@ pub(crate) struct Shared {
     pub(crate) dht: Option<DhtHandle>,
     pub(crate) listener: Listener,
     pub(crate) schedule: FeedSchedule,
+    pub(crate) trackers: TrackerConfig,
+    /// Our peer id (announced to trackers).
+    pub(crate) peer_id: Id,
     pub(crate) upload_limit: RateLimiter,
     pub(crate) download_limit: RateLimiter,
     /// DHT contacts learnt from peers' PORT messages, on their way into the routing table.
@@ -246,6 +255,8 @@ impl Session {
                 dht_nodes,
                 listener,
                 schedule: cfg.schedule,
+                trackers: cfg.trackers,
+                peer_id,
                 upload_limit,
                 download_limit,
                 torrents: Mutex::new(HashMap::new()),
@@ -274,7 +285,11 @@ impl Session {
         if lock(&self.shared.torrents).contains_key(&info_hash) {
             return Err(SessionError::Duplicate(info_hash));
         }
-        if self.shared.dht.is_none() && add.peers.is_empty() && !add.is_seed() {
+        if self.shared.dht.is_none()
+            && add.initial_peers().is_empty()
+            && add.tracker_tiers().is_empty()
+            && !add.is_seed()
+        {
             return Err(SessionError::NoPeerSource);
         }
         let handle = supervisor::start(Arc::clone(&self.shared), add).await?;

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use super::add::AddTorrent;
 use super::feed::{self, Feed};
 use super::handle::{Ctl, DoneState, FeedStats, Inner, TorrentEvent, TorrentHandle};
+use super::trackers::{self, TrackerFeed};
 use super::{SessionError, Shared};
 use crate::engine::{
     EngineError, FetchReport, PeerSource, Phase, Progress, RunningTorrent, StartMode, TorrentSpec,
@@ -42,6 +43,8 @@ pub(crate) async fn start(
         progress_rx: None,
         done_rx: None,
         feed: None,
+        trackers: None,
+        stopping: Vec::new(),
         reported: false,
         meta_seen: false,
         feed_stats: Arc::clone(&feed_stats),
@@ -65,6 +68,10 @@ pub(crate) async fn start(
     let inner = Arc::clone(&handle.inner);
     tokio::spawn(async move {
         sup.run(ctl_rx).await;
+        // Let the trackers hear `stopped` (each feed bounds its own wait).
+        for t in sup.stopping.drain(..) {
+            let _ = t.await;
+        }
         inner.stopped.send_replace(true);
         let _ = inner.events.send(TorrentEvent::Stopped);
         let mut map = lock(&sup.shared.torrents);
@@ -90,6 +97,10 @@ struct Supervisor {
     /// The running download's completion, until it fires.
     done_rx: Option<DoneRx>,
     feed: Option<JoinHandle<()>>,
+    /// The tracker announcer, when the torrent names trackers.
+    trackers: Option<trackers::Running>,
+    /// Tracker announcers told to stop, sending `stopped`.
+    stopping: Vec<JoinHandle<()>>,
     /// The download's completion was reported.
     reported: bool,
     meta_seen: bool,
@@ -136,7 +147,24 @@ impl Supervisor {
                 events: self.events.clone(),
             }));
         }
-        if self.feed.is_none() {
+        let tiers =
+            crate::tracker::Tiers::from_strings(&self.add.tracker_tiers(), &mut rand::thread_rng());
+        if !tiers.is_empty() {
+            self.stopping.retain(|t| !t.is_finished());
+            self.trackers = Some(trackers::spawn(TrackerFeed {
+                tiers,
+                info_hash: self.add.info_hash(),
+                peer_id: self.shared.peer_id,
+                listen: self.shared.listener.local_addr(),
+                peers: running.peers.clone(),
+                progress: running.progress.clone(),
+                stats: Arc::clone(&self.feed_stats),
+                config: self.shared.trackers,
+                enough_peers: self.shared.schedule.enough_peers,
+                seeding: self.add.is_seed() || self.reported,
+            }));
+        }
+        if self.feed.is_none() && self.trackers.is_none() {
             // No source will send more addresses: the engine may then tell "out of peers"
             // once every known address (given, PEX, incoming) has failed for good.
             running.close_peer_sources();
@@ -150,6 +178,9 @@ impl Supervisor {
     fn halt(&mut self) {
         if let Some(f) = self.feed.take() {
             f.abort();
+        }
+        if let Some(t) = self.trackers.take() {
+            self.stopping.push(t.stop());
         }
         if let Some(r) = self.running.take() {
             if self.metainfo.is_none() {

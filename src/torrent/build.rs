@@ -1,6 +1,7 @@
 //! Making a trackerless `.torrent` from a file or directory (the `seed`/`create` path).
 //!
-//! The output has no `announce` key (peers are found through the DHT), optionally a BEP 5
+//! The output has an `announce` key only when trackers are asked for (peers are found
+//! through the DHT otherwise), optionally a BEP 5
 //! `nodes` list, and is deterministic: the same input tree and options give the same bytes
 //! (files sorted by name, no creation date), hence the same info-hash on every machine.
 
@@ -11,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use sha1::{Digest, Sha1};
 
-use crate::torrent::metainfo::{put_int, put_nodes, put_str, Metainfo, MetainfoError};
+use crate::torrent::metainfo::{
+    put_announce_list, put_int, put_nodes, put_str, Metainfo, MetainfoError,
+};
 use crate::torrent::path::{check_component, PathError, SafePath, MAX_DEPTH};
 
 /// Smallest piece length chosen automatically (one 16 KiB block).
@@ -72,6 +75,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BuildError + '_ {
 pub struct BuildOptions {
     /// DHT bootstrap nodes to embed (`nodes` key), e.g. our own address.
     pub nodes: Vec<(String, u16)>,
+    /// Tracker URLs to embed: the first as `announce`, and with more than one, all of them
+    /// in `announce-list`, one tier each in the order given (BEP 12: later ones are backups).
+    pub trackers: Vec<String>,
     /// Force a piece length (power of two, 16 KiB..=16 MiB); `None` chooses by size.
     pub piece_length: Option<u64>,
     /// Torrent name; defaults to the file or directory name.
@@ -197,6 +203,14 @@ pub fn build_torrent(path: &Path, opts: &BuildOptions) -> Result<Built, BuildErr
     info.push(b'e');
 
     let mut torrent = b"d".to_vec();
+    if let Some(first) = opts.trackers.first() {
+        put_str(&mut torrent, b"announce");
+        put_str(&mut torrent, first.as_bytes());
+    }
+    if opts.trackers.len() > 1 {
+        let tiers: Vec<Vec<String>> = opts.trackers.iter().map(|t| vec![t.clone()]).collect();
+        put_announce_list(&mut torrent, &tiers);
+    }
     if let Some(c) = &opts.comment {
         put_str(&mut torrent, b"comment");
         put_str(&mut torrent, c.as_bytes());
@@ -361,6 +375,51 @@ mod tests {
             assert!(p.is_power_of_two());
             assert!((1000..=2000).contains(&n), "{total} -> {p} -> {n}");
         }
+    }
+
+    #[test]
+    fn trackers_go_into_announce_and_announce_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("data.bin");
+        std::fs::write(&f, bytes(40_000, 2)).unwrap();
+        let one = BuildOptions {
+            trackers: vec!["http://t.example/announce".into()],
+            ..Default::default()
+        };
+        let m = build_torrent(&f, &one).unwrap().metainfo;
+        assert_eq!(m.announce.as_deref(), Some("http://t.example/announce"));
+        assert!(m.announce_list.is_empty());
+        assert_eq!(
+            m.trackers(),
+            vec![vec!["http://t.example/announce".to_string()]]
+        );
+        let two = BuildOptions {
+            trackers: vec![
+                "http://t.example/announce".into(),
+                "udp://u.example:1".into(),
+            ],
+            ..Default::default()
+        };
+        let b = build_torrent(&f, &two).unwrap();
+        assert_eq!(
+            b.metainfo.announce_list,
+            vec![
+                vec!["http://t.example/announce".to_string()],
+                vec!["udp://u.example:1".to_string()]
+            ]
+        );
+        // Trackers are outside the info dictionary: same info-hash as without them.
+        let bare = build_torrent(&f, &BuildOptions::default()).unwrap();
+        assert_eq!(b.metainfo.info_hash, bare.metainfo.info_hash);
+        // And the torrent re-encodes to the same bytes.
+        assert_eq!(b.metainfo.to_torrent_bytes(), b.torrent);
+        assert_eq!(
+            b.metainfo.magnet().trackers,
+            vec![
+                "http://t.example/announce".to_string(),
+                "udp://u.example:1".into()
+            ]
+        );
     }
 
     #[test]

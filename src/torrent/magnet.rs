@@ -1,8 +1,8 @@
 //! Magnet links (BEP 9): the way a user names a torrent without a `.torrent` file.
 //!
-//! Only the parts a trackerless node can use are modelled: the v1 info-hash (`xt=urn:btih:`),
-//! the display name (`dn`) and peer addresses (`x.pe`). Every other parameter (trackers,
-//! web seeds, v2 hashes, ...) is accepted and ignored, so links made by other clients parse.
+//! The parts this node uses are modelled: the v1 info-hash (`xt=urn:btih:`), the display
+//! name (`dn`), peer addresses (`x.pe`) and trackers (`tr`). Every other parameter (web
+//! seeds, v2 hashes, ...) is accepted and ignored, so links made by other clients parse.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -39,7 +39,13 @@ pub struct Magnet {
     pub name: Option<String>,
     /// Peer addresses from `x.pe` parameters, in link order, without duplicates.
     pub peers: Vec<SocketAddr>,
+    /// Tracker URLs from `tr` parameters, in link order, without duplicates (at most
+    /// [`MAX_TRACKERS`]); each is its own tier, as libtorrent treats them.
+    pub trackers: Vec<String>,
 }
+
+/// Most `tr` parameters kept from one link (a link is untrusted input).
+pub const MAX_TRACKERS: usize = 64;
 
 impl Magnet {
     /// A magnet with only an info-hash: what a bare hash on the command line means.
@@ -48,6 +54,7 @@ impl Magnet {
             info_hash,
             name: None,
             peers: Vec::new(),
+            trackers: Vec::new(),
         }
     }
 
@@ -64,6 +71,7 @@ impl Magnet {
         let mut info_hash = None;
         let mut name = None;
         let mut peers: Vec<SocketAddr> = Vec::new();
+        let mut trackers: Vec<String> = Vec::new();
         for pair in query.split('&') {
             if pair.is_empty() {
                 continue;
@@ -92,6 +100,16 @@ impl Magnet {
                         }
                     }
                 }
+                // `tr`, and the numbered `tr.1`, `tr.2`, ... some clients write.
+                k if k == "tr" || k.starts_with("tr.") => {
+                    let t = value.trim();
+                    if !t.is_empty()
+                        && trackers.len() < MAX_TRACKERS
+                        && !trackers.iter().any(|x| x == t)
+                    {
+                        trackers.push(t.to_string());
+                    }
+                }
                 _ => {}
             }
         }
@@ -100,16 +118,21 @@ impl Magnet {
             info_hash,
             name,
             peers,
+            trackers,
         })
     }
 
-    /// Renders the link as `magnet:?xt=urn:btih:<hex>[&dn=..][&x.pe=..]`, percent-encoding
+    /// Renders the link as `magnet:?xt=urn:btih:<hex>[&dn=..][&tr=..][&x.pe=..]`, percent-encoding
     /// values so [`Magnet::parse`] gives back an equal `Magnet`.
     pub fn to_uri(&self) -> String {
         let mut s = format!("magnet:?xt=urn:btih:{}", self.info_hash.to_hex());
         if let Some(name) = &self.name {
             s.push_str("&dn=");
             s.push_str(&percent_encode(name, b""));
+        }
+        for t in &self.trackers {
+            s.push_str("&tr=");
+            s.push_str(&percent_encode(t, b""));
         }
         for p in &self.peers {
             s.push_str("&x.pe=");
@@ -233,6 +256,22 @@ mod tests {
                 "[2001:db8::1]:1".parse().unwrap()
             ]
         );
+        assert_eq!(m.trackers, vec!["udp://x".to_string()]);
+    }
+
+    #[test]
+    fn trackers_in_link_order_without_duplicates_and_capped() {
+        let m = Magnet::parse(&format!(
+            "magnet:?xt=urn:btih:{HEX}&tr=http%3A%2F%2Fa%2Fannounce&tr.1=udp://b:1&tr=&tr=http://a/announce"
+        ))
+        .unwrap();
+        assert_eq!(
+            m.trackers,
+            vec!["http://a/announce".to_string(), "udp://b:1".into()]
+        );
+        let many: String = (0..200).map(|i| format!("&tr=udp://t{i}:1")).collect();
+        let m = Magnet::parse(&format!("magnet:?xt=urn:btih:{HEX}{many}")).unwrap();
+        assert_eq!(m.trackers.len(), MAX_TRACKERS);
     }
 
     #[test]
@@ -288,6 +327,10 @@ mod tests {
             peers: vec![
                 "10.0.0.1:6881".parse().unwrap(),
                 "[fe80::1]:7000".parse().unwrap(),
+            ],
+            trackers: vec![
+                "udp://t.example:1337/announce".into(),
+                "http://t.example/announce?pk=a&b=c+d".into(),
             ],
         };
         let uri = m.to_uri();

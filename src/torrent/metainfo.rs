@@ -339,8 +339,10 @@ pub struct Metainfo {
     pub info_hash: Id,
     /// BEP 5 `nodes`: (host, port) pairs to bootstrap the DHT from.
     pub nodes: Vec<(String, u16)>,
-    /// Tracker URL, if any (kept for display; this node never contacts trackers).
+    /// Tracker URL (BEP 3 `announce`), if any.
     pub announce: Option<String>,
+    /// BEP 12 `announce-list`: tiers of tracker URLs (when present, it replaces `announce`).
+    pub announce_list: Vec<Vec<String>>,
     /// Free-form comment.
     pub comment: Option<String>,
     /// Creating program.
@@ -381,6 +383,9 @@ impl Metainfo {
             info_bytes,
             nodes,
             announce: opt_string(d, "announce"),
+            announce_list: get(d, "announce-list")
+                .map(parse_announce_list)
+                .unwrap_or_default(),
             comment: opt_string(d, "comment"),
             created_by: opt_string(d, "created by"),
             creation_date: get(d, "creation date").and_then(Value::as_i64),
@@ -397,6 +402,7 @@ impl Metainfo {
             info_hash: info_hash_of(info_bytes),
             nodes: Vec::new(),
             announce: None,
+            announce_list: Vec::new(),
             comment: None,
             created_by: None,
             creation_date: None,
@@ -421,7 +427,17 @@ impl Metainfo {
             info_hash: self.info_hash,
             name: Some(self.info.name.clone()),
             peers: Vec::new(),
+            trackers: self.trackers().into_iter().flatten().collect(),
         }
+    }
+
+    /// The trackers to announce to, as tiers: `announce-list` when it has any URL (BEP 12),
+    /// else `announce` alone.
+    pub fn trackers(&self) -> Vec<Vec<String>> {
+        if !self.announce_list.is_empty() {
+            return self.announce_list.clone();
+        }
+        self.announce.iter().map(|a| vec![a.clone()]).collect()
     }
 
     /// Encodes a `.torrent` with the info dictionary's original bytes (so the info-hash is
@@ -432,6 +448,9 @@ impl Metainfo {
         if let Some(a) = &self.announce {
             put_str(&mut out, b"announce");
             put_str(&mut out, a.as_bytes());
+        }
+        if !self.announce_list.is_empty() {
+            put_announce_list(&mut out, &self.announce_list);
         }
         if let Some(c) = &self.comment {
             put_str(&mut out, b"comment");
@@ -453,6 +472,44 @@ impl Metainfo {
         out.push(b'e');
         out
     }
+}
+
+/// Appends a bencoded `announce-list` key and its tiers (BEP 12).
+pub(crate) fn put_announce_list(out: &mut Vec<u8>, tiers: &[Vec<String>]) {
+    put_str(out, b"announce-list");
+    out.push(b'l');
+    for tier in tiers {
+        out.push(b'l');
+        for u in tier {
+            put_str(out, u.as_bytes());
+        }
+        out.push(b'e');
+    }
+    out.push(b'e');
+}
+
+/// Most tiers and URLs per tier kept from `announce-list` (a torrent is untrusted input).
+const MAX_ANNOUNCE_TIERS: usize = 64;
+
+/// BEP 12 `announce-list`: a list of tiers, each a list of URL strings. Entries of the wrong
+/// type and empty tiers are skipped, not fatal; at most 64 tiers of 64 URLs are kept.
+fn parse_announce_list(v: &Value) -> Vec<Vec<String>> {
+    let Some(list) = v.as_list() else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|tier| {
+            let urls: Vec<String> = tier
+                .as_list()?
+                .iter()
+                .filter_map(|u| u.as_str().map(|s| s.trim().to_string()))
+                .filter(|s| !s.is_empty())
+                .take(MAX_ANNOUNCE_TIERS)
+                .collect();
+            (!urls.is_empty()).then_some(urls)
+        })
+        .take(MAX_ANNOUNCE_TIERS)
+        .collect()
 }
 
 /// Appends a bencoded `nodes` key and list of `[host, port]` pairs.
@@ -500,6 +557,33 @@ fn parse_nodes(v: &Value) -> Vec<(String, u16)> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn announce_list_tiers_parse_leniently() {
+        let info = single_info("x", 16384, b"abc");
+        let mut t = b"d8:announce12:http://a/ann13:announce-listll12:http://a/ann9:udp://b:1eli5eelel10:udp://c:2 ee4:info".to_vec();
+        t.extend_from_slice(&info);
+        t.push(b'e');
+        let m = Metainfo::from_bytes(&t).unwrap();
+        // The int, the empty tier are skipped; URLs are trimmed.
+        assert_eq!(
+            m.announce_list,
+            vec![
+                vec!["http://a/ann".to_string(), "udp://b:1".into()],
+                vec!["udp://c:2".into()]
+            ]
+        );
+        assert_eq!(m.trackers(), m.announce_list);
+        let again = Metainfo::from_bytes(&m.to_torrent_bytes()).unwrap();
+        assert_eq!(again, m);
+        // A wrong type is no error: no tiers, the plain announce is used.
+        let mut t = b"d8:announce12:http://a/ann13:announce-listi3e4:info".to_vec();
+        t.extend_from_slice(&info);
+        t.push(b'e');
+        let m = Metainfo::from_bytes(&t).unwrap();
+        assert!(m.announce_list.is_empty());
+        assert_eq!(m.trackers(), vec![vec!["http://a/ann".to_string()]]);
+    }
 
     /// Builds an info dict by hand so tests control the exact bytes.
     pub(crate) fn single_info(name: &str, piece_len: u64, data: &[u8]) -> Vec<u8> {

@@ -45,3 +45,20 @@ pub fn traffic_with(peers_reply: &serde_json::Value, ip: &str) -> (u64, u64) {
     }
     (down, up)
 }
+
+/// Sends one request to a harness and waits (bounded) for its reply, echoing progress events
+/// to stderr; panics when the reply is not ok.
+pub fn call(p: &mut Proc, cmd: serde_json::Value, timeout: Duration) -> serde_json::Value {
+    p.send_line(&cmd.to_string());
+    let want = cmd["cmd"].as_str().unwrap_or_default().to_string();
+    let line = p.wait_line(timeout, &want, |l| {
+        let v = super::json(l);
+        if v.get("event").is_some() {
+            eprintln!("{l}");
+        }
+        v["cmd"].as_str() == Some(want.as_str())
+    });
+    let r = super::json(&line);
+    assert_eq!(r["ok"], true, "libtorrent command {cmd} failed: {r}");
+    r
+}

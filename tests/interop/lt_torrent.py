@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""One libtorrent session on loopback that seeds or downloads trackerless torrents.
+"""One libtorrent session on loopback that seeds or downloads torrents (trackerless by
+default; with "trackers", announced to those trackers, and with --no-dht, through them only).
 
 Driven by JSON lines on stdin, like lt_dht.py beside it (whose settings it reuses), and
 spawned by tests/interop_transfer.rs.  Run it with Debian's interpreter:
@@ -13,10 +14,15 @@ Protocol (one JSON object per line each way; every line is flushed):
 
   {"cmd":"add_node","addr":"ip:port"}                            -> {}
   {"cmd":"seed","path":p[,"piece_size":n][,"torrent_out":f]
-         [,"wait_announced":true][,"timeout":s][,"upload_limit":bytes_per_s]}
-      -> {"info_hash","name","bytes","pieces","piece_size","port","announced_ms"}
+         [,"wait_announced":true][,"timeout":s][,"upload_limit":bytes_per_s]
+         [,"trackers":[url,...]][,"wait_tracker":true][,"torrent":f]}
+      -> {"info_hash","name","bytes","pieces","piece_size","port","announced_ms",
+          "tracker_ms"}
+      "torrent" seeds that .torrent (data at path) instead of building one;
+      "trackers" are written into the torrent (one tier each) and announced to; with
+      "wait_tracker" the reply waits for the first tracker_reply_alert (tracker_ms).
   {"cmd":"download","info_hash":hex,"save_path":dir[,"timeout":s][,"peers":["ip:port"]]
-         [,"upload_limit":bytes_per_s][,"background":true]}
+         [,"upload_limit":bytes_per_s][,"background":true][,"trackers":[url,...]]}
       -> progress lines {"event":"progress","info_hash","state","progress","pieces",
                          "num_peers","download_rate"} about once a second, then
          {"finished": true, "name", "bytes", "elapsed_ms", "metadata_ms", "num_peers"}
@@ -110,10 +116,14 @@ class Harness(JsonLineServer):
             # state changes (status), cache_flushed (storage), listen (status).
             ("alert_mask", int(CAT.error_notification | CAT.status_notification
                                | CAT.storage_notification | CAT.dht_notification
-                               | CAT.dht_operation_notification)),
+                               | CAT.dht_operation_notification
+                               | CAT.tracker_notification)),
             # Let a torrent announce as soon as the DHT has nodes.
             ("dht_announce_interval", 60),
         ]
+        if args.no_dht:
+            # Peers come from trackers (or explicit peers) only.
+            extra.append(("enable_dht", False))
         extra += [parse_setting(x) for x in args.set or []]
         self.ses = lt.session(settings_for(self.ip, args.port, False, args.bootstrap, extra))
         self.udp_port = None
@@ -126,6 +136,8 @@ class Harness(JsonLineServer):
         self.peers = {}  # info_hash hex -> list of "ip:port" from dht_get_peers replies
         self.finished_at = {}  # info_hash hex -> monotonic time of torrent_finished_alert
         self.background = {}  # info_hash hex -> state of a "background" download
+        self.tracker_replies = {}  # info_hash hex -> monotonic time of first tracker_reply_alert
+        self.tracker_errors = {}  # info_hash hex -> tracker error messages
 
     # ----- plumbing -------------------------------------------------------------
 
@@ -143,6 +155,10 @@ class Harness(JsonLineServer):
             if isinstance(a, lt.torrent_finished_alert):
                 self.finished.add(key)
                 self.finished_at.setdefault(key, time.monotonic())
+            elif isinstance(a, lt.tracker_reply_alert):
+                self.tracker_replies.setdefault(key, time.monotonic())
+            elif isinstance(a, (lt.tracker_error_alert, lt.tracker_warning_alert)):
+                self.tracker_errors.setdefault(key, []).append(a.message())
             elif isinstance(a, lt.metadata_received_alert):
                 self.metadata_at.setdefault(key, time.monotonic())
             elif isinstance(a, lt.cache_flushed_alert):
@@ -170,14 +186,16 @@ class Harness(JsonLineServer):
 
     def start(self):
         """Wait for the session to listen and run its DHT, add nodes, say ready."""
-        ok = self.wait_for(lambda: self.port() and self.ses.is_dht_running()
-                           and node_id_of(self.ses), STARTUP_TIMEOUT)
+        dht = not self.args.no_dht
+        ok = self.wait_for(lambda: self.port() and (not dht or (
+            self.ses.is_dht_running() and node_id_of(self.ses))), STARTUP_TIMEOUT)
         if not ok:
             out({"ready": False, "error": "session did not start", "details": self.errors[:10]})
             self.exit(1)
         for a in self.args.add_node or []:
             self.ses.add_dht_node(parse_addr(a))
-        out({"ready": True, "ip": self.ip, "port": self.port(), "id": node_id_of(self.ses)})
+        out({"ready": True, "ip": self.ip, "port": self.port(),
+             "id": node_id_of(self.ses) if dht else None})
 
     # ----- commands -------------------------------------------------------------
 
@@ -220,18 +238,25 @@ class Harness(JsonLineServer):
         if not os.path.exists(path):
             raise ValueError("%s does not exist" % path)
         timeout = self.timeout_of(req, 30)
-        fs = lt.file_storage()
-        lt.add_files(fs, path)
-        if fs.num_files() == 0:
-            raise ValueError("no files under %s" % path)
-        ct = lt.create_torrent(fs, int(req.get("piece_size", 0)), flags=lt.create_torrent.v1_only)
-        ct.set_creator("lt_torrent.py")
         parent = os.path.dirname(path)
-        lt.set_piece_hashes(ct, parent)
-        raw = lt.bencode(ct.generate())
-        if req.get("torrent_out"):
-            with open(req["torrent_out"], "wb") as f:
-                f.write(raw)
+        if req.get("torrent"):
+            # A .torrent made elsewhere whose data is at path.
+            with open(req["torrent"], "rb") as f:
+                raw = f.read()
+        else:
+            fs = lt.file_storage()
+            lt.add_files(fs, path)
+            if fs.num_files() == 0:
+                raise ValueError("no files under %s" % path)
+            ct = lt.create_torrent(fs, int(req.get("piece_size", 0)), flags=lt.create_torrent.v1_only)
+            ct.set_creator("lt_torrent.py")
+            for tier, url in enumerate(req.get("trackers") or []):
+                ct.add_tracker(url, tier)
+            lt.set_piece_hashes(ct, parent)
+            raw = lt.bencode(ct.generate())
+            if req.get("torrent_out"):
+                with open(req["torrent_out"], "wb") as f:
+                    f.write(raw)
         ti = lt.torrent_info(lt.bdecode(raw))
         atp = lt.add_torrent_params()
         atp.ti = ti
@@ -256,7 +281,13 @@ class Harness(JsonLineServer):
             "piece_size": ti.piece_length(),
             "port": self.port(),
             "announced_ms": None,
+            "tracker_ms": None,
         }
+        if req.get("wait_tracker"):
+            if not self.wait_for(lambda: key in self.tracker_replies, timeout):
+                raise ValueError("no tracker reply for %s within %.0fs: %s" % (
+                    key, timeout, self.tracker_errors.get(key, [])))
+            rep["tracker_ms"] = round((self.tracker_replies[key] - t0) * 1000)
         if req.get("wait_announced"):
             me = "%s:%d" % (self.ip, self.port())
             deadline = t0 + timeout
@@ -293,6 +324,8 @@ class Harness(JsonLineServer):
         atp = lt.add_torrent_params()
         atp.info_hashes = lt.info_hash_t(ih)
         atp.save_path = save
+        if req.get("trackers"):
+            atp.trackers = list(req["trackers"])
         tf = lt.torrent_flags
         atp.flags = atp.flags & ~tf.auto_managed & ~tf.paused
         h = self.ses.add_torrent(atp)
@@ -324,9 +357,10 @@ class Harness(JsonLineServer):
     def not_finished(self, key, h, t0):
         """The error text of a download that did not finish in time (or failed)."""
         st = h.status()
-        return "not finished after %.1fs: state=%s progress=%.3f peers=%d errors=%s" % (
+        return ("not finished after %.1fs: state=%s progress=%.3f peers=%d errors=%s"
+                " tracker errors=%s") % (
             time.monotonic() - t0, state_name(st), st.progress, st.num_peers,
-            self.failures.get(key, []))
+            self.failures.get(key, []), self.tracker_errors.get(key, [])[:5])
 
     def cmd_download(self, req):
         """Download a torrent knowing only its info-hash; blocks until it finishes unless
@@ -455,6 +489,8 @@ def main():
                     help="add_dht_node this DHT node at startup (repeatable)")
     ap.add_argument("--bootstrap", default="",
                     help="dht_bootstrap_nodes value (default empty: never the public routers)")
+    ap.add_argument("--no-dht", action="store_true",
+                    help="run without the DHT (peers from trackers or given peers only)")
     ap.add_argument("--set", action="append", metavar="NAME=VALUE",
                     help="extra settings_pack entry (repeatable; int/true/false/str)")
     args = ap.parse_args()
