@@ -87,9 +87,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ShutdownSignal::install().context("installing the SIGINT/SIGTERM handlers")?;
     let dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     let saved = state::load(&dir)?;
-    let (id, known) = match &saved {
-        Some(s) => (Some(s.id), s.nodes.clone()),
-        None => (None, Vec::new()),
+    let (id, known, known6) = match &saved {
+        Some(s) => (Some(s.id), s.nodes.clone(), s.nodes6.clone()),
+        None => (None, Vec::new(), Vec::new()),
     };
     let (bind, bind6) = match split_binds(&args.bind) {
         Ok(b) => b,
@@ -104,6 +104,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         bind6,
         bootstrap: bootstrap_list(&args.bootstrap),
         known_nodes: known,
+        known_nodes6: known6,
         id,
         dht: dhtnode::dht::Config {
             rate_limits: dhtnode::dht::RateLimits {
@@ -125,7 +126,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => node.local_addr().to_string(),
         },
         dir.display(),
-        saved.as_ref().map_or(0, |s| s.nodes.len())
+        saved.as_ref().map_or(0, |s| s.nodes.len() + s.nodes6.len())
     );
     // Save right away so the id survives even an early kill -9.
     save(&node, &dir).await?;

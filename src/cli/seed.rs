@@ -143,8 +143,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     tracing::info!(
-        "seeding {name} on {} (DHT on {})",
+        "seeding {name} on {}{} (DHT on {})",
         session.listen_addr(),
+        session
+            .listen_addr6()
+            .map_or(String::new(), |a| format!(" and {a}")),
         session
             .dht()
             .map_or("-".to_string(), |d| d.local_addr().to_string())

@@ -413,7 +413,9 @@ impl Driver {
     }
 
     fn add_addr(&mut self, a: SocketAddr, source: PeerSource) {
-        if a.port() == 0 || a.ip().is_unspecified() {
+        // A family we do not listen on is one we do not dial (an IPv4-only session never
+        // opens IPv6 connections, whatever the DHT or PEX hand it).
+        if a.port() == 0 || a.ip().is_unspecified() || !self.t.endpoints.reaches(&a) {
             return;
         }
         let new = self.peers.add(a, source, Instant::now());
@@ -438,9 +440,13 @@ impl Driver {
             tokio::spawn(async move {
                 let hs = Handshake::new(t.info_hash, t.peer_id);
                 let res = async {
-                    let s =
-                        conn::connect(addr, t.bind_ip, t.cfg.connect_timeout, t.cfg.socket_buffer)
-                            .await?;
+                    let s = conn::connect(
+                        addr,
+                        t.endpoints.bind_ip(&addr),
+                        t.cfg.connect_timeout,
+                        t.cfg.socket_buffer,
+                    )
+                    .await?;
                     conn::handshake_outgoing(s, hs, t.cfg.handshake_timeout).await
                 }
                 .await;
@@ -546,6 +552,14 @@ impl Driver {
                     for a in list {
                         self.add_addr(a, PeerSource::Pex);
                     }
+                }
+            }
+            Event::Ipv6Addr(a) => {
+                if self.finished_at.is_none()
+                    && self.t.endpoints.reaches(&a)
+                    && self.peers.add(a, PeerSource::Pex, now)
+                {
+                    tracing::debug!(%a, "peer's IPv6 address (BEP 7) is a candidate");
                 }
             }
         }

@@ -72,6 +72,9 @@ pub(crate) enum Event {
     DhtPort(SocketAddr),
     /// Addresses a peer gave us through PEX.
     PexPeers(Vec<SocketAddr>),
+    /// A peer's own IPv6 address with its listen port (BEP 7 `ipv6` in its BEP 10
+    /// handshake over IPv4): a candidate, learnt from that peer.
+    Ipv6Addr(SocketAddr),
 }
 
 /// Outcome of a hash job.

@@ -1,4 +1,5 @@
-//! The engine's front door: one TCP listener serving any number of torrents (an incoming
+//! The engine's front door: TCP listeners — one per bound address family, so a dual-stack
+//! session (BEP 32) accepts IPv4 and IPv6 peers — serving any number of torrents (an incoming
 //! handshake is routed by its info-hash), and [`Listener::start`], which starts one torrent's
 //! driver — downloading, or seeding complete data — and hands back a [`RunningTorrent`].
 //!
@@ -6,7 +7,7 @@
 //! connections costs at most [`EngineConfig::max_pending_handshakes`] tasks).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use super::conn::{handshake_incoming, send_handshake, PeerError};
 use super::driver::{Driver, DriverParams};
+use super::endpoints::Endpoints;
 use super::meta::Meta;
 use super::peer::run_peer;
 use super::peer_list::PeerSource;
@@ -57,6 +59,8 @@ impl ListenerConfig {
 
 struct Inner {
     local_addr: SocketAddr,
+    /// Every bound listener (the first is `local_addr`), one per family.
+    endpoints: Endpoints,
     peer_id: Id,
     dht_port: Option<u16>,
     cfg: Arc<EngineConfig>,
@@ -77,6 +81,7 @@ impl std::fmt::Debug for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Listener")
             .field("local_addr", &self.inner.local_addr)
+            .field("local_addr6", &self.local_addr6())
             .field("torrents", &self.info_hashes())
             .finish()
     }
@@ -201,13 +206,17 @@ impl RunningTorrent {
 }
 
 /// Binds a listening socket with the configured buffer sizes (inherited by accepted sockets).
+/// An IPv6 socket is IPv6-only (`IPV6_V6ONLY`), so `[::]:P` can sit beside `0.0.0.0:P` and
+/// IPv4 peers always arrive on the IPv4 socket as plain IPv4 addresses.
 fn listen(addr: SocketAddr, cfg: &EngineConfig) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    let socket = TcpSocket::from_std_stream(socket.into());
     if let Some(size) = cfg.socket_buffer {
         let _ = socket.set_recv_buffer_size(size);
         let _ = socket.set_send_buffer_size(size);
@@ -219,14 +228,44 @@ fn listen(addr: SocketAddr, cfg: &EngineConfig) -> std::io::Result<TcpListener> 
 impl Listener {
     /// Binds `addr` (port 0 picks a free port) and starts accepting peers.
     pub async fn bind(addr: SocketAddr, config: ListenerConfig) -> Result<Listener, EngineError> {
+        Listener::bind_dual(addr, None, config).await
+    }
+
+    /// Binds `addr` and, for a dual-stack session (BEP 32), `addr6` of the other family
+    /// too (port 0 picks a free port for each), and starts accepting peers on both. Torrents
+    /// then dial peers of either family from the matching address and tell each peer the
+    /// port of its own family.
+    pub async fn bind_dual(
+        addr: SocketAddr,
+        addr6: Option<SocketAddr>,
+        config: ListenerConfig,
+    ) -> Result<Listener, EngineError> {
         let cfg = Arc::new(config.engine);
-        let listener = listen(addr, &cfg).map_err(|source| EngineError::Bind { addr, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| EngineError::Bind { addr, source })?;
+        let mut sockets = Vec::new();
+        for a in std::iter::once(addr).chain(addr6) {
+            if sockets
+                .iter()
+                .any(|(b, _): &(SocketAddr, TcpListener)| b.is_ipv4() == a.is_ipv4())
+            {
+                return Err(EngineError::Bind {
+                    addr: a,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "one listen address per address family",
+                    ),
+                });
+            }
+            let bind = |source| EngineError::Bind { addr: a, source };
+            let listener = listen(a, &cfg).map_err(bind)?;
+            let local = listener.local_addr().map_err(bind)?;
+            sockets.push((local, listener));
+        }
+        let bound: Vec<SocketAddr> = sockets.iter().map(|(a, _)| *a).collect();
+        let local_addr = bound.first().copied().unwrap_or(addr);
         let l = Listener {
             inner: Arc::new(Inner {
                 local_addr,
+                endpoints: Endpoints::new(&bound),
                 peer_id: config.peer_id,
                 dht_port: config.dht_port,
                 cfg,
@@ -236,13 +275,26 @@ impl Listener {
                 shutdown: watch::channel(false).0,
             }),
         };
-        tokio::spawn(accept_loop(listener, Arc::clone(&l.inner)));
+        for (_, listener) in sockets {
+            tokio::spawn(accept_loop(listener, Arc::clone(&l.inner)));
+        }
         Ok(l)
     }
 
     /// The bound address (with the real port when bound to port 0): announce this port.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr
+    }
+
+    /// The IPv6 listener's bound address, when listening on IPv6 beside IPv4: announce this
+    /// port in the IPv6 DHT.
+    pub fn local_addr6(&self) -> Option<SocketAddr> {
+        let e = self.inner.endpoints;
+        if self.inner.local_addr.is_ipv4() {
+            e.v6
+        } else {
+            None
+        }
     }
 
     /// Info-hashes currently served.
@@ -302,14 +354,12 @@ impl Listener {
             }
             _ => None,
         };
-        let bind_ip: Option<IpAddr> = Some(self.inner.local_addr.ip());
         let (t, events) = TorrentParams {
             info_hash: spec.info_hash,
             peer_id: self.inner.peer_id,
             cfg: Arc::clone(&self.inner.cfg),
             dht_port: self.inner.dht_port,
-            listen_port: Some(self.inner.local_addr.port()),
-            bind_ip,
+            endpoints: self.inner.endpoints,
             corrupt: spec.corrupt.clone(),
             upload_limit: self.inner.upload_limit.clone(),
             download_limit: self.inner.download_limit.clone(),

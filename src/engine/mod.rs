@@ -7,6 +7,7 @@
 //! - [`peer_list`]: the bounded list of addresses to dial, with per-address back-off.
 //! - [`trust`]: who sent bad data (libtorrent's trust points); bans are per IP.
 //! - [`ratelimit`]: token buckets for the upload and download limits.
+//! - `endpoints`: our listen address per family (BEP 32 dual stack) and what it implies.
 //! - `conn`: bounded frame reader, socket setup, handshake exchange.
 //! - `events`, `report`: the messages between the parts, and what a torrent reports.
 //! - `meta`, `torrent`: per-torrent shared state (metadata, storage, picker, peers).
@@ -37,6 +38,7 @@ use crate::torrent::{LayoutError, MetainfoError, ResumeError, StorageError};
 pub mod choker;
 mod conn;
 mod driver;
+mod endpoints;
 mod events;
 mod hasher;
 pub mod listener;

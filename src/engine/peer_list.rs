@@ -12,8 +12,14 @@
 //!   once backs off like one that refuses;
 //! - bans are per IP, so a banned peer cannot come back from another port;
 //! - everything is bounded: at most `capacity` addresses (at capacity the worst
-//!   non-connected one makes room for a fresh address), [`MAX_PER_IP`] ports per IP so one
-//!   host cannot fill the list, and a bounded LRU of banned IPs.
+//!   non-connected one makes room for a fresh address), [`MAX_PER_IP`] addresses per host so
+//!   one host cannot fill the list, and a bounded LRU of banned IPs.
+//!
+//! IPv6 (BEP 32): a host is an IPv4 address or an IPv6 /64 — one subscriber's allocation,
+//! in which an attacker picks addresses for free — so the [`MAX_PER_IP`] cap counts every
+//! address of a /64 together. Bans stay per full address, as libtorrent's do: banning a /64
+//! would also shut out honest neighbours behind the same router, and a banned peer that
+//! moves inside its /64 is still held to the per-/64 cap.
 //!
 //! IPv4-mapped IPv6 addresses are folded to IPv4 everywhere, so `::ffff:1.2.3.4` is the
 //! same peer (and the same ban) as `1.2.3.4`.
@@ -120,6 +126,7 @@ pub struct PeerList {
     /// First back-off step ([`BASE_BACKOFF`] unless set with [`PeerList::with_base_backoff`]).
     base: Duration,
     entries: HashMap<SocketAddr, Entry>,
+    /// Addresses per host (see [`host`]: an IPv4 address or an IPv6 /64).
     per_ip: HashMap<IpAddr, usize>,
     banned: LruCache<IpAddr, ()>,
     next_seq: u64,
@@ -172,7 +179,7 @@ impl PeerList {
             e.seen = e.seen.max(now);
             return false;
         }
-        if self.per_ip.get(&addr.ip()).copied().unwrap_or(0) >= MAX_PER_IP {
+        if self.per_ip.get(&host(addr.ip())).copied().unwrap_or(0) >= MAX_PER_IP {
             return false;
         }
         if self.entries.len() >= self.capacity {
@@ -274,8 +281,16 @@ impl PeerList {
     pub fn ban_ip(&mut self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         let fresh = self.banned.put(ip, ()).is_none();
-        if self.per_ip.remove(&ip).is_some() {
-            self.entries.retain(|a, _| a.ip() != ip);
+        if self.per_ip.contains_key(&host(ip)) {
+            let gone: Vec<SocketAddr> = self
+                .entries
+                .keys()
+                .filter(|a| a.ip() == ip)
+                .copied()
+                .collect();
+            for a in gone {
+                self.remove(a);
+            }
         }
         fresh
     }
@@ -373,18 +388,18 @@ impl PeerList {
             },
         );
         self.next_seq += 1;
-        *self.per_ip.entry(addr.ip()).or_insert(0) += 1;
+        *self.per_ip.entry(host(addr.ip())).or_insert(0) += 1;
     }
 
     fn remove(&mut self, addr: SocketAddr) {
         if self.entries.remove(&addr).is_none() {
             return;
         }
-        let ip = addr.ip();
-        if let Some(n) = self.per_ip.get_mut(&ip) {
+        let key = host(addr.ip());
+        if let Some(n) = self.per_ip.get_mut(&key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.per_ip.remove(&ip);
+                self.per_ip.remove(&key);
             }
         }
     }
@@ -397,6 +412,18 @@ fn backoff(base: Duration, failures: u32) -> Duration {
 }
 
 /// `addr` with an IPv4-mapped IPv6 address folded to IPv4.
+/// The host an address counts against for [`MAX_PER_IP`]: an IPv4 address itself, an IPv6
+/// address's /64 (the low 64 bits zeroed).
+fn host(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let net = u128::from(v6) & !u128::from(u64::MAX);
+            IpAddr::V6(std::net::Ipv6Addr::from(net))
+        }
+        v4 => v4,
+    }
+}
+
 fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
@@ -651,6 +678,44 @@ mod tests {
         assert_eq!(l.len(), MAX_PER_IP);
         assert!(l.add(a(2, 1), PeerSource::Pex, t));
         assert!(!l.add(a(1, 99), PeerSource::Manual, t));
+    }
+
+    #[test]
+    fn an_ipv6_slash64_is_one_host_and_bans_are_per_address() {
+        let t = Instant::now();
+        let mut l = PeerList::new(100);
+        let in64 = |i: u16| {
+            SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, i)),
+                6881,
+            )
+        };
+        for i in 1..=20 {
+            l.add(in64(i), PeerSource::Pex, t);
+        }
+        assert_eq!(l.len(), MAX_PER_IP, "addresses of one /64 count together");
+        let next64 = SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 2, 0, 0, 0, 1)),
+            1,
+        );
+        assert!(
+            l.add(next64, PeerSource::Pex, t),
+            "another /64 is another host"
+        );
+        // A ban takes the one address, not its neighbours, and frees its slot.
+        assert!(l.ban_ip(in64(1).ip()));
+        assert!(l.is_banned(&in64(1).ip()));
+        assert!(!l.is_banned(&in64(2).ip()));
+        assert_eq!(l.len(), MAX_PER_IP);
+        assert!(!l.add(in64(1), PeerSource::Pex, t), "banned");
+        assert!(
+            l.add(in64(30), PeerSource::Pex, t),
+            "the freed slot of the /64"
+        );
+        assert!(
+            !l.add(in64(31), PeerSource::Pex, t),
+            "and the /64 is full again"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::{mpsc, watch};
 
+use super::endpoints::Endpoints;
 use super::events::{Cmd, Event};
 use super::hasher::HashJob;
 use super::meta::{BufferPool, Meta};
@@ -117,10 +118,9 @@ pub(crate) struct Torrent {
     pub cfg: Arc<EngineConfig>,
     /// Our DHT port, sent with PORT.
     pub dht_port: Option<u16>,
-    /// Our TCP listen port, sent as `p`.
-    pub listen_port: Option<u16>,
-    /// Local IP outgoing connections are made from (so peers see the address we listen on).
-    pub bind_ip: Option<IpAddr>,
+    /// Our TCP listeners per family: the port sent as `p`, the local IP outgoing
+    /// connections are made from (so peers see the address we listen on), our `ipv6`.
+    pub endpoints: Endpoints,
     /// Metadata, once known.
     pub meta: OnceLock<Arc<Meta>>,
     /// Flips to true when `meta` is set, waking peer tasks.
@@ -185,8 +185,7 @@ pub(crate) struct TorrentParams {
     pub peer_id: Id,
     pub cfg: Arc<EngineConfig>,
     pub dht_port: Option<u16>,
-    pub listen_port: Option<u16>,
-    pub bind_ip: Option<IpAddr>,
+    pub endpoints: Endpoints,
     pub corrupt: Option<Corruptor>,
     pub upload_limit: RateLimiter,
     pub download_limit: RateLimiter,
@@ -201,8 +200,7 @@ impl TorrentParams {
             peer_id: self.peer_id,
             cfg: self.cfg,
             dht_port: self.dht_port,
-            listen_port: self.listen_port,
-            bind_ip: self.bind_ip,
+            endpoints: self.endpoints,
             meta: OnceLock::new(),
             meta_ready: watch::channel(false).0,
             shutdown: watch::channel(false).0,

@@ -65,6 +65,9 @@ pub struct NodeOptions {
     /// Contacts saved by an earlier run, with their ids (they may enter the routing table;
     /// the bootstrap routers never do).
     pub known_nodes: Vec<crate::krpc::NodeInfo>,
+    /// IPv6 contacts saved by an earlier run, for the IPv6 table of a dual-stack node
+    /// (ignored without `bind6`).
+    pub known_nodes6: Vec<crate::krpc::NodeInfo<SocketAddrV6>>,
     /// Node id; random if `None`.
     pub id: Option<Id>,
     /// Core tunables.
@@ -84,6 +87,7 @@ impl Default for NodeOptions {
             bind6: None,
             bootstrap: Vec::new(),
             known_nodes: Vec::new(),
+            known_nodes6: Vec::new(),
             id: None,
             dht: dht::Config::default(),
             join: true,
@@ -209,6 +213,8 @@ enum Command {
         key: u64,
         info_hash: Id,
         announce: Option<AnnounceSpec>,
+        /// The announce for the IPv6 DHT (its own TCP port).
+        announce6: Option<AnnounceSpec>,
         updates: mpsc::Sender<LookupUpdate>,
     },
     /// The stream with this key was dropped: abandon its lookup.
@@ -486,18 +492,32 @@ impl DhtHandle {
 
     /// Starts a get_peers lookup; peers stream out as answers arrive.
     pub fn get_peers(&self, info_hash: Id) -> Result<PeerStream, NetError> {
-        self.lookup(info_hash, None)
+        self.lookup(info_hash, None, None)
     }
 
     /// Starts a get_peers lookup that announces us (TCP `port`) to the closest nodes at the
     /// end; the stream then also reports acknowledgements.
     pub fn announce(&self, info_hash: Id, port: u16) -> Result<PeerStream, NetError> {
+        self.announce_ports(info_hash, port, None)
+    }
+
+    /// Like [`DhtHandle::announce`], for a dual-stack peer whose IPv6 TCP listener has a
+    /// port of its own: `port` goes into the IPv4 DHT, `port6` (or `port` when `None`) into
+    /// the IPv6 one (BEP 32).
+    pub fn announce_ports(
+        &self,
+        info_hash: Id,
+        port: u16,
+        port6: Option<u16>,
+    ) -> Result<PeerStream, NetError> {
+        let spec = |port| AnnounceSpec {
+            port,
+            implied_port: false,
+        };
         self.lookup(
             info_hash,
-            Some(AnnounceSpec {
-                port,
-                implied_port: false,
-            }),
+            Some(spec(port)),
+            Some(spec(port6.unwrap_or(port))),
         )
     }
 
@@ -505,6 +525,7 @@ impl DhtHandle {
         &self,
         info_hash: Id,
         announce: Option<AnnounceSpec>,
+        announce6: Option<AnnounceSpec>,
     ) -> Result<PeerStream, NetError> {
         let (updates, rx) = mpsc::channel(PEER_UPDATES + self.reserve);
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
@@ -513,6 +534,7 @@ impl DhtHandle {
                 key,
                 info_hash,
                 announce,
+                announce6,
                 updates,
             })
             .map_err(|_| NetError::Closed)?;
@@ -703,6 +725,9 @@ impl Driver {
             .filter_map(|a| SocketAddrV6::from_socket_addr(*a))
             .collect();
         self.dht.add_saved_nodes(&opts.known_nodes);
+        if let Some(v6) = self.v6.as_mut() {
+            v6.dht.add_saved_nodes(&opts.known_nodes6);
+        }
         let now = self.now();
         if opts.join {
             self.dht.bootstrap(now, &addrs);
@@ -947,6 +972,7 @@ impl Driver {
                 key,
                 info_hash,
                 announce,
+                announce6,
                 updates,
             } => {
                 let reserve = self.dht.config().k + 1;
@@ -961,7 +987,7 @@ impl Driver {
                 let mut running = 1;
                 if let Some(v6) = self.v6.as_mut() {
                     // Announce on both families (BEP 32): each table has its own closest.
-                    let lid6 = v6.dht.get_peers(now, info_hash, announce);
+                    let lid6 = v6.dht.get_peers(now, info_hash, announce6);
                     self.lookups6.insert(lid6, sub(updates.clone()));
                     running += 1;
                 }
@@ -1034,6 +1060,11 @@ impl Driver {
                 let _ = tx.send(state::SavedState {
                     id: self.dht.id(),
                     nodes: self.dht.saved_nodes(now),
+                    nodes6: self
+                        .v6
+                        .as_ref()
+                        .map(|v6| v6.dht.saved_nodes(now))
+                        .unwrap_or_default(),
                 });
             }
             Command::Shutdown(_) => {}
@@ -1148,10 +1179,11 @@ mod tests {
     use super::*;
     use crate::krpc::{Body, Message, Method, Response};
 
-    /// A node with one scripted contact: `answer` says whether it replies (get_peers with a
-    /// token, announce_peer with an acknowledgement) or stays silent.
-    async fn node_with_contact(answer: bool) -> (DhtHandle, tokio::task::JoinHandle<()>) {
-        let contact = UdpSocket::bind("127.0.0.1:0").await.expect("bind contact");
+    /// A scripted contact on `bind`: with `answer` it replies to every query (get_peers
+    /// with a token, announce_peer with an acknowledgement, from id `0x42…`), else it stays
+    /// silent.
+    async fn contact(bind: &str, answer: bool) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let contact = UdpSocket::bind(bind).await.expect("bind contact");
         let at = contact.local_addr().expect("contact address");
         let task = tokio::spawn(async move {
             let mut buf = [0u8; 1500];
@@ -1183,6 +1215,12 @@ mod tests {
                 let _ = contact.send_to(&reply.encode(), from).await;
             }
         });
+        (at, task)
+    }
+
+    /// A node with one scripted contact (see [`contact`]) as its bootstrap.
+    async fn node_with_contact(answer: bool) -> (DhtHandle, tokio::task::JoinHandle<()>) {
+        let (at, task) = contact("127.0.0.1:0", answer).await;
         let node = DhtHandle::spawn(NodeOptions {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             bootstrap: vec![at.to_string()],
@@ -1208,6 +1246,106 @@ mod tests {
         assert_eq!(stream.acks().len(), 1);
         node.shutdown().await;
         contact.abort();
+    }
+
+    /// Sends a ping from a socket on `from` to `to` and returns where the reply came from.
+    async fn ping_from(from: &str, to: SocketAddr) -> SocketAddr {
+        let s = UdpSocket::bind(from).await.expect("bind querier");
+        let q = Message {
+            tid: b"pg".to_vec(),
+            version: None,
+            ip: None,
+            read_only: false,
+            body: Body::Query(crate::krpc::Query {
+                id: Id([0x17; 20]),
+                method: Method::Ping,
+                want: Default::default(),
+            }),
+        };
+        s.send_to(&q.encode(), to).await.expect("send ping");
+        let mut buf = [0u8; 1500];
+        let (n, src) = tokio::time::timeout(Duration::from_secs(5), s.recv_from(&mut buf))
+            .await
+            .expect("no reply to the ping within 5 s")
+            .expect("recv");
+        let reply = buf.get(..n).map(Message::decode);
+        assert!(
+            matches!(
+                reply,
+                Some(Ok(Message {
+                    body: Body::Response(_),
+                    ..
+                }))
+            ),
+            "not a reply: {reply:?}"
+        );
+        src
+    }
+
+    #[tokio::test]
+    async fn a_dual_stack_node_answers_each_family_from_its_own_socket_and_saves_both_tables() {
+        let node = DhtHandle::spawn(NodeOptions {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            bind6: Some(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0))),
+            join: false,
+            ..NodeOptions::default()
+        })
+        .await
+        .expect("spawn a dual-stack node on 127.0.0.1 and ::1");
+        let v4 = SocketAddr::V4(node.local_addr());
+        let v6 = SocketAddr::V6(node.local_addr6().expect("an IPv6 socket"));
+        assert_ne!(v4.port(), 0);
+        assert_eq!(
+            ping_from("127.0.0.1:0", v4).await,
+            v4,
+            "IPv4 reply from the IPv4 socket"
+        );
+        assert_eq!(
+            ping_from("[::1]:0", v6).await,
+            v6,
+            "IPv6 reply from the IPv6 socket"
+        );
+
+        // Contacts of each family enter their own table, and the saved state keeps both.
+        let (c4, t4) = contact("127.0.0.1:0", true).await;
+        let (c6, t6) = contact("[::1]:0", true).await;
+        node.add_node(c4).expect("add IPv4 contact");
+        node.add_node(c6).expect("add IPv6 contact");
+        let saved = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let st = node.saved_state().await.expect("saved state");
+                if !st.nodes.is_empty() && !st.nodes6.is_empty() {
+                    return st;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("both contacts in the saved state within 10 s");
+        assert_eq!(
+            saved
+                .nodes
+                .iter()
+                .map(|n| SocketAddr::V4(n.addr))
+                .collect::<Vec<_>>(),
+            vec![c4]
+        );
+        assert_eq!(
+            saved
+                .nodes6
+                .iter()
+                .map(|n| SocketAddr::V6(n.addr))
+                .collect::<Vec<_>>(),
+            vec![c6]
+        );
+        let stats = node.stats().await.expect("stats");
+        assert_eq!(
+            (stats.ipv4.nodes, stats.ipv6.as_ref().map(|s| s.nodes)),
+            (1, Some(1))
+        );
+        node.shutdown().await;
+        t4.abort();
+        t6.abort();
     }
 
     #[tokio::test]

@@ -1,7 +1,9 @@
 //! The node's durable state: its id and the routing table's contacts, so a restarted node keeps
 //! its place in the keyspace and rejoins through nodes it already knew.
 //!
-//! Stored as a small bencoded dictionary (`id`, `nodes` in compact node form). Written
+//! Stored as a small bencoded dictionary (`id`, `nodes` in compact node form, and for a
+//! dual-stack node `nodes6`, the IPv6 table in BEP 32's 38-byte form; a file without it,
+//! from an IPv4-only node or an older version, loads with an empty IPv6 table). Written
 //! atomically — temp file, fsync, rename, fsync of the directory — so a crash or `kill -9` at
 //! any moment leaves either the old file or the new one, never a torn one.
 
@@ -13,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::id::Id;
-use crate::krpc::{decode_nodes, encode_nodes, NodeInfo};
+use std::net::SocketAddrV6;
+
+use crate::krpc::{decode_node_list, decode_nodes, encode_node_list, encode_nodes, NodeInfo};
 
 /// File name inside the state directory.
 pub const STATE_FILE: &str = "dht-state.benc";
@@ -25,6 +29,8 @@ pub struct SavedState {
     pub id: Id,
     /// Contacts from the routing table.
     pub nodes: Vec<NodeInfo>,
+    /// Contacts from the IPv6 routing table of a dual-stack node (BEP 32).
+    pub nodes6: Vec<NodeInfo<SocketAddrV6>>,
 }
 
 /// Errors reading or writing the state file.
@@ -47,6 +53,13 @@ pub enum StateError {
 struct Raw {
     id: ByteBuf,
     nodes: ByteBuf,
+    #[serde(default, skip_serializing_if = "no_bytes")]
+    nodes6: ByteBuf,
+}
+
+/// An empty list is not written (an IPv4-only node's file stays as it was).
+fn no_bytes(b: &ByteBuf) -> bool {
+    b.is_empty()
 }
 
 /// Path of the state file in `dir`.
@@ -67,6 +80,7 @@ pub fn load(dir: &Path) -> Result<Option<SavedState>, StateError> {
     Ok(Some(SavedState {
         id,
         nodes: decode_nodes(&raw.nodes),
+        nodes6: decode_node_list(&raw.nodes6),
     }))
 }
 
@@ -80,6 +94,7 @@ pub fn save(dir: &Path, state: &SavedState) -> Result<(), StateError> {
     let raw = Raw {
         id: ByteBuf::from(state.id.0.to_vec()),
         nodes: ByteBuf::from(encode_nodes(&state.nodes)),
+        nodes6: ByteBuf::from(encode_node_list(&state.nodes6)),
     };
     let bytes = bt_bencode::to_vec(&raw).map_err(|_| StateError::Corrupt(dir.to_path_buf()))?;
     let path = state_path(dir);
@@ -100,7 +115,7 @@ pub fn save(dir: &Path, state: &SavedState) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
     #[test]
     fn round_trip_and_corruption() {
@@ -112,10 +127,48 @@ mod tests {
                 id: Id([1; 20]),
                 addr: SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 5), 7000),
             }],
+            nodes6: Vec::new(),
         };
         save(dir.path(), &st).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(st));
         fs::write(state_path(dir.path()), b"garbage").unwrap();
         assert!(matches!(load(dir.path()), Err(StateError::Corrupt(_))));
+    }
+
+    #[test]
+    fn the_ipv6_table_survives_and_an_ipv4_only_file_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = SavedState {
+            id: Id([7; 20]),
+            nodes: vec![NodeInfo {
+                id: Id([1; 20]),
+                addr: SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 5), 7000),
+            }],
+            nodes6: (1..=3u16)
+                .map(|i| NodeInfo {
+                    id: Id([i as u8 + 1; 20]),
+                    addr: SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i), 6881, 0, 0),
+                })
+                .collect(),
+        };
+        save(dir.path(), &st).unwrap();
+        let raw = fs::read(state_path(dir.path())).unwrap();
+        assert!(
+            raw.windows(8).any(|w| w == b"6:nodes6"),
+            "the IPv6 table is written"
+        );
+        assert_eq!(load(dir.path()).unwrap(), Some(st.clone()));
+        // What an IPv4-only node (or the version before BEP 32) wrote: no `nodes6` key.
+        let v4_only = SavedState {
+            nodes6: Vec::new(),
+            ..st
+        };
+        save(dir.path(), &v4_only).unwrap();
+        let raw = fs::read(state_path(dir.path())).unwrap();
+        assert!(
+            !raw.windows(6).any(|w| w == b"nodes6"),
+            "no empty key written"
+        );
+        assert_eq!(load(dir.path()).unwrap(), Some(v4_only));
     }
 }

@@ -27,6 +27,8 @@ pub(crate) struct Feed {
     pub info_hash: Id,
     /// Our TCP port, announced.
     pub port: u16,
+    /// Our IPv6 TCP port, announced into the IPv6 DHT (`None`: `port`).
+    pub port6: Option<u16>,
     pub peers: mpsc::Sender<(SocketAddr, PeerSource)>,
     pub progress: watch::Receiver<Progress>,
     pub stats: Arc<FeedStats>,
@@ -40,7 +42,7 @@ pub(crate) fn spawn(f: Feed) -> JoinHandle<()> {
         let announcer = tokio::spawn(announce_loop(
             f.dht.clone(),
             f.info_hash,
-            f.port,
+            (f.port, f.port6),
             f.peers.clone(),
             Arc::clone(&f.stats),
             f.schedule.reannounce,
@@ -122,7 +124,7 @@ async fn lookup_loop(f: &Feed) {
 async fn announce_loop(
     dht: DhtHandle,
     info_hash: Id,
-    port: u16,
+    (port, port6): (u16, Option<u16>),
     peers: mpsc::Sender<(SocketAddr, PeerSource)>,
     stats: Arc<FeedStats>,
     every: Duration,
@@ -130,7 +132,7 @@ async fn announce_loop(
 ) {
     let _ = tokio::time::timeout(JOIN_WAIT, dht.wait_bootstrapped()).await;
     loop {
-        match announce_once(&dht, info_hash, port, Some((&peers, &stats))).await {
+        match announce_ports(&dht, info_hash, (port, port6), Some((&peers, &stats))).await {
             Some(nodes) => {
                 tracing::info!("announced {info_hash} on port {port}: {nodes} node(s) stored it");
                 let _ = events.send(TorrentEvent::Announced { nodes });
@@ -153,7 +155,17 @@ pub async fn announce_once(
     port: u16,
     feed: Option<(&mpsc::Sender<(SocketAddr, PeerSource)>, &FeedStats)>,
 ) -> Option<usize> {
-    let mut stream = dht.announce(info_hash, port).ok()?;
+    announce_ports(dht, info_hash, (port, None), feed).await
+}
+
+/// [`announce_once`] with the IPv6 DHT told a port of its own (BEP 32 dual stack).
+async fn announce_ports(
+    dht: &DhtHandle,
+    info_hash: Id,
+    (port, port6): (u16, Option<u16>),
+    feed: Option<(&mpsc::Sender<(SocketAddr, PeerSource)>, &FeedStats)>,
+) -> Option<usize> {
+    let mut stream = dht.announce_ports(info_hash, port, port6).ok()?;
     let deadline = tokio::time::Instant::now() + ANNOUNCE_WAIT;
     let mut ack_deadline = None;
     loop {

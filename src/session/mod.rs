@@ -227,16 +227,30 @@ impl Session {
             upload_limit: upload_limit.clone(),
             download_limit: download_limit.clone(),
         };
-        // TCP on the DHT's port number when it is free (peers expect one port), else any.
-        let listener = match (&dht, cfg.bind.port()) {
-            (Some(d), 0) => {
-                let same = SocketAddr::new(cfg.bind.ip(), d.local_addr().port());
-                match Listener::bind(same, lcfg.clone()).await {
-                    Ok(l) => l,
-                    Err(_) => Listener::bind(cfg.bind, lcfg).await?,
-                }
+        // TCP on the DHT's port number when it is free (peers expect one port), else any;
+        // with an IPv6 bind (BEP 32) a second, IPv6-only listener beside the IPv4 one, on
+        // the IPv6 DHT socket's port number when it is free.
+        let dht6_port = dht.as_ref().and_then(|d| d.local_addr6()).map(|a| a.port());
+        let want6 = cfg.bind6.map(|b6| match (dht6_port, b6.port()) {
+            (Some(p), 0) => (SocketAddr::new(b6.ip(), p), Some(b6)),
+            _ => (b6, None),
+        });
+        let want4 = match (&dht, cfg.bind.port()) {
+            (Some(d), 0) => (
+                SocketAddr::new(cfg.bind.ip(), d.local_addr().port()),
+                Some(cfg.bind),
+            ),
+            _ => (cfg.bind, None),
+        };
+        let listener = match Listener::bind_dual(want4.0, want6.map(|w| w.0), lcfg.clone()).await {
+            Ok(l) => l,
+            // The preferred port numbers were taken: any free ones.
+            Err(e) if want4.1.is_some() || want6.is_some_and(|w| w.1.is_some()) => {
+                tracing::debug!(error = %e, "listening on the DHT's port numbers failed");
+                let fallback6 = want6.map(|(a, any)| any.unwrap_or(a));
+                Listener::bind_dual(want4.1.unwrap_or(want4.0), fallback6, lcfg).await?
             }
-            _ => Listener::bind(cfg.bind, lcfg).await?,
+            Err(e) => return Err(e.into()),
         };
         let dht_nodes = dht.clone().map(|d| {
             let (tx, mut rx) = mpsc::unbounded_channel::<SocketAddr>();
@@ -267,6 +281,12 @@ impl Session {
     /// The TCP address peers reach us at (announced into the DHT).
     pub fn listen_addr(&self) -> SocketAddr {
         self.shared.listener.local_addr()
+    }
+
+    /// The IPv6 TCP listen address of a dual-stack session (an IPv6 `bind6`), announced in
+    /// the IPv6 DHT; `None` when the session listens on IPv4 only.
+    pub fn listen_addr6(&self) -> Option<SocketAddr> {
+        self.shared.listener.local_addr6()
     }
 
     /// The DHT node, if the session runs one.

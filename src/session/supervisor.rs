@@ -140,6 +140,7 @@ impl Supervisor {
                 dht,
                 info_hash: self.add.info_hash(),
                 port: self.shared.listener.local_addr().port(),
+                port6: self.shared.listener.local_addr6().map(|a| a.port()),
                 peers: running.peers.clone(),
                 progress: running.progress.clone(),
                 stats: Arc::clone(&self.feed_stats),

@@ -3,7 +3,7 @@
 //! It tells the other side which extensions we speak and under which message ids (`m`), plus
 //! some hints: client name (`v`), listen port (`p`), request queue depth (`reqq`), the size of
 //! the info dictionary for `ut_metadata` (`metadata_size`) and the address the peer sees us at
-//! (`yourip`). Decoding is lenient where BEP 10 asks for it — unknown keys and wrongly typed
+//! (`yourip`) and, for a dual-stack peer (BEP 7), its IPv6 address (`ipv6`). Decoding is lenient where BEP 10 asks for it — unknown keys and wrongly typed
 //! optional fields are ignored — but strict where it protects us: the nesting depth is capped
 //! before parsing, negative numbers are rejected and `metadata_size` is bounded.
 
@@ -68,6 +68,9 @@ pub struct ExtensionHandshake {
     pub metadata_size: Option<u64>,
     /// Our address as seen by the sender (4 or 16 bytes compact on the wire).
     pub yourip: Option<IpAddr>,
+    /// The sender's IPv6 address (BEP 7 / BEP 10 `ipv6`, 16 bytes on the wire): a peer
+    /// met over IPv4 may be dialed there too. Any other length is ignored.
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 impl ExtensionHandshake {
@@ -82,6 +85,10 @@ impl ExtensionHandshake {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);
         out.push(b'd');
+        if let Some(ip) = self.ipv6 {
+            put_bytes(&mut out, b"ipv6");
+            put_bytes(&mut out, &ip.octets());
+        }
         put_bytes(&mut out, b"m");
         out.push(b'd');
         for (name, id) in &self.m {
@@ -163,6 +170,9 @@ impl ExtensionHandshake {
         if let Some(Value::ByteStr(ip)) = dict.get(&b"yourip"[..]) {
             hs.yourip = compact_ip(ip);
         }
+        if let Some(Value::ByteStr(ip)) = dict.get(&b"ipv6"[..]) {
+            hs.ipv6 = <[u8; 16]>::try_from(ip.as_slice()).ok().map(Ipv6Addr::from);
+        }
         Ok(hs)
     }
 }
@@ -231,6 +241,7 @@ mod tests {
             reqq: Some(250),
             metadata_size: Some(31_235),
             yourip: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7))),
+            ipv6: Some(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 7)),
         }
     }
 
@@ -262,8 +273,27 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_key_is_sixteen_bytes_first_in_key_order() {
+        let ip = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+        let hs = ExtensionHandshake {
+            ipv6: Some(ip),
+            ..ExtensionHandshake::default()
+        };
+        let mut want = b"d4:ipv616:".to_vec();
+        want.extend_from_slice(&ip.octets());
+        want.extend_from_slice(b"1:mdee");
+        assert_eq!(hs.encode(), want);
+        // What libtorrent sends beside other keys decodes; a 4-byte value is not IPv6.
+        let got = ExtensionHandshake::decode(&want, DEFAULT_MAX_METADATA_SIZE).unwrap();
+        assert_eq!(got.ipv6, Some(ip));
+        let short =
+            ExtensionHandshake::decode(b"d4:ipv64:\x7f\0\0\x011:mdee", DEFAULT_MAX_METADATA_SIZE);
+        assert_eq!(short.map(|h| h.ipv6), Ok(None));
+    }
+
+    #[test]
     fn tolerates_unknown_and_wrong_types() {
-        let payload = b"d1:ai1e1:md11:ut_metadata3:abc6:ut_pexi300e2:okli1eee\
+        let payload = b"d1:ai1e4:ipv6i6e1:md11:ut_metadata3:abc6:ut_pexi300e2:okli1eee\
             13:metadata_size3:big1:pi70000e4:reqq2:xx1:vi5e6:yourip3:abc1:zd1:xleee";
         let hs = ExtensionHandshake::decode(payload, DEFAULT_MAX_METADATA_SIZE).unwrap();
         assert_eq!(hs, ExtensionHandshake::default());

@@ -6,6 +6,7 @@
 
 pub mod files;
 pub mod lt;
+pub mod netns;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -257,12 +258,18 @@ impl Drop for Proc {
 
 /// Runs the binary to completion with a time bound; returns (exit code, stdout, stderr).
 pub fn run_dhtnode(args: &[String], timeout: Duration) -> (i32, String, String) {
-    let mut child = Command::new(bin())
+    run_program(bin(), args, timeout)
+}
+
+/// Runs `program args...` to completion with a time bound (killed and the test failed when
+/// it overruns); returns (exit code, stdout, stderr).
+pub fn run_program(program: &str, args: &[String], timeout: Duration) -> (i32, String, String) {
+    let mut child = Command::new(program)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start dhtnode");
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
     let deadline = Instant::now() + timeout;
     loop {
         if child.try_wait().expect("try_wait").is_some() {
@@ -271,7 +278,7 @@ pub fn run_dhtnode(args: &[String], timeout: Duration) -> (i32, String, String) 
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("dhtnode {args:?} did not finish within {timeout:?}");
+            panic!("{program} {args:?} did not finish within {timeout:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }

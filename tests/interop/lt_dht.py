@@ -117,7 +117,8 @@ def settings_for(ip, port, single, bootstrap, extra=()):
         # Left out in --single-node mode: every incoming query would then allocate an alert.
         mask |= CAT.dht_notification | CAT.dht_operation_notification
     sp = {
-        "listen_interfaces": "%s:%d" % (ip, port),
+        # An IPv6 address (BEP 32 tests in a network namespace) is bracketed.
+        "listen_interfaces": ("[%s]:%d" if ":" in ip else "%s:%d") % (ip, port),
         "outgoing_interfaces": ip,
         "alert_mask": int(mask),
         "alert_queue_size": 100000,

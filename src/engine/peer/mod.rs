@@ -301,10 +301,12 @@ impl Conn {
             let hs = ExtensionHandshake {
                 m,
                 v: Some(self.t.cfg.client_name.clone()),
-                p: self.t.listen_port,
+                // The port of this connection's family (dual stack: one listener each).
+                p: self.t.endpoints.port_for(&self.addr),
                 reqq: u32::try_from(self.t.cfg.max_requests_per_peer).ok(),
                 metadata_size: self.t.meta().map(|m| m.info_bytes.len() as u64),
                 yourip: Some(self.addr.ip()),
+                ipv6: self.t.endpoints.ipv6(),
             };
             encode(
                 &Message::Extended {
@@ -485,6 +487,18 @@ impl Conn {
                 key: self.key,
                 addr: listen,
             });
+        }
+        // BEP 7: a peer met over IPv4 names its IPv6 address; with its listen port that is
+        // one more candidate (the driver drops it unless we listen on IPv6 ourselves).
+        if let Some(ip6) = hs
+            .ipv6
+            .filter(|ip| !ip.is_unspecified() && !ip.is_multicast())
+        {
+            let port = hs.p.or(self.listen.map(|a| a.port()));
+            if let (Some(port), false) = (port, self.addr.is_ipv6()) {
+                let alt = SocketAddr::new(std::net::IpAddr::V6(ip6), port);
+                let _ = self.t.events.send(Event::Ipv6Addr(alt));
+            }
         }
         self.on_metadata_size(hs.metadata_size)?;
         Ok(())

@@ -2,6 +2,10 @@
 //! first message at once, then at most one a minute, at most 50 added and 50 dropped each, as
 //! [`PexSender`](crate::wire::PexSender) enforces), and the peers it names go to the driver's
 //! peer list. Incoming PEX is rate limited so a peer cannot make us do work at its pace.
+//! IPv4 and IPv6 peers travel together (`added`/`added6`, `added.f`/`added6.f`,
+//! `dropped`/`dropped6`) under the IPv4 limits: a message we send holds at most 50 added and
+//! 50 dropped over both families, one a minute; one we read keeps at most 50 of each list per
+//! family, one per 20 s.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -55,12 +59,10 @@ impl Conn {
                 return Ok(());
             }
         };
-        let added: Vec<SocketAddr> = msg
-            .added
-            .iter()
-            .map(|(a, _)| *a)
-            .filter(|a| a.is_ipv4() == self.addr.is_ipv4())
-            .collect();
+        // Both families (`added` and `added6`, BEP 11): the driver keeps those of the
+        // families we listen on, so a dual-stack session learns IPv6 peers from an IPv4
+        // connection and the other way round.
+        let added: Vec<SocketAddr> = msg.added.iter().map(|(a, _)| *a).collect();
         if !added.is_empty() {
             let _ = self.t.events.send(Event::PexPeers(added));
         }
