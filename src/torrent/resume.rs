@@ -515,6 +515,60 @@ mod tests {
     }
 
     #[test]
+    fn the_record_keeps_file_stamps_and_a_changed_file_loses_its_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let (info, data, s) = setup(dir.path());
+        let id = Id([4; 20]);
+        let path = dir.path().join("rec");
+        let mut r = ResumeFile::load(&path, id, 7);
+        assert!(r.stamps().is_empty());
+        for p in 0..7u32 {
+            let size = s.layout().piece_size(p).unwrap() as usize;
+            let off = p as usize * 16;
+            let _ = r.mark_verified(s.write_piece(p, &data[off..off + size]).unwrap());
+        }
+        r.flush(&s).unwrap();
+        let back = ResumeFile::load(&path, id, 7);
+        assert_eq!(back.stamps(), &[Some(s.stamp(0).unwrap())]);
+        drop(s);
+        let plan_of = |s: &Storage, r: &ResumeFile| {
+            crate::torrent::check::plan(s.layout(), s.found(), r.verified(), r.stamps(), false)
+        };
+        // Unchanged: the record vouches for every piece.
+        let s = Storage::open(dir.path(), &info, OpenMode::Create).unwrap();
+        let plan = plan_of(&s, &back);
+        assert!(plan.trusted.is_complete() && plan.to_check.is_empty());
+        drop(s);
+        // Rewritten in place with the same bytes but a new mtime: every piece is hashed.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("t"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        drop(f);
+        let s = Storage::open(dir.path(), &info, OpenMode::Create).unwrap();
+        let plan = plan_of(&s, &back);
+        assert_eq!(plan.trusted.count(), 0);
+        assert_eq!(plan.to_check, (0..7).collect::<Vec<_>>());
+        // Adopting the check's outcome rewrites the record with the new stamp.
+        let mut r = back;
+        r.adopt(plan.trusted, s.found());
+        assert_eq!(r.pending(), 1);
+        for p in plan.to_check {
+            let _ = r.mark_verified(s.verify_piece(p).unwrap().unwrap());
+        }
+        r.flush(&s).unwrap();
+        let again = ResumeFile::load(&path, id, 7);
+        assert_eq!(again.verified().count(), 7);
+        assert_eq!(again.stamps(), &[s.found()[0].stamp]);
+        // The old stamp-less format loads empty (its data is then checked).
+        let mut v1 = std::fs::read(&path).unwrap();
+        v1[..8].copy_from_slice(b"DHTNRES1");
+        std::fs::write(&path, &v1).unwrap();
+        assert_eq!(ResumeFile::load(&path, id, 7).verified().count(), 0);
+    }
+
+    #[test]
     fn long_names_are_shortened() {
         let mut info = Info {
             name: "é".repeat(127),
