@@ -48,6 +48,10 @@ pub struct Args {
     /// Download limit in bytes per second (0 = unlimited).
     #[arg(long, value_name = "BYTES_PER_S", value_parser = rate_arg)]
     download_limit: Option<u64>,
+    /// Hash every piece already in the output directory instead of trusting the resume
+    /// record (files are compared with the record by size and mtime either way).
+    #[arg(long)]
+    recheck: bool,
     /// Print one JSON object when the download is complete (and one more when a seeding
     /// fetch stops).
     #[arg(long)]
@@ -75,6 +79,8 @@ struct Report {
     download_mb_s: f64,
     uploaded_bytes: u64,
     pieces_resumed: u32,
+    pieces_checked: u32,
+    pieces_fetched: u32,
     hash_failures: u32,
     peers_banned: usize,
 }
@@ -100,6 +106,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     add.trackers = args.tracker.clone();
     add.seed_after = args.seed;
     add.seed_ratio = args.seed_ratio;
+    add.recheck = args.recheck;
     let (bind, bind6) = match split_binds(&args.bind) {
         Ok(b) => b,
         Err(e) => {
@@ -185,6 +192,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         download_mb_s: r.download_mb_s(),
         uploaded_bytes: r.uploaded_bytes,
         pieces_resumed: r.pieces_resumed,
+        pieces_checked: r.pieces_checked,
+        pieces_fetched: r.pieces_fetched,
         hash_failures: r.hash_failures,
         peers_banned: r.peers_banned,
     };
@@ -193,11 +202,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let _ = output::json_line(&report)?;
     } else {
         output::err_line(format_args!(
-            "done: {} ({} bytes, {} pieces, {} resumed) in {:.1} s at {:.1} MB/s from {} peer(s) ({} via PEX); uploaded {} bytes meanwhile; first peer after {} ms, {} lookups",
+            "done: {} ({} bytes, {} pieces, {} resumed, {} checked on disk, {} fetched) in {:.1} s at {:.1} MB/s from {} peer(s) ({} via PEX); uploaded {} bytes meanwhile; first peer after {} ms, {} lookups",
             report.name,
             report.bytes,
             report.pieces,
             report.pieces_resumed,
+            report.pieces_checked,
+            report.pieces_fetched,
             report.elapsed_ms as f64 / 1000.0,
             report.download_mb_s,
             report.peers_connected,

@@ -47,6 +47,13 @@ pub fn spawn_progress(
                 ));
             } else if last_line.elapsed() >= Duration::from_secs(2) {
                 last_line = Instant::now();
+                if p.phase == dhtnode::engine::Phase::Checking {
+                    output::err_line(format_args!(
+                        "checking existing data: {}/{} pieces hashed, {}/{} pieces good",
+                        p.check_done, p.check_total, p.pieces_done, p.pieces_total
+                    ));
+                    continue;
+                }
                 let pct = if p.bytes_total > 0 {
                     100.0 * p.bytes_done as f64 / p.bytes_total as f64
                 } else {

@@ -28,7 +28,10 @@ use super::torrent::{Torrent, MAX_BANNED};
 use super::trust::{Trust, Verdict};
 use super::EngineError;
 use crate::sync::lock;
-use crate::torrent::{Info, OpenMode, ResumeError, ResumeFile, Storage, VerifiedPiece};
+use crate::torrent::{
+    plan_check, Bitfield, CheckPlan, Info, OpenMode, ResumeError, ResumeFile, Storage,
+    VerifiedPiece,
+};
 use crate::wire::Handshake;
 
 /// What a finished flush hands back.
@@ -37,6 +40,19 @@ type FlushDone = (ResumeFile, Result<(), ResumeError>);
 /// How often the peers' addresses are offered to every peer for PEX (each peer task sends at
 /// most one message a minute; this only bounds how stale the list it sends can be).
 const PEX_EVERY: Duration = Duration::from_secs(5);
+
+/// Bytes hashed per blocking task while checking existing data: progress is published and a
+/// stop noticed between batches.
+const CHECK_BATCH_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A download whose storage is open and whose existing data is still to be checked.
+struct Setup {
+    info: Info,
+    info_bytes: Vec<u8>,
+    storage: Storage,
+    resume: ResumeFile,
+    plan: CheckPlan,
+}
 
 /// Connection ids remembered with their IP, for attributing pieces that fail after the peer
 /// left (bounded: ids are per connection, and connections come and go).
@@ -51,6 +67,8 @@ pub(crate) struct DriverParams {
     pub seed_after: bool,
     pub dht_nodes: Option<mpsc::UnboundedSender<SocketAddr>>,
     pub seed: u64,
+    /// Hash all existing data at start, whatever the resume record says.
+    pub recheck: bool,
 }
 
 /// Driver state (the parts handlers mutate).
@@ -62,6 +80,9 @@ pub(crate) struct Driver {
     seed_after: bool,
     dht_nodes: Option<mpsc::UnboundedSender<SocketAddr>>,
     rng_seed: u64,
+    recheck: bool,
+    /// Storage opened, existing data not checked yet (done first thing in `run`).
+    setup: Option<Setup>,
     started: Instant,
     first_peer: Option<Instant>,
     meta_at: Option<Instant>,
@@ -88,6 +109,8 @@ pub(crate) struct Driver {
     banned: usize,
     hash_failures: u32,
     pieces_resumed: u32,
+    pieces_checked: u32,
+    pieces_fetched: u32,
     fetched_bytes: u64,
     uploaded_at_done: Option<u64>,
     down_rate: f64,
@@ -111,6 +134,8 @@ impl Driver {
             seed_after: p.seed_after,
             dht_nodes: p.dht_nodes,
             rng_seed: p.seed,
+            recheck: p.recheck,
+            setup: None,
             started: now,
             first_peer: None,
             meta_at: None,
@@ -132,6 +157,8 @@ impl Driver {
             banned: 0,
             hash_failures: 0,
             pieces_resumed: 0,
+            pieces_checked: 0,
+            pieces_fetched: 0,
             fetched_bytes: 0,
             uploaded_at_done: None,
             down_rate: 0.0,
@@ -145,8 +172,9 @@ impl Driver {
         self.t.is_complete()
     }
 
-    /// Makes metadata live: opens (creates) storage, loads the resume record, builds the
-    /// picker, and wakes the peers. For downloads.
+    /// Opens (creates) storage, loads the resume record and compares it with the files found
+    /// (which pieces it still vouches for, which must be hashed again). Quick: no piece is
+    /// read here; [`Driver::check_and_start`] does that. For downloads.
     pub(crate) async fn setup_download(
         &mut self,
         info: Info,
@@ -154,15 +182,92 @@ impl Driver {
     ) -> Result<(), EngineError> {
         let dir = self.output_dir.clone();
         let ih = self.t.info_hash;
-        let (info, storage, resume) = tokio::task::spawn_blocking(move || {
+        let recheck = self.recheck;
+        let setup = tokio::task::spawn_blocking(move || {
             let storage = Storage::open(&dir, &info, OpenMode::Create)?;
             let n = storage.layout().num_pieces();
             let resume = ResumeFile::load(&ResumeFile::default_path(&dir, &info), ih, n);
-            Ok::<_, EngineError>((info, storage, resume))
+            let plan = plan_check(
+                storage.layout(),
+                storage.found(),
+                resume.verified(),
+                resume.stamps(),
+                recheck,
+            );
+            Ok::<_, EngineError>(Setup {
+                info,
+                info_bytes,
+                storage,
+                resume,
+                plan,
+            })
         })
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))??;
+        self.setup = Some(setup);
+        Ok(())
+    }
+
+    /// Hashes the existing data the record cannot vouch for (off the async workers, in
+    /// batches, publishing [`Phase::Checking`] progress), then makes the metadata live:
+    /// builds the picker with every piece known good, starts the hashers and wakes the peers.
+    /// Nothing is requested from peers before the check ends, so a piece found good on disk
+    /// is never fetched.
+    async fn check_and_start(&mut self) -> Result<(), EngineError> {
+        let Some(Setup {
+            info,
+            info_bytes,
+            mut storage,
+            mut resume,
+            plan,
+        }) = self.setup.take()
+        else {
+            return Ok(());
+        };
         let layout = storage.layout().clone();
+        let total = u32::try_from(plan.to_check.len()).unwrap_or(u32::MAX);
+        let mut good = plan.trusted.clone();
+        if !plan.changed_files.is_empty() {
+            tracing::info!(
+                files = plan.changed_files.len(),
+                pieces = total,
+                trusted = good.count(),
+                "files changed since the resume record (or have none): checking their pieces"
+            );
+        }
+        resume.adopt(plan.trusted, storage.found());
+        let per_batch = (CHECK_BATCH_BYTES / layout.piece_length().max(1)).max(1) as usize;
+        let mut checked = 0u32;
+        self.publish_checking(&info.name, &layout, &good, checked, total);
+        for batch in plan.to_check.chunks(per_batch) {
+            if self.t.is_shutdown() {
+                return Err(EngineError::Cancelled);
+            }
+            let batch = batch.to_vec();
+            let (s, r) = tokio::task::spawn_blocking(move || {
+                let mut ok = Vec::new();
+                for &p in &batch {
+                    match storage.verify_piece(p) {
+                        Ok(Some(v)) => ok.push(v),
+                        Ok(None) => {}
+                        Err(e) => return (storage, Err(e), batch.len()),
+                    }
+                }
+                (storage, Ok(ok), batch.len())
+            })
+            .await
+            .map(|(s, r, n)| {
+                checked = checked.saturating_add(n as u32);
+                (s, r)
+            })
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+            storage = s;
+            for v in r? {
+                good.set(v.index(), true);
+                resume.mark_verified(v);
+            }
+            self.publish_checking(&info.name, &layout, &good, checked, total);
+        }
         let cfg = &self.t.cfg;
         let piece_len = layout.piece_length().max(1);
         let max_partials = (cfg.piece_buffer_budget / piece_len).clamp(4, 1024) as usize;
@@ -174,11 +279,13 @@ impl Driver {
             },
             self.rng_seed,
         );
-        // Trust the record: it is only written after the data it covers was synced.
-        for p in resume.verified().iter() {
+        // Trusted pieces: recorded after their data was synced, files unchanged since.
+        // Checked pieces: hashed from disk just now.
+        for p in good.iter() {
             picker.set_have(p);
         }
         self.pieces_resumed = picker.have_count();
+        self.pieces_checked = total;
         let threads = hasher::thread_count(cfg.hash_threads);
         let capacity = ((cfg.piece_buffer_budget / 4) / piece_len).clamp(2, 64) as usize;
         *lock(&self.t.hash_tx) = Some(hasher::spawn(threads, capacity));
@@ -193,11 +300,51 @@ impl Driver {
         Ok(())
     }
 
-    /// Makes metadata live for seeding complete data (every piece present).
-    pub(crate) fn setup_seed(&mut self, meta: Meta) {
+    /// Progress while existing data is hashed.
+    fn publish_checking(
+        &self,
+        name: &str,
+        layout: &crate::torrent::Layout,
+        good: &Bitfield,
+        checked: u32,
+        total: u32,
+    ) {
+        let bytes_done = good
+            .iter()
+            .map(|p| u64::from(layout.piece_size(p).unwrap_or(0)))
+            .sum();
+        self.progress.send_replace(Progress {
+            phase: Phase::Checking,
+            name: Some(name.to_string()),
+            pieces_done: good.count(),
+            pieces_total: layout.num_pieces(),
+            bytes_done,
+            bytes_total: layout.total_length(),
+            check_done: checked,
+            check_total: total,
+            elapsed: self.started.elapsed(),
+            ..Progress::default()
+        });
+    }
+
+    /// Makes metadata live for seeding existing data: every piece, or with `have` only those
+    /// (a partial seed serves what it has and requests nothing).
+    pub(crate) fn setup_seed(&mut self, meta: Meta, have: Option<Vec<VerifiedPiece>>) {
         let mut picker = Picker::new(meta.layout.clone(), PickerConfig::default(), self.rng_seed);
-        for p in 0..meta.layout.num_pieces() {
-            picker.set_have(p);
+        match have {
+            Some(have) => {
+                for v in have {
+                    picker.set_have(v.index());
+                }
+            }
+            None => {
+                for p in 0..meta.layout.num_pieces() {
+                    picker.set_have(p);
+                }
+            }
+        }
+        if !picker.is_complete() {
+            picker.set_serve_only(true);
         }
         self.t.state().picker = Some(picker);
         let _ = self.t.meta.set(Arc::new(meta));
@@ -238,6 +385,9 @@ impl Driver {
         events: &mut mpsc::UnboundedReceiver<Event>,
         peers: &mut mpsc::Receiver<(SocketAddr, PeerSource)>,
     ) -> Result<(), EngineError> {
+        // A .torrent's existing data is checked before anything else (a magnet's once its
+        // metadata arrives).
+        self.check_and_start().await?;
         let mut shutdown = self.t.shutdown.subscribe();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -392,6 +542,8 @@ impl Driver {
             downloaded_bytes: self.t.downloaded.load(Ordering::Relaxed),
             uploaded_bytes: self.t.uploaded.load(Ordering::Relaxed),
             pieces_resumed: self.pieces_resumed,
+            pieces_checked: self.pieces_checked,
+            pieces_fetched: self.pieces_fetched,
             hash_failures: self.hash_failures,
             peers_banned: self.banned,
             download_rate: self.fetched_bytes as f64 / secs,
@@ -538,6 +690,7 @@ impl Driver {
                     let info = info?;
                     tracing::debug!(name = %info.name, "metadata received");
                     self.setup_download(info, bytes).await?;
+                    self.check_and_start().await?;
                 }
             }
             Event::Ban(ip) => self.ban_ip(ip),
@@ -631,6 +784,7 @@ impl Driver {
                     self.trust.on_passed(ip);
                 }
                 self.fetched_bytes += u64::from(size);
+                self.pieces_fetched += 1;
                 match self.resume.as_mut() {
                     Some(res) => {
                         res.mark_verified(v);
@@ -810,6 +964,8 @@ impl Driver {
             downloaded: self.t.downloaded.load(Ordering::Relaxed),
             uploaded: self.t.uploaded.load(Ordering::Relaxed),
             elapsed: self.started.elapsed(),
+            check_done: self.pieces_checked,
+            check_total: self.pieces_checked,
         });
     }
 }

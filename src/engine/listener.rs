@@ -96,8 +96,8 @@ pub enum StartMode {
         /// Keep serving after completion.
         seed_after: bool,
     },
-    /// Serve complete data; with `verify`, every piece is hashed first and the start fails
-    /// unless all match.
+    /// Serve existing data; with `verify`, every piece is hashed first and only those that
+    /// match are served (files may be missing or short); the start fails if none does.
     Seed {
         /// Check the data first.
         verify: bool,
@@ -117,6 +117,9 @@ pub struct TorrentSpec {
     pub mode: StartMode,
     /// Receives DHT node addresses learnt from peers' PORT messages.
     pub dht_nodes: Option<mpsc::UnboundedSender<std::net::SocketAddr>>,
+    /// Downloads: hash every piece already on disk at start, whatever the resume record says
+    /// (`fetch --recheck`).
+    pub recheck: bool,
     /// Test hook: serve corrupted data for some pieces.
     pub(crate) corrupt: Option<Corruptor>,
 }
@@ -130,6 +133,7 @@ impl TorrentSpec {
             data_dir,
             mode: StartMode::Download { seed_after: false },
             dht_nodes: None,
+            recheck: false,
             corrupt: None,
         }
     }
@@ -142,6 +146,7 @@ impl TorrentSpec {
             data_dir,
             mode: StartMode::Seed { verify },
             dht_nodes: None,
+            recheck: false,
             corrupt: None,
         }
     }
@@ -330,18 +335,27 @@ impl Listener {
                     *verify,
                 );
                 let meta = tokio::task::spawn_blocking(move || {
-                    let storage = Storage::open(&dir, &info, OpenMode::Existing)?;
-                    if verify {
-                        let ok = storage.verify_all()?.len() as u32;
-                        let total = storage.layout().num_pieces();
-                        if ok != total {
-                            return Err(EngineError::DataMismatch {
-                                missing: total - ok,
-                                total,
-                            });
-                        }
+                    if !verify {
+                        let storage = Storage::open(&dir, &info, OpenMode::Existing)?;
+                        return Ok::<_, EngineError>((Meta::new(info, bytes, storage), None));
                     }
-                    Ok::<_, EngineError>(Meta::new(info, bytes, storage))
+                    let storage = Storage::open(&dir, &info, OpenMode::Partial)?;
+                    let have = storage.verify_all()?;
+                    let total = storage.layout().num_pieces();
+                    let ok = u32::try_from(have.len()).unwrap_or(u32::MAX);
+                    if ok == 0 {
+                        return Err(EngineError::DataMismatch {
+                            missing: total,
+                            total,
+                        });
+                    }
+                    if ok < total {
+                        tracing::warn!(
+                            "serving {ok} of {total} pieces: {} do not match the data",
+                            total - ok
+                        );
+                    }
+                    Ok((Meta::new(info, bytes, storage), Some(have)))
                 })
                 .await
                 .map_err(|e| EngineError::Internal(e.to_string()))??;
@@ -393,10 +407,11 @@ impl Listener {
             seed_after,
             dht_nodes: spec.dht_nodes.clone(),
             seed: rng_seed,
+            recheck: spec.recheck,
         });
         let done = match seed_meta {
-            Some(meta) => {
-                driver.setup_seed(meta);
+            Some((meta, have)) => {
+                driver.setup_seed(meta, have);
                 None
             }
             None => {

@@ -194,7 +194,7 @@ pub enum EngineError {
     /// The torrent is already served by this seeder.
     #[error("torrent {0} is already being served")]
     Duplicate(Id),
-    /// The torrent has no files or pieces we can serve or fetch.
+    /// The data to seed has no piece that matches the torrent.
     #[error("torrent data check failed: {missing} of {total} pieces do not match")]
     DataMismatch {
         /// Pieces that failed verification.

@@ -119,6 +119,8 @@ pub struct Picker {
     seeds: u32,
     /// Peers in `sources` that are not seeds and are unchoking us.
     other_sources: u32,
+    /// Serve what we have, want nothing (a seed of partial data).
+    serve_only: bool,
 }
 
 /// One connected peer as the seed-sparing rule sees it.
@@ -146,7 +148,14 @@ impl Picker {
             sources: HashMap::new(),
             seeds: 0,
             other_sources: 0,
+            serve_only: false,
         }
+    }
+
+    /// With `on`, no peer is interesting and nothing is picked: the torrent only serves the
+    /// pieces it has (seeding partial data read-only).
+    pub fn set_serve_only(&mut self, on: bool) {
+        self.serve_only = on;
     }
 
     /// Records whether `peer` has every piece and whether it unchokes us. Called by the peer's
@@ -274,7 +283,7 @@ impl Picker {
     /// Whether a peer with `bits` has a piece we still lack. Pieces being hashed count: they
     /// may fail and be needed again, and losing interest meanwhile would stall the peer.
     pub fn interesting(&self, bits: &Bitfield) -> bool {
-        if self.is_complete() {
+        if self.is_complete() || self.serve_only {
             return false;
         }
         bits.iter().any(|p| {
@@ -363,7 +372,7 @@ impl Picker {
         fast: bool,
     ) -> Vec<BlockRequest> {
         let mut out = Vec::new();
-        if max == 0 || self.is_complete() {
+        if max == 0 || self.is_complete() || self.serve_only {
             return out;
         }
         let cap = self.availability_cap(peer);

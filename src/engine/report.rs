@@ -14,6 +14,9 @@ pub enum Phase {
     FindingPeers,
     /// Connected, waiting for the info dictionary.
     FetchingMetadata,
+    /// Hashing data already on disk that the resume record cannot vouch for (files changed
+    /// since, no record, or `--recheck`); nothing is requested meanwhile.
+    Checking,
     /// Downloading pieces (and uploading the ones we have).
     Downloading,
     /// All pieces verified; syncing data and the resume record.
@@ -32,6 +35,7 @@ impl Phase {
         match self {
             Phase::FindingPeers => "finding peers",
             Phase::FetchingMetadata => "metadata",
+            Phase::Checking => "checking",
             Phase::Downloading => "downloading",
             Phase::Finishing => "finishing",
             Phase::Done => "done",
@@ -70,6 +74,10 @@ pub struct Progress {
     pub uploaded: u64,
     /// Time since the torrent started.
     pub elapsed: Duration,
+    /// While [`Phase::Checking`]: pieces hashed so far of `check_total`.
+    pub check_done: u32,
+    /// Pieces the start-up check hashes (0 when the record vouched for everything).
+    pub check_total: u32,
 }
 
 /// Summary of a finished download (the CLI's `--json` fields come from here).
@@ -99,8 +107,14 @@ pub struct FetchReport {
     pub downloaded_bytes: u64,
     /// Piece payload uploaded to other peers up to completion.
     pub uploaded_bytes: u64,
-    /// Pieces skipped because the resume record had them.
+    /// Pieces not fetched because they were already good on disk: vouched for by the resume
+    /// record (files unchanged) or hashed at start.
     pub pieces_resumed: u32,
+    /// Pieces hashed from disk at start (files changed since the record, no record, or a
+    /// forced recheck); those that matched count in `pieces_resumed`.
+    pub pieces_checked: u32,
+    /// Pieces downloaded and verified in this run.
+    pub pieces_fetched: u32,
     /// Pieces that failed their hash check (and were fetched again).
     pub hash_failures: u32,
     /// Peers (IPs) banned for sending bad data.

@@ -41,12 +41,16 @@ pub struct AddTorrent {
     /// The data is already complete under `output_dir`: serve it (the torrent must be a
     /// [`TorrentSource::Metainfo`]); with `verify`, every piece is checked first.
     pub seed_existing: Option<SeedExisting>,
+    /// Hash every piece already under `output_dir` at start instead of trusting the resume
+    /// record (`fetch --recheck`); damaged pieces are fetched again.
+    pub recheck: bool,
 }
 
 /// How existing data is served (see [`AddTorrent::seed_existing`]).
 #[derive(Clone, Copy, Debug)]
 pub struct SeedExisting {
-    /// Hash every piece before serving (refuse to start if any is wrong).
+    /// Hash every piece before serving and serve only those that match (refuse to start if
+    /// none does).
     pub verify: bool,
 }
 
@@ -61,6 +65,7 @@ impl AddTorrent {
             seed_after: false,
             seed_ratio: None,
             seed_existing: None,
+            recheck: false,
         }
     }
 

@@ -125,6 +125,7 @@ impl Supervisor {
             metainfo: self.metainfo.clone(),
             mode,
             dht_nodes: self.shared.dht_nodes.clone(),
+            recheck: self.add.recheck,
             ..TorrentSpec::download(self.add.info_hash(), self.add.output_dir.clone())
         }
     }

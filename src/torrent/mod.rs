@@ -6,6 +6,7 @@
 
 pub mod bencode;
 pub mod build;
+pub mod check;
 pub mod layout;
 pub mod magnet;
 pub mod metainfo;
@@ -14,9 +15,10 @@ pub mod resume;
 pub mod storage;
 
 pub use build::{build_torrent, choose_piece_length, BuildError, BuildOptions, Built};
+pub use check::{plan as plan_check, CheckPlan};
 pub use layout::{Layout, LayoutError, Segment, BLOCK_SIZE};
 pub use magnet::{parse_infohash_arg, Magnet, MagnetError};
 pub use metainfo::{info_hash_of, FileEntry, Info, Metainfo, MetainfoError};
 pub use path::{PathError, SafePath};
 pub use resume::{Bitfield, ResumeError, ResumeFile};
-pub use storage::{OpenMode, Storage, StorageError, VerifiedPiece};
+pub use storage::{FileFound, FileStamp, OpenMode, Storage, StorageError, VerifiedPiece};

@@ -10,8 +10,12 @@
 //!
 //! Batching is the caller's choice: call [`ResumeFile::mark_verified`] per piece and
 //! [`ResumeFile::flush`] every N pieces or T ms ([`ResumeFile::pending`] helps); no clocks here.
-//! Loading tolerates anything (missing, truncated, corrupt, another torrent's record): the
-//! result is then simply empty and the data gets re-checked.
+//! Loading tolerates anything (missing, truncated, corrupt, another torrent's record, the
+//! older stamp-less format): the result is then simply empty and the data gets re-checked.
+//!
+//! The record also keeps each file's [`FileStamp`] (size, mtime, inode) as of the sync that
+//! covered it, so a later start can tell which files were deleted, truncated or changed since
+//! and re-check only the pieces touching them ([`crate::torrent::check`]).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -21,9 +25,15 @@ use sha1::{Digest, Sha1};
 
 use crate::id::Id;
 use crate::torrent::metainfo::Info;
-use crate::torrent::storage::{Storage, StorageError, VerifiedPiece};
+use crate::torrent::storage::{FileFound, FileStamp, Storage, StorageError, VerifiedPiece};
 
-const MAGIC: &[u8; 8] = b"DHTNRES1";
+const MAGIC: &[u8; 8] = b"DHTNRES2";
+
+/// Bytes per file in the record: known flag, size, mtime seconds, mtime nanoseconds, inode.
+const STAMP_LEN: usize = 1 + 8 + 8 + 4 + 8;
+
+/// Most files a record may describe (a bound on what a corrupt record makes us read).
+const MAX_RECORD_FILES: usize = 1 << 21;
 
 /// Why a resume record could not be saved (loading never fails).
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +155,8 @@ pub struct ResumeFile {
     path: PathBuf,
     info_hash: Id,
     verified: Bitfield,
+    /// Per file, its stamp when last synced or checked (`None`: unknown, trust nothing).
+    stamps: Vec<Option<FileStamp>>,
     pending: usize,
 }
 
@@ -166,12 +178,13 @@ impl ResumeFile {
     /// Loads the record at `path` for this torrent. A missing, unreadable, truncated or
     /// corrupt file, or one for another torrent or piece count, gives an empty record.
     pub fn load(path: &Path, info_hash: Id, num_pieces: u32) -> ResumeFile {
-        let verified =
-            read_record(path, info_hash, num_pieces).unwrap_or_else(|| Bitfield::new(num_pieces));
+        let (verified, stamps) = read_record(path, info_hash, num_pieces)
+            .unwrap_or_else(|| (Bitfield::new(num_pieces), Vec::new()));
         ResumeFile {
             path: path.to_path_buf(),
             info_hash,
             verified,
+            stamps,
             pending: 0,
         }
     }
@@ -179,6 +192,24 @@ impl ResumeFile {
     /// The pieces recorded (or marked since loading) as verified.
     pub fn verified(&self) -> &Bitfield {
         &self.verified
+    }
+
+    /// Each file's stamp as the record saw it (empty when the record had none: every file is
+    /// then unknown).
+    pub fn stamps(&self) -> &[Option<FileStamp>] {
+        &self.stamps
+    }
+
+    /// Replaces the record's view with what the start-up check established: `trusted` are
+    /// the pieces still known good, `found` the files as they are now. Durable at the next
+    /// flush (counted as pending when anything changed).
+    pub fn adopt(&mut self, trusted: Bitfield, found: &[FileFound]) {
+        let stamps: Vec<Option<FileStamp>> = found.iter().map(|f| f.stamp).collect();
+        if trusted != self.verified || stamps != self.stamps {
+            self.pending += 1;
+        }
+        self.verified = trusted;
+        self.stamps = stamps;
     }
 
     /// Where the record is written.
@@ -221,7 +252,19 @@ impl ResumeFile {
         if self.pending == 0 {
             return Ok(());
         }
-        storage.sync()?;
+        let synced = storage.sync()?;
+        let n = storage.layout().num_files();
+        if self.stamps.len() != n {
+            self.stamps = storage.found().iter().map(|f| f.stamp).collect();
+            self.stamps.resize(n, None);
+        }
+        // The files just synced changed: record them as they are now (a file that cannot be
+        // stat'ed is recorded unknown, so its pieces are re-checked next time).
+        for i in synced {
+            if let Some(s) = self.stamps.get_mut(i) {
+                *s = storage.stamp(i).ok();
+            }
+        }
         self.write_record()?;
         self.pending = 0;
         Ok(())
@@ -233,6 +276,19 @@ impl ResumeFile {
         out.extend_from_slice(&self.info_hash.0);
         out.extend_from_slice(&self.verified.len().to_be_bytes());
         out.extend_from_slice(self.verified.as_bytes());
+        out.extend_from_slice(&(self.stamps.len() as u32).to_be_bytes());
+        for st in &self.stamps {
+            match st {
+                Some(st) => {
+                    out.push(1);
+                    out.extend_from_slice(&st.size.to_be_bytes());
+                    out.extend_from_slice(&st.mtime_sec.to_be_bytes());
+                    out.extend_from_slice(&st.mtime_nsec.to_be_bytes());
+                    out.extend_from_slice(&st.inode.to_be_bytes());
+                }
+                None => out.extend_from_slice(&[0u8; STAMP_LEN]),
+            }
+        }
         let sum = Sha1::digest(&out);
         out.extend_from_slice(&sum);
         out
@@ -264,19 +320,25 @@ impl ResumeFile {
     }
 }
 
-fn read_record(path: &Path, info_hash: Id, num_pieces: u32) -> Option<Bitfield> {
+fn read_record(
+    path: &Path,
+    info_hash: Id,
+    num_pieces: u32,
+) -> Option<(Bitfield, Vec<Option<FileStamp>>)> {
     let nbytes = (num_pieces as usize).div_ceil(8);
-    let expected = 8 + 20 + 4 + nbytes + 20;
+    let head = 8 + 20 + 4 + nbytes + 4;
+    let limit = head + MAX_RECORD_FILES * STAMP_LEN + 20;
     let mut buf = Vec::new();
     File::open(path)
         .ok()?
-        .take(expected as u64 + 1)
+        .take(limit as u64 + 1)
         .read_to_end(&mut buf)
         .ok()?;
-    if buf.len() != expected {
+    let nfiles = u32::from_be_bytes(buf.get(head - 4..head)?.try_into().ok()?) as usize;
+    if nfiles > MAX_RECORD_FILES || buf.len() != head + nfiles * STAMP_LEN + 20 {
         return None;
     }
-    let (body, sum) = buf.split_at(expected - 20);
+    let (body, sum) = buf.split_at(buf.len() - 20);
     if Sha1::digest(body).as_slice() != sum {
         return None;
     }
@@ -287,7 +349,28 @@ fn read_record(path: &Path, info_hash: Id, num_pieces: u32) -> Option<Bitfield> 
     if n != num_pieces {
         return None;
     }
-    Bitfield::from_bytes(body.get(32..)?, num_pieces)
+    let bits = Bitfield::from_bytes(body.get(32..32 + nbytes)?, num_pieces)?;
+    let stamps = body
+        .get(head..)?
+        .chunks_exact(STAMP_LEN)
+        .map(parse_stamp)
+        .collect::<Option<Vec<_>>>()?;
+    Some((bits, stamps))
+}
+
+/// One file's stamp from the record: `Some(None)` for an unknown file, `None` if malformed.
+fn parse_stamp(b: &[u8]) -> Option<Option<FileStamp>> {
+    let be8 = |r: std::ops::Range<usize>| -> Option<[u8; 8]> { b.get(r)?.try_into().ok() };
+    match b.first()? {
+        0 => Some(None),
+        1 => Some(Some(FileStamp {
+            size: u64::from_be_bytes(be8(1..9)?),
+            mtime_sec: i64::from_be_bytes(be8(9..17)?),
+            mtime_nsec: u32::from_be_bytes(b.get(17..21)?.try_into().ok()?),
+            inode: u64::from_be_bytes(be8(21..29)?),
+        })),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -429,6 +512,60 @@ mod tests {
             assert!(s.verify_piece(p).unwrap().is_some());
         }
         assert_eq!(back.verified().count(), 1);
+    }
+
+    #[test]
+    fn the_record_keeps_file_stamps_and_a_changed_file_loses_its_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let (info, data, s) = setup(dir.path());
+        let id = Id([4; 20]);
+        let path = dir.path().join("rec");
+        let mut r = ResumeFile::load(&path, id, 7);
+        assert!(r.stamps().is_empty());
+        for p in 0..7u32 {
+            let size = s.layout().piece_size(p).unwrap() as usize;
+            let off = p as usize * 16;
+            let _ = r.mark_verified(s.write_piece(p, &data[off..off + size]).unwrap());
+        }
+        r.flush(&s).unwrap();
+        let back = ResumeFile::load(&path, id, 7);
+        assert_eq!(back.stamps(), &[Some(s.stamp(0).unwrap())]);
+        drop(s);
+        let plan_of = |s: &Storage, r: &ResumeFile| {
+            crate::torrent::check::plan(s.layout(), s.found(), r.verified(), r.stamps(), false)
+        };
+        // Unchanged: the record vouches for every piece.
+        let s = Storage::open(dir.path(), &info, OpenMode::Create).unwrap();
+        let plan = plan_of(&s, &back);
+        assert!(plan.trusted.is_complete() && plan.to_check.is_empty());
+        drop(s);
+        // Rewritten in place with the same bytes but a new mtime: every piece is hashed.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("t"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        drop(f);
+        let s = Storage::open(dir.path(), &info, OpenMode::Create).unwrap();
+        let plan = plan_of(&s, &back);
+        assert_eq!(plan.trusted.count(), 0);
+        assert_eq!(plan.to_check, (0..7).collect::<Vec<_>>());
+        // Adopting the check's outcome rewrites the record with the new stamp.
+        let mut r = back;
+        r.adopt(plan.trusted, s.found());
+        assert_eq!(r.pending(), 1);
+        for p in plan.to_check {
+            let _ = r.mark_verified(s.verify_piece(p).unwrap().unwrap());
+        }
+        r.flush(&s).unwrap();
+        let again = ResumeFile::load(&path, id, 7);
+        assert_eq!(again.verified().count(), 7);
+        assert_eq!(again.stamps(), &[s.found()[0].stamp]);
+        // The old stamp-less format loads empty (its data is then checked).
+        let mut v1 = std::fs::read(&path).unwrap();
+        v1[..8].copy_from_slice(b"DHTNRES1");
+        std::fs::write(&path, &v1).unwrap();
+        assert_eq!(ResumeFile::load(&path, id, 7).verified().count(), 0);
     }
 
     #[test]

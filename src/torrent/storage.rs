@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -93,6 +93,49 @@ pub enum OpenMode {
     /// Seeding existing data: every file must already exist with its exact length;
     /// opened read-only, nothing is created or modified.
     Existing,
+    /// Serving whatever matches of existing data: read-only like [`OpenMode::Existing`], but
+    /// files may be missing, short or not regular files; their pieces simply fail
+    /// [`Storage::verify_piece`] and are not served.
+    Partial,
+}
+
+/// What identifies one version of a file's bytes without reading them: if any of these
+/// differs from what the resume record saw, the file was changed (or replaced) since, and
+/// the pieces touching it must be hashed again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    /// Length in bytes.
+    pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime_sec: i64,
+    /// Modification time, nanoseconds within the second.
+    pub mtime_nsec: u32,
+    /// Inode number (a file replaced by a copy with the same size and mtime differs here).
+    pub inode: u64,
+}
+
+impl FileStamp {
+    /// The stamp of a file's metadata.
+    pub fn of(m: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
+            size: m.len(),
+            mtime_sec: m.mtime(),
+            mtime_nsec: u32::try_from(m.mtime_nsec()).unwrap_or(0),
+            inode: m.ino(),
+        }
+    }
+}
+
+/// What [`Storage::open`] found of one file, so the caller can tell which bytes were there
+/// before this run (and may be checked) from what is new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileFound {
+    /// Bytes that existed before opening, capped at the torrent's length for the file (0 for
+    /// a file that was missing or is not a regular file).
+    pub present: u64,
+    /// The file as it is now, after opening (and in [`OpenMode::Create`], resizing); `None`
+    /// if it does not exist as a regular file.
+    pub stamp: Option<FileStamp>,
 }
 
 /// Proof that a piece's bytes on disk were checked against its hash by this storage, either
@@ -120,8 +163,10 @@ pub struct Storage {
     hashes: Vec<[u8; 20]>,
     mode: OpenMode,
     open: Mutex<HashMap<usize, Arc<File>>>,
-    /// Files written (or verified) since the last [`Storage::sync`].
-    unsynced: Mutex<BTreeSet<usize>>,
+    /// Files written (or verified) since the last [`Storage::sync`], each with a generation
+    /// bumped by every write: a sync clears a file only if no write happened while it ran.
+    unsynced: Mutex<HashMap<usize, u64>>,
+    found: Vec<FileFound>,
 }
 
 impl Storage {
@@ -139,6 +184,7 @@ impl Storage {
             std::fs::create_dir_all(root).map_err(io_err(root))?;
         }
         let mut paths = Vec::with_capacity(info.files.len());
+        let mut found = Vec::with_capacity(info.files.len());
         let mut dirs_to_sync = BTreeSet::new();
         for f in &info.files {
             let path = join_under(root, &f.path)?;
@@ -152,13 +198,27 @@ impl Storage {
                     // Re-check now that directories exist (narrows the race window).
                     check_no_symlinks(root, &f.path)?;
                     let file = open_file(&path, true, true)?;
-                    let len = file.metadata().map_err(io_err(&path))?.len();
+                    let before = file.metadata().map_err(io_err(&path))?;
+                    let len = before.len();
+                    let mut stamp = FileStamp::of(&before);
                     if len != f.length {
                         file.set_len(f.length).map_err(io_err(&path))?;
+                        stamp = FileStamp::of(&file.metadata().map_err(io_err(&path))?);
                     }
+                    found.push(FileFound {
+                        present: len.min(f.length),
+                        stamp: Some(stamp),
+                    });
+                }
+                OpenMode::Partial => {
+                    let m = std::fs::metadata(&path).ok().filter(|m| m.is_file());
+                    found.push(FileFound {
+                        present: m.as_ref().map_or(0, |m| m.len().min(f.length)),
+                        stamp: m.as_ref().map(FileStamp::of),
+                    });
                 }
                 OpenMode::Existing => {
-                    let found = match std::fs::metadata(&path) {
+                    let len = match std::fs::metadata(&path) {
                         Ok(m) if m.is_file() => m.len(),
                         Ok(_) => u64::MAX,
                         Err(_) => {
@@ -169,17 +229,22 @@ impl Storage {
                             })
                         }
                     };
-                    if found != f.length {
+                    if len != f.length {
                         return Err(StorageError::FileMismatch {
                             path,
                             expected: f.length,
-                            found: if found == u64::MAX {
+                            found: if len == u64::MAX {
                                 "not a regular file".into()
                             } else {
-                                format!("{found} bytes")
+                                format!("{len} bytes")
                             },
                         });
                     }
+                    let m = std::fs::metadata(&path).map_err(io_err(&path))?;
+                    found.push(FileFound {
+                        present: f.length,
+                        stamp: Some(FileStamp::of(&m)),
+                    });
                 }
             }
             paths.push(path);
@@ -197,8 +262,31 @@ impl Storage {
             hashes: info.pieces.clone(),
             mode,
             open: Mutex::new(HashMap::new()),
-            unsynced: Mutex::new(BTreeSet::new()),
+            unsynced: Mutex::new(HashMap::new()),
+            found,
         })
+    }
+
+    /// What was found of each file when opening (metainfo order): which bytes pre-existed,
+    /// and each file's stamp right after opening. The resume check compares these with the
+    /// record.
+    pub fn found(&self) -> &[FileFound] {
+        &self.found
+    }
+
+    /// The current stamp of file `i` (after a sync, for the resume record).
+    pub fn stamp(&self, i: usize) -> Result<FileStamp, StorageError> {
+        let f = self.file(i)?;
+        let m = f.metadata().map_err(io_err(self.path_of(i)))?;
+        Ok(FileStamp::of(&m))
+    }
+
+    /// Notes that file `i` has bytes that may not be durable yet: a new generation, so a sync
+    /// already running does not clear it.
+    fn mark_unsynced(&self, i: usize) {
+        let mut u = lock(&self.unsynced);
+        let g = u.entry(i).or_insert(0);
+        *g = g.wrapping_add(1);
     }
 
     /// The output directory.
@@ -274,11 +362,12 @@ impl Storage {
             })?;
             let f = self.file(seg.file)?;
             // Mark before writing: if the write fails half-way the file still gets synced.
-            lock(&self.unsynced).insert(seg.file);
+            self.mark_unsynced(seg.file);
             f.write_all_at(chunk, seg.offset)
                 .map_err(io_err(self.path_of(seg.file)))?;
-            // And after: a concurrent `sync` may have cleared the mark mid-write.
-            lock(&self.unsynced).insert(seg.file);
+            // And after, as a new generation: a `sync` that started before this write landed
+            // sees the generation change and keeps the file marked.
+            self.mark_unsynced(seg.file);
             pos += len;
         }
         Ok(VerifiedPiece(piece))
@@ -314,7 +403,9 @@ impl Storage {
             Ok(d) => d,
             Err(StorageError::Io { source, .. })
                 if source.kind() == io::ErrorKind::UnexpectedEof
-                    || source.kind() == io::ErrorKind::NotFound =>
+                    || source.kind() == io::ErrorKind::NotFound
+                    || (self.mode == OpenMode::Partial
+                        && source.raw_os_error() == Some(libc::EISDIR)) =>
             {
                 return Ok(None)
             }
@@ -325,9 +416,10 @@ impl Storage {
         }
         // The bytes may still be only in the page cache (written by an earlier run that was
         // killed): make sure the next sync covers these files before this is recorded.
-        let mut unsynced = lock(&self.unsynced);
-        for seg in self.layout.piece_segments(piece)? {
-            unsynced.insert(seg.file);
+        if self.mode == OpenMode::Create {
+            for seg in self.layout.piece_segments(piece)? {
+                self.mark_unsynced(seg.file);
+            }
         }
         Ok(Some(VerifiedPiece(piece)))
     }
@@ -346,15 +438,33 @@ impl Storage {
 
     /// Flushes the data of every file written or verified since the last call to stable
     /// storage (`fdatasync`). Must succeed before pieces are recorded as verified.
-    pub fn sync(&self) -> Result<(), StorageError> {
-        let pending: Vec<usize> = lock(&self.unsynced).iter().copied().collect();
-        for i in pending {
+    ///
+    /// Returns the files synced (their stamps may have changed). A file written while its
+    /// sync runs stays marked for the next call: only the generation seen before the
+    /// `fdatasync` is cleared.
+    pub fn sync(&self) -> Result<Vec<usize>, StorageError> {
+        self.sync_with(|_| {})
+    }
+
+    /// [`Storage::sync`], calling `during(file)` between a file's `fdatasync` and clearing its
+    /// mark (where a concurrent write can land; tests use it to make one land there).
+    fn sync_with(&self, mut during: impl FnMut(usize)) -> Result<Vec<usize>, StorageError> {
+        let pending: Vec<(usize, u64)> =
+            lock(&self.unsynced).iter().map(|(&i, &g)| (i, g)).collect();
+        let mut done = Vec::with_capacity(pending.len());
+        for (i, seen) in pending {
             let f = self.file(i)?;
             let path = self.path_of(i);
             f.sync_data().map_err(io_err(path))?;
-            lock(&self.unsynced).remove(&i);
+            during(i);
+            let mut u = lock(&self.unsynced);
+            if u.get(&i) == Some(&seen) {
+                u.remove(&i);
+            }
+            done.push(i);
         }
-        Ok(())
+        done.sort_unstable();
+        Ok(done)
     }
 }
 
@@ -460,6 +570,85 @@ mod tests {
         f.write_all_at(b"\xff", 20).unwrap();
         let ok: Vec<u32> = ro.verify_all().unwrap().iter().map(|v| v.index()).collect();
         assert_eq!(ok, vec![0, 2]);
+    }
+
+    #[test]
+    fn a_write_landing_during_sync_keeps_its_file_marked() {
+        let a = data(48, 5);
+        let info = info_for(&[("f", &a)], 16);
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &info, OpenMode::Create).unwrap();
+        let _ = s.write_piece(0, &a[..16]).unwrap();
+        // Piece 1 lands in the same file after its fdatasync, before the mark is cleared:
+        // its bytes are not covered by that sync, so the file must stay marked.
+        let mut landed = false;
+        let synced = s
+            .sync_with(|file| {
+                if !landed {
+                    landed = true;
+                    let _ = s.write_piece(1, &a[16..32]).unwrap();
+                    assert_eq!(file, 0);
+                }
+            })
+            .unwrap();
+        assert!(landed);
+        assert_eq!(synced, vec![0]);
+        assert!(
+            lock(&s.unsynced).contains_key(&0),
+            "a write during sync lost its needs-sync mark"
+        );
+        assert_eq!(s.sync().unwrap(), vec![0]);
+        assert!(lock(&s.unsynced).is_empty());
+        assert_eq!(s.sync().unwrap(), Vec::<usize>::new());
+        // Verifying marks the file too (bytes of an earlier run may be in the page cache).
+        assert!(s.verify_piece(1).unwrap().is_some());
+        assert_eq!(s.sync().unwrap(), vec![0]);
+    }
+
+    #[test]
+    fn open_reports_what_was_there_and_partial_mode_tolerates_damage() {
+        let a = data(40, 3);
+        let b = data(20, 4);
+        let info = info_for(&[("t/a", &a), ("t/b", &b)], 16);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("t")).unwrap();
+        std::fs::write(dir.path().join("t/a"), &a[..25]).unwrap();
+        let s = Storage::open(dir.path(), &info, OpenMode::Create).unwrap();
+        let found = s.found();
+        assert_eq!(found[0].present, 25);
+        assert_eq!(
+            found[0].stamp.unwrap().size,
+            40,
+            "stamp taken after resizing"
+        );
+        assert_eq!(found[1].present, 0);
+        assert_eq!(found[1].stamp.unwrap().size, 20);
+        assert_eq!(s.stamp(0).unwrap(), found[0].stamp.unwrap());
+        drop(s);
+        // Partial: a missing file and a directory in place of a file are just absent data.
+        std::fs::remove_file(dir.path().join("t/b")).unwrap();
+        let p = Storage::open(dir.path(), &info, OpenMode::Partial).unwrap();
+        assert_eq!(
+            p.found()[1],
+            FileFound {
+                present: 0,
+                stamp: None
+            }
+        );
+        assert!(p.verify_piece(3).unwrap().is_none());
+        assert!(p.verify_piece(0).unwrap().is_some());
+        assert!(matches!(
+            p.write_piece(0, &a[..16]),
+            Err(StorageError::ReadOnly)
+        ));
+        std::fs::create_dir(dir.path().join("t/b")).unwrap();
+        let p = Storage::open(dir.path(), &info, OpenMode::Partial).unwrap();
+        let ok: Vec<u32> = p.verify_all().unwrap().iter().map(|v| v.index()).collect();
+        assert_eq!(ok, vec![0]);
+        assert!(
+            lock(&p.unsynced).is_empty(),
+            "read-only storage has nothing to sync"
+        );
     }
 
     #[test]
