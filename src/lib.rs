@@ -5,6 +5,7 @@
 
 pub mod dht;
 pub mod engine;
+mod error_text;
 pub mod id;
 pub mod krpc;
 pub mod net;

@@ -242,7 +242,7 @@ impl Supervisor {
                             let _ = self.events.send(TorrentEvent::Resumed);
                         }
                         Err(e) => {
-                            self.fail(error_chain(&e));
+                            self.fail(crate::error_text::error_chain(&e));
                             return;
                         }
                     },
@@ -268,7 +268,7 @@ impl Supervisor {
                             }
                         }
                         Ok(Err(e)) => {
-                            self.fail(error_chain(&e));
+                            self.fail(crate::error_text::error_chain(&e));
                             return;
                         }
                     }
@@ -330,20 +330,4 @@ async fn progress_changed(
         Some(r) => r.changed().await,
         None => std::future::pending().await,
     }
-}
-
-/// The error and its causes on one line (what the CLI prints with anyhow's `{:#}`; the library
-/// does not depend on anyhow), each cause once.
-fn error_chain(e: &EngineError) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        let cs = c.to_string();
-        if !s.contains(&cs) {
-            s.push_str(": ");
-            s.push_str(&cs);
-        }
-        src = c.source();
-    }
-    s
 }

@@ -36,7 +36,9 @@ impl HttpClient {
         if !local.is_unspecified() {
             b = b.local_address(local);
         }
-        let client = b.build().map_err(|e| TrackerError::Http(error_text(&e)))?;
+        let client = b
+            .build()
+            .map_err(|e| TrackerError::Http(crate::error_text::error_chain(&e)))?;
         Ok(HttpClient { client })
     }
 
@@ -67,30 +69,10 @@ fn classify(e: reqwest::Error) -> TrackerError {
     // The URL is in the log line already; its query (binary info-hash) is noise.
     let e = &e.without_url();
     if e.is_timeout() {
-        return TrackerError::Http(format!("timed out: {}", error_text(e)));
+        return TrackerError::Http(format!("timed out: {}", crate::error_text::error_chain(e)));
     }
     if e.is_redirect() {
         return TrackerError::Http(format!("more than {MAX_REDIRECTS} redirects"));
     }
-    TrackerError::Http(error_text(e))
-}
-
-/// The error and its causes on one line ("connection refused" is several levels down).
-fn error_text(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    let mut depth = 0;
-    while let Some(c) = src {
-        let cs = c.to_string();
-        if !s.contains(&cs) {
-            s.push_str(": ");
-            s.push_str(&cs);
-        }
-        src = c.source();
-        depth += 1;
-        if depth > 8 {
-            break;
-        }
-    }
-    s
+    TrackerError::Http(crate::error_text::error_chain(e))
 }
