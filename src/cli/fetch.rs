@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use dhtnode::session::{AddTorrent, Session, SessionConfig, SessionError};
+use dhtnode::torrent::{listed_files, Info};
 
 use super::progress::spawn_progress;
 use super::{bind_arg, bootstrap_list, output, rate_arg, split_binds, tracker_arg, ShutdownSignal};
@@ -52,6 +53,19 @@ pub struct Args {
     /// record (files are compared with the record by size and mtime either way).
     #[arg(long)]
     recheck: bool,
+    /// Print the torrent's files (index, size in bytes, path) once the metadata is known
+    /// (fetched from peers for a magnet), then exit; nothing is written.
+    #[arg(long)]
+    list: bool,
+    /// Download only files whose path matches this glob (repeatable; `*` crosses `/`, so
+    /// `--only '*.srt'` selects every .srt). Matched against the path inside the torrent
+    /// and the full path `--list` prints.
+    #[arg(long, value_name = "GLOB")]
+    only: Vec<String>,
+    /// Download only these files, numbered as `--list` prints them: `0,3-5` (repeatable;
+    /// combined with --only, a file either selects is fetched).
+    #[arg(long, value_name = "LIST")]
+    files: Vec<String>,
     /// Print one JSON object when the download is complete (and one more when a seeding
     /// fetch stops).
     #[arg(long)]
@@ -83,6 +97,60 @@ struct Report {
     pieces_fetched: u32,
     hash_failures: u32,
     peers_banned: usize,
+    pieces_wanted: u32,
+    bytes_wanted: u64,
+}
+
+/// One file as `--list` prints it.
+#[derive(serde::Serialize)]
+struct ListedFile {
+    index: usize,
+    length: u64,
+    path: String,
+    executable: bool,
+}
+
+/// `--list --json`.
+#[derive(serde::Serialize)]
+struct Listing {
+    infohash: String,
+    name: String,
+    bytes: u64,
+    pieces: u32,
+    piece_length: u64,
+    files: Vec<ListedFile>,
+}
+
+/// Prints the file list of `info` (stdout: one line per file, or one JSON object).
+fn print_listing(info_hash: &str, info: &Info, json: bool) -> anyhow::Result<()> {
+    let files: Vec<ListedFile> = listed_files(info)
+        .map(|(index, _, f)| ListedFile {
+            index,
+            length: f.length,
+            path: f.path.to_string(),
+            executable: f.executable,
+        })
+        .collect();
+    if json {
+        let _ = output::json_line(&Listing {
+            infohash: info_hash.to_string(),
+            name: info.name.clone(),
+            bytes: info.total_length(),
+            pieces: info.num_pieces() as u32,
+            piece_length: info.piece_length,
+            files,
+        })?;
+    } else {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for f in &files {
+            // A closed stdout (`| head`) ends the listing, not the program with a panic.
+            if writeln!(out, "{}\t{}\t{}", f.index, f.length, f.path).is_err() {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(serde::Serialize)]
@@ -107,6 +175,32 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     add.seed_after = args.seed;
     add.seed_ratio = args.seed_ratio;
     add.recheck = args.recheck;
+    add.metadata_only = args.list;
+    for f in &args.files {
+        if let Err(e) = add.files.add_indices(f) {
+            output::err_line(format_args!("error: --files: {e}"));
+            return Ok(ExitCode::from(2));
+        }
+    }
+    for p in &args.only {
+        if let Err(e) = add.files.add_pattern(p) {
+            output::err_line(format_args!("error: --only: {e}"));
+            return Ok(ExitCode::from(2));
+        }
+    }
+    if args.list {
+        if let Some(mi) = add.metainfo() {
+            // The file list is in the .torrent: no peers needed.
+            print_listing(&mi.info_hash.to_hex(), &mi.info, args.json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    } else if let Some(mi) = add.metainfo() {
+        // A selection that does not fit the torrent is a usage error, found before any work.
+        if let Err(e) = add.files.resolve(&mi.info) {
+            output::err_line(format_args!("error: {e}"));
+            return Ok(ExitCode::from(2));
+        }
+    }
     let (bind, bind6) = match split_binds(&args.bind) {
         Ok(b) => b,
         Err(e) => {
@@ -158,6 +252,26 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     progress.abort();
+    if args.list {
+        session.shutdown().await;
+        return match outcome.as_ref().ok().and_then(|r| r.info.clone()) {
+            Some(info) => {
+                print_listing(&info_hash.to_hex(), &info, args.json)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                let why = match outcome {
+                    Err(SessionError::Failed(s)) => s,
+                    Err(other) => other.to_string(),
+                    Ok(_) => "no metadata".to_string(),
+                };
+                output::err_line(format_args!(
+                    "error: could not get the metadata of {info_hash}: {why}"
+                ));
+                Ok(ExitCode::FAILURE)
+            }
+        };
+    }
     let r = match outcome {
         Ok(r) => r,
         Err(e) => {
@@ -196,14 +310,24 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         pieces_fetched: r.pieces_fetched,
         hash_failures: r.hash_failures,
         peers_banned: r.peers_banned,
+        pieces_wanted: r.pieces_wanted,
+        bytes_wanted: r.bytes_wanted,
     };
     if args.json {
         // A closed stdout (`| head`) is fine: the download is done either way.
         let _ = output::json_line(&report)?;
     } else {
         output::err_line(format_args!(
-            "done: {} ({} bytes, {} pieces, {} resumed, {} checked on disk, {} fetched) in {:.1} s at {:.1} MB/s from {} peer(s) ({} via PEX); uploaded {} bytes meanwhile; first peer after {} ms, {} lookups",
+            "done: {}{} ({} bytes, {} pieces, {} resumed, {} checked on disk, {} fetched) in {:.1} s at {:.1} MB/s from {} peer(s) ({} via PEX); uploaded {} bytes meanwhile; first peer after {} ms, {} lookups",
             report.name,
+            if report.pieces_wanted < report.pieces {
+                format!(
+                    " [selected files: {} bytes in {} of the pieces]",
+                    report.bytes_wanted, report.pieces_wanted
+                )
+            } else {
+                String::new()
+            },
             report.bytes,
             report.pieces,
             report.pieces_resumed,

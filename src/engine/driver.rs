@@ -29,8 +29,8 @@ use super::trust::{Trust, Verdict};
 use super::EngineError;
 use crate::sync::lock;
 use crate::torrent::{
-    plan_check, Bitfield, CheckPlan, Info, OpenMode, ResumeError, ResumeFile, Storage,
-    VerifiedPiece,
+    plan_check, wanted_pieces, Bitfield, CheckPlan, FileSelection, Info, OpenMode, ResumeError,
+    ResumeFile, Storage, VerifiedPiece,
 };
 use crate::wire::Handshake;
 
@@ -52,6 +52,8 @@ struct Setup {
     storage: Storage,
     resume: ResumeFile,
     plan: CheckPlan,
+    /// Pieces the file selection needs (`None`: all).
+    wanted: Option<Bitfield>,
 }
 
 /// Connection ids remembered with their IP, for attributing pieces that fail after the peer
@@ -69,6 +71,10 @@ pub(crate) struct DriverParams {
     pub seed: u64,
     /// Hash all existing data at start, whatever the resume record says.
     pub recheck: bool,
+    /// Which files to download.
+    pub files: FileSelection,
+    /// Complete as soon as the metadata is known (no storage).
+    pub metadata_only: bool,
 }
 
 /// Driver state (the parts handlers mutate).
@@ -81,6 +87,12 @@ pub(crate) struct Driver {
     dht_nodes: Option<mpsc::UnboundedSender<SocketAddr>>,
     rng_seed: u64,
     recheck: bool,
+    files: FileSelection,
+    metadata_only: bool,
+    /// With `metadata_only`: the metadata, once known.
+    listed: Option<Arc<Info>>,
+    /// Bytes in the pieces the selection needs (`None`: every piece).
+    wanted_bytes: Option<u64>,
     /// Storage opened, existing data not checked yet (done first thing in `run`).
     setup: Option<Setup>,
     started: Instant,
@@ -135,6 +147,10 @@ impl Driver {
             dht_nodes: p.dht_nodes,
             rng_seed: p.seed,
             recheck: p.recheck,
+            files: p.files,
+            metadata_only: p.metadata_only,
+            listed: None,
+            wanted_bytes: None,
             setup: None,
             started: now,
             first_peer: None,
@@ -183,8 +199,18 @@ impl Driver {
         let dir = self.output_dir.clone();
         let ih = self.t.info_hash;
         let recheck = self.recheck;
+        let files = self.files.clone();
         let setup = tokio::task::spawn_blocking(move || {
-            let storage = Storage::open(&dir, &info, OpenMode::Create)?;
+            let selected = if files.is_all() {
+                None
+            } else {
+                Some(files.resolve(&info)?)
+            };
+            let storage =
+                Storage::open_selected(&dir, &info, OpenMode::Create, selected.as_deref())?;
+            let wanted = selected
+                .as_deref()
+                .map(|s| wanted_pieces(storage.layout(), s));
             let n = storage.layout().num_pieces();
             let resume = ResumeFile::load(&ResumeFile::default_path(&dir, &info), ih, n);
             let plan = plan_check(
@@ -200,6 +226,7 @@ impl Driver {
                 storage,
                 resume,
                 plan,
+                wanted,
             })
         })
         .await
@@ -220,6 +247,7 @@ impl Driver {
             mut storage,
             mut resume,
             plan,
+            wanted,
         }) = self.setup.take()
         else {
             return Ok(());
@@ -279,6 +307,19 @@ impl Driver {
             },
             self.rng_seed,
         );
+        if let Some(w) = &wanted {
+            picker.set_wanted(w);
+            self.wanted_bytes = Some(
+                w.iter()
+                    .map(|p| u64::from(picker.layout().piece_size(p).unwrap_or(0)))
+                    .sum(),
+            );
+            tracing::info!(
+                pieces = picker.wanted_count(),
+                of = picker.num_pieces(),
+                "downloading the selected files only"
+            );
+        }
         // Trusted pieces: recorded after their data was synced, files unchanged since.
         // Checked pieces: hashed from disk just now.
         for p in good.iter() {
@@ -498,6 +539,18 @@ impl Driver {
         &mut self,
         flushing: &Option<JoinHandle<FlushDone>>,
     ) -> Result<bool, EngineError> {
+        if self.metadata_only {
+            if self.listed.is_none() {
+                return Ok(false);
+            }
+            let now = Instant::now();
+            self.finished_at = Some(now);
+            let report = self.report(now);
+            if let Some(done) = self.done.take() {
+                let _ = done.send(Ok(report));
+            }
+            return Ok(true);
+        }
         if self.done.is_none() || !self.is_complete() {
             return Ok(false);
         }
@@ -520,8 +573,33 @@ impl Driver {
         Ok(!self.seed_after)
     }
 
+    /// `metadata_only`: the metadata is known; the torrent completes at the next turn of
+    /// the loop without opening storage.
+    pub(crate) fn set_listed(&mut self, info: Info) {
+        self.meta_at = Some(Instant::now());
+        self.listed = Some(Arc::new(info));
+    }
+
     fn report(&self, now: Instant) -> FetchReport {
         let meta = self.t.meta();
+        let info = meta
+            .map(|m| Arc::new(m.info.clone()))
+            .or_else(|| self.listed.clone());
+        let total_pieces = info.as_ref().map_or(0, |i| i.num_pieces() as u32);
+        let pieces_wanted = self
+            .t
+            .state()
+            .picker
+            .as_ref()
+            .map_or(total_pieces, Picker::wanted_count);
+        let bytes_wanted = info.as_ref().map_or(0, |i| {
+            i.files
+                .iter()
+                .zip(self.files.resolve(i).unwrap_or_default())
+                .filter(|(f, w)| *w && !f.pad)
+                .map(|(f, _)| f.length)
+                .sum()
+        });
         let start = match (self.meta_at, self.first_peer) {
             (Some(m), Some(f)) => m.max(f),
             (Some(m), None) => m,
@@ -530,9 +608,9 @@ impl Driver {
         let secs = now.duration_since(start).as_secs_f64().max(1e-6);
         FetchReport {
             info_hash: self.t.info_hash,
-            name: meta.map(|m| m.info.name.clone()).unwrap_or_default(),
-            bytes: meta.map_or(0, |m| m.layout.total_length()),
-            pieces: meta.map_or(0, |m| m.layout.num_pieces()),
+            name: info.as_ref().map(|i| i.name.clone()).unwrap_or_default(),
+            bytes: info.as_ref().map_or(0, |i| i.total_length()),
+            pieces: total_pieces,
             elapsed: now.duration_since(self.started),
             first_peer: self.first_peer.map(|t| t.duration_since(self.started)),
             metadata: self.meta_at.map(|t| t.duration_since(self.started)),
@@ -547,6 +625,9 @@ impl Driver {
             hash_failures: self.hash_failures,
             peers_banned: self.banned,
             download_rate: self.fetched_bytes as f64 / secs,
+            pieces_wanted,
+            bytes_wanted,
+            info,
         }
     }
 
@@ -680,7 +761,7 @@ impl Driver {
             }
             Event::Interest => self.update_choker(),
             Event::Metadata(bytes) => {
-                if self.t.meta().is_none() {
+                if self.t.meta().is_none() && self.listed.is_none() {
                     // A file list can be 16 MiB: parse it off the async workers.
                     let (info, bytes) = tokio::task::spawn_blocking(move || {
                         let info = Info::from_bytes(&bytes);
@@ -689,6 +770,10 @@ impl Driver {
                     .await?;
                     let info = info?;
                     tracing::debug!(name = %info.name, "metadata received");
+                    if self.metadata_only {
+                        self.set_listed(info);
+                        return Ok(());
+                    }
                     self.setup_download(info, bytes).await?;
                     self.check_and_start().await?;
                 }
@@ -934,7 +1019,7 @@ impl Driver {
                 Some(p) => {
                     let l = p.layout();
                     let mut bytes = 0u64;
-                    if p.is_complete() {
+                    if p.is_complete() && self.wanted_bytes.is_none() {
                         bytes = l.total_length();
                     } else {
                         for i in 0..l.num_pieces() {
@@ -943,7 +1028,7 @@ impl Driver {
                             }
                         }
                     }
-                    (p.have_count(), l.num_pieces(), bytes)
+                    (p.have_count(), p.wanted_count(), bytes)
                 }
                 None => (0, 0, 0),
             }
@@ -956,7 +1041,10 @@ impl Driver {
             pieces_done: done,
             pieces_total: total,
             bytes_done,
-            bytes_total: meta.map_or(0, |m| m.layout.total_length()),
+            bytes_total: self
+                .wanted_bytes
+                .or(meta.map(|m| m.layout.total_length()))
+                .unwrap_or(0),
             peers,
             peers_known: self.peers.len(),
             download_rate: self.down_rate,

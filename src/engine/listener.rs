@@ -120,6 +120,11 @@ pub struct TorrentSpec {
     /// Downloads: hash every piece already on disk at start, whatever the resume record says
     /// (`fetch --recheck`).
     pub recheck: bool,
+    /// Downloads: which files to fetch (default: all).
+    pub files: crate::torrent::FileSelection,
+    /// Stop as soon as the metadata is known, creating no file: the report's `info` lists
+    /// the files (`fetch --list`).
+    pub metadata_only: bool,
     /// Test hook: serve corrupted data for some pieces.
     pub(crate) corrupt: Option<Corruptor>,
 }
@@ -134,6 +139,8 @@ impl TorrentSpec {
             mode: StartMode::Download { seed_after: false },
             dht_nodes: None,
             recheck: false,
+            files: crate::torrent::FileSelection::all(),
+            metadata_only: false,
             corrupt: None,
         }
     }
@@ -147,6 +154,8 @@ impl TorrentSpec {
             mode: StartMode::Seed { verify },
             dht_nodes: None,
             recheck: false,
+            files: crate::torrent::FileSelection::all(),
+            metadata_only: false,
             corrupt: None,
         }
     }
@@ -408,6 +417,8 @@ impl Listener {
             dht_nodes: spec.dht_nodes.clone(),
             seed: rng_seed,
             recheck: spec.recheck,
+            files: spec.files.clone(),
+            metadata_only: spec.metadata_only,
         });
         let done = match seed_meta {
             Some((meta, have)) => {
@@ -416,7 +427,11 @@ impl Listener {
             }
             None => {
                 if let Some(mi) = spec.metainfo {
-                    driver.setup_download(mi.info, mi.info_bytes).await?;
+                    if spec.metadata_only {
+                        driver.set_listed(mi.info);
+                    } else {
+                        driver.setup_download(mi.info, mi.info_bytes).await?;
+                    }
                 }
                 Some(done_rx)
             }

@@ -202,6 +202,9 @@ pub enum EngineError {
         /// Pieces in the torrent.
         total: u32,
     },
+    /// The file selection does not fit the torrent (index out of range, matches nothing).
+    #[error(transparent)]
+    Selection(#[from] crate::torrent::SelectError),
     /// The peer source ended and no connection is left or pending.
     #[error("ran out of peers: the peer source ended and every connection failed")]
     OutOfPeers,

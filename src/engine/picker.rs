@@ -79,6 +79,8 @@ enum State {
     Hashing,
     /// Verified and written.
     Have,
+    /// Outside the download's file selection: never requested.
+    Skipped,
 }
 
 /// What happened to a received block.
@@ -111,6 +113,8 @@ pub struct Picker {
     hashing: BTreeMap<u32, Vec<PeerKey>>,
     missing: u32,
     have: u32,
+    /// Pieces in [`State::Skipped`].
+    skipped: u32,
     rng: SmallRng,
     /// What each connected peer is to us (seed, unchoking us), for sparing seeds; bounded by
     /// the connection limit, entries removed in [`Picker::remove_source`].
@@ -142,6 +146,7 @@ impl Picker {
             hashing: BTreeMap::new(),
             missing: n,
             have: 0,
+            skipped: 0,
             layout,
             cfg,
             rng: SmallRng::seed_from_u64(seed),
@@ -150,6 +155,24 @@ impl Picker {
             other_sources: 0,
             serve_only: false,
         }
+    }
+
+    /// Restricts the download to the pieces in `wanted` (a file selection): the others are
+    /// never requested, and the torrent is complete once every wanted piece is verified.
+    /// Pieces already had stay had.
+    pub fn set_wanted(&mut self, wanted: &Bitfield) {
+        for (p, s) in (0u32..).zip(self.state.iter_mut()) {
+            if *s == State::Missing && !wanted.get(p) {
+                *s = State::Skipped;
+                self.missing -= 1;
+                self.skipped += 1;
+            }
+        }
+    }
+
+    /// Pieces to download in all: every piece but those outside the selection.
+    pub fn wanted_count(&self) -> u32 {
+        self.num_pieces() - self.skipped
     }
 
     /// With `on`, no peer is interesting and nothing is picked: the torrent only serves the
@@ -215,9 +238,9 @@ impl Picker {
         self.have
     }
 
-    /// Whether every piece is verified.
+    /// Whether every wanted piece is verified (every piece, without a file selection).
     pub fn is_complete(&self) -> bool {
-        self.have == self.num_pieces()
+        self.have + self.skipped == self.num_pieces()
     }
 
     /// Whether piece `p` is verified.
@@ -244,6 +267,7 @@ impl Picker {
         match *s {
             State::Have => return,
             State::Missing => self.missing -= 1,
+            State::Skipped => self.skipped -= 1,
             State::Partial => {
                 self.partials.remove(&p);
             }
@@ -289,7 +313,7 @@ impl Picker {
         bits.iter().any(|p| {
             self.state
                 .get(p as usize)
-                .is_some_and(|s| *s != State::Have)
+                .is_some_and(|s| *s != State::Have && *s != State::Skipped)
         })
     }
 

@@ -121,6 +121,13 @@ pub struct FetchReport {
     pub peers_banned: usize,
     /// `fetched_bytes` over the download phase (from metadata + first peer to the end), B/s.
     pub download_rate: f64,
+    /// Pieces the file selection needs (= `pieces` without a selection).
+    pub pieces_wanted: u32,
+    /// Bytes of the selected files (= `bytes` without a selection; padding not counted).
+    pub bytes_wanted: u64,
+    /// The torrent's info dictionary: its file list, for `fetch --list` and embedders that
+    /// want to show or choose files (always set once the metadata is known).
+    pub info: Option<std::sync::Arc<crate::torrent::Info>>,
 }
 
 impl FetchReport {

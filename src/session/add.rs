@@ -44,6 +44,13 @@ pub struct AddTorrent {
     /// Hash every piece already under `output_dir` at start instead of trusting the resume
     /// record (`fetch --recheck`); damaged pieces are fetched again.
     pub recheck: bool,
+    /// Which files to download (`fetch --files`, `--only`); default every file. Pieces on
+    /// the edges of a chosen file are fetched whole; unchosen files are not created.
+    pub files: crate::torrent::FileSelection,
+    /// Only learn the metadata (from the `.torrent`, or from peers for a magnet), create no
+    /// file, and complete: [`FetchReport::info`](crate::engine::FetchReport::info) lists the
+    /// files (`fetch --list`).
+    pub metadata_only: bool,
 }
 
 /// How existing data is served (see [`AddTorrent::seed_existing`]).
@@ -66,6 +73,8 @@ impl AddTorrent {
             seed_ratio: None,
             seed_existing: None,
             recheck: false,
+            files: crate::torrent::FileSelection::all(),
+            metadata_only: false,
         }
     }
 

@@ -126,6 +126,8 @@ impl Supervisor {
             mode,
             dht_nodes: self.shared.dht_nodes.clone(),
             recheck: self.add.recheck,
+            files: self.add.files.clone(),
+            metadata_only: self.add.metadata_only,
             ..TorrentSpec::download(self.add.info_hash(), self.add.output_dir.clone())
         }
     }

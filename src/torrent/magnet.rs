@@ -22,6 +22,9 @@ pub enum MagnetError {
     /// The link has no `xt=urn:btih:` parameter, so there is nothing to fetch.
     #[error("magnet link has no xt=urn:btih:<info-hash> parameter")]
     MissingInfoHash,
+    /// The link names only a BEP 52 v2 info-hash (`xt=urn:btmh:`): a v2-only torrent.
+    #[error("magnet link has only a v2 info-hash (xt=urn:btmh:, BEP 52): v2-only torrents are not supported; a hybrid torrent's link also carries xt=urn:btih:, which works")]
+    V2Only,
     /// The `urn:btih:` value is neither 40 hex nor 32 base32 characters.
     #[error("invalid info-hash {0:?} in magnet link: expected 40 hex characters or 32 base32 characters")]
     InvalidInfoHash(String),
@@ -69,6 +72,7 @@ impl Magnet {
         let query = strip_prefix_ci(uri, "magnet:?")
             .ok_or_else(|| MagnetError::NotMagnet(uri.to_string()))?;
         let mut info_hash = None;
+        let mut saw_btmh = false;
         let mut name = None;
         let mut peers: Vec<SocketAddr> = Vec::new();
         let mut trackers: Vec<String> = Vec::new();
@@ -83,6 +87,9 @@ impl Magnet {
                 "xt" => {
                     if info_hash.is_some() {
                         continue;
+                    }
+                    if strip_prefix_ci(&value, "urn:btmh:").is_some() {
+                        saw_btmh = true;
                     }
                     if let Some(h) = strip_prefix_ci(&value, "urn:btih:") {
                         let h = h.trim();
@@ -113,7 +120,11 @@ impl Magnet {
                 _ => {}
             }
         }
-        let info_hash = info_hash.ok_or(MagnetError::MissingInfoHash)?;
+        let info_hash = info_hash.ok_or(if saw_btmh {
+            MagnetError::V2Only
+        } else {
+            MagnetError::MissingInfoHash
+        })?;
         Ok(Magnet {
             info_hash,
             name,

@@ -48,7 +48,7 @@ pub enum MetainfoError {
     #[error("key {0:?} has the wrong type or value")]
     WrongType(&'static str),
     /// A BEP 52 v2-only torrent (no v1 `pieces`), which this node does not handle.
-    #[error("v2-only torrents (BEP 52) are not supported")]
+    #[error("v2-only torrents (BEP 52) are not supported: dhtnode checks pieces with v1 SHA-1 hashes only; use a hybrid (v1+v2) or v1 torrent")]
     V2Only,
     /// `pieces` is not a whole number of 20-byte SHA-1 hashes.
     #[error("pieces has {0} bytes, not a multiple of 20")]
@@ -89,6 +89,24 @@ pub struct FileEntry {
     pub path: SafePath,
     /// Length in bytes.
     pub length: u64,
+    /// BEP 47 padding file (`attr` contains `p`, or an old `_____padding_file_` name): zeros
+    /// that align the next file to a piece boundary. Never written to disk, never listed as
+    /// a user's file; its bytes read as zeros.
+    pub pad: bool,
+    /// BEP 47 `attr` contains `x`: the file is created executable.
+    pub executable: bool,
+}
+
+impl FileEntry {
+    /// A plain file (no BEP 47 attributes).
+    pub fn plain(path: SafePath, length: u64) -> FileEntry {
+        FileEntry {
+            path,
+            length,
+            pad: false,
+            executable: false,
+        }
+    }
 }
 
 /// The validated info dictionary: what the info-hash commits to.
@@ -106,6 +124,10 @@ pub struct Info {
     pub private: bool,
     /// True for the single-file form (`length` key) rather than `files`.
     pub single_file: bool,
+    /// BEP 52 hybrid: the dictionary also carries a v2 `file tree` (`meta version` 2) beside
+    /// the v1 `pieces`. We download and seed it through v1; its v2 info-hash is
+    /// [`Metainfo::info_hash_v2`].
+    pub hybrid: bool,
 }
 
 impl Info {
@@ -166,10 +188,13 @@ impl Info {
         let (files, single_file) = match (get(d, "length"), get(d, "files")) {
             (Some(len), None) => {
                 let length = len.as_u64().ok_or(MetainfoError::WrongType("length"))?;
+                let (pad, executable) = attrs(d);
                 (
                     vec![FileEntry {
                         path: name_path,
                         length,
+                        pad,
+                        executable,
                     }],
                     true,
                 )
@@ -187,6 +212,7 @@ impl Info {
                 actual: pieces.len(),
             });
         }
+        let hybrid = get(d, "meta version").and_then(Value::as_u64) == Some(2);
         Ok(Info {
             name,
             piece_length,
@@ -194,7 +220,22 @@ impl Info {
             files,
             private,
             single_file,
+            hybrid,
         })
+    }
+
+    /// `.<name>.<suffix>`: the name of a file this node keeps beside the data (resume record,
+    /// parts file), hidden and shortened so it stays within file-system name limits.
+    pub fn side_file_name(&self, suffix: &str) -> String {
+        let mut name = self.name.as_str();
+        while name.len() > 200 {
+            let mut cut = 200;
+            while !name.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            name = name.get(..cut).unwrap_or("torrent");
+        }
+        format!(".{name}.{suffix}")
     }
 
     /// Sum of all file lengths.
@@ -255,20 +296,42 @@ fn parse_files(files: &Value, name: &SafePath) -> Result<Vec<FileEntry>, Metainf
             // Every component was `.`: the file still needs a name of its own.
             names.push("_".to_string());
         }
+        let (mut pad, executable) = attrs(fd);
+        // Before BEP 47, BitComet marked padding by name alone; libtorrent still honours it.
+        pad |= names
+            .last()
+            .is_some_and(|n| n.starts_with("_____padding_file_"));
         let rel = name.join(&SafePath::new(&names)?)?;
-        out.push(FileEntry { path: rel, length });
+        out.push(FileEntry {
+            path: rel,
+            length,
+            pad,
+            executable,
+        });
     }
     renames.log();
     refuse_clashes(&out)?;
     Ok(out)
 }
 
+/// BEP 47 `attr` of a file (or of a single-file info dict): (padding, executable). Unknown
+/// letters (`h` hidden, `l` symlink) are ignored: the file is an ordinary file.
+fn attrs(d: &BTreeMap<ByteString, Value>) -> (bool, bool) {
+    let a = get(d, "attr")
+        .and_then(Value::as_byte_str)
+        .map_or(&[][..], |b| b.as_slice());
+    (a.contains(&b'p'), a.contains(&b'x'))
+}
+
 /// Refuses a path used twice, or used both as a file and as a directory: neither can be laid
 /// out on disk. Sorting component by component puts every path right before the paths below
 /// it, so comparing neighbours finds every clash: O(n log n) time and one index per file, even
 /// for a hostile list of 100,000 deep paths.
+///
+/// Padding files are left out: they are never created, and libtorrent names every pad of
+/// the same size alike (`.pad/16384`), so a hybrid torrent repeats the name.
 fn refuse_clashes(files: &[FileEntry]) -> Result<(), MetainfoError> {
-    let mut order: Vec<&SafePath> = files.iter().map(|f| &f.path).collect();
+    let mut order: Vec<&SafePath> = files.iter().filter(|f| !f.pad).map(|f| &f.path).collect();
     order.sort_unstable();
     for pair in order.windows(2) {
         if let [a, b] = pair {
@@ -323,6 +386,12 @@ fn opt_string(d: &BTreeMap<ByteString, Value>, key: &str) -> Option<String> {
     get(d, key).and_then(Value::as_byte_str).map(lossy)
 }
 
+/// The BEP 52 (v2) info-hash of raw info-dictionary bytes: their SHA-256.
+pub fn info_hash_v2_of(info_bytes: &[u8]) -> [u8; 32] {
+    use sha2::Sha256;
+    Sha256::digest(info_bytes).into()
+}
+
 /// The info-hash of raw info-dictionary bytes: their SHA-1.
 pub fn info_hash_of(info_bytes: &[u8]) -> Id {
     Id(Sha1::digest(info_bytes).into())
@@ -337,6 +406,9 @@ pub struct Metainfo {
     pub info_bytes: Vec<u8>,
     /// SHA-1 of `info_bytes`.
     pub info_hash: Id,
+    /// For a BEP 52 hybrid torrent, the SHA-256 of `info_bytes` (its v2 info-hash; the DHT
+    /// and trackers use its first 20 bytes). `None` for v1 torrents.
+    pub info_hash_v2: Option<[u8; 32]>,
     /// BEP 5 `nodes`: (host, port) pairs to bootstrap the DHT from.
     pub nodes: Vec<(String, u16)>,
     /// Tracker URL (BEP 3 `announce`), if any.
@@ -379,6 +451,7 @@ impl Metainfo {
         let nodes = get(d, "nodes").map(parse_nodes).unwrap_or_default();
         Ok(Metainfo {
             info_hash: info_hash_of(&info_bytes),
+            info_hash_v2: info.hybrid.then(|| info_hash_v2_of(&info_bytes)),
             info,
             info_bytes,
             nodes,
@@ -397,6 +470,7 @@ impl Metainfo {
     pub fn from_info_bytes(info_bytes: &[u8]) -> Result<Metainfo, MetainfoError> {
         let info = Info::from_bytes(info_bytes)?;
         Ok(Metainfo {
+            info_hash_v2: info.hybrid.then(|| info_hash_v2_of(info_bytes)),
             info,
             info_bytes: info_bytes.to_vec(),
             info_hash: info_hash_of(info_bytes),

@@ -12,6 +12,7 @@ pub mod magnet;
 pub mod metainfo;
 pub mod path;
 pub mod resume;
+pub mod select;
 pub mod storage;
 
 pub use build::{build_torrent, choose_piece_length, BuildError, BuildOptions, Built};
@@ -21,4 +22,5 @@ pub use magnet::{parse_infohash_arg, Magnet, MagnetError};
 pub use metainfo::{info_hash_of, FileEntry, Info, Metainfo, MetainfoError};
 pub use path::{PathError, SafePath};
 pub use resume::{Bitfield, ResumeError, ResumeFile};
+pub use select::{listed_files, wanted_pieces, FileSelection, SelectError};
 pub use storage::{FileFound, FileStamp, OpenMode, Storage, StorageError, VerifiedPiece};

@@ -164,15 +164,7 @@ impl ResumeFile {
     /// Where the record lives by default: `<output>/.<name>.dhtnode-resume`, next to the data
     /// (the name is shortened so the file name stays within filesystem limits).
     pub fn default_path(output_dir: &Path, info: &Info) -> PathBuf {
-        let mut name = info.name.as_str();
-        while name.len() > 200 {
-            let mut cut = 200;
-            while !name.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            name = name.get(..cut).unwrap_or("torrent");
-        }
-        output_dir.join(format!(".{name}.dhtnode-resume"))
+        output_dir.join(info.side_file_name("dhtnode-resume"))
     }
 
     /// Loads the record at `path` for this torrent. A missing, unreadable, truncated or
@@ -409,12 +401,10 @@ mod tests {
             name: "t".into(),
             piece_length: 16,
             pieces: data.chunks(16).map(|c| Sha1::digest(c).into()).collect(),
-            files: vec![FileEntry {
-                path: SafePath::parse("t").unwrap(),
-                length: 100,
-            }],
+            files: vec![FileEntry::plain(SafePath::parse("t").unwrap(), 100)],
             private: false,
             single_file: true,
+            hybrid: false,
         };
         let s = Storage::open(dir, &info, OpenMode::Create).unwrap();
         (info, data, s)
@@ -577,6 +567,7 @@ mod tests {
             files: vec![],
             private: false,
             single_file: true,
+            hybrid: false,
         };
         let p = ResumeFile::default_path(Path::new("/o"), &info);
         assert!(p.file_name().unwrap().len() <= 255);

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use sha1::{Digest, Sha1};
 
 use crate::sync::lock;
-use crate::torrent::layout::{Layout, LayoutError};
+use crate::torrent::layout::{Layout, LayoutError, Segment};
 use crate::torrent::metainfo::Info;
 use crate::torrent::path::{check_no_symlinks, join_under, PathError};
 
@@ -154,11 +154,50 @@ impl VerifiedPiece {
     }
 }
 
+/// Where one file's bytes live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backing {
+    /// Its own file at its path.
+    File,
+    /// A BEP 47 padding file: zeros, nothing on disk.
+    Pad,
+    /// A file outside the download's selection: the bytes of it that edge pieces carry are
+    /// kept in the hidden parts file at `base + offset` (a sparse file laid out like the
+    /// torrent's byte stream), so no unselected file appears in the output directory.
+    Parts {
+        /// The file's offset in the torrent's byte stream.
+        base: u64,
+    },
+}
+
+/// Key of the parts file in the open-file and unsynced maps (real files use their index).
+const PARTS_KEY: usize = usize::MAX;
+
+/// The stamp of a file that has no file of its own (padding, or kept in the parts file):
+/// its length as the torrent says, and the parts file's identity when there is one.
+fn virtual_stamp(length: u64, parts: Option<&std::fs::Metadata>) -> FileStamp {
+    match parts {
+        Some(m) => FileStamp {
+            size: length,
+            ..FileStamp::of(m)
+        },
+        None => FileStamp {
+            size: length,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            inode: 0,
+        },
+    }
+}
+
 /// A torrent's files under an output directory.
 #[derive(Debug)]
 pub struct Storage {
     root: PathBuf,
     paths: Vec<PathBuf>,
+    backing: Vec<Backing>,
+    /// The hidden file holding unselected files' edge bytes (see [`Backing::Parts`]).
+    parts_path: PathBuf,
     layout: Layout,
     hashes: Vec<[u8; 20]>,
     mode: OpenMode,
@@ -171,8 +210,22 @@ pub struct Storage {
 
 impl Storage {
     /// Opens (and in [`OpenMode::Create`], creates and preallocates) the torrent's files
-    /// under `root`.
+    /// under `root`. Padding files (BEP 47) are never created.
     pub fn open(root: &Path, info: &Info, mode: OpenMode) -> Result<Storage, StorageError> {
+        Storage::open_selected(root, info, mode, None)
+    }
+
+    /// [`Storage::open`] for a download of some files only (`wanted`, one flag per file; see
+    /// [`crate::torrent::FileSelection`]). An unwanted file that is not on disk already is
+    /// not created: the bytes of it that edge pieces carry go to a hidden parts file
+    /// (`.<name>.dhtnode-parts`), so pieces stay whole and verifiable. An unwanted file that
+    /// exists (from an earlier, wider fetch) is used as it is.
+    pub fn open_selected(
+        root: &Path,
+        info: &Info,
+        mode: OpenMode,
+        wanted: Option<&[bool]>,
+    ) -> Result<Storage, StorageError> {
         let layout = info.layout()?;
         if info.pieces.len() != layout.num_pieces() as usize {
             return Err(StorageError::PieceCount {
@@ -184,10 +237,45 @@ impl Storage {
             std::fs::create_dir_all(root).map_err(io_err(root))?;
         }
         let mut paths = Vec::with_capacity(info.files.len());
+        let mut backing = Vec::with_capacity(info.files.len());
         let mut found = Vec::with_capacity(info.files.len());
         let mut dirs_to_sync = BTreeSet::new();
-        for f in &info.files {
+        let parts_path = root.join(info.side_file_name("dhtnode-parts"));
+        let parts_meta = std::fs::symlink_metadata(&parts_path)
+            .ok()
+            .filter(|m| m.is_file());
+        let mut base = 0u64;
+        for (i, f) in info.files.iter().enumerate() {
             let path = join_under(root, &f.path)?;
+            let file_base = base;
+            base = base.saturating_add(f.length);
+            if f.pad {
+                // Zeros by definition: always "present", never on disk.
+                found.push(FileFound {
+                    present: f.length,
+                    stamp: Some(virtual_stamp(f.length, None)),
+                });
+                backing.push(Backing::Pad);
+                paths.push(path);
+                continue;
+            }
+            let unwanted = mode == OpenMode::Create
+                && wanted.is_some_and(|w| !w.get(i).copied().unwrap_or(true));
+            if unwanted && check_no_symlinks(root, &f.path).is_ok() {
+                let exists = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
+                if !exists {
+                    found.push(FileFound {
+                        present: if parts_meta.is_some() { f.length } else { 0 },
+                        stamp: parts_meta
+                            .as_ref()
+                            .map(|m| virtual_stamp(f.length, Some(m))),
+                    });
+                    backing.push(Backing::Parts { base: file_base });
+                    paths.push(path);
+                    continue;
+                }
+            }
+            backing.push(Backing::File);
             match mode {
                 OpenMode::Create => {
                     check_no_symlinks(root, &f.path)?;
@@ -198,6 +286,9 @@ impl Storage {
                     // Re-check now that directories exist (narrows the race window).
                     check_no_symlinks(root, &f.path)?;
                     let file = open_file(&path, true, true)?;
+                    if f.executable {
+                        make_executable(&file, &path)?;
+                    }
                     let before = file.metadata().map_err(io_err(&path))?;
                     let len = before.len();
                     let mut stamp = FileStamp::of(&before);
@@ -258,6 +349,8 @@ impl Storage {
         Ok(Storage {
             root: root.to_path_buf(),
             paths,
+            backing,
+            parts_path,
             layout,
             hashes: info.pieces.clone(),
             mode,
@@ -276,6 +369,15 @@ impl Storage {
 
     /// The current stamp of file `i` (after a sync, for the resume record).
     pub fn stamp(&self, i: usize) -> Result<FileStamp, StorageError> {
+        let length = self.layout.file_length(i).unwrap_or(0);
+        match self.backing.get(i) {
+            Some(Backing::Pad) => return Ok(virtual_stamp(length, None)),
+            Some(Backing::Parts { .. }) => {
+                let m = std::fs::metadata(&self.parts_path).map_err(io_err(&self.parts_path))?;
+                return Ok(virtual_stamp(length, Some(&m)));
+            }
+            _ => {}
+        }
         let f = self.file(i)?;
         let m = f.metadata().map_err(io_err(self.path_of(i)))?;
         Ok(FileStamp::of(&m))
@@ -305,7 +407,20 @@ impl Storage {
     }
 
     fn path_of(&self, i: usize) -> &Path {
+        if i == PARTS_KEY {
+            return &self.parts_path;
+        }
         self.paths.get(i).map_or(&self.root, PathBuf::as_path)
+    }
+
+    /// Where segment `seg` of the torrent lives: the open-file key and the offset in that
+    /// file, or `None` for padding (zeros, not stored).
+    fn place(&self, seg: &Segment) -> Option<(usize, u64)> {
+        match self.backing.get(seg.file) {
+            Some(Backing::Pad) => None,
+            Some(Backing::Parts { base }) => Some((PARTS_KEY, base.saturating_add(seg.offset))),
+            _ => Some((seg.file, seg.offset)),
+        }
     }
 
     fn file(&self, i: usize) -> Result<Arc<File>, StorageError> {
@@ -313,8 +428,14 @@ impl Storage {
         if let Some(f) = open.get(&i) {
             return Ok(Arc::clone(f));
         }
-        let path = self.paths.get(i).ok_or(LayoutError::Empty)?;
-        let f = Arc::new(open_file(path, self.mode == OpenMode::Create, false)?);
+        let f = if i == PARTS_KEY {
+            // Created on the first write; a read before that finds nothing (NotFound).
+            let create = self.mode == OpenMode::Create;
+            Arc::new(open_file(&self.parts_path, create, create)?)
+        } else {
+            let path = self.paths.get(i).ok_or(LayoutError::Empty)?;
+            Arc::new(open_file(path, self.mode == OpenMode::Create, false)?)
+        };
         if open.len() >= MAX_OPEN_FILES {
             if let Some(&k) = open.keys().next() {
                 open.remove(&k);
@@ -360,15 +481,18 @@ impl Storage {
                 expected: size,
                 actual: data.len(),
             })?;
-            let f = self.file(seg.file)?;
+            pos += len;
+            let Some((key, at)) = self.place(&seg) else {
+                continue;
+            };
+            let f = self.file(key)?;
             // Mark before writing: if the write fails half-way the file still gets synced.
-            self.mark_unsynced(seg.file);
-            f.write_all_at(chunk, seg.offset)
-                .map_err(io_err(self.path_of(seg.file)))?;
+            self.mark_unsynced(key);
+            f.write_all_at(chunk, at)
+                .map_err(io_err(self.path_of(key)))?;
             // And after, as a new generation: a `sync` that started before this write landed
             // sees the generation change and keeps the file marked.
-            self.mark_unsynced(seg.file);
-            pos += len;
+            self.mark_unsynced(key);
         }
         Ok(VerifiedPiece(piece))
     }
@@ -380,11 +504,15 @@ impl Storage {
         let mut pos = 0usize;
         for seg in segs {
             let n = seg.len as usize;
-            let f = self.file(seg.file)?;
-            let path = self.path_of(seg.file);
             let dst = buf.get_mut(pos..pos + n).ok_or(LayoutError::Empty)?;
-            f.read_exact_at(dst, seg.offset).map_err(io_err(path))?;
             pos += n;
+            // Padding stays as the zeros `buf` starts with.
+            let Some((key, at)) = self.place(&seg) else {
+                continue;
+            };
+            let f = self.file(key)?;
+            f.read_exact_at(dst, at)
+                .map_err(io_err(self.path_of(key)))?;
         }
         Ok(buf)
     }
@@ -418,7 +546,9 @@ impl Storage {
         // killed): make sure the next sync covers these files before this is recorded.
         if self.mode == OpenMode::Create {
             for seg in self.layout.piece_segments(piece)? {
-                self.mark_unsynced(seg.file);
+                if let Some((key, _)) = self.place(&seg) {
+                    self.mark_unsynced(key);
+                }
             }
         }
         Ok(Some(VerifiedPiece(piece)))
@@ -461,7 +591,15 @@ impl Storage {
             if u.get(&i) == Some(&seen) {
                 u.remove(&i);
             }
-            done.push(i);
+            if i == PARTS_KEY {
+                // Every file kept in the parts file changed with it.
+                done.extend(
+                    (0..self.backing.len())
+                        .filter(|&j| matches!(self.backing.get(j), Some(Backing::Parts { .. }))),
+                );
+            } else {
+                done.push(i);
+            }
         }
         done.sort_unstable();
         Ok(done)
@@ -469,6 +607,20 @@ impl Storage {
 }
 
 /// Opens a data file; with `write`, read-write and refusing a symlink as the last component.
+/// BEP 47 `x`: adds execute permission wherever read permission is set (so the umask the
+/// file was created with still decides who may run it).
+fn make_executable(file: &File, path: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut perm = file.metadata().map_err(io_err(path))?.permissions();
+    let mode = perm.mode();
+    let with_x = mode | ((mode & 0o444) >> 2);
+    if with_x != mode {
+        perm.set_mode(with_x);
+        file.set_permissions(perm).map_err(io_err(path))?;
+    }
+    Ok(())
+}
+
 fn open_file(path: &Path, write: bool, create: bool) -> Result<File, StorageError> {
     let mut o = OpenOptions::new();
     o.read(true);
@@ -498,10 +650,10 @@ mod tests {
         let mut entries = Vec::new();
         for (p, d) in files {
             all.extend_from_slice(d);
-            entries.push(FileEntry {
-                path: SafePath::parse(p).unwrap(),
-                length: d.len() as u64,
-            });
+            entries.push(FileEntry::plain(
+                SafePath::parse(p).unwrap(),
+                d.len() as u64,
+            ));
         }
         Info {
             name: "t".into(),
@@ -513,6 +665,7 @@ mod tests {
             files: entries,
             private: false,
             single_file: false,
+            hybrid: false,
         }
     }
 

@@ -15,7 +15,7 @@ Protocol (one JSON object per line each way; every line is flushed):
   {"cmd":"add_node","addr":"ip:port"}                            -> {}
   {"cmd":"seed","path":p[,"piece_size":n][,"torrent_out":f]
          [,"wait_announced":true][,"timeout":s][,"upload_limit":bytes_per_s]
-         [,"trackers":[url,...]][,"wait_tracker":true][,"torrent":f]}
+         [,"trackers":[url,...]][,"wait_tracker":true][,"torrent":f][,"hybrid":true]}
       -> {"info_hash","name","bytes","pieces","piece_size","port","announced_ms",
           "tracker_ms"}
       "torrent" seeds that .torrent (data at path) instead of building one;
@@ -248,7 +248,9 @@ class Harness(JsonLineServer):
             lt.add_files(fs, path)
             if fs.num_files() == 0:
                 raise ValueError("no files under %s" % path)
-            ct = lt.create_torrent(fs, int(req.get("piece_size", 0)), flags=lt.create_torrent.v1_only)
+            # "hybrid": a BEP 52 v1+v2 torrent, with BEP 47 padding files between files.
+            flags = 0 if req.get("hybrid") else lt.create_torrent.v1_only
+            ct = lt.create_torrent(fs, int(req.get("piece_size", 0)), flags=flags)
             ct.set_creator("lt_torrent.py")
             for tier, url in enumerate(req.get("trackers") or []):
                 ct.add_tracker(url, tier)
