@@ -769,6 +769,43 @@ mod tests {
         assert_eq!(p.other_sources, 0);
     }
 
+    /// A file selection: unwanted pieces are never picked nor make a peer interesting, and
+    /// the torrent completes when the wanted ones are had; a resumed unwanted piece counts.
+    #[test]
+    fn unwanted_pieces_are_never_picked() {
+        let bs = u64::from(BLOCK_SIZE);
+        let mut p = Picker::new(layout(6, bs), PickerConfig::default(), 1);
+        let mut wanted = Bitfield::new(6);
+        wanted.set(1, true);
+        wanted.set(4, true);
+        p.set_have(5);
+        p.set_wanted(&wanted);
+        assert_eq!(p.wanted_count(), 3);
+        let mut only_unwanted = Bitfield::new(6);
+        only_unwanted.set(0, true);
+        assert!(!p.interesting(&only_unwanted));
+        assert!(p.interesting(&all(6)));
+        p.add_peer_bits(&all(6));
+        let picked: std::collections::BTreeSet<u32> = p
+            .pick(1, &all(6), 100, false)
+            .iter()
+            .map(|r| r.index)
+            .collect();
+        assert_eq!(picked.into_iter().collect::<Vec<_>>(), vec![1, 4]);
+        assert!(!p.is_complete());
+        for i in [1, 4] {
+            let _ = p.on_block(1, i, 0, BLOCK_SIZE);
+            let _ = p.piece_passed(i);
+        }
+        assert!(p.is_complete());
+        assert_eq!(p.have_count(), 3);
+        assert!(!p.interesting(&all(6)));
+        // A skipped piece found good on disk later is simply had.
+        p.set_have(0);
+        assert!(p.is_complete());
+        assert_eq!(p.have_count(), 4);
+    }
+
     #[test]
     fn rarest_first_with_random_ties() {
         let l = layout(8, 16384);

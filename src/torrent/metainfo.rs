@@ -759,6 +759,50 @@ pub(crate) mod tests {
         assert_ne!(m.info_hash, info_hash_of(&canonical));
     }
 
+    /// BEP 47: `p` marks padding (libtorrent repeats `.pad/N` names, which must not count as
+    /// a clash), `x` executable; BitComet's old padding names count too. BEP 52 hybrid:
+    /// `meta version` 2 beside `pieces`, with a v2 hash.
+    #[test]
+    fn padding_executable_and_hybrid() {
+        let mut info = b"d5:filesl".to_vec();
+        info.extend_from_slice(b"d6:lengthi3e4:pathl1:aee");
+        info.extend_from_slice(b"d4:attr1:p6:lengthi1e4:pathl4:.pad1:1ee");
+        info.extend_from_slice(b"d4:attr2:xh6:lengthi3e4:pathl1:bee");
+        info.extend_from_slice(b"d4:attr1:p6:lengthi1e4:pathl4:.pad1:1ee");
+        info.extend_from_slice(b"d6:lengthi4e4:pathl21:_____padding_file_0_xee");
+        info.extend_from_slice(b"d6:lengthi4e4:pathl1:cee");
+        info.extend_from_slice(b"e12:meta versioni2e4:name4:root12:piece lengthi4e6:pieces80:");
+        info.extend_from_slice(&[7u8; 80]);
+        info.push(b'e');
+        let m = Metainfo::from_bytes(&wrap(&info)).unwrap();
+        let flags: Vec<(bool, bool)> = m.info.files.iter().map(|f| (f.pad, f.executable)).collect();
+        assert_eq!(
+            flags,
+            [
+                (false, false),
+                (true, false),
+                (false, true),
+                (true, false),
+                (true, false),
+                (false, false)
+            ]
+        );
+        assert!(m.info.hybrid);
+        assert_eq!(m.info_hash_v2, Some(info_hash_v2_of(&info)));
+        // Two real files of one name still clash.
+        let mut dup = b"d5:filesl".to_vec();
+        dup.extend_from_slice(b"d6:lengthi1e4:pathl1:aeed6:lengthi1e4:pathl1:aee");
+        dup.extend_from_slice(b"e4:name1:r12:piece lengthi4e6:pieces20:");
+        dup.extend_from_slice(&[7u8; 20]);
+        dup.push(b'e');
+        assert!(matches!(err_of(&dup), MetainfoError::DuplicatePath(_)));
+        // v1 torrents have no v2 hash.
+        let mut v1 = b"d6:lengthi3e4:name1:x12:piece lengthi16e6:pieces20:".to_vec();
+        v1.extend_from_slice(&[1u8; 20]);
+        v1.push(b'e');
+        assert_eq!(Metainfo::from_bytes(&wrap(&v1)).unwrap().info_hash_v2, None);
+    }
+
     fn err_of(info: &[u8]) -> MetainfoError {
         Metainfo::from_bytes(&wrap(info)).unwrap_err()
     }

@@ -725,6 +725,70 @@ mod tests {
         assert_eq!(ok, vec![0, 2]);
     }
 
+    /// Padding is never on disk and reads as zeros; an unselected file is not created, its
+    /// edge bytes go to the hidden parts file, and the edge pieces still verify after a
+    /// reopen; a file selected later is created and its pieces checked from scratch.
+    #[test]
+    fn padding_and_unselected_files_stay_off_the_output_tree() {
+        let a = data(20, 1);
+        let pad = vec![0u8; 12];
+        let b = data(16, 2);
+        let c = data(10, 3);
+        let mut info = info_for(
+            &[("t/a", &a), ("t/.pad/12", &pad), ("t/b", &b), ("t/c", &c)],
+            16,
+        );
+        info.files[1].pad = true;
+        info.files[3].executable = true;
+        let all: Vec<u8> = [a.clone(), pad.clone(), b.clone(), c.clone()].concat();
+        let dir = tempfile::tempdir().unwrap();
+        // a: pieces 0-1 (piece 1 = a's tail + padding), b: piece 2, c: piece 3.
+        let wanted = [false, false, true, true];
+        let s = Storage::open_selected(dir.path(), &info, OpenMode::Create, Some(&wanted)).unwrap();
+        for p in 0..s.layout().num_pieces() {
+            let off = p as usize * 16;
+            let size = s.layout().piece_size(p).unwrap() as usize;
+            let _ = s.write_piece(p, &all[off..off + size]).unwrap();
+        }
+        let synced = s.sync().unwrap();
+        assert!(
+            synced.contains(&0),
+            "the parts file covers file 0: {synced:?}"
+        );
+        assert!(!dir.path().join("t/a").exists());
+        assert!(!dir.path().join("t/.pad").exists());
+        assert_eq!(std::fs::read(dir.path().join("t/b")).unwrap(), b);
+        assert_eq!(std::fs::read(dir.path().join("t/c")).unwrap(), c);
+        let mode = std::fs::metadata(dir.path().join("t/c"))
+            .unwrap()
+            .permissions();
+        assert_ne!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o100, 0);
+        assert!(dir.path().join(".t.dhtnode-parts").is_file());
+        assert_eq!(s.read_piece(1).unwrap(), all[16..32].to_vec());
+        assert_eq!(s.stamp(1).unwrap().size, 12);
+        drop(s);
+
+        // Reopened with the same selection: every piece verifies (parts file included), and
+        // the stamps seen at open match those after the sync, so a record would be trusted.
+        let s = Storage::open_selected(dir.path(), &info, OpenMode::Create, Some(&wanted)).unwrap();
+        assert_eq!(s.verify_all().unwrap().len(), 4);
+        assert_eq!(s.found()[0].stamp, Some(s.stamp(0).unwrap()));
+        assert_eq!(s.found()[1].present, 12);
+        drop(s);
+
+        // Everything selected now: a is created empty and its pieces fail until fetched.
+        let s = Storage::open(dir.path(), &info, OpenMode::Create).unwrap();
+        let ok: Vec<u32> = s.verify_all().unwrap().iter().map(|v| v.index()).collect();
+        assert_eq!(ok, vec![2, 3]);
+        assert!(!dir.path().join("t/.pad").exists());
+
+        // Seeding complete data does not need padding on disk either.
+        let _ = s.write_piece(0, &all[..16]).unwrap();
+        let _ = s.write_piece(1, &all[16..32]).unwrap();
+        let ro = Storage::open(dir.path(), &info, OpenMode::Existing).unwrap();
+        assert_eq!(ro.verify_all().unwrap().len(), 4);
+    }
+
     #[test]
     fn a_write_landing_during_sync_keeps_its_file_marked() {
         let a = data(48, 5);
