@@ -51,6 +51,10 @@ struct Announcement {
     name: String,
     bytes: u64,
     pieces: usize,
+    /// BEP 52 hybrid: the v2 info-hash (64 hex digits); the DHT also holds us under its
+    /// first 40.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    infohash_v2: Option<String>,
 }
 
 /// The directory the torrent's name is resolved in: PATH itself if it holds an entry with the
@@ -109,6 +113,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         name: info.name.clone(),
         bytes: info.total_length(),
         pieces: info.num_pieces(),
+        infohash_v2: metainfo.info_hash_v2.map(|h| {
+            h.iter().fold(String::with_capacity(64), |mut s, b| {
+                use std::fmt::Write;
+                let _ = write!(s, "{b:02x}");
+                s
+            })
+        }),
     };
     // A closed stdout is no reason to stop serving.
     if args.json {

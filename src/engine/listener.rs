@@ -67,7 +67,22 @@ struct Inner {
     upload_limit: RateLimiter,
     download_limit: RateLimiter,
     torrents: Mutex<HashMap<Id, Arc<Torrent>>>,
+    /// Truncated v2 info-hash → v1 info-hash, for BEP 52 hybrid torrents: a peer that found
+    /// us under the v2 hash handshakes with it (bounded by `torrents`: one per torrent).
+    aliases: Mutex<HashMap<Id, Id>>,
     shutdown: watch::Sender<bool>,
+}
+
+impl Inner {
+    /// The torrent a handshake's info-hash names: its v1 hash, or a hybrid's truncated v2.
+    fn torrent_for(&self, info_hash: &Id) -> Option<Arc<Torrent>> {
+        let torrents = lock(&self.torrents);
+        if let Some(t) = torrents.get(info_hash) {
+            return Some(Arc::clone(t));
+        }
+        let v1 = lock(&self.aliases).get(info_hash).copied()?;
+        torrents.get(&v1).cloned()
+    }
 }
 
 /// A listener serving torrents to peers. Cheap to clone (a handle); serving stops when
@@ -286,6 +301,7 @@ impl Listener {
                 upload_limit: config.upload_limit,
                 download_limit: config.download_limit,
                 torrents: Mutex::new(HashMap::new()),
+                aliases: Mutex::new(HashMap::new()),
                 shutdown: watch::channel(false).0,
             }),
         };
@@ -420,6 +436,10 @@ impl Listener {
             files: spec.files.clone(),
             metadata_only: spec.metadata_only,
         });
+        let alias = spec
+            .metainfo
+            .as_ref()
+            .and_then(Metainfo::info_hash_v2_truncated);
         let done = match seed_meta {
             Some((meta, have)) => {
                 driver.setup_seed(meta, have);
@@ -443,6 +463,9 @@ impl Listener {
             }
             map.insert(spec.info_hash, Arc::clone(&t));
         }
+        if let Some(a) = alias {
+            lock(&self.inner.aliases).insert(a, spec.info_hash);
+        }
         let (peers_tx, peers_rx) = mpsc::channel(1024);
         let inner = Arc::clone(&self.inner);
         let t2 = Arc::clone(&t);
@@ -451,6 +474,9 @@ impl Listener {
             let mut map = lock(&inner.torrents);
             if map.get(&t2.info_hash).is_some_and(|x| Arc::ptr_eq(x, &t2)) {
                 map.remove(&t2.info_hash);
+                if let Some(a) = alias {
+                    lock(&inner.aliases).remove(&a);
+                }
             }
         });
         Ok(RunningTorrent {
@@ -503,9 +529,8 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
                         let res = async {
                             let (reader, mut wr, theirs) =
                                 handshake_incoming(stream, inner.cfg.handshake_timeout).await?;
-                            let t = lock(&inner.torrents)
-                                .get(&theirs.info_hash)
-                                .cloned()
+                            let t = inner
+                                .torrent_for(&theirs.info_hash)
                                 .ok_or(PeerError::WrongTorrent)?;
                             if theirs.peer_id == t.peer_id {
                                 return Err(PeerError::SelfConnection);
@@ -513,7 +538,8 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
                             if t.state().banned.contains(&addr.ip()) {
                                 return Err(PeerError::Dropped("banned"));
                             }
-                            send_handshake(&mut wr, t.info_hash, t.peer_id).await?;
+                            // Echo the hash they used: a hybrid's v2 hash gets the v2 hash.
+                            send_handshake(&mut wr, theirs.info_hash, t.peer_id).await?;
                             drop(permit);
                             run_peer(t, reader, wr, theirs, addr, false).await
                         }

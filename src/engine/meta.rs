@@ -2,11 +2,7 @@
 //! exact bytes (served with `ut_metadata`), and block reads for serving peers. Also the pool
 //! of piece buffers shared by peer tasks (which fill them) and hashers (which return them).
 
-use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use crate::sync::lock;
 use crate::torrent::{Info, Layout, LayoutError, Storage, StorageError};
@@ -22,8 +18,6 @@ pub(crate) struct Meta {
     pub layout: Layout,
     /// The files on disk.
     pub storage: Storage,
-    /// Read-only handles for serving blocks, opened lazily.
-    read_files: Mutex<HashMap<usize, Arc<File>>>,
 }
 
 impl Meta {
@@ -34,28 +28,7 @@ impl Meta {
             info,
             info_bytes,
             storage,
-            read_files: Mutex::new(HashMap::new()),
         }
-    }
-
-    fn read_file(&self, i: usize) -> Result<Arc<File>, StorageError> {
-        let mut files = lock(&self.read_files);
-        if let Some(f) = files.get(&i) {
-            return Ok(Arc::clone(f));
-        }
-        let path = self
-            .storage
-            .file_path(i)
-            .map(PathBuf::from)
-            .ok_or(LayoutError::Empty)?;
-        let f = File::open(&path)
-            .map(Arc::new)
-            .map_err(|source| StorageError::Io { path, source })?;
-        if files.len() >= crate::torrent::storage::MAX_OPEN_FILES {
-            files.clear();
-        }
-        files.insert(i, Arc::clone(&f));
-        Ok(f)
     }
 
     /// Reads block `req` straight into `out` (exactly `req.length` bytes), for seeding.
@@ -64,23 +37,10 @@ impl Meta {
         req: &BlockRequest,
         out: &mut [u8],
     ) -> Result<(), StorageError> {
-        let mut pos = 0usize;
-        for seg in self.layout.segments(req.index, req.begin, req.length)? {
-            let n = usize::try_from(seg.len).map_err(|_| LayoutError::Empty)?;
-            let dst = out.get_mut(pos..pos + n).ok_or(LayoutError::Empty)?;
-            let f = self.read_file(seg.file)?;
-            f.read_exact_at(dst, seg.offset)
-                .map_err(|source| StorageError::Io {
-                    path: self
-                        .storage
-                        .file_path(seg.file)
-                        .map(PathBuf::from)
-                        .unwrap_or_default(),
-                    source,
-                })?;
-            pos += n;
+        if out.len() != req.length as usize {
+            return Err(LayoutError::Empty.into());
         }
-        Ok(())
+        self.storage.read_block_into(req.index, req.begin, out)
     }
 }
 

@@ -43,6 +43,7 @@ pub(crate) async fn start(
         progress_rx: None,
         done_rx: None,
         feed: None,
+        feed_v2: None,
         trackers: None,
         stopping: Vec::new(),
         reported: false,
@@ -97,6 +98,9 @@ struct Supervisor {
     /// The running download's completion, until it fires.
     done_rx: Option<DoneRx>,
     feed: Option<JoinHandle<()>>,
+    /// For a BEP 52 hybrid, the DHT feed under its truncated v2 info-hash (peers of the v2
+    /// swarm; we announce there too, and accept handshakes with that hash).
+    feed_v2: Option<JoinHandle<()>>,
     /// The tracker announcer, when the torrent names trackers.
     trackers: Option<trackers::Running>,
     /// Tracker announcers told to stop, sending `stopped`.
@@ -139,6 +143,24 @@ impl Supervisor {
             let _ = running.peers.try_send((p, PeerSource::Manual));
         }
         if let Some(dht) = self.shared.dht.clone().filter(|_| !self.add.is_private()) {
+            let v2 = self
+                .metainfo
+                .as_ref()
+                .or(self.add.metainfo())
+                .and_then(Metainfo::info_hash_v2_truncated);
+            self.feed_v2 = v2.map(|info_hash| {
+                feed::spawn(Feed {
+                    dht: dht.clone(),
+                    info_hash,
+                    port: self.shared.listener.local_addr().port(),
+                    port6: self.shared.listener.local_addr6().map(|a| a.port()),
+                    peers: running.peers.clone(),
+                    progress: running.progress.clone(),
+                    stats: Arc::clone(&self.feed_stats),
+                    schedule: self.shared.schedule.clone(),
+                    events: self.events.clone(),
+                })
+            });
             self.feed = Some(feed::spawn(Feed {
                 dht,
                 info_hash: self.add.info_hash(),
@@ -181,6 +203,9 @@ impl Supervisor {
 
     fn halt(&mut self) {
         if let Some(f) = self.feed.take() {
+            f.abort();
+        }
+        if let Some(f) = self.feed_v2.take() {
             f.abort();
         }
         if let Some(t) = self.trackers.take() {

@@ -483,6 +483,15 @@ impl Metainfo {
         })
     }
 
+    /// A hybrid's v2 info-hash cut to 20 bytes, as BEP 52 has the DHT, trackers and the
+    /// peer handshake use it.
+    pub fn info_hash_v2_truncated(&self) -> Option<Id> {
+        let v2 = self.info_hash_v2?;
+        let mut id = [0u8; 20];
+        id.copy_from_slice(v2.get(..20)?);
+        Some(Id(id))
+    }
+
     /// Reads and parses a `.torrent` file, refusing files over [`MAX_TORRENT_FILE`].
     pub fn read_file(path: &Path) -> Result<Metainfo, MetainfoError> {
         use std::io::Read;

@@ -499,22 +499,35 @@ impl Storage {
 
     /// Reads `len` bytes at `offset` in piece `piece` (a peer's `request`).
     pub fn read_block(&self, piece: u32, offset: u32, len: u32) -> Result<Vec<u8>, StorageError> {
-        let segs = self.layout.segments(piece, offset, len)?;
         let mut buf = vec![0u8; len as usize];
+        self.read_block_into(piece, offset, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Reads `out.len()` bytes at `offset` in piece `piece` straight into `out` (serving a
+    /// peer without an extra copy). Padding reads as zeros; unselected files' bytes come
+    /// from the parts file.
+    pub fn read_block_into(
+        &self,
+        piece: u32,
+        offset: u32,
+        out: &mut [u8],
+    ) -> Result<(), StorageError> {
+        let len = u32::try_from(out.len()).map_err(|_| LayoutError::Empty)?;
         let mut pos = 0usize;
-        for seg in segs {
+        for seg in self.layout.segments(piece, offset, len)? {
             let n = seg.len as usize;
-            let dst = buf.get_mut(pos..pos + n).ok_or(LayoutError::Empty)?;
+            let dst = out.get_mut(pos..pos + n).ok_or(LayoutError::Empty)?;
             pos += n;
-            // Padding stays as the zeros `buf` starts with.
             let Some((key, at)) = self.place(&seg) else {
+                dst.fill(0);
                 continue;
             };
             let f = self.file(key)?;
             f.read_exact_at(dst, at)
                 .map_err(io_err(self.path_of(key)))?;
         }
-        Ok(buf)
+        Ok(())
     }
 
     /// Reads a whole piece.

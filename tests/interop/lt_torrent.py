@@ -22,6 +22,7 @@ Protocol (one JSON object per line each way; every line is flushed):
       "trackers" are written into the torrent (one tier each) and announced to; with
       "wait_tracker" the reply waits for the first tracker_reply_alert (tracker_ms).
   {"cmd":"download","info_hash":hex,"save_path":dir[,"timeout":s][,"peers":["ip:port"]]
+         [,"info_hash_v2":hex64 (a hybrid known by both hashes)][,"torrent":f (the .torrent)]
          [,"upload_limit":bytes_per_s][,"background":true][,"trackers":[url,...]]}
       -> progress lines {"event":"progress","info_hash","state","progress","pieces",
                          "num_peers","download_rate"} about once a second, then
@@ -324,7 +325,14 @@ class Harness(JsonLineServer):
         save = os.path.abspath(req["save_path"])
         os.makedirs(save, exist_ok=True)
         atp = lt.add_torrent_params()
-        atp.info_hashes = lt.info_hash_t(ih)
+        if req.get("torrent"):
+            # The whole .torrent (a hybrid's piece layers included): no metadata exchange.
+            atp.ti = lt.torrent_info(os.path.abspath(req["torrent"]))
+        elif req.get("info_hash_v2"):
+            # A BEP 52 hybrid known by both hashes (a magnet with btih and btmh).
+            atp.info_hashes = lt.info_hash_t(ih, lt.sha256_hash(bytes.fromhex(req["info_hash_v2"])))
+        else:
+            atp.info_hashes = lt.info_hash_t(ih)
         atp.save_path = save
         if req.get("trackers"):
             atp.trackers = list(req["trackers"])
