@@ -43,6 +43,9 @@ pub(crate) struct PeerEntry {
     pub tx: mpsc::UnboundedSender<Cmd>,
     /// Remote address of the connection.
     pub addr: SocketAddr,
+    /// The peer id from its handshake: one connection per peer id (a peer reachable over
+    /// IPv4 and IPv6 is still one peer).
+    pub peer_id: Id,
     /// Shared counters.
     pub counters: Arc<PeerCounters>,
 }
