@@ -224,3 +224,60 @@ async fn a_peer_met_over_ipv4_is_dialed_at_the_ipv6_address_it_names() {
     fl.shutdown();
     seed.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simultaneous_open_keeps_the_connection_the_lower_peer_id_dialed() {
+    let src = tempfile::tempdir().unwrap();
+    let mi = make_torrent(src.path(), "s.bin", &[("x", 64 * 1024)], 16 * 1024, 33);
+    // We are pid(42): peer 30 is lower (its dial is kept), peer 90 higher (ours is kept).
+    for (n, theirs, ours_kept) in [(42u8, 30u8, false), (44, 90, true)] {
+        let dst = tempfile::tempdir().unwrap();
+        let mut lc = ListenerConfig::new(pid(42));
+        lc.engine = cfg();
+        let l = Listener::bind(
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), 0),
+            lc,
+        )
+        .await
+        .unwrap();
+        let mut spec = TorrentSpec::download(mi.info_hash, dst.path().to_path_buf());
+        spec.metainfo = Some(mi.clone());
+        let rt = l.start(spec).await.unwrap();
+        // The peer dials us ...
+        let mut their_dial = handshake_as(l.local_addr(), mi.info_hash, pid(theirs)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // ... and we dial the peer.
+        let peer = tokio::net::TcpListener::bind("127.0.0.45:0").await.unwrap();
+        rt.peers
+            .send((peer.local_addr().unwrap(), PeerSource::Manual))
+            .await
+            .unwrap();
+        let (mut our_dial, _) = tokio::time::timeout(LIMIT, peer.accept())
+            .await
+            .expect("we never dialed the peer")
+            .unwrap();
+        let mut hs = [0u8; 68];
+        tokio::time::timeout(LIMIT, our_dial.read_exact(&mut hs))
+            .await
+            .expect("no handshake")
+            .unwrap();
+        our_dial
+            .write_all(&Handshake::new(mi.info_hash, pid(theirs)).to_bytes())
+            .await
+            .unwrap();
+        let (mut dropped, mut kept) = if ours_kept {
+            (their_dial, our_dial)
+        } else {
+            (our_dial, their_dial)
+        };
+        assert!(
+            closed_within(&mut dropped, LIMIT).await,
+            "peer {theirs}: the connection the higher id dialed was kept"
+        );
+        assert!(
+            !closed_within(&mut kept, Duration::from_millis(500)).await,
+            "peer {theirs}: the connection the lower id dialed was closed"
+        );
+        l.shutdown();
+    }
+}

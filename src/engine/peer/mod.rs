@@ -67,10 +67,18 @@ pub(crate) async fn run_peer(
             .peers
             .iter()
             .find(|(_, p)| p.peer_id == theirs.peer_id)
-            .map(|(k, _)| *k);
+            .map(|(k, p)| (*k, p.outgoing, p.tx.clone()));
+        // Simultaneous open (each side dialed the other): both sides keep the connection
+        // the lower peer id dialed, so they agree on one; keeping each its first could
+        // close both.
+        let lower_dials = outgoing == (t.peer_id.0 < theirs.peer_id.0);
+        let replaces = twin
+            .as_ref()
+            .is_some_and(|(_, twin_out, _)| *twin_out != outgoing && lower_dials);
         if st.banned.contains(&addr.ip()) {
             Err(PeerError::Dropped("banned"))
-        } else if let Some(kept) = twin {
+        } else if let Some((kept, _, _)) = twin.as_ref().filter(|_| !replaces) {
+            let kept = *kept;
             // One connection per peer: the one already up stays. A dialed address is
             // another way to reach it (the peer list will not redial it meanwhile).
             if outgoing {
@@ -82,11 +90,15 @@ pub(crate) async fn run_peer(
         } else if t.is_shutdown() {
             Err(PeerError::Shutdown)
         } else {
+            if let Some((_, _, old)) = twin.filter(|_| replaces) {
+                let _ = old.send(Cmd::Close("duplicate connection"));
+            }
             st.peers.insert(
                 key,
                 PeerEntry {
                     tx: cmd_tx,
                     addr,
+                    outgoing,
                     peer_id: theirs.peer_id,
                     counters: Arc::clone(&counters),
                 },
