@@ -244,7 +244,7 @@ async fn a_simultaneous_open_keeps_the_connection_the_lower_peer_id_dialed() {
         spec.metainfo = Some(mi.clone());
         let rt = l.start(spec).await.unwrap();
         // The peer dials us ...
-        let mut their_dial = handshake_as(l.local_addr(), mi.info_hash, pid(theirs)).await;
+        let their_dial = handshake_as(l.local_addr(), mi.info_hash, pid(theirs)).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         // ... and we dial the peer.
         let peer = tokio::net::TcpListener::bind("127.0.0.45:0").await.unwrap();
