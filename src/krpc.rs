@@ -445,10 +445,25 @@ impl Writer {
     fn raw(&mut self, b: &[u8]) {
         self.0.extend_from_slice(b);
     }
+    /// Decimal digits of `v`, without `core::fmt` (a hot path: every string has a length).
+    fn uint(&mut self, v: u64) {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        let mut v = v;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (v % 10) as u8;
+            v /= 10;
+            start -= 1;
+            if v == 0 {
+                break;
+            }
+        }
+        self.0
+            .extend_from_slice(digits.get(start..).unwrap_or_default());
+    }
     fn len_prefix(&mut self, n: usize) {
-        use std::io::Write;
-        // Writing to a Vec cannot fail.
-        let _ = write!(self.0, "{n}:");
+        self.uint(n as u64);
+        self.0.push(b':');
     }
     fn bytes(&mut self, b: &[u8]) {
         self.len_prefix(b.len());
@@ -458,8 +473,12 @@ impl Writer {
         self.bytes(k);
     }
     fn int(&mut self, v: i64) {
-        use std::io::Write;
-        let _ = write!(self.0, "i{v}e");
+        self.0.push(b'i');
+        if v < 0 {
+            self.0.push(b'-');
+        }
+        self.uint(v.unsigned_abs());
+        self.0.push(b'e');
     }
 }
 
@@ -801,7 +820,10 @@ impl Message {
         }
         if let Some(ip) = &self.ip {
             w.key(b"ip");
-            w.bytes(&encode_ip_key(ip));
+            match ip {
+                SocketAddr::V4(a) => w.bytes(&encode_peer(a)),
+                SocketAddr::V6(a) => w.bytes(&encode_peer6(a)),
+            }
         }
         if let Body::Query(q) = &self.body {
             w.key(b"q");
@@ -965,6 +987,33 @@ impl Message {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_writer_formats_integers_like_core_fmt() {
+        for v in [
+            0i64,
+            1,
+            9,
+            10,
+            99,
+            100,
+            6881,
+            65535,
+            i64::MAX,
+            -1,
+            -10,
+            i64::MIN,
+        ] {
+            let mut w = Writer(Vec::new());
+            w.int(v);
+            assert_eq!(w.0, format!("i{v}e").into_bytes());
+        }
+        for n in [0usize, 7, 10, 20, 416, 1000, usize::MAX] {
+            let mut w = Writer(Vec::new());
+            w.len_prefix(n);
+            assert_eq!(w.0, format!("{n}:").into_bytes());
+        }
+    }
 
     fn id(b: u8) -> Id {
         Id([b; 20])

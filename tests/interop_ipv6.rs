@@ -7,7 +7,8 @@
 //! - `dhtnode lookup` finds a libtorrent seeder announced over IPv6 (an 18-byte `values`
 //!   entry), and the bootstrap node's saved state keeps its IPv6 table;
 //! - libtorrent finds `dhtnode seed` through the IPv6 DHT and downloads from it over IPv6 TCP;
-//! - `dhtnode fetch` downloads from a libtorrent seeder over IPv6.
+//! - `dhtnode fetch` downloads from a libtorrent seeder over IPv6;
+//! - a seed on the `[::]` wildcard names a reachable address of its own as BEP 7 `ipv6`.
 //!
 //! Addresses inside every namespace: dhtnode bootstrap nodes on 127.0.0.1 / [fd00::1] and
 //! 127.0.0.6 / [fd00::6] (port 6881), libtorrent on [fd00::2], dhtnode seed or fetch on
@@ -283,4 +284,80 @@ fn dhtnode_fetch_downloads_from_a_libtorrent_seed_over_ipv6() {
     assert_eq!(r["bytes"], s["bytes"], "{r}");
     assert!(r["peers_connected"].as_u64().unwrap_or(0) >= 1, "{r}");
     assert_same_file(&src, &out.join(s["name"].as_str().expect("name")));
+}
+
+/// Connects to a BitTorrent peer at argv[1]:argv[2] for info-hash argv[3] (hex), reads its
+/// BEP 10 extension handshake and prints its `ipv6` key (or `none`); then dials that address
+/// on the same port and prints `reachable` when it accepts. Bounded by socket timeouts.
+const EXT_PROBE: &str = r#"
+import socket, struct, sys
+host, port, ih = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+s = socket.create_connection((host, port), timeout=10)
+s.sendall(b"\x13BitTorrent protocol" + bytes([0, 0, 0, 0, 0, 0x10, 0, 0]) + ih + b"-PY0001-" + b"x" * 12)
+def read(n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c: raise SystemExit("closed")
+        b += c
+    return b
+read(68)
+for _ in range(50):
+    (n,) = struct.unpack(">I", read(4))
+    m = read(n) if n else b""
+    if len(m) >= 2 and m[0] == 20 and m[1] == 0:
+        i = m.find(b"4:ipv616:")
+        if i < 0:
+            print("none"); sys.exit(0)
+        ip = socket.inet_ntop(socket.AF_INET6, m[i + 9:i + 25])
+        print(ip)
+        socket.create_connection((ip, port), timeout=10).close()
+        print("reachable"); sys.exit(0)
+print("no extension handshake")
+"#;
+
+#[test]
+fn a_seed_listening_on_the_ipv6_wildcard_names_a_reachable_ipv6_address() {
+    // BEP 7 `ipv6` with `--bind [::]:PORT`: the seed picks a non-loopback local address of
+    // the namespace (one of fd00::1..9) and names it in its extension handshake over IPv4.
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = Netns::new("v6wild");
+    let src = tmp.path().join("wild.bin");
+    write_random(&src, 64 * 1024, 64);
+    let seed = ns.spawn(
+        "seed",
+        bin(),
+        &args(&[
+            "seed",
+            src.to_str().expect("utf-8 temp path"),
+            "--bind",
+            "127.0.0.4:7000",
+            "--bind",
+            "[::]:7000",
+            "--bootstrap",
+            "none",
+            "--json",
+        ]),
+    );
+    let info = seed
+        .wait_json(Duration::from_secs(60), |v| v.get("infohash").is_some())
+        .expect("dhtnode seed printed no JSON line within 60 s");
+    let ih = info["infohash"].as_str().expect("infohash").to_string();
+    let (code, out, err) = ns.run(
+        "/usr/bin/python3",
+        &args(&["-c", EXT_PROBE, "127.0.0.4", "7000", &ih]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 0, "probe failed: {out} {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let ip: std::net::Ipv6Addr = lines
+        .first()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("no ipv6 key in the seed's extension handshake: {out} {err}"));
+    assert!(
+        ip.segments().first() == Some(&0xfd00),
+        "advertised {ip}, not one of the namespace's fd00:: addresses"
+    );
+    assert_eq!(lines.get(1), Some(&"reachable"), "{out} {err}");
+    drop(seed);
 }

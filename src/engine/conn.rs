@@ -59,6 +59,9 @@ pub(crate) enum PeerError {
     /// Our connection cap for the torrent is reached (not a verdict on the peer).
     #[error("connection limit reached")]
     LimitReached,
+    /// The peer (by peer id) is connected already, e.g. over the other address family.
+    #[error("peer already connected")]
+    Duplicate,
     /// The peer was banned (sent bad data) or refused by a cap.
     #[error("dropped: {0}")]
     Dropped(&'static str),

@@ -59,6 +59,8 @@ struct Setup {
 /// Connection ids remembered with their IP, for attributing pieces that fail after the peer
 /// left (bounded: ids are per connection, and connections come and go).
 const KEY_IPS: usize = 4096;
+/// Most other addresses remembered per connection (see `Driver::aliases`).
+const MAX_ALIASES: usize = 4;
 
 /// Inputs of a driver.
 pub(crate) struct DriverParams {
@@ -105,6 +107,10 @@ pub(crate) struct Driver {
     peers_open: bool,
     /// Connection id → (remote address, dialable address, connected since).
     conns: HashMap<PeerKey, (SocketAddr, Option<SocketAddr>, Instant)>,
+    /// Connection id → other addresses of the same peer (its BEP 7 `ipv6`, a deduplicated
+    /// dial): marked connected in the peer list while the connection lasts, so the peer
+    /// is not dialed twice; at most [`MAX_ALIASES`] each.
+    aliases: HashMap<PeerKey, Vec<SocketAddr>>,
     key_ips: LruCache<PeerKey, IpAddr>,
     peers_seen: usize,
     pex_learnt: usize,
@@ -159,6 +165,7 @@ impl Driver {
             half_open: 0,
             peers_open: true,
             conns: HashMap::new(),
+            aliases: HashMap::new(),
             key_ips: LruCache::new(std::num::NonZeroUsize::MIN.saturating_add(KEY_IPS - 1)),
             peers_seen: 0,
             pex_learnt: 0,
@@ -736,6 +743,14 @@ impl Driver {
                 self.choker.remove(key);
                 self.counts.remove(&key);
                 let conn = self.conns.remove(&key);
+                if let (Some(alias), Some((_, _, since))) = (self.aliases.remove(&key), conn) {
+                    // The peer's other addresses are dialable again (its only connection
+                    // is gone), with the same verdict as the connection itself.
+                    for a in alias {
+                        self.peers
+                            .on_disconnected(a, now, now.duration_since(since));
+                    }
+                }
                 if let Some((_, Some(dial), since)) = conn {
                     match fail {
                         Some(kind) if dial == addr || kind == FailKind::LimitReached => {
@@ -746,8 +761,9 @@ impl Driver {
                             .on_disconnected(dial, now, now.duration_since(since)),
                     }
                 } else if conn.is_none() {
-                    // Refused at registration (limit, ban, shutdown).
-                    if let Some(kind) = fail {
+                    // Refused at registration (limit, ban, shutdown; a duplicate was
+                    // handled by its `Alias`).
+                    if let Some(kind) = fail.filter(|k| *k != FailKind::Duplicate) {
                         self.peers.on_failed(addr, now, kind);
                     }
                 }
@@ -792,16 +808,48 @@ impl Driver {
                     }
                 }
             }
-            Event::Ipv6Addr(a) => {
-                if self.finished_at.is_none()
-                    && self.t.endpoints.reaches(&a)
-                    && self.peers.add(a, PeerSource::Pex, now)
-                {
-                    tracing::debug!(%a, "peer's IPv6 address (BEP 7) is a candidate");
+            Event::Ipv6Addr { key, addr } => {
+                if self.finished_at.is_none() && self.t.endpoints.reaches(&addr) {
+                    if self.peers.add(addr, PeerSource::Pex, now) {
+                        tracing::debug!(%addr, "peer's IPv6 address (BEP 7) is a candidate");
+                    }
+                    self.alias(key, addr, now);
+                }
+            }
+            Event::Alias { key, addr } => {
+                tracing::debug!(%addr, key, "dialed a peer connected already; dropped");
+                if !self.alias(key, addr, now) {
+                    self.peers.on_failed(addr, now, FailKind::Duplicate);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Records `addr` as another address of the peer of live connection `key`: connected
+    /// in the peer list (not dialed) until that connection ends. False when `key` is gone,
+    /// `addr` is unknown to the peer list or already an address of a connection.
+    fn alias(&mut self, key: PeerKey, addr: SocketAddr, now: Instant) -> bool {
+        let Some(conn) = self.conns.get(&key) else {
+            return false;
+        };
+        if self.aliases.get(&key).is_some_and(|l| l.contains(&addr)) {
+            self.peers.on_connected(addr, now);
+            return true;
+        }
+        let own = conn.0 == addr || conn.1 == Some(addr);
+        let known = self.peers.failures(addr).is_some();
+        let taken = self.aliases.values().flatten().any(|a| *a == addr);
+        let full = self
+            .aliases
+            .get(&key)
+            .is_some_and(|l| l.len() >= MAX_ALIASES);
+        if own || !known || taken || full {
+            return false;
+        }
+        self.aliases.entry(key).or_default().push(addr);
+        self.peers.on_connected(addr, now);
+        true
     }
 
     fn ban_ip(&mut self, ip: IpAddr) {

@@ -73,8 +73,23 @@ pub(crate) enum Event {
     /// Addresses a peer gave us through PEX.
     PexPeers(Vec<SocketAddr>),
     /// A peer's own IPv6 address with its listen port (BEP 7 `ipv6` in its BEP 10
-    /// handshake over IPv4): a candidate, learnt from that peer.
-    Ipv6Addr(SocketAddr),
+    /// handshake over IPv4): a candidate, learnt from that peer, and another way to reach
+    /// the peer of connection `key` (not dialed while that connection lasts).
+    Ipv6Addr {
+        /// Connection id of the peer that named the address.
+        key: PeerKey,
+        /// Its IPv6 address with its listen port.
+        addr: SocketAddr,
+    },
+    /// A dial to `addr` reached a peer already connected as `key` (same peer id, e.g. over
+    /// the other address family): the new connection was dropped, and `addr` counts as
+    /// connected for as long as `key` is.
+    Alias {
+        /// Connection id of the connection kept.
+        key: PeerKey,
+        /// The dialed address of the dropped duplicate.
+        addr: SocketAddr,
+    },
 }
 
 /// Outcome of a hash job.

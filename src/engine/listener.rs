@@ -190,6 +190,12 @@ pub struct RunningTorrent {
 }
 
 impl RunningTorrent {
+    /// The shared torrent state (tests drive it directly).
+    #[cfg(test)]
+    pub(crate) fn torrent(&self) -> &Arc<Torrent> {
+        &self.t
+    }
+
     /// The info-hash.
     pub fn info_hash(&self) -> Id {
         self.t.info_hash
@@ -291,10 +297,16 @@ impl Listener {
         }
         let bound: Vec<SocketAddr> = sockets.iter().map(|(a, _)| *a).collect();
         let local_addr = bound.first().copied().unwrap_or(addr);
+        let mut endpoints = Endpoints::new(&bound);
+        if endpoints.v6.is_some_and(|a| a.ip().is_unspecified()) {
+            // A wildcard IPv6 listener: pick the address the `ipv6` key names (BEP 7).
+            endpoints = endpoints.with_wildcard6(super::endpoints::local_ipv6());
+            tracing::debug!(ipv6 = ?endpoints.ipv6(), "advertised IPv6 address of [::]");
+        }
         let l = Listener {
             inner: Arc::new(Inner {
                 local_addr,
-                endpoints: Endpoints::new(&bound),
+                endpoints,
                 peer_id: config.peer_id,
                 dht_port: config.dht_port,
                 cfg,

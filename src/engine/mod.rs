@@ -52,6 +52,8 @@ mod torrent;
 pub mod trust;
 
 #[cfg(test)]
+mod dual_stack_tests;
+#[cfg(test)]
 mod fairness_tests;
 #[cfg(test)]
 mod tests;

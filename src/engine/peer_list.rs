@@ -84,6 +84,9 @@ pub enum FailKind {
     Protocol,
     /// Our or the peer's connection cap was reached: retried soon, not a failure.
     LimitReached,
+    /// The peer is connected already through another address: retried later (like
+    /// [`FailKind::LimitReached`]), not a failure.
+    Duplicate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -248,7 +251,7 @@ impl PeerList {
         };
         e.state = State::Idle;
         e.tried = true;
-        if kind == FailKind::LimitReached {
+        if matches!(kind, FailKind::LimitReached | FailKind::Duplicate) {
             e.retry_at = Some(now + LIMIT_RETRY);
         } else {
             e.failures = e.failures.saturating_add(1);

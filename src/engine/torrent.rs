@@ -43,6 +43,11 @@ pub(crate) struct PeerEntry {
     pub tx: mpsc::UnboundedSender<Cmd>,
     /// Remote address of the connection.
     pub addr: SocketAddr,
+    /// The peer id from its handshake: one connection per peer id (a peer reachable over
+    /// IPv4 and IPv6 is still one peer).
+    pub peer_id: Id,
+    /// We dialed (true) or the peer did.
+    pub outgoing: bool,
     /// Shared counters.
     pub counters: Arc<PeerCounters>,
 }

@@ -637,7 +637,7 @@ struct Subscriber {
 }
 
 /// Batches read per wake-up before servicing timers and commands again.
-const RECV_ROUNDS: usize = 16;
+const RECV_ROUNDS: usize = 64;
 /// How long a busy driver polls the socket before going back to sleep.
 const SPIN: Duration = Duration::from_micros(50);
 
@@ -814,7 +814,6 @@ impl Driver {
     async fn drain(&mut self, recv: &mut batch::RecvBatch) {
         use std::os::fd::AsRawFd;
         let fd = self.socket.as_raw_fd();
-        let mut spun = false;
         for round in 0..RECV_ROUNDS {
             let n = match self
                 .socket
@@ -824,11 +823,11 @@ impl Driver {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Under load the next datagram is usually microseconds away: poll for a
                     // moment instead of paying for a sleep and a wake-up. Only when busy
-                    // (this wake-up already found work), and only once per wake-up.
-                    if round == 0 || spun {
+                    // (this wake-up already found work); a spin that finds nothing ends
+                    // the wake-up, so an idle node never spins more than once.
+                    if round == 0 {
                         return;
                     }
-                    spun = true;
                     match spin_recv(recv, fd) {
                         Some(n) => n,
                         None => return,

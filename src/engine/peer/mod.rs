@@ -63,18 +63,43 @@ pub(crate) async fn run_peer(
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let registered = {
         let mut st = t.state();
+        let twin = st
+            .peers
+            .iter()
+            .find(|(_, p)| p.peer_id == theirs.peer_id)
+            .map(|(k, p)| (*k, p.outgoing, p.tx.clone()));
+        // Simultaneous open (each side dialed the other): both sides keep the connection
+        // the lower peer id dialed, so they agree on one; keeping each its first could
+        // close both.
+        let lower_dials = outgoing == (t.peer_id.0 < theirs.peer_id.0);
+        let replaces = twin
+            .as_ref()
+            .is_some_and(|(_, twin_out, _)| *twin_out != outgoing && lower_dials);
         if st.banned.contains(&addr.ip()) {
             Err(PeerError::Dropped("banned"))
+        } else if let Some((kept, _, _)) = twin.as_ref().filter(|_| !replaces) {
+            let kept = *kept;
+            // One connection per peer: the one already up stays. A dialed address is
+            // another way to reach it (the peer list will not redial it meanwhile).
+            if outgoing {
+                let _ = t.events.send(Event::Alias { key: kept, addr });
+            }
+            Err(PeerError::Duplicate)
         } else if st.peers.len() >= t.cfg.max_peers {
             Err(PeerError::LimitReached)
         } else if t.is_shutdown() {
             Err(PeerError::Shutdown)
         } else {
+            if let Some((_, _, old)) = twin.filter(|_| replaces) {
+                let _ = old.send(Cmd::Close("duplicate connection"));
+            }
             st.peers.insert(
                 key,
                 PeerEntry {
                     tx: cmd_tx,
                     addr,
+                    outgoing,
+                    peer_id: theirs.peer_id,
                     counters: Arc::clone(&counters),
                 },
             );
@@ -489,15 +514,23 @@ impl Conn {
             });
         }
         // BEP 7: a peer met over IPv4 names its IPv6 address; with its listen port that is
-        // one more candidate (the driver drops it unless we listen on IPv6 ourselves).
-        if let Some(ip6) = hs
-            .ipv6
-            .filter(|ip| !ip.is_unspecified() && !ip.is_multicast())
-        {
+        // another way to reach the same peer (the driver drops it unless we listen on IPv6
+        // ourselves, and dials it only when this connection is gone). Loopback only from a
+        // loopback peer: a remote one naming ::1 would have us dial ourselves.
+        let loopback = self.addr.ip().to_canonical().is_loopback();
+        if let Some(ip6) = hs.ipv6.filter(|ip| {
+            !ip.is_unspecified()
+                && !ip.is_multicast()
+                && ip.to_ipv4_mapped().is_none()
+                && (loopback || !ip.is_loopback())
+        }) {
             let port = hs.p.or(self.listen.map(|a| a.port()));
-            if let (Some(port), false) = (port, self.addr.is_ipv6()) {
-                let alt = SocketAddr::new(std::net::IpAddr::V6(ip6), port);
-                let _ = self.t.events.send(Event::Ipv6Addr(alt));
+            if let (Some(port), false) = (port, self.addr.ip().to_canonical().is_ipv6()) {
+                let addr = SocketAddr::new(std::net::IpAddr::V6(ip6), port);
+                let _ = self.t.events.send(Event::Ipv6Addr {
+                    key: self.key,
+                    addr,
+                });
             }
         }
         self.on_metadata_size(hs.metadata_size)?;
@@ -538,6 +571,7 @@ impl PeerError {
     pub(crate) fn fail_kind(&self) -> FailKind {
         match self {
             PeerError::LimitReached => FailKind::LimitReached,
+            PeerError::Duplicate => FailKind::Duplicate,
             PeerError::Timeout => FailKind::Timeout,
             PeerError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 FailKind::Refused
