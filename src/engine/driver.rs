@@ -913,7 +913,9 @@ impl Driver {
                     }
                     (size, complete, senders)
                 };
-                for ip in self.ips_of(&senders) {
+                let ips = self.ips_of(&senders);
+                tracing::debug!(piece, senders = ?ips, "piece passed");
+                for ip in ips {
                     self.trust.on_passed(ip);
                 }
                 self.fetched_bytes += u64::from(size);

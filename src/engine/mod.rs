@@ -101,6 +101,11 @@ pub struct EngineConfig {
     /// `min_queue..=max_queue`; starts at `initial_queue` and grows by one per block received
     /// until the first rate measurement (slow start).
     pub queue_window: Duration,
+    /// Request queue at a seed while other peers unchoke us too (a swarm): `rate ×
+    /// seed_queue_window ÷ 16 KiB`, at least one piece, at most the normal queue. Shallow so
+    /// that few pieces are reserved at a seed the whole crowd shares, and it sends each
+    /// piece about once.
+    pub seed_queue_window: Duration,
     /// Lower bound of the request queue.
     pub min_queue: usize,
     /// Upper bound of the request queue.
@@ -144,6 +149,7 @@ impl Default for EngineConfig {
             metadata_timeout: Duration::from_secs(5),
             choker: ChokerConfig::default(),
             queue_window: Duration::from_secs(1),
+            seed_queue_window: Duration::from_millis(250),
             min_queue: 2,
             max_queue: 500,
             initial_queue: 16,

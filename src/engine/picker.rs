@@ -11,6 +11,9 @@
 //! - **spare the seeds**: while a peer that is not a seed is unchoking us, pieces that such
 //!   peers already have are not requested from a seed. A seed's upload is what limits a flash
 //!   crowd, so each of its bytes should be one nobody else in our view can give us;
+//! - **walk apart at a seed**: a new piece started from a seed continues after the last one
+//!   started there, or else starts in the middle of the longest run of candidates
+//!   ([`Picker::spread_missing`]), so a crowd behind one seed rarely reserves the same piece;
 //! - **endgame**: once no piece is untouched, blocks already requested are requested again
 //!   from other peers (at most [`PickerConfig::endgame_dup`] requesters), and when a block
 //!   arrives the other requesters are returned so the caller can send `cancel`s.
@@ -99,6 +102,9 @@ pub enum BlockOutcome {
     },
 }
 
+/// Shortest run of candidate pieces [`Picker::spread_missing`] still walks along.
+const MIN_WALK_RUN: u32 = 4;
+
 /// The piece picker for one torrent.
 #[derive(Debug)]
 pub struct Picker {
@@ -125,6 +131,8 @@ pub struct Picker {
     other_sources: u32,
     /// Serve what we have, want nothing (a seed of partial data).
     serve_only: bool,
+    /// The piece last started from a seed ([`Picker::spread_missing`] continues after it).
+    last_seed_pick: Option<u32>,
 }
 
 /// One connected peer as the seed-sparing rule sees it.
@@ -154,6 +162,7 @@ impl Picker {
             seeds: 0,
             other_sources: 0,
             serve_only: false,
+            last_seed_pick: None,
         }
     }
 
@@ -217,6 +226,12 @@ impl Picker {
     fn availability_cap(&self, peer: PeerKey) -> Option<u32> {
         let is_seed = self.sources.get(&peer).is_some_and(|s| s.seed);
         (is_seed && self.other_sources > 0).then_some(self.seeds)
+    }
+
+    /// Whether [`Picker::pick`] spares `peer` as a seed: it has every piece and some non-seed
+    /// peer unchokes us, so only pieces no non-seed peer has are asked of it.
+    pub fn spares_seed(&self, peer: PeerKey) -> bool {
+        self.availability_cap(peer).is_some()
     }
 
     fn within_cap(&self, p: u32, cap: Option<u32>) -> bool {
@@ -385,6 +400,81 @@ impl Picker {
         best.map(|(_, p)| p)
     }
 
+    /// The piece to start from a seed: among the missing pieces `has` holds at the lowest
+    /// availability (within `cap`), the one after the piece last started from a seed if it
+    /// qualifies, else a spot in the middle half of the longest run of consecutive
+    /// qualifying pieces; once no run is [`MIN_WALK_RUN`] long (the tail), a uniform draw.
+    /// Downloaders sharing a seed thus walk apart,
+    /// each along its own stretch of the torrent, instead of drawing from one shrinking pool
+    /// at random: a piece reserved at the seed by one of them is invisible to the others
+    /// until its `have`, and random draws ask the seed for it again (measured: a third of
+    /// a 6-downloader flash crowd's seed upload). A separate function so that rarest-first
+    /// ([`Picker::rarest_missing`]) stays as it is for every other peer.
+    fn spread_missing(&mut self, has: &Bitfield, cap: Option<u32>) -> Option<u32> {
+        let candidate = |p: u32, s: &State, a: u32| {
+            *s == State::Missing && has.get(p) && cap.is_none_or(|c| a <= c)
+        };
+        let min = (0u32..)
+            .zip(self.state.iter().zip(&self.availability))
+            .filter(|(p, (s, a))| candidate(*p, s, **a))
+            .map(|(_, (_, a))| *a)
+            .min()?;
+        let qualifies = |p: u32| {
+            matches!(
+                (self.state.get(p as usize), self.availability.get(p as usize)),
+                (Some(s), Some(&a)) if a == min && candidate(p, s, a)
+            )
+        };
+        // Runs of consecutive qualifying pieces: how many pieces, and the longest (ties at
+        // random).
+        let n = self.num_pieces();
+        let (mut total, mut best_start, mut best_len, mut ties) = (0u32, 0u32, 0u32, 0u32);
+        let (mut start, mut len) = (0u32, 0u32);
+        for p in 0..=n {
+            if p < n && qualifies(p) {
+                if len == 0 {
+                    start = p;
+                }
+                len += 1;
+                total += 1;
+                continue;
+            }
+            if len > best_len {
+                (best_start, best_len, ties) = (start, len, 1);
+            } else if len > 0 && len == best_len {
+                ties += 1;
+                if self.rng.gen_range(0..ties) == 0 {
+                    best_start = start;
+                }
+            }
+            len = 0;
+        }
+        if total == 0 {
+            return None;
+        }
+        if best_len < MIN_WALK_RUN {
+            // The tail: only short runs are left, and walkers would step on each other's
+            // reserved pieces; a uniform draw is the best guess.
+            let mut r = self.rng.gen_range(0..total);
+            for p in 0..n {
+                if qualifies(p) {
+                    if r == 0 {
+                        return Some(p);
+                    }
+                    r -= 1;
+                }
+            }
+            return None;
+        }
+        if let Some(next) = self.last_seed_pick.and_then(|l| l.checked_add(1)) {
+            if qualifies(next) {
+                return Some(next);
+            }
+        }
+        let jitter = self.rng.gen_range(0..(best_len / 2).max(1));
+        Some(best_start + best_len / 4 + jitter)
+    }
+
     /// Picks up to `max` blocks to request from `peer`, which has the pieces in `has`.
     /// `fast` peers get whole pieces of their own. The returned blocks are recorded as
     /// requested from `peer`.
@@ -416,9 +506,18 @@ impl Picker {
         }
         // 3. New pieces, rarest first.
         while out.len() < max && self.partials.len() < self.cfg.max_partials {
-            let Some(p) = self.rarest_missing(has, cap) else {
+            let from_seed = self.sources.get(&peer).is_some_and(|s| s.seed);
+            let next = if from_seed {
+                self.spread_missing(has, cap)
+            } else {
+                self.rarest_missing(has, cap)
+            };
+            let Some(p) = next else {
                 break;
             };
+            if from_seed {
+                self.last_seed_pick = Some(p);
+            }
             let suspect = self.suspect.get(p as usize).copied().unwrap_or(false);
             let owner = (fast || suspect).then_some(peer);
             let part = self.new_partial(p, owner);
@@ -804,6 +903,99 @@ mod tests {
         p.set_have(0);
         assert!(p.is_complete());
         assert_eq!(p.have_count(), 4);
+    }
+
+    /// A flash crowd in miniature: `k` downloaders share one seed, each keeping `depth`
+    /// one-block pieces reserved at it; a reserved piece arrives `delay` steps later and only
+    /// then is announced (`have`) to the others. Returns how many times the seed was asked
+    /// for a piece someone had already asked it for, with `Picker::pick` (spread) and with
+    /// uniform random draws among the pieces nobody announced (rarest first with random
+    /// ties, as before): `[spread, random]`, each as (all repeats, repeats while more than
+    /// `n / 8` pieces had never been asked for).
+    fn crowd_duplicates(k: usize, n: u32, depth: usize, delay: u32) -> [(u32, u32); 2] {
+        let all = all(n);
+        let mut pickers: Vec<Picker> = (0..k)
+            .map(|i| {
+                let l = layout(u64::from(n), u64::from(BLOCK_SIZE));
+                let mut p = Picker::new(l, PickerConfig::default(), 100 + i as u64);
+                p.add_peer_bits(&all);
+                // Key 1 is the seed; key 2 a non-seed that unchokes us: the seed is spared.
+                p.set_source(1, true, true);
+                p.set_source(2, false, true);
+                p
+            })
+            .collect();
+        let mut rng = SmallRng::seed_from_u64(7);
+        let mut known: Vec<Vec<bool>> = vec![vec![false; n as usize]; k];
+        let mut results = [(0u32, 0u32); 2];
+        for (mode, result) in results.iter_mut().enumerate() {
+            let mut asked = vec![0u32; n as usize];
+            let mut inflight: Vec<Vec<(u32, u32)>> = vec![Vec::new(); k];
+            for v in known.iter_mut() {
+                v.iter_mut().for_each(|b| *b = false);
+            }
+            let mut step = 0;
+            while asked.contains(&0) && step < 100_000 {
+                step += 1;
+                for i in 0..k {
+                    let (due, rest): (Vec<_>, Vec<_>) =
+                        inflight[i].iter().partition(|(d, _)| *d <= step);
+                    inflight[i] = rest;
+                    for (_, p) in due {
+                        for (j, v) in known.iter_mut().enumerate() {
+                            v[p as usize] = true;
+                            if mode == 0 {
+                                if j == i {
+                                    pickers[j].on_block(1, p, 0, BLOCK_SIZE);
+                                    pickers[j].piece_passed(p);
+                                } else {
+                                    pickers[j].add_have(p);
+                                }
+                            }
+                        }
+                    }
+                    while inflight[i].len() < depth {
+                        let next = if mode == 0 {
+                            pickers[i].pick(1, &all, 1, true).first().map(|r| r.index)
+                        } else {
+                            let mine: Vec<u32> = inflight[i].iter().map(|x| x.1).collect();
+                            let pool: Vec<u32> = (0..n)
+                                .filter(|&p| !known[i][p as usize] && !mine.contains(&p))
+                                .collect();
+                            (!pool.is_empty()).then(|| pool[rng.gen_range(0..pool.len())])
+                        };
+                        let Some(p) = next else { break };
+                        if asked[p as usize] > 0
+                            && asked.iter().filter(|&&a| a == 0).count() > (n / 8) as usize
+                        {
+                            result.1 += 1;
+                        }
+                        asked[p as usize] += 1;
+                        inflight[i].push((step + delay, p));
+                    }
+                }
+            }
+            assert!(!asked.contains(&0), "mode {mode}: every piece asked for");
+            result.0 = asked.iter().sum::<u32>() - n;
+        }
+        results
+    }
+
+    /// Downloaders behind one seed walk apart: until the last eighth of the torrent the seed
+    /// is asked twice for a piece less than half as often as with random draws (with 6 or 8
+    /// downloaders: once against 18 and 32 times), and
+    /// over the whole download at least a fifth fewer repeats than random draws.
+    #[test]
+    fn crowd_behind_a_seed_rarely_asks_it_twice() {
+        for (k, depth, delay) in [(6, 2, 8), (8, 2, 8), (20, 1, 4)] {
+            let [spread, random] = crowd_duplicates(k, 512, depth, delay);
+            eprintln!("k={k} depth={depth} delay={delay}: spread {spread:?}, random {random:?}");
+            assert!(
+                spread.0 * 5 <= random.0 * 4,
+                "k={k}: {spread:?} vs {random:?}"
+            );
+            assert!(spread.1 * 2 <= random.1, "k={k}: {spread:?} vs {random:?}");
+        }
     }
 
     #[test]

@@ -17,6 +17,28 @@ use crate::wire::{encode, BlockRequest, Limits, Message};
 /// Most allowed-fast pieces we remember per peer (BEP 6 sets are ~10).
 const MAX_ALLOWED_FAST: usize = 64;
 
+/// Deepest request queue (in blocks) at a seed that the picker spares
+/// ([`crate::engine::picker::Picker::spares_seed`]: other peers unchoke us too):
+/// `rate × window ÷ 16 KiB`, but at least one piece (so it is asked for whole) and at least
+/// `min_queue`. Every piece we have requested from such a seed is one the rest of the crowd
+/// cannot see yet and may ask it for as well; with a 1 s queue at a seed capped at 4 MB/s
+/// and 8 of 20 downloaders unchoked, ~60 pieces are reserved at once and the seed sends
+/// about half the file twice. The caller still applies the normal (rate × 1 s) target when
+/// that is smaller.
+pub(crate) fn spared_seed_queue(
+    rate: f64,
+    window: std::time::Duration,
+    blocks_per_piece: usize,
+    min_queue: usize,
+) -> usize {
+    let by_rate = (rate.max(0.0) * window.as_secs_f64() / f64::from(BLOCK_SIZE)).ceil();
+    // A float to usize `as` saturates (and maps NaN to 0).
+    (by_rate as usize)
+        .max(blocks_per_piece)
+        .max(min_queue)
+        .max(1)
+}
+
 impl Conn {
     /// Metadata became known: validate what the peer told us before, start downloading.
     pub(super) fn on_meta_ready(&mut self, announce_ours: bool) -> Result<(), PeerError> {
@@ -325,14 +347,34 @@ impl Conn {
         let blocks_per_piece = self.meta.as_ref().map_or(1, |m| {
             (m.layout.piece_length() / u64::from(BLOCK_SIZE)).max(1) as usize
         });
-        let fast = target >= blocks_per_piece;
+        let spared_cap = spared_seed_queue(
+            self.rate,
+            self.t.cfg.seed_queue_window,
+            blocks_per_piece,
+            self.t.cfg.min_queue,
+        );
         let (reqs, interesting) = {
             let mut st = self.t.state();
             let Some(p) = st.picker.as_mut() else {
                 return;
             };
-            let from = allowed_bits.as_ref().unwrap_or(bits);
-            let reqs = p.pick(self.key, from, want, fast);
+            // A seed shared with a swarm: a shallow queue, so that the pieces we reserve at
+            // it are few and the other downloaders rarely ask it for the same ones.
+            let (target, want) = if p.spares_seed(self.key) && spared_cap < target {
+                (
+                    spared_cap,
+                    spared_cap.saturating_sub(self.outstanding.len()),
+                )
+            } else {
+                (target, want)
+            };
+            let fast = target >= blocks_per_piece;
+            let reqs = if want == 0 {
+                Vec::new()
+            } else {
+                let from = allowed_bits.as_ref().unwrap_or(bits);
+                p.pick(self.key, from, want, fast)
+            };
             let interesting = !reqs.is_empty() || p.interesting(bits);
             (reqs, interesting)
         };
@@ -409,5 +451,27 @@ impl Conn {
             self.counters.snubbed.store(true, Ordering::Relaxed);
             self.release_all();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spared_seed_queue;
+    use std::time::Duration;
+
+    #[test]
+    fn spared_seed_queue_is_a_quarter_second_but_at_least_one_piece() {
+        let w = Duration::from_millis(250);
+        // 500 kB/s from a capped seed: 125 kB = 8 blocks (not 1 s = 31).
+        assert_eq!(spared_seed_queue(500_000.0, w, 4, 2), 8);
+        // Unmeasured or very slow: one whole piece.
+        assert_eq!(spared_seed_queue(0.0, w, 4, 2), 4);
+        assert_eq!(spared_seed_queue(10_000.0, w, 64, 2), 64);
+        // min_queue still holds for tiny pieces.
+        assert_eq!(spared_seed_queue(0.0, w, 1, 3), 3);
+        // Nonsense rates do not panic or overflow.
+        assert_eq!(spared_seed_queue(f64::NAN, w, 4, 2), 4);
+        assert_eq!(spared_seed_queue(-5.0, w, 4, 2), 4);
+        assert_eq!(spared_seed_queue(f64::INFINITY, w, 4, 2), usize::MAX);
     }
 }
