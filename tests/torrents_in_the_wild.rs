@@ -349,15 +349,13 @@ fn dhtnode_seeds_a_hybrid_under_both_info_hashes_to_dhtnode_and_libtorrent() {
     // libtorrent, knowing both hashes (as from a hybrid magnet), finds the seed through the
     // DHT, gets the metadata from it (BEP 9) and downloads; it may handshake with either hash.
     let nodes: Vec<String> = (0..6).map(|i| node_addr(net, i)).collect();
-    let py = libtorrent_python();
-    let mut a = args(&[SCRIPT_TORRENT, "--ip", &format!("127.{net}.0.100")]);
-    for n in &nodes {
-        a.push("--add-node".into());
-        a.push(n.clone());
-    }
-    let mut leecher = Proc::spawn("lt_download", py, &a);
-    let ready = json(&leecher.wait_line(Duration::from_secs(30), "ready", |l| l.contains("ready")));
-    assert_eq!(ready["ready"], true, "lt_torrent.py failed: {ready}");
+    let mut leecher = common::lt::start_session(
+        "lt_download",
+        &format!("127.{net}.0.100"),
+        &nodes,
+        &common::SpawnOpts::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let save = dir.path().join("lt-save");
     let r = common::lt::call(
         &mut leecher,

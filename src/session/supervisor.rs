@@ -16,6 +16,7 @@ use super::{SessionError, Shared};
 use crate::engine::{
     EngineError, FetchReport, PeerSource, Phase, Progress, RunningTorrent, StartMode, TorrentSpec,
 };
+use crate::id::Id;
 use crate::sync::lock;
 use crate::torrent::Metainfo;
 
@@ -148,7 +149,7 @@ impl Supervisor {
                 .as_ref()
                 .or(self.add.metainfo())
                 .and_then(Metainfo::info_hash_v2_truncated);
-            self.feed_v2 = v2.map(|info_hash| {
+            let feed_for = |info_hash: Id| {
                 feed::spawn(Feed {
                     dht: dht.clone(),
                     info_hash,
@@ -160,18 +161,9 @@ impl Supervisor {
                     schedule: self.shared.schedule.clone(),
                     events: self.events.clone(),
                 })
-            });
-            self.feed = Some(feed::spawn(Feed {
-                dht,
-                info_hash: self.add.info_hash(),
-                port: self.shared.listener.local_addr().port(),
-                port6: self.shared.listener.local_addr6().map(|a| a.port()),
-                peers: running.peers.clone(),
-                progress: running.progress.clone(),
-                stats: Arc::clone(&self.feed_stats),
-                schedule: self.shared.schedule.clone(),
-                events: self.events.clone(),
-            }));
+            };
+            self.feed_v2 = v2.map(feed_for);
+            self.feed = Some(feed_for(self.add.info_hash()));
         }
         let tiers =
             crate::tracker::Tiers::from_strings(&self.add.tracker_tiers(), &mut rand::thread_rng());
