@@ -227,7 +227,13 @@ impl Info {
     /// `.<name>.<suffix>`: the name of a file this node keeps beside the data (resume record,
     /// parts file), hidden and shortened so it stays within file-system name limits.
     pub fn side_file_name(&self, suffix: &str) -> String {
-        let mut name = self.name.as_str();
+        // The name as the files are saved under (sanitised: no separators, no control
+        // characters), not the raw `name` the torrent gave.
+        let mut name = self
+            .files
+            .first()
+            .and_then(|f| f.path.components().next())
+            .unwrap_or(self.name.as_str());
         while name.len() > 200 {
             let mut cut = 200;
             while !name.is_char_boundary(cut) {
@@ -810,6 +816,21 @@ pub(crate) mod tests {
         v1.extend_from_slice(&[1u8; 20]);
         v1.push(b'e');
         assert_eq!(Metainfo::from_bytes(&wrap(&v1)).unwrap().info_hash_v2, None);
+    }
+
+    /// The resume record and parts file are named after the saved name, never the raw one.
+    #[test]
+    fn side_files_use_the_sanitised_name() {
+        let mut info = b"d6:lengthi3e4:name3:a\x01b12:piece lengthi16e6:pieces20:".to_vec();
+        info.extend_from_slice(&[1u8; 20]);
+        info.push(b'e');
+        let m = Metainfo::from_bytes(&wrap(&info)).unwrap();
+        let side = m.info.side_file_name("dhtnode-resume");
+        assert!(!side.contains('\u{1}'), "{side:?}");
+        assert_eq!(
+            side,
+            format!(".{}.dhtnode-resume", m.info.files[0].path.as_str())
+        );
     }
 
     fn err_of(info: &[u8]) -> MetainfoError {
