@@ -72,6 +72,10 @@ pub enum StorageError {
         /// What is on disk ("missing" or a length).
         found: String,
     },
+    /// The torrent's hash for this piece covers nonzero bytes in a BEP 47 padding file:
+    /// the torrent is broken (padding is zeros by definition, and is served as zeros).
+    #[error("piece {0} has nonzero bytes in a padding file: the torrent is broken")]
+    PaddingNotZero(u32),
     /// A write on storage opened with [`OpenMode::Existing`].
     #[error("storage is read-only")]
     ReadOnly,
@@ -429,9 +433,13 @@ impl Storage {
             return Ok(Arc::clone(f));
         }
         let f = if i == PARTS_KEY {
-            // Created on the first write; a read before that finds nothing (NotFound).
-            let create = self.mode == OpenMode::Create;
-            Arc::new(open_file(&self.parts_path, create, create)?)
+            // Created by the first write (`parts_for_write`); a read before that finds
+            // nothing (NotFound), so a read never leaves an empty parts file behind.
+            Arc::new(open_file(
+                &self.parts_path,
+                self.mode == OpenMode::Create,
+                false,
+            )?)
         } else {
             let path = self.paths.get(i).ok_or(LayoutError::Empty)?;
             Arc::new(open_file(path, self.mode == OpenMode::Create, false)?)
@@ -473,8 +481,23 @@ impl Storage {
         if Sha1::digest(data).as_slice() != self.expected_hash(piece)? {
             return Err(StorageError::HashMismatch(piece));
         }
+        let segments = self.layout.piece_segments(piece)?;
+        // Padding is served as zeros: a piece whose hash covers other bytes there could
+        // never be served or re-verified, so it is refused (the torrent is broken).
         let mut pos = 0usize;
-        for seg in self.layout.piece_segments(piece)? {
+        for seg in &segments {
+            let len = seg.len as usize;
+            if self.place(seg).is_none()
+                && data
+                    .get(pos..pos + len)
+                    .is_some_and(|b| b.iter().any(|&x| x != 0))
+            {
+                return Err(StorageError::PaddingNotZero(piece));
+            }
+            pos += len;
+        }
+        let mut pos = 0usize;
+        for seg in segments {
             let len = seg.len as usize;
             let chunk = data.get(pos..pos + len).ok_or(StorageError::WrongSize {
                 piece,
@@ -485,6 +508,9 @@ impl Storage {
             let Some((key, at)) = self.place(&seg) else {
                 continue;
             };
+            if key == PARTS_KEY && !self.parts_path.exists() {
+                open_file(&self.parts_path, true, true)?;
+            }
             let f = self.file(key)?;
             // Mark before writing: if the write fails half-way the file still gets synced.
             self.mark_unsynced(key);
@@ -800,6 +826,24 @@ mod tests {
         let _ = s.write_piece(1, &all[16..32]).unwrap();
         let ro = Storage::open(dir.path(), &info, OpenMode::Existing).unwrap();
         assert_eq!(ro.verify_all().unwrap().len(), 4);
+    }
+
+    /// A torrent whose hash covers nonzero padding is refused at the write, not stored.
+    #[test]
+    fn nonzero_padding_is_refused() {
+        let a = data(20, 1);
+        let pad = vec![7u8; 12];
+        let mut info = info_for(&[("t/a", &a), ("t/.pad/12", &pad)], 16);
+        info.files[1].pad = true;
+        let all: Vec<u8> = [a, pad].concat();
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &info, OpenMode::Create).unwrap();
+        assert!(s.write_piece(0, &all[..16]).is_ok());
+        assert!(matches!(
+            s.write_piece(1, &all[16..]),
+            Err(StorageError::PaddingNotZero(1))
+        ));
+        assert!(!dir.path().join(".t.dhtnode-parts").exists());
     }
 
     #[test]
