@@ -260,7 +260,13 @@ impl Driver {
             return Ok(());
         };
         let layout = storage.layout().clone();
-        let total = u32::try_from(plan.to_check.len()).unwrap_or(u32::MAX);
+        // With a file selection, only the wanted pieces are checked: the others may lie in
+        // the sparse parts file, and hashing gigabytes of its holes would find nothing.
+        let mut to_check = plan.to_check;
+        if let Some(w) = &wanted {
+            to_check.retain(|&p| w.get(p));
+        }
+        let total = u32::try_from(to_check.len()).unwrap_or(u32::MAX);
         let mut good = plan.trusted.clone();
         if !plan.changed_files.is_empty() {
             tracing::info!(
@@ -271,18 +277,6 @@ impl Driver {
             );
         }
         resume.adopt(plan.trusted, storage.found());
-        // With a file selection, only the wanted pieces are checked: the others may lie in
-        // the sparse parts file, and hashing gigabytes of its holes would find nothing.
-        let to_check: Vec<u32> = match &wanted {
-            Some(w) => plan
-                .to_check
-                .iter()
-                .copied()
-                .filter(|&p| w.get(p))
-                .collect(),
-            None => plan.to_check.clone(),
-        };
-        let total = u32::try_from(to_check.len()).unwrap_or(u32::MAX);
         let per_batch = (CHECK_BATCH_BYTES / layout.piece_length().max(1)).max(1) as usize;
         let mut checked = 0u32;
         self.publish_checking(&info.name, &layout, &good, checked, total);
