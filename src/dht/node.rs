@@ -187,6 +187,9 @@ pub struct Stats {
     pub datagrams_out: u64,
     /// Datagrams dropped by the per-IP limiter.
     pub dropped_rate_limited: u64,
+    /// Queries sent to keep stale buckets fresh (refresh queries and the queries of refresh
+    /// lookups): the upkeep cost that the simulator reports per node and hour.
+    pub refresh_queries: u64,
 }
 
 /// The DHT node state machine.
@@ -208,6 +211,10 @@ pub struct Dht<A: DhtAddr = SocketAddrV4> {
     routers: Vec<A>,
     saved: Vec<NodeInfo<A>>,
     bootstrap_lookup: Option<LookupId>,
+    /// Lookups maintenance started to refresh a bucket (their queries count as refresh
+    /// queries). At most one starts per tick and each ends within its budget, so this stays
+    /// short; bounded by `MAX_REFRESH_LOOKUPS` all the same.
+    refresh_lookups: Vec<LookupId>,
     last_bootstrap: Option<Time>,
     bootstrap_backoff: Duration,
     next_maintenance: Time,
@@ -238,6 +245,8 @@ impl<A: DhtAddr> NodeLists for Dht<A> {
 /// Housekeeping tick while buckets wait for refresh: one stale bucket is refreshed per tick
 /// (as libtorrent and jech/dht do), so a table gone stale does not fire every bucket at once.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
+/// Refresh lookups tracked at most for the `refresh_queries` count.
+const MAX_REFRESH_LOOKUPS: usize = 32;
 /// Bootstrap routers remembered at most (they come from the command line and config).
 const MAX_ROUTERS: usize = 64;
 /// Saved contacts (from the state file) remembered at most as join seeds.
@@ -280,6 +289,7 @@ impl<A: DhtAddr> Dht<A> {
             routers: Vec::new(),
             saved: Vec::new(),
             bootstrap_lookup: None,
+            refresh_lookups: Vec::new(),
             last_bootstrap: None,
             bootstrap_backoff: backoff,
             next_maintenance: now + MAINTENANCE_EVERY,
@@ -431,6 +441,7 @@ impl<A: DhtAddr> Dht<A> {
     /// late answers are ignored. Cancelling the join lets maintenance retry it.
     pub fn cancel(&mut self, lookup: LookupId) {
         self.lookups.retain(|l| l.id != lookup);
+        self.refresh_lookups.retain(|l| *l != lookup);
         if self.bootstrap_lookup == Some(lookup) {
             self.bootstrap_lookup = None;
         }
@@ -496,10 +507,13 @@ impl<A: DhtAddr> Dht<A> {
                 LookupKind::GetPeers { .. } => Method::GetPeers { info_hash: target },
             };
             let mut any_failed = false;
+            let refresh = self.refresh_lookups.contains(&lid);
             for o in outgoing {
                 if !self.send_query(now, o.addr, o.id, method.clone(), Purpose::Lookup(lid)) {
                     self.lookups[idx].on_failure(&o.addr);
                     any_failed = true;
+                } else if refresh {
+                    self.stats.refresh_queries += 1;
                 }
             }
             if !any_failed {
@@ -513,6 +527,7 @@ impl<A: DhtAddr> Dht<A> {
     }
 
     fn finish_lookup(&mut self, now: Time, l: Lookup<A>) {
+        self.refresh_lookups.retain(|r| *r != l.id);
         // The lookup ranks BEP 42-verified nodes first (when BEP 42 applies), then by
         // distance: the announce goes preferably to nodes whose id matches their address.
         let closest = l.closest(self.cfg.k);
@@ -990,7 +1005,16 @@ impl<A: DhtAddr> Dht<A> {
         if !self.table.is_empty() {
             if let Some(b) = self.table.stalest_bucket(now, self.cfg.refresh_after) {
                 let target = self.id.random_in_bucket(b, &mut self.rng);
-                self.find_node(now, target);
+                let before = self.stats.queries_out;
+                let lid = self.find_node(now, target);
+                // Its first round went out inside `find_node`; later rounds are counted as
+                // they are sent.
+                self.stats.refresh_queries += self.stats.queries_out - before;
+                if self.refresh_lookups.len() < MAX_REFRESH_LOOKUPS
+                    && self.lookups.iter().any(|l| l.id == lid)
+                {
+                    self.refresh_lookups.push(lid);
+                }
             }
         }
         // A young or partitioned network: join again, backing off, until the table fills.

@@ -125,6 +125,12 @@ pub struct NodeFigures {
     pub routing_table: MeanTail,
     /// Datagrams sent plus received per online node per second.
     pub datagrams_per_s: MeanTail,
+    /// Queries honest nodes sent to refresh stale buckets, per node-hour online (the upkeep
+    /// cost; what most of a large run's datagrams were before single-query refreshes).
+    pub refresh_queries_per_node_hour: f64,
+    /// Fraction of the routing-table entries of the nodes online at the end that still name
+    /// a live node at that address with that id (table freshness; 1.0 without churn).
+    pub table_alive: f64,
 }
 
 /// The lying nodes of a run.
@@ -383,6 +389,12 @@ pub fn run_scenario(
             online: out.online_at_end,
             routing_table: metrics::mean_tail(out.table_sizes),
             datagrams_per_s: metrics::mean_tail(out.traffic),
+            refresh_queries_per_node_hour: if c.online_node_us == 0 {
+                0.0
+            } else {
+                metrics::round3(c.refresh_queries as f64 * 3.6e9 / c.online_node_us as f64)
+            },
+            table_alive: out.table_alive,
         },
         network: NetFigures {
             events: c.events,

@@ -73,6 +73,11 @@ pub struct Counters {
     pub misaddressed: u64,
     /// Datagrams that reached an attacker.
     pub to_attackers: u64,
+    /// Refresh queries of the honest cores (`Stats::refresh_queries`), cores replaced by a
+    /// new id included.
+    pub refresh_queries: u64,
+    /// Honest node-microseconds online: the denominator of refresh queries per node-hour.
+    pub online_node_us: u128,
 }
 
 /// What a finished run hands to the report.
@@ -93,6 +98,9 @@ pub struct Outcome {
     pub online_at_end: u32,
     /// Attackers in the network.
     pub attackers: u32,
+    /// Fraction of the routing-table entries of the honest nodes online at the end that name
+    /// a node online at that address under that id (1.0: no dead or stale entry).
+    pub table_alive: f64,
 }
 
 /// The whole simulated network.
@@ -131,6 +139,8 @@ pub struct World<'p> {
     /// Honest nodes' ids, sorted: what a `bad_tokens` attacker answers from.
     honest_sorted: Vec<(Id, u32)>,
     addrs: Addrs,
+    /// When the honest online set last changed size (for `Counters::online_node_us`).
+    online_since: SimTime,
 }
 
 const ATT_BOGUS: u8 = 1;
@@ -260,6 +270,7 @@ impl<'p> World<'p> {
             colluders,
             honest_sorted,
             addrs,
+            online_since: 0,
         }
     }
 
@@ -282,6 +293,7 @@ impl<'p> World<'p> {
             // Attackers receive but are never picked as origins, announcers or contacts.
             return;
         }
+        self.count_online_time();
         if on {
             self.online_pos[i as usize] = self.online.len() as u32;
             self.online.push(i);
@@ -293,6 +305,14 @@ impl<'p> World<'p> {
             }
             self.online_pos[i as usize] = u32::MAX;
         }
+    }
+
+    /// Adds the honest node-time online since the last change of the online set.
+    fn count_online_time(&mut self) {
+        let now = self.q.now();
+        let dt = now.saturating_sub(self.online_since);
+        self.counters.online_node_us += u128::from(dt) * self.online.len() as u128;
+        self.online_since = now;
     }
 
     fn random_online(&mut self) -> Option<u32> {
@@ -839,6 +859,8 @@ impl<'p> World<'p> {
                 Id::random(&mut self.rng)
             };
             let seed = self.rng.gen();
+            let old = &self.nodes[node as usize].dht;
+            self.counters.refresh_queries += old.stats().refresh_queries;
             self.nodes[node as usize].dht = Dht::new(id, self.cfg.clone(), seed, now);
         }
         let nd = &mut self.nodes[node as usize];
@@ -945,6 +967,13 @@ impl<'p> World<'p> {
 
     fn finish(mut self) -> Outcome {
         let now = self.q.now();
+        self.count_online_time();
+        for (i, nd) in self.nodes.iter().enumerate() {
+            if self.attack.get(i).is_none_or(|&a| a == 0) {
+                self.counters.refresh_queries += nd.dht.stats().refresh_queries;
+            }
+        }
+        let (mut entries, mut alive) = (0u64, 0u64);
         // Lookups still open at the end: aborted if the origin left, else failed.
         for (rec, ep) in self.rec_epoch.iter().enumerate() {
             let r = &mut self.records[rec];
@@ -982,6 +1011,14 @@ impl<'p> World<'p> {
             .filter(|(i, nd)| nd.online && attack.get(*i).is_none_or(|&a| a == 0))
         {
             table_sizes.push(nd.dht.routing_table().len() as f64);
+            for e in nd.dht.routing_table().iter() {
+                entries += 1;
+                let live = self.addrs.node_of(&e.node.addr, self.n).is_some_and(|j| {
+                    let peer = &self.nodes[j as usize];
+                    peer.online && peer.dht.id() == e.node.id
+                });
+                alive += u64::from(live);
+            }
             traffic.push(f64::from(nd.sent + nd.recv) / secs_run);
         }
         Outcome {
@@ -993,6 +1030,11 @@ impl<'p> World<'p> {
             traffic,
             online_at_end: self.online.len() as u32,
             attackers: self.attack.iter().filter(|&&a| a != 0).count() as u32,
+            table_alive: if entries == 0 {
+                0.0
+            } else {
+                super::metrics::round3(alive as f64 / entries as f64)
+            },
         }
     }
 }
