@@ -918,6 +918,10 @@ impl<A: DhtAddr> Dht<A> {
                 lookup: lid,
                 node: from,
             }),
+            Purpose::Refresh => {
+                let nodes = A::nodes_of(&r).unwrap_or(&[]);
+                self.ping_listed(now, from, nodes);
+            }
             Purpose::Ping => {}
         }
     }
@@ -997,6 +1001,52 @@ impl<A: DhtAddr> Dht<A> {
         }
     }
 
+    /// Refreshes bucket `b` with one find_node for a random id in its range, sent to the entry
+    /// we heard from longest ago (libtorrent's `send_single_refresh`, jech/dht's bucket
+    /// refresh): its answer keeps the bucket fresh and checks that entry is alive, and the
+    /// nodes it lists are pinged when the bucket has room. A full lookup per stale bucket, as
+    /// before, cost ~16 queries for a bucket whose k slots were already full: most of a
+    /// large network's traffic. Only a bucket with no entry to ask gets a lookup.
+    fn refresh_bucket(&mut self, now: Time, b: usize) {
+        let target = self.id.random_in_bucket(b, &mut self.rng);
+        if let Some(n) = self.table.refresh_candidate(b) {
+            // Fresh until the answer or the timeout says more: one query per bucket per
+            // refresh interval, not one per tick while it is out.
+            self.table.touch(&target, now);
+            let method = Method::FindNode { target };
+            if self.send_query(now, n.addr, Some(n.id), method, Purpose::Refresh) {
+                self.stats.refresh_queries += 1;
+            }
+            return;
+        }
+        let before = self.stats.queries_out;
+        let lid = self.find_node(now, target);
+        // Its first round went out inside `find_node`; later rounds are counted as they are
+        // sent.
+        self.stats.refresh_queries += self.stats.queries_out - before;
+        if self.refresh_lookups.len() < MAX_REFRESH_LOOKUPS
+            && self.lookups.iter().any(|l| l.id == lid)
+        {
+            self.refresh_lookups.push(lid);
+        }
+    }
+
+    /// Pings the nodes a refresh answer listed that could enter the table (a bucket with
+    /// room): an answer proves the address before the node takes a slot. At most `k` per
+    /// answer, and none for full buckets, which is the steady state.
+    fn ping_listed(&mut self, now: Time, from: A, nodes: &[NodeInfo<A>]) {
+        for n in nodes.iter().take(self.cfg.k) {
+            if n.id == self.id
+                || !martian::acceptable_for(&n.addr, &from.ip_of(), self.cfg.private_nodes)
+                || self.table.get(&n.id).is_some()
+                || !self.table.has_room_for(&n.id, now)
+            {
+                continue;
+            }
+            self.send_query(now, n.addr, None, Method::Ping, Purpose::Ping);
+        }
+    }
+
     fn maintenance(&mut self, now: Time) {
         self.tokens.maybe_rotate(now);
         self.store.expire(now);
@@ -1004,17 +1054,7 @@ impl<A: DhtAddr> Dht<A> {
         // must not starve refresh, and a table gone stale must not fire every bucket at once.
         if !self.table.is_empty() {
             if let Some(b) = self.table.stalest_bucket(now, self.cfg.refresh_after) {
-                let target = self.id.random_in_bucket(b, &mut self.rng);
-                let before = self.stats.queries_out;
-                let lid = self.find_node(now, target);
-                // Its first round went out inside `find_node`; later rounds are counted as
-                // they are sent.
-                self.stats.refresh_queries += self.stats.queries_out - before;
-                if self.refresh_lookups.len() < MAX_REFRESH_LOOKUPS
-                    && self.lookups.iter().any(|l| l.id == lid)
-                {
-                    self.refresh_lookups.push(lid);
-                }
+                self.refresh_bucket(now, b);
             }
         }
         // A young or partitioned network: join again, backing off, until the table fills.

@@ -583,6 +583,19 @@ impl<A: DhtAddr> RoutingTable<A> {
             .map(|(i, _)| i)
     }
 
+    /// The entry of bucket `b` heard from longest ago (not already being pinged): the one a
+    /// refresh asks, so a refresh doubles as the liveness check of the bucket's most doubtful
+    /// entry (an unproven replacement first). `None` when the bucket has no such entry.
+    pub fn refresh_candidate(&self, b: usize) -> Option<NodeInfo<A>> {
+        self.buckets
+            .get(b)?
+            .entries
+            .iter()
+            .filter(|e| !e.pinging)
+            .min_by_key(|e| (e.answered, e.last_response.max(e.last_query)))
+            .map(|e| e.node)
+    }
+
     /// Earliest time a bucket becomes due for refresh.
     pub fn next_refresh_due(&self, age: Duration) -> Option<Time> {
         self.buckets.iter().map(|b| b.last_changed + age).min()

@@ -33,6 +33,9 @@ pub enum Purpose {
     Lookup(LookupId),
     /// A liveness check of a table entry or a newcomer.
     Ping,
+    /// A bucket refresh: one find_node to one of the stale bucket's entries (its answer
+    /// keeps the bucket fresh, and the nodes it lists may fill the bucket).
+    Refresh,
     /// An announce_peer at the end of a lookup.
     Announce(LookupId),
 }

@@ -285,11 +285,144 @@ fn refresh_is_not_starved_by_running_lookups() {
     let age = d.config().refresh_after;
     assert!(d.routing_table().stalest_bucket(later, age).is_some());
     d.handle_timeout(later);
-    assert_eq!(
-        d.active_lookups(),
-        5,
-        "the stale far bucket was not refreshed"
-    );
+    let refreshes = sent(&mut d)
+        .into_iter()
+        .filter(|(_, m)| {
+            matches!(
+                &m.body,
+                Body::Query(Query {
+                    method: Method::FindNode { .. },
+                    ..
+                })
+            )
+        })
+        .count();
+    assert_eq!(refreshes, 1, "the stale bucket was not refreshed");
+    assert_eq!(d.stats().refresh_queries, 1);
+}
+
+/// The find_node queries in `out`, with their targets.
+fn find_nodes(out: &[(SocketAddrV4, Message)]) -> Vec<(SocketAddrV4, Id, Message)> {
+    out.iter()
+        .filter_map(|(to, m)| match &m.body {
+            Body::Query(Query {
+                method: Method::FindNode { target },
+                ..
+            }) => Some((*to, *target, m.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_stale_full_bucket_is_refreshed_by_one_query_to_the_entry_heard_from_longest_ago() {
+    // Far bucket: eight entries; seven answered again at minute 1, far(3) did not.
+    let mut d = node_with_table();
+    for i in (0..8).filter(|&i| i != 3) {
+        d.insert_node(Time(60_000), far(i));
+    }
+    let near = NodeInfo {
+        id: Id([0x40; 20]),
+        addr: priv_addr(100),
+    };
+    d.insert_node(Time(120_000), near);
+    let now = Time(60_000) + LATER;
+    d.handle_timeout(now);
+    let out = sent(&mut d);
+    let fq = find_nodes(&out);
+    // One query, not a lookup (a lookup sends alpha queries at once and keeps going).
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(fq.len(), 1);
+    assert_eq!(d.active_lookups(), 0);
+    let (to, target, q) = &fq[0];
+    assert_eq!(*to, far(3).addr, "asks the entry heard from longest ago");
+    assert!(target.bit(0), "the target is in the far bucket's range");
+    // Its answer keeps the bucket fresh: the next tick refreshes another bucket, if any.
+    reply(&mut d, now, *to, q, far(3).id, None);
+    let age = d.config().refresh_after;
+    assert_ne!(d.routing_table().stalest_bucket(now, age), Some(0));
+    assert_eq!(d.stats().refresh_queries, 1);
+}
+
+#[test]
+fn nodes_a_refresh_lists_are_pinged_only_where_the_bucket_has_room() {
+    // One entry: one bucket with room for seven more.
+    let mut d = Dht::new(Id::ZERO, Config::default(), 1, Time(0));
+    let only = far(0);
+    d.insert_node(Time(0), only);
+    let now = Time(0) + LATER;
+    d.handle_timeout(now);
+    let out = sent(&mut d);
+    let fq = find_nodes(&out);
+    assert_eq!(fq.len(), 1);
+    let (to, _, q) = &fq[0];
+    assert_eq!(*to, only.addr);
+    // It lists three new nodes, ourselves, a node it already is, and an unroutable one.
+    let mut listed: Vec<NodeInfo> = (1..4).map(far).collect();
+    listed.push(NodeInfo {
+        id: Id::ZERO,
+        addr: priv_addr(200),
+    });
+    listed.push(only);
+    listed.push(NodeInfo {
+        id: far(9).id,
+        addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+    });
+    let r = Message {
+        tid: q.tid.clone(),
+        version: None,
+        ip: None,
+        read_only: false,
+        body: Body::Response(Response {
+            id: only.id,
+            nodes: Some(listed),
+            ..Response::default()
+        }),
+    };
+    d.handle_datagram(now, *to, &r.encode());
+    let mut pinged: Vec<SocketAddrV4> = sent(&mut d)
+        .into_iter()
+        .filter(|(_, m)| {
+            matches!(
+                &m.body,
+                Body::Query(Query {
+                    method: Method::Ping,
+                    ..
+                })
+            )
+        })
+        .map(|(to, _)| to)
+        .collect();
+    pinged.sort();
+    let mut want: Vec<SocketAddrV4> = (1..4).map(|i| far(i).addr).collect();
+    want.sort();
+    assert_eq!(pinged, want);
+
+    // A full bucket pings nobody a refresh lists.
+    let mut d = node_with_table();
+    let now = Time(0) + LATER;
+    d.handle_timeout(now);
+    let out = sent(&mut d);
+    let fq = find_nodes(&out);
+    let (to, _, q) = fq.first().expect("a refresh");
+    let r = Message {
+        tid: q.tid.clone(),
+        version: None,
+        ip: None,
+        read_only: false,
+        body: Body::Response(Response {
+            id: d
+                .routing_table()
+                .iter()
+                .find(|e| e.node.addr == *to)
+                .map(|e| e.node.id)
+                .unwrap_or(Id::ZERO),
+            nodes: Some((20..28).map(far).collect()),
+            ..Response::default()
+        }),
+    };
+    d.handle_datagram(now, *to, &r.encode());
+    assert!(sent(&mut d).is_empty(), "no ping for a full bucket");
 }
 
 #[test]
