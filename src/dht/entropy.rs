@@ -4,8 +4,15 @@
 //! transaction ids of our next queries. Production nodes take both from the OS; the simulator and the tests
 //! inject deterministic entropy so runs repeat exactly.
 
-use rand::rngs::{OsRng, SmallRng, StdRng};
+use rand::rngs::OsRng;
 use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha12Rng;
+
+/// The generator of a node's wire-visible randomness: xoshiro256++ by name, not
+/// `rand::rngs::SmallRng`, whose algorithm rand may change between versions or platforms, so
+/// a seed gives the same simulated network everywhere. (It is what `SmallRng` is on 64-bit
+/// targets with rand 0.8, so streams are unchanged there.)
+pub type WireRng = rand_xoshiro::Xoshiro256PlusPlus;
 
 /// The OS could not give us random bytes.
 #[derive(Debug, thiserror::Error)]
@@ -15,7 +22,7 @@ pub struct EntropyError(#[from] rand::Error);
 /// The randomness a [`crate::dht::Dht`] starts from.
 pub struct Entropy {
     /// Seeds the RNG whose outputs are visible to other nodes.
-    pub(crate) wire: SmallRng,
+    pub(crate) wire: WireRng,
     /// The write-token key; never derived from `wire`.
     pub(crate) token_key: [u8; 20],
     /// The transaction-id key ([`crate::dht::rpc`]); never derived from `wire`.
@@ -32,19 +39,19 @@ impl Entropy {
         let mut tid_key = [0u8; 16];
         OsRng.try_fill_bytes(&mut tid_key)?;
         Ok(Entropy {
-            wire: SmallRng::from_seed(wire),
+            wire: WireRng::from_seed(wire),
             token_key,
             tid_key,
         })
     }
 
     /// Deterministic entropy from `seed`, for the simulator and tests: the wire stream is
-    /// `SmallRng` seeded with `seed`, the keys come from a ChaCha `StdRng` seeded
-    /// independently of it.
+    /// [`WireRng`] seeded with `seed`, the keys come from ChaCha12 seeded independently of
+    /// it.
     pub fn from_seed(seed: u64) -> Entropy {
         let mut secret = secret_stream(seed);
         Entropy {
-            wire: SmallRng::seed_from_u64(seed),
+            wire: WireRng::seed_from_u64(seed),
             token_key: secret.gen(),
             tid_key: secret.gen(),
         }
@@ -60,9 +67,10 @@ impl Entropy {
     }
 }
 
-/// The secret keys' deterministic source for `seed`, apart from the wire stream.
-fn secret_stream(seed: u64) -> StdRng {
-    StdRng::seed_from_u64(seed ^ 0x7e4e_5ec7_7e4e_5ec7)
+/// The secret keys' deterministic source for `seed`, apart from the wire stream: ChaCha12 by
+/// name (what rand 0.8's `StdRng` is, without its "may change" caveat).
+fn secret_stream(seed: u64) -> ChaCha12Rng {
+    ChaCha12Rng::seed_from_u64(seed ^ 0x7e4e_5ec7_7e4e_5ec7)
 }
 
 #[cfg(test)]
@@ -85,7 +93,7 @@ mod tests {
         assert_eq!(a.token_key, b.token_key);
         assert_eq!(a.wire.gen::<u64>(), b.wire.gen::<u64>());
         // The key is not what the wire RNG of the same seed would have produced.
-        let mut wire = SmallRng::seed_from_u64(5);
+        let mut wire = WireRng::seed_from_u64(5);
         let leaked: [u8; 20] = wire.gen();
         assert_ne!(a.token_key, leaked);
     }

@@ -5,8 +5,6 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddrV4};
 use std::time::Duration;
 
-use rand::rngs::SmallRng;
-
 use crate::id::Id;
 use crate::krpc::{
     Body, DhtAddr, ErrorCode, KrpcError, Message, Method, NodeInfo, Query, Response, Want,
@@ -196,7 +194,7 @@ pub struct Stats {
 pub struct Dht<A: DhtAddr = SocketAddrV4> {
     cfg: Config,
     id: Id,
-    rng: SmallRng,
+    rng: super::entropy::WireRng,
     table: RoutingTable<A>,
     rpc: Rpc<A>,
     lookups: Vec<Lookup<A>>,
