@@ -987,6 +987,11 @@ impl<A: DhtAddr> Dht<A> {
                     TimeoutOutcome::Unknown | TimeoutOutcome::Counted | TimeoutOutcome::Bad => {}
                 }
             }
+            if let (Purpose::Refresh, Some(id)) = (q.purpose, q.id) {
+                self.table.refresh_failed(&id, now, self.cfg.refresh_after);
+                // Asked again at the next tick, not at the next scheduled housekeeping.
+                self.next_maintenance = self.next_maintenance.min(now + MAINTENANCE_EVERY);
+            }
             if let Purpose::Lookup(lid) = q.purpose {
                 if let Some(l) = self.lookups.iter_mut().find(|l| l.id == lid) {
                     l.on_failure(&q.addr);
@@ -1031,17 +1036,21 @@ impl<A: DhtAddr> Dht<A> {
 
     /// Pings the nodes a refresh answer listed that could enter the table (a bucket with
     /// room): an answer proves the address before the node takes a slot. At most `k` per
-    /// answer, and none for full buckets, which is the steady state.
+    /// answer, and none for full buckets, which is the steady state: there they wait as
+    /// replacements for entries that turn bad.
     fn ping_listed(&mut self, now: Time, from: A, nodes: &[NodeInfo<A>]) {
         for n in nodes.iter().take(self.cfg.k) {
             if n.id == self.id
                 || !martian::acceptable_for(&n.addr, &from.ip_of(), self.cfg.private_nodes)
                 || self.table.get(&n.id).is_some()
-                || !self.table.has_room_for(&n.id, now)
             {
                 continue;
             }
-            self.send_query(now, n.addr, None, Method::Ping, Purpose::Ping);
+            if self.table.has_room_for(&n.id, now) {
+                self.send_query(now, n.addr, None, Method::Ping, Purpose::Ping);
+            } else {
+                self.table.offer_replacement(*n);
+            }
         }
     }
 

@@ -591,9 +591,36 @@ impl<A: DhtAddr> RoutingTable<A> {
             .get(b)?
             .entries
             .iter()
-            .filter(|e| !e.pinging)
+            .filter(|e| !e.pinging && e.fails < BAD_AFTER_FAILS)
             .min_by_key(|e| (e.answered, e.last_response.max(e.last_query)))
             .map(|e| e.node)
+    }
+
+    /// A refresh of the bucket holding `id` went unanswered: the bucket is due again at once
+    /// (the next maintenance tick asks again, the same entry until it turns bad, then the
+    /// next), so a bucket with dead entries is probed until one answers. The cost follows
+    /// churn: a bucket whose entries answer is asked once per refresh interval.
+    pub fn refresh_failed(&mut self, id: &Id, now: Time, age: Duration) {
+        let b = self.bucket_index(id);
+        if let Some(bucket) = self.buckets.get_mut(b) {
+            bucket.last_changed = bucket.last_changed.min(now - age);
+        }
+    }
+
+    /// Keeps `node` (listed in a refresh answer) as a replacement when its bucket is full
+    /// and it is not in the table: when an entry turns bad it takes the slot and is pinged
+    /// then. Nothing is sent now, so a full table costs no traffic for this.
+    pub fn offer_replacement(&mut self, node: NodeInfo<A>) {
+        if node.id == self.own || self.get(&node.id).is_some() {
+            return;
+        }
+        let b = self.bucket_index(&node.id);
+        let k = self.k;
+        if let Some(bucket) = self.buckets.get_mut(b) {
+            if bucket.entries.len() >= k {
+                push_replacement(bucket, node);
+            }
+        }
     }
 
     /// Earliest time a bucket becomes due for refresh.

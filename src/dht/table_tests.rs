@@ -456,7 +456,18 @@ fn one_stale_bucket_is_refreshed_per_tick() {
     let mut ticks = 0;
     while left > 0 {
         d.handle_timeout(now);
-        let _ = sent(&mut d);
+        // Every refresh is answered by the entry it went to (dead entries are probed again
+        // and again: another test).
+        for (to, q) in sent(&mut d) {
+            let id = d
+                .routing_table()
+                .iter()
+                .find(|e| e.node.addr == to)
+                .map(|e| e.node.id);
+            if let Some(id) = id {
+                reply(&mut d, now, to, &q, id, None);
+            }
+        }
         let after = stale(&d, now);
         assert!(
             after + 1 >= left,
@@ -502,4 +513,42 @@ fn a_new_bep42_id_is_followed_by_a_join_lookup_for_it() {
         })
         .count();
     assert!(joins > 0, "nobody was told about the new id");
+}
+
+#[test]
+fn an_unanswered_refresh_probes_the_bucket_again_until_an_entry_answers() {
+    let mut d = node_with_table();
+    let mut now = Time(0) + LATER;
+    let mut asked = Vec::new();
+    // The far bucket's entries are all dead: each probe times out. Within a few minutes the
+    // probes walk the bucket (each entry twice, then it is bad and the next is asked), where
+    // a refresh once per interval would have asked one entry.
+    let until = now + Duration::from_secs(5 * 60);
+    while now < until {
+        d.handle_timeout(now);
+        for (to, m) in sent(&mut d) {
+            if matches!(&m.body, Body::Query(Query { method: Method::FindNode { target }, .. }) if target.bit(0))
+            {
+                asked.push(to);
+            }
+        }
+        now = d
+            .poll_timeout()
+            .unwrap_or(now)
+            .max(now + Duration::from_millis(1));
+    }
+    let distinct: std::collections::BTreeSet<_> = asked.iter().collect();
+    assert!(distinct.len() >= 4, "asked {asked:?}");
+    let bad = d
+        .routing_table()
+        .buckets()
+        .first()
+        .map(|b| {
+            b.entries
+                .iter()
+                .filter(|e| e.state(now) == NodeState::Bad)
+                .count()
+        })
+        .unwrap_or(0);
+    assert!(bad >= 3, "{bad} entries found dead");
 }
