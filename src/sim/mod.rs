@@ -7,8 +7,9 @@
 //! [`run_scenario`] and [`write_outputs`].
 
 pub mod metrics;
-pub mod net;
+pub mod model;
 pub mod output;
+pub mod progress;
 pub mod provenance;
 pub mod queue;
 pub mod scenario;
@@ -20,6 +21,7 @@ use serde::Serialize;
 
 pub use metrics::{LookupRecord, LookupSummary, MeanTail, Percentiles, SuccessBin};
 pub use output::write_outputs;
+pub use progress::{Phase, ProgressUpdate};
 pub use scenario::{JoinMode, Scenario};
 
 /// Why a simulation could not run or its results could not be written.
@@ -61,24 +63,6 @@ pub struct RunOptions {
     pub lookups: Option<u32>,
     /// Forces the perfect-table baseline run on or off.
     pub baseline: Option<bool>,
-}
-
-/// Where a run is, for a progress bar. Reported every few tens of thousands of events; it
-/// never influences the simulation.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ProgressUpdate {
-    /// "build", "join", "settle", "announce", "lookups", or "baseline …".
-    pub phase: &'static str,
-    /// Virtual time reached.
-    pub sim_seconds: f64,
-    /// Measured lookups finished.
-    pub lookups_done: u32,
-    /// Measured lookups in the scenario.
-    pub lookups_total: u32,
-    /// Nodes online.
-    pub online: u32,
-    /// Events processed.
-    pub events: u64,
 }
 
 /// The perfect-table reference run's figures.
@@ -138,22 +122,13 @@ pub struct NodeFigures {
 pub struct AttackFigures {
     /// Fraction of node slots that lie.
     pub fraction: f64,
-    /// What they do.
-    pub behaviour: &'static str,
+    /// What they do (serialised under its scenario-file name).
+    pub behaviour: scenario::Behaviour,
     /// How many there are.
     pub attackers: u32,
     /// Datagrams honest nodes sent to them.
     pub queries_to_attackers: u64,
 }
-
-/// Progress phases of the per-behaviour attack runs.
-const ATTACK_PHASES: [&str; 5] = [
-    "attack run 1",
-    "attack run 2",
-    "attack run 3",
-    "attack run 4",
-    "attack run 5",
-];
 
 /// Network counters.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -304,11 +279,11 @@ pub fn run_scenario(
     let mut attack_runs = Vec::new();
     for (i, beh) in std::mem::take(&mut sc.attack.also).into_iter().enumerate() {
         let mut a = sc.clone();
-        a.name = format!("{}/{}", sc.name, scenario::behaviour_name(beh));
+        a.name = format!("{}/{}", sc.name, beh);
         a.attack.behaviour = beh;
         a.baseline.enabled = false;
         a.variant = None;
-        let phase: &'static str = ATTACK_PHASES[i % ATTACK_PHASES.len()];
+        let phase = Phase::AttackRun(i + 1);
         let mut relay = |mut u: ProgressUpdate| {
             u.phase = phase;
             progress(u);
@@ -321,7 +296,7 @@ pub fn run_scenario(
             vs.name = format!("{}/{}", sc.name, v.name);
             vs.dht = v.dht;
             let mut relay = |mut u: ProgressUpdate| {
-                u.phase = "variant";
+                u.phase = Phase::Variant;
                 progress(u);
             };
             Some(Box::new(run_scenario(
@@ -340,8 +315,8 @@ pub fn run_scenario(
         let b = baseline_of(&sc);
         let mut relay = |mut u: ProgressUpdate| {
             u.phase = match u.phase {
-                "build" => "baseline build",
-                _ => "baseline",
+                Phase::Build => Phase::BaselineBuild,
+                _ => Phase::Baseline,
             };
             progress(u);
         };
@@ -361,9 +336,9 @@ pub fn run_scenario(
     };
     let out = world::World::new(&sc, progress).run();
     let summary = LookupSummary::of(&out.records);
-    let attack = (out.attackers > 0).then(|| AttackFigures {
+    let attack = (out.attackers > 0).then_some(AttackFigures {
         fraction: sc.attack.fraction,
-        behaviour: scenario::behaviour_name(sc.attack.behaviour),
+        behaviour: sc.attack.behaviour,
         attackers: out.attackers,
         queries_to_attackers: out.counters.to_attackers,
     });

@@ -74,14 +74,23 @@ pub enum Behaviour {
     Mixed,
 }
 
-/// The scenario-file name of a behaviour.
-pub fn behaviour_name(b: Behaviour) -> &'static str {
-    match b {
-        Behaviour::BogusNodes => "bogus_nodes",
-        Behaviour::ClaimClose => "claim_close",
-        Behaviour::Drop => "drop",
-        Behaviour::BadTokens => "bad_tokens",
-        Behaviour::Mixed => "mixed",
+impl Behaviour {
+    /// Its scenario-file name: what reports and run names call it, so they read like the
+    /// scenario that asked for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Behaviour::BogusNodes => "bogus_nodes",
+            Behaviour::ClaimClose => "claim_close",
+            Behaviour::Drop => "drop",
+            Behaviour::BadTokens => "bad_tokens",
+            Behaviour::Mixed => "mixed",
+        }
+    }
+}
+
+impl std::fmt::Display for Behaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -469,6 +478,20 @@ impl Scenario {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn behaviour_names_are_their_serialised_form() {
+        for b in [
+            Behaviour::BogusNodes,
+            Behaviour::ClaimClose,
+            Behaviour::Drop,
+            Behaviour::BadTokens,
+            Behaviour::Mixed,
+        ] {
+            let json = serde_json::to_string(&b).unwrap();
+            assert_eq!(json, format!("\"{b}\""));
+        }
+    }
 
     #[test]
     fn minimal_file_takes_defaults() {

@@ -1,0 +1,124 @@
+//! Where nodes live: the address of each node slot and the slot behind an address, by
+//! arithmetic, so a million nodes need no address table.
+//!
+//! Node `i` lives at `10.x.y.z:6881` with `x.y.z = i + 1`. 10/8 is private space, which
+//! BEP 42 exempts: ids stay the random ones the simulator drew. With `[network] public_ips`
+//! nodes live in 32/8 instead, one node per /24 up to 65,535 nodes, and BEP 42 applies (ids
+//! are drawn valid for their address).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+const BASE_IP: u32 = 0x0A00_0000;
+/// UDP port every simulated node listens on.
+pub const PORT: u16 = 6881;
+
+/// The address of node `i`.
+pub fn addr_of(i: u32) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(BASE_IP + i + 1), PORT)
+}
+
+/// The node at `a`, if `a` is a simulated address (of any port) below `n` nodes.
+pub fn node_of_ip(ip: &Ipv4Addr, n: u32) -> Option<u32> {
+    let v = u32::from(*ip);
+    let i = v.checked_sub(BASE_IP + 1)?;
+    (i < n).then_some(i)
+}
+
+/// The node at `a`, if any.
+pub fn node_of(a: &SocketAddrV4, n: u32) -> Option<u32> {
+    if a.port() != PORT {
+        return None;
+    }
+    node_of_ip(a.ip(), n)
+}
+
+/// Where the nodes live: private 10/8 (BEP 42-exempt, the default) or public 32/8.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addrs {
+    public: bool,
+}
+
+const PUBLIC_BASE: u32 = 0x2000_0000;
+
+impl Addrs {
+    /// 10.x.y.z, `x.y.z = i + 1` (what [`addr_of`] gives).
+    pub const PRIVATE: Addrs = Addrs { public: false };
+    /// 32.a.b.c with `a` the low byte of `i + 1`, `b`, `c` the next two: consecutive nodes
+    /// land in different /24s, so the core's per-/24 limits see one node per /24 as long as
+    /// there are fewer than 65,536 nodes.
+    pub const PUBLIC: Addrs = Addrs { public: true };
+
+    /// The addressing of a scenario.
+    pub fn new(public: bool) -> Addrs {
+        Addrs { public }
+    }
+
+    /// Whether BEP 42 applies to these addresses.
+    pub fn is_public(&self) -> bool {
+        self.public
+    }
+
+    /// The address of node `i`.
+    pub fn addr_of(&self, i: u32) -> SocketAddrV4 {
+        if !self.public {
+            return addr_of(i);
+        }
+        let j = (i + 1) & 0x00ff_ffff;
+        let low = ((j & 0xff) << 16) | ((j >> 8) & 0xff) << 8 | (j >> 16);
+        SocketAddrV4::new(Ipv4Addr::from(PUBLIC_BASE | low), PORT)
+    }
+
+    /// The node at `ip`, if it is a node's address below `n` nodes.
+    pub fn node_of_ip(&self, ip: &Ipv4Addr, n: u32) -> Option<u32> {
+        if !self.public {
+            return node_of_ip(ip, n);
+        }
+        let v = u32::from(*ip);
+        if v & 0xff00_0000 != PUBLIC_BASE {
+            return None;
+        }
+        let j = ((v >> 16) & 0xff) | (v & 0xff00) | ((v & 0xff) << 16);
+        let i = j.checked_sub(1)?;
+        (i < n).then_some(i)
+    }
+
+    /// The node at `a`, if any.
+    pub fn node_of(&self, a: &SocketAddrV4, n: u32) -> Option<u32> {
+        if a.port() != PORT {
+            return None;
+        }
+        self.node_of_ip(a.ip(), n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip() {
+        for i in [0u32, 1, 255, 999_999, 15_999_999] {
+            assert_eq!(node_of(&addr_of(i), 16_000_000), Some(i));
+        }
+        assert_eq!(node_of(&addr_of(10), 10), None);
+        assert_eq!(
+            node_of(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, PORT), 10),
+            None
+        );
+        let other_port = SocketAddrV4::new(*addr_of(3).ip(), 1);
+        assert_eq!(node_of(&other_port, 10), None);
+        assert_eq!(node_of_ip(other_port.ip(), 10), Some(3));
+        let p = Addrs::PUBLIC;
+        for i in [0u32, 1, 255, 256, 65_534, 999_999, 15_999_999] {
+            assert_eq!(p.node_of(&p.addr_of(i), 16_000_000), Some(i), "{i}");
+            assert!(!crate::dht::bep42::is_exempt(p.addr_of(i).ip()));
+        }
+        assert_ne!(
+            u32::from(*p.addr_of(7).ip()) >> 8,
+            u32::from(*p.addr_of(8).ip()) >> 8,
+            "neighbours in different /24s"
+        );
+        assert_eq!(p.node_of(&addr_of(3), 10), None);
+        assert_eq!(Addrs::PRIVATE.addr_of(3), addr_of(3));
+    }
+}
