@@ -167,3 +167,54 @@ fn lookups_survive_20_percent_claim_close_and_mixed_sybils() {
         assert!(s.success_rate >= 0.95, "{b:?}: success {}", s.success_rate);
     }
 }
+
+/// A network that exercises every part of the engine at once: protocol join, churn with
+/// new ids, NAT, loss, lying nodes (perfect tables), the baseline run.
+fn busy(join: &str) -> Scenario {
+    let toml = format!(
+        "name = \"busy\"\nnodes = 1500\n\
+         [network]\nloss = 0.02\nnat_fraction = 0.1\npublic_ips = true\n\
+         [join]\nmode = \"{join}\"\nduration_s = 40.0\nsettle_s = 20.0\nrefresh_after_join_s = 30.0\n\
+         [churn]\nenabled = true\nsame_id = 0.5\n\
+         session = {{ dist = \"weibull\", shape = 0.5, scale_s = 120.0 }}\n\
+         offline = {{ dist = \"weibull\", shape = 0.5, scale_s = 60.0 }}\n\
+         [workload]\ninfohashes = 40\nannouncers_per_infohash = 2\nlookups = 300\nlookup_window_s = 60.0\n\
+         [attack]\nfraction = {}\nbehaviour = \"mixed\"\n\
+         [baseline]\nenabled = true\nlookups = 100\n",
+        if join == "perfect" { "0.1" } else { "0.0" }
+    );
+    Scenario::from_toml_str(&toml).expect("busy scenario parses")
+}
+
+#[test]
+fn the_thread_count_does_not_change_a_byte() {
+    for join in ["bootstrap", "perfect"] {
+        let sc = busy(join);
+        let run = |threads| {
+            let opts = RunOptions {
+                threads: Some(threads),
+                ..RunOptions::default()
+            };
+            let r = run_scenario(&sc, &opts, &mut quiet()).unwrap();
+            assert_eq!(r.threads, threads);
+            (
+                r.deterministic().to_json(),
+                dhtnode::sim::output::lookups_csv(&r),
+                r.network.events,
+            )
+        };
+        let one = run(1);
+        assert!(one.2 > 10_000, "{join}: only {} events", one.2);
+        for threads in [2, 4] {
+            let many = run(threads);
+            assert_eq!(
+                one.0, many.0,
+                "{join}: report differs with {threads} threads"
+            );
+            assert_eq!(
+                one.1, many.1,
+                "{join}: lookups.csv differs with {threads} threads"
+            );
+        }
+    }
+}

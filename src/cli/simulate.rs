@@ -28,6 +28,10 @@ pub struct Args {
     /// Print one JSON object at the end.
     #[arg(long)]
     json: bool,
+    /// Threads to run the network on (default: every core). The output is byte-identical
+    /// for every count; only the wall time changes.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: Option<u16>,
 }
 
 /// Runs the scenario.
@@ -42,6 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let opts = RunOptions {
         seed: args.seed,
         nodes: args.nodes,
+        threads: args.threads.map(usize::from),
         ..RunOptions::default()
     };
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {

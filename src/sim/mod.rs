@@ -63,6 +63,18 @@ pub struct RunOptions {
     pub lookups: Option<u32>,
     /// Forces the perfect-table baseline run on or off.
     pub baseline: Option<bool>,
+    /// Threads to run the network on (default: the cores available). The output is the
+    /// same for every count.
+    pub threads: Option<usize>,
+}
+
+impl RunOptions {
+    /// The thread count these options ask for.
+    pub fn thread_count(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
 }
 
 /// The perfect-table reference run's figures.
@@ -165,6 +177,8 @@ pub struct Report {
     pub wall_seconds: f64,
     /// Peak resident memory of the process (not deterministic).
     pub peak_rss_mb: f64,
+    /// Threads the network ran on (the figures do not depend on it).
+    pub threads: usize,
     /// The commit, build and machine that produced this report (set by the CLI for the
     /// top-level report only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -201,6 +215,7 @@ impl Report {
         Report {
             wall_seconds: 0.0,
             peak_rss_mb: 0.0,
+            threads: 0,
             provenance: self.provenance.as_ref().map(|p| provenance::Provenance {
                 load_at_start: 0.0,
                 load_at_end: 0.0,
@@ -262,6 +277,7 @@ pub fn run_scenario(
     progress: &mut dyn FnMut(ProgressUpdate),
 ) -> Result<Report, SimError> {
     let started = Instant::now();
+    let threads = opts.thread_count();
     let mut sc = scenario.clone();
     if let Some(s) = opts.seed {
         sc.seed = s;
@@ -276,6 +292,10 @@ pub fn run_scenario(
         sc.baseline.enabled = b;
     }
     sc.validate()?;
+    let sub = RunOptions {
+        threads: Some(threads),
+        ..RunOptions::default()
+    };
     let mut attack_runs = Vec::new();
     for (i, beh) in std::mem::take(&mut sc.attack.also).into_iter().enumerate() {
         let mut a = sc.clone();
@@ -288,7 +308,7 @@ pub fn run_scenario(
             u.phase = phase;
             progress(u);
         };
-        attack_runs.push(run_scenario(&a, &RunOptions::default(), &mut relay)?);
+        attack_runs.push(run_scenario(&a, &sub, &mut relay)?);
     }
     let variant = match sc.variant.take() {
         Some(v) => {
@@ -299,11 +319,7 @@ pub fn run_scenario(
                 u.phase = Phase::Variant;
                 progress(u);
             };
-            Some(Box::new(run_scenario(
-                &vs,
-                &RunOptions::default(),
-                &mut relay,
-            )?))
+            Some(Box::new(run_scenario(&vs, &sub, &mut relay)?))
         }
         None => None,
     };
@@ -320,7 +336,7 @@ pub fn run_scenario(
             };
             progress(u);
         };
-        let out = world::World::new(&b, &mut relay).run();
+        let out = world::World::new(&b, threads, &mut relay).run();
         let s = LookupSummary::of(&out.records);
         Some(PerfectFigures {
             lookups: s.lookups,
@@ -334,7 +350,7 @@ pub fn run_scenario(
     } else {
         None
     };
-    let out = world::World::new(&sc, progress).run();
+    let out = world::World::new(&sc, threads, progress).run();
     let summary = LookupSummary::of(&out.records);
     let attack = (out.attackers > 0).then_some(AttackFigures {
         fraction: sc.attack.fraction,
@@ -359,6 +375,7 @@ pub fn run_scenario(
         sim_seconds: out.sim_seconds,
         wall_seconds: metrics::round3(started.elapsed().as_secs_f64()),
         peak_rss_mb: peak_rss_mb(),
+        threads,
         provenance: None,
         per_node: NodeFigures {
             online: out.online_at_end,

@@ -140,6 +140,10 @@ pub struct NetworkSpec {
     pub rtt_median_ms: f64,
     /// Sigma of the log-normal RTT distribution (0.6: p99 ≈ 4× the median).
     pub rtt_sigma: f64,
+    /// Shortest one-way delay (the speed of light and a router or two): no datagram arrives
+    /// sooner. It is also the parallel engine's lookahead, so nodes can run this long of
+    /// virtual time apart without seeing each other's datagrams late.
+    pub min_one_way_ms: f64,
     /// Probability that any one datagram is lost.
     pub loss: f64,
     /// Fraction of nodes behind a NAT: they only receive from peers they sent to recently.
@@ -156,6 +160,7 @@ impl Default for NetworkSpec {
         NetworkSpec {
             rtt_median_ms: 100.0,
             rtt_sigma: 0.6,
+            min_one_way_ms: 5.0,
             loss: 0.01,
             nat_fraction: 0.0,
             nat_timeout_s: 60,
@@ -431,6 +436,9 @@ impl Scenario {
         let n = &self.network;
         if !(n.rtt_median_ms > 0.0 && n.rtt_sigma >= 0.0) {
             return bad("network.rtt_median_ms must be > 0 and rtt_sigma >= 0");
+        }
+        if !(n.min_one_way_ms >= 0.001 && n.min_one_way_ms <= n.rtt_median_ms) {
+            return bad("network.min_one_way_ms must be in [0.001, rtt_median_ms]");
         }
         if !(0.0..1.0).contains(&n.loss) {
             return bad("network.loss must be in [0, 1)");

@@ -17,6 +17,7 @@ pub struct Latency {
     ln_median: f64,
     sigma: f64,
     seed: u64,
+    floor_us: SimTime,
 }
 
 impl Latency {
@@ -26,6 +27,7 @@ impl Latency {
             ln_median: spec.rtt_median_ms.ln(),
             sigma: spec.rtt_sigma,
             seed: mix64(seed ^ 0x6C61_7465_6E63_7900),
+            floor_us: ((spec.min_one_way_ms * 1000.0) as SimTime).max(1),
         }
     }
 
@@ -40,9 +42,16 @@ impl Latency {
         (self.ln_median + self.sigma * z).exp().min(10_000.0)
     }
 
-    /// One-way delay from `a` to `b` in microseconds (half the pair's RTT, at least 1 µs).
+    /// One-way delay from `a` to `b` in microseconds: half the pair's RTT, never below the
+    /// floor.
     pub fn one_way_us(&self, a: u32, b: u32) -> SimTime {
-        ((self.rtt_ms(a, b) * 500.0) as SimTime).max(1)
+        ((self.rtt_ms(a, b) * 500.0) as SimTime).max(self.floor_us)
+    }
+
+    /// The shortest one-way delay of any pair: how far apart in virtual time two nodes may
+    /// run before a datagram of one could be due at the other.
+    pub fn floor_us(&self) -> SimTime {
+        self.floor_us
     }
 }
 
@@ -65,6 +74,14 @@ mod tests {
         // exp(0.6 × 2.326) ≈ 4.04.
         let want = 100.0 * (0.6f64 * 2.326).exp();
         assert!((p99 - want).abs() / want < 0.08, "p99 {p99} want {want}");
-        assert_eq!(l.one_way_us(3, 9), (l.rtt_ms(3, 9) * 500.0) as u64);
+        assert_eq!(
+            l.one_way_us(3, 9),
+            ((l.rtt_ms(3, 9) * 500.0) as u64).max(l.floor_us())
+        );
+        let fastest = (0..20_000u32)
+            .map(|i| l.one_way_us(i, i + 1_000_000))
+            .min()
+            .unwrap_or(0);
+        assert!(fastest >= 5_000, "{fastest} µs under the 5 ms floor");
     }
 }

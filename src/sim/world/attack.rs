@@ -9,7 +9,8 @@ use crate::krpc::{Body, ErrorCode, KrpcError, Message, Method, NodeInfo, Respons
 use crate::sim::model::mix64;
 use crate::sim::scenario::{AttackSpec, Behaviour};
 
-use super::{Core, Lie, World};
+use super::shard::Shard;
+use super::{Core, Lie, Shared, World};
 
 /// Bits of the target an attacker's claimed id shares: far closer than any honest node.
 const CLAIM_PREFIX_BITS: usize = 64;
@@ -65,25 +66,27 @@ impl World<'_> {
     pub(super) fn index_liars(&mut self) {
         let lies = || self.nodes.iter().map(|nd| nd.lie());
         self.liars = lies().flatten().count() as u32;
-        self.colluders = (0..self.n)
+        self.sh.colluders = (0..self.sh.n)
             .zip(lies())
             .filter(|(_, l)| *l == Some(Lie::ClaimClose))
             .map(|(i, _)| i)
             .collect();
         if lies().any(|l| l == Some(Lie::BadTokens)) {
-            let mut hs: Vec<(Id, u32)> = (0..self.n)
+            let mut hs: Vec<(Id, u32)> = (0..self.sh.n)
                 .zip(&self.nodes)
                 .filter(|(_, nd)| matches!(nd.core, Core::Honest(_)))
                 .map(|(i, nd)| (nd.id(), i))
                 .collect();
             hs.sort_unstable();
-            self.honest_sorted = hs;
+            self.sh.honest_sorted = hs;
         }
     }
+}
 
+impl Shard {
     /// A lying node's answer to a datagram (scripted: attackers run no DHT core).
-    pub(super) fn attacker_reply(&mut self, from: u32, me: u32, data: &[u8]) {
-        let Some(lie) = self.nodes[me as usize].lie() else {
+    pub(super) fn attacker_reply(&mut self, sh: &Shared, from: u32, me: u32, data: &[u8]) {
+        let Some(lie) = self.node(me).lie() else {
             return;
         };
         if lie == Lie::Drop {
@@ -101,13 +104,13 @@ impl World<'_> {
             Method::GetPeers { info_hash } => Some(info_hash),
             Method::AnnouncePeer { info_hash, .. } => {
                 let body = self.announce_answer(me, lie, &info_hash);
-                self.attacker_send(me, from, msg.tid, body);
+                self.attacker_send(sh, me, from, msg.tid, body);
                 return;
             }
             Method::Unknown(_) => return,
         };
-        let r = self.query_answer(me, lie, target);
-        self.attacker_send(me, from, msg.tid, Body::Response(r));
+        let r = self.query_answer(sh, me, lie, target);
+        self.attacker_send(sh, me, from, msg.tid, Body::Response(r));
     }
 
     /// The answer to an announce: refused with a bad token, else accepted and forgotten.
@@ -121,7 +124,7 @@ impl World<'_> {
         let id = if lie == Lie::ClaimClose {
             id_near(info_hash, u64::from(me), 0)
         } else {
-            self.nodes[me as usize].id()
+            self.node(me).id()
         };
         Body::Response(Response {
             id,
@@ -130,10 +133,10 @@ impl World<'_> {
     }
 
     /// The answer to a ping (no `target`), find_node or get_peers.
-    fn query_answer(&self, me: u32, lie: Lie, target: Option<Id>) -> Response {
+    fn query_answer(&self, sh: &Shared, me: u32, lie: Lie, target: Option<Id>) -> Response {
         let who = u64::from(me);
         let mut r = Response {
-            id: self.nodes[me as usize].id(),
+            id: self.node(me).id(),
             ..Response::default()
         };
         let Some(t) = target else {
@@ -144,63 +147,63 @@ impl World<'_> {
             Lie::BogusNodes => r.nodes = Some(bogus_nodes(who, &t)),
             Lie::ClaimClose => {
                 r.id = id_near(&t, who, 0);
-                r.nodes = self.colluders_near(me, &t, &r.id);
+                r.nodes = colluders_near(sh, me, &t, &r.id);
             }
             // bad_tokens (drop never gets here): the truly closest honest nodes.
-            Lie::BadTokens | Lie::Drop => r.nodes = Some(self.closest_honest(&t)),
+            Lie::BadTokens | Lie::Drop => r.nodes = Some(closest_honest(sh, &t)),
         }
         r
     }
 
-    /// Up to 8 other `claim_close` attackers, each under an id next to `t` (`None` when no
-    /// other colluder was picked, as an honest node with nothing to say would answer).
-    fn colluders_near(&self, me: u32, t: &Id, claimed: &Id) -> Option<Vec<NodeInfo>> {
-        let who = u64::from(me);
-        let c = self.colluders.len() as u64;
-        let mut nodes = None;
-        for j in 0..8u64.min(c) {
-            let pick = self.colluders[(mix64(who ^ (j << 48) ^ claimed.0[19] as u64) % c) as usize];
-            if pick != me {
-                nodes.get_or_insert_with(Vec::new).push(NodeInfo {
-                    id: id_near(t, u64::from(pick), 0),
-                    addr: self.addrs.addr_of(pick),
-                });
-            }
-        }
-        nodes
-    }
-
-    /// The 8 honest nodes of the initial network closest to `t`.
-    fn closest_honest(&self, t: &Id) -> Vec<NodeInfo> {
-        let hs = &self.honest_sorted;
-        let p = hs.partition_point(|(id, _)| id < t);
-        let lo = p.saturating_sub(16);
-        let hi = (p + 16).min(hs.len());
-        let mut near: Vec<(Id, u32)> = hs[lo..hi].to_vec();
-        near.sort_by_key(|(id, _)| id.distance(t));
-        near.iter()
-            .take(8)
-            .map(|&(id, j)| NodeInfo {
-                id,
-                addr: self.addrs.addr_of(j),
-            })
-            .collect()
-    }
-
-    fn attacker_send(&mut self, me: u32, to: u32, tid: Vec<u8>, body: Body) {
+    fn attacker_send(&mut self, sh: &Shared, me: u32, to: u32, tid: Vec<u8>, body: Body) {
         let m = Message {
             tid,
             version: None,
-            ip: Some(self.addrs.addr_of(to).into()),
+            ip: Some(sh.addrs.addr_of(to).into()),
             read_only: false,
             body,
         };
         let t = Transmit {
-            to: self.addrs.addr_of(to),
+            to: sh.addrs.addr_of(to),
             data: m.encode(),
         };
-        self.send(me, t);
+        self.send(sh, me, t);
     }
+}
+
+/// Up to 8 other `claim_close` attackers, each under an id next to `t` (`None` when no
+/// other colluder was picked, as an honest node with nothing to say would answer).
+fn colluders_near(sh: &Shared, me: u32, t: &Id, claimed: &Id) -> Option<Vec<NodeInfo>> {
+    let who = u64::from(me);
+    let c = sh.colluders.len() as u64;
+    let mut nodes = None;
+    for j in 0..8u64.min(c) {
+        let pick = sh.colluders[(mix64(who ^ (j << 48) ^ claimed.0[19] as u64) % c) as usize];
+        if pick != me {
+            nodes.get_or_insert_with(Vec::new).push(NodeInfo {
+                id: id_near(t, u64::from(pick), 0),
+                addr: sh.addrs.addr_of(pick),
+            });
+        }
+    }
+    nodes
+}
+
+/// The 8 honest nodes of the initial network closest to `t`.
+fn closest_honest(sh: &Shared, t: &Id) -> Vec<NodeInfo> {
+    let hs = &sh.honest_sorted;
+    let p = hs.partition_point(|(id, _)| id < t);
+    let lo = p.saturating_sub(16);
+    let hi = (p + 16).min(hs.len());
+    let mut near: Vec<(Id, u32)> = hs[lo..hi].to_vec();
+    near.sort_by_key(|(id, _)| id.distance(t));
+    near.iter()
+        .take(8)
+        .map(|&(id, j)| NodeInfo {
+            id,
+            addr: sh.addrs.addr_of(j),
+        })
+        .collect()
 }
 
 /// 8 nodes that do not exist, with ids next to `t`: 10/8 like every simulated node, but on

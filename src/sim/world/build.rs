@@ -21,7 +21,7 @@ impl World<'_> {
     /// Fills every node's table as a perfect one: for each bucket range, `k` live nodes of
     /// that range (or all of them when fewer exist).
     pub(super) fn build_perfect(&mut self) {
-        let mut sorted: Vec<(Id, u32)> = (0..self.n)
+        let mut sorted: Vec<(Id, u32)> = (0..self.sh.n)
             .zip(&self.nodes)
             .map(|(i, nd)| (nd.id(), i))
             .collect();
@@ -29,9 +29,9 @@ impl World<'_> {
         // Each table is filled at a random moment of one refresh interval, and the run
         // starts at the end of it: bucket refreshes then come spread out, as in a network
         // that has been running, not all at once 15 minutes in.
-        let spread_ms = self.cfg.refresh_after.as_millis() as u64;
-        let mut picks: Vec<u32> = Vec::with_capacity(self.cfg.k * 24);
-        for i in 0..self.n {
+        let spread_ms = self.sh.cfg.refresh_after.as_millis() as u64;
+        let mut picks: Vec<u32> = Vec::with_capacity(self.sh.cfg.k * 24);
+        for i in 0..self.sh.n {
             if self.is_attacker(i) {
                 continue;
             }
@@ -42,14 +42,9 @@ impl World<'_> {
                 self.report_build(i);
             }
         }
-        self.q.advance_to(spread_ms * US_PER_MS);
-        self.start_us = self.q.now();
-        for i in 0..self.n {
-            self.set_online(i, true);
-            if !self.is_attacker(i) {
-                self.drain(i, false);
-            }
-        }
+        // The network goes online at the end of the interval (`World::start_perfect`).
+        self.now = spread_ms * US_PER_MS;
+        self.start_us = self.now;
     }
 
     /// Node `i`'s table entries into `picks`, bucket by bucket from the farthest, until no
@@ -71,25 +66,25 @@ impl World<'_> {
     /// Node `i`'s entries for one bucket whose range holds `range`: all of them, or `k`
     /// picked as the scenario says.
     fn pick_bucket(&mut self, i: u32, range: &[(Id, u32)], picks: &mut Vec<u32>) {
-        let k = self.cfg.k;
+        let k = self.sh.cfg.k;
         let c = range.len();
         if c <= k {
             picks.extend(range.iter().map(|(_, j)| *j));
             return;
         }
-        match self.sc.join.perfect_pick {
+        match self.sh.sc.join.perfect_pick {
             PerfectPick::Random => {
                 for off in sample(&mut self.rng, c, k).into_iter() {
                     picks.push(range[off].1);
                 }
             }
             PerfectPick::LowestRtt => {
-                let m = (self.sc.join.perfect_sample as usize).clamp(k, c);
+                let m = (self.sh.sc.join.perfect_sample as usize).clamp(k, c);
                 let mut cand: Vec<(u64, u32)> = sample(&mut self.rng, c, m)
                     .into_iter()
                     .map(|off| {
                         let j = range[off].1;
-                        (self.lat.one_way_us(i, j), j)
+                        (self.sh.lat.one_way_us(i, j), j)
                     })
                     .collect();
                 cand.sort_unstable();
@@ -102,8 +97,8 @@ impl World<'_> {
     fn seed_table(&mut self, i: u32, now: Time, picks: &[u32]) {
         for &j in picks {
             let peer = self.nodes[j as usize].id();
-            let addr = self.addrs.addr_of(j);
-            if let Some(dht) = self.dht_mut(i) {
+            let addr = self.sh.addrs.addr_of(j);
+            if let Some(dht) = self.nodes[i as usize].dht_mut() {
                 seed_entry(dht, now, peer, addr);
             }
         }
@@ -115,7 +110,7 @@ impl World<'_> {
             phase: Phase::Build,
             sim_seconds: 0.0,
             lookups_done: 0,
-            lookups_total: self.sc.workload.lookups,
+            lookups_total: self.sh.sc.workload.lookups,
             online: done,
             events: 0,
         };
@@ -188,7 +183,7 @@ mod tests {
         let mut sc = Scenario::from_toml_str("name = \"t\"\nnodes = 2000\n").unwrap();
         sc.join.mode = JoinMode::Perfect;
         let mut p = |_: ProgressUpdate| {};
-        let mut w = World::new(&sc, &mut p);
+        let mut w = World::new(&sc, 1, &mut p);
         w.build_perfect();
         for nd in w.nodes.iter().take(50) {
             let t = nd.dht().expect("no liars here").routing_table();

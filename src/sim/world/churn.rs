@@ -1,7 +1,6 @@
 //! Nodes coming and going: the protocol-bootstrap arrivals, leaving, coming back (with the
 //! same id or a new one), and the session-length draws that time them.
 
-use rand::rngs::SmallRng;
 use rand::Rng;
 
 use crate::dht::Dht;
@@ -9,15 +8,16 @@ use crate::id::Id;
 use crate::sim::queue::SimTime;
 use crate::sim::scenario::DurationDist;
 
-use super::{secs, Core, Ev, World};
+use super::shard::{Note, Shard};
+use super::{pick_contacts, secs, Core, NodeEv, Shared, World};
 
 impl World<'_> {
     /// Queues the bootstrap arrivals, evenly over the join duration; returns its end.
     pub(super) fn schedule_arrivals(&mut self) -> SimTime {
-        let d = secs(self.sc.join.duration_s);
-        for i in 0..self.n {
-            let at = d * u64::from(i) / u64::from(self.n);
-            self.q.push(at, Ev::Arrive { node: i });
+        let d = secs(self.sh.sc.join.duration_s);
+        for i in 0..self.sh.n {
+            let at = d * u64::from(i) / u64::from(self.sh.n);
+            self.schedule(at, i, NodeEv::Arrive);
         }
         d
     }
@@ -25,104 +25,107 @@ impl World<'_> {
     /// With churn, queues every honest node's first departure after `join_end`: the rest of
     /// a session under way at a random moment of a stationary network.
     pub(super) fn schedule_first_leaves(&mut self, join_end: SimTime) {
-        if !self.sc.churn.enabled {
+        if !self.sh.sc.churn.enabled {
             return;
         }
-        for i in 0..self.n {
+        for i in 0..self.sh.n {
             if self.is_attacker(i) {
                 continue;
             }
             let u: f64 = self.rng.gen();
-            let first = residual_s(&self.sc.churn.session, u, &mut self.rng);
-            self.q.push(join_end + secs(first), Ev::Leave { node: i });
+            let first = residual_s(&self.sh.sc.churn.session, u, &mut self.rng);
+            self.schedule(join_end + secs(first), i, NodeEv::Leave);
         }
     }
+}
 
+impl Shard {
     /// A node joins through the protocol bootstrap (a self-lookup via random contacts).
-    pub(super) fn arrive(&mut self, node: u32) {
-        let contacts = self.contacts(self.sc.join.bootstrap_nodes);
+    pub(super) fn arrive(&mut self, sh: &Shared, node: u32) {
+        let nd = self.node_mut(node);
+        let contacts = pick_contacts(
+            &sh.online,
+            &sh.addrs,
+            sh.sc.join.bootstrap_nodes,
+            &mut nd.rng,
+        );
         self.set_online(node, true);
         let now = self.now_time();
-        if let Some(dht) = self.dht_mut(node) {
+        if let Some(dht) = self.node_mut(node).dht_mut() {
             dht.bootstrap(now, &contacts);
         }
-        self.drain(node, false);
-        if self.sc.join.refresh_after_join_s > 0.0 {
-            let at = self.q.now() + secs(self.sc.join.refresh_after_join_s);
-            self.q.push(at, Ev::Refresh { node });
+        self.drain(sh, node, false);
+        if sh.sc.join.refresh_after_join_s > 0.0 {
+            let at = self.now + secs(sh.sc.join.refresh_after_join_s);
+            self.push_own(at, node, NodeEv::Refresh);
         }
     }
 
     /// A node goes away: its lookups are aborted and its return is queued.
-    pub(super) fn leave(&mut self, node: u32) {
-        if !self.nodes[node as usize].online {
+    pub(super) fn leave(&mut self, sh: &Shared, node: u32) {
+        if !self.node(node).online {
             return;
         }
         self.set_online(node, false);
-        let nd = &mut self.nodes[node as usize];
+        let nd = self.node_mut(node);
         nd.epoch += 1;
         nd.timer_at = SimTime::MAX;
-        if !self.nats.is_empty() {
-            self.nats[node as usize].clear();
+        if let Some(nat) = nd.nat.as_mut() {
+            nat.clear();
         }
-        self.abort_lookups_of(node);
-        let u: f64 = self.rng.gen();
-        let off = self.sc.churn.offline.sample_s(u);
-        let at = self.q.now() + secs(off);
-        self.q.push(at, Ev::Return { node });
-    }
-
-    /// The lookups `node` runs will never report: they are aborted.
-    fn abort_lookups_of(&mut self, node: u32) {
-        let gone: Vec<(u32, u64)> = self
-            .active
-            .range((node, 0)..=(node, u64::MAX))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in gone {
-            if let Some(rec) = self.active.remove(&k) {
-                self.records[rec as usize].aborted = true;
-                self.lookups_open -= 1;
-            }
+        // Its lookups will never report: they are aborted.
+        let gone = std::mem::take(&mut nd.running);
+        let u: f64 = nd.rng.gen();
+        for r in gone {
+            self.notes.push(Note::Aborted { rec: r.rec });
         }
+        let off = sh.sc.churn.offline.sample_s(u);
+        let at = self.now + secs(off);
+        self.push_own(at, node, NodeEv::Return);
     }
 
     /// A node comes back, with its old id or (with probability `1 - same_id`) a new one,
     /// and queues its next departure.
-    pub(super) fn come_back(&mut self, node: u32) {
-        let contacts = self.contacts(self.sc.join.bootstrap_nodes.max(1));
-        self.set_online(node, true);
+    pub(super) fn come_back(&mut self, sh: &Shared, node: u32) {
         let now = self.now_time();
-        if !self.rng.gen_bool(self.sc.churn.same_id) {
-            let id = if self.addrs.is_public() {
-                crate::dht::bep42::id_for_ip(self.addrs.addr_of(node).ip(), &mut self.rng)
+        let nd = self.node_mut(node);
+        let contacts = pick_contacts(
+            &sh.online,
+            &sh.addrs,
+            sh.sc.join.bootstrap_nodes.max(1),
+            &mut nd.rng,
+        );
+        if !nd.rng.gen_bool(sh.sc.churn.same_id) {
+            let id = if sh.addrs.is_public() {
+                crate::dht::bep42::id_for_ip(sh.addrs.addr_of(node).ip(), &mut nd.rng)
             } else {
-                Id::random(&mut self.rng)
+                Id::random(&mut nd.rng)
             };
-            let seed = self.rng.gen();
-            let dht = Dht::new(id, self.cfg.clone(), seed, now);
-            if let Some(old) = self.nodes[node as usize].dht() {
+            let seed = nd.rng.gen();
+            let dht = Dht::new(id, sh.cfg.clone(), seed, now);
+            if let Some(old) = nd.dht() {
                 self.counters.refresh_queries += old.stats().refresh_queries;
             }
-            self.nodes[node as usize].core = Core::Honest(Box::new(dht));
+            self.node_mut(node).core = Core::Honest(Box::new(dht));
         }
-        if let Some(dht) = self.dht_mut(node) {
+        self.set_online(node, true);
+        if let Some(dht) = self.node_mut(node).dht_mut() {
             // A returning client first lets its old queries lapse, then re-joins through
             // its saved table and a bootstrap contact.
             dht.handle_timeout(now);
             dht.bootstrap(now, &contacts);
         }
-        self.drain(node, false);
-        let u: f64 = self.rng.gen();
-        let stay = self.sc.churn.session.sample_s(u);
-        let at = self.q.now() + secs(stay);
-        self.q.push(at, Ev::Leave { node });
+        self.drain(sh, node, false);
+        let u: f64 = self.node_mut(node).rng.gen();
+        let stay = sh.sc.churn.session.sample_s(u);
+        let at = self.now + secs(stay);
+        self.push_own(at, node, NodeEv::Leave);
     }
 }
 
 /// A remaining session length for a node seen online at a random moment of a stationary
 /// network: `U × L` with `L` length-biased (long sessions are likelier to be under way).
-fn residual_s(d: &DurationDist, u: f64, rng: &mut SmallRng) -> f64 {
+fn residual_s(d: &DurationDist, u: f64, rng: &mut impl Rng) -> f64 {
     let biased = match *d {
         DurationDist::Weibull { shape, scale_s } => {
             // Length-biased Weibull: (L/λ)^k follows Gamma(1 + 1/k, 1).
@@ -136,7 +139,7 @@ fn residual_s(d: &DurationDist, u: f64, rng: &mut SmallRng) -> f64 {
 }
 
 /// A Gamma(shape, 1) sample (Marsaglia–Tsang), shape ≥ 1.
-fn gamma(shape: f64, rng: &mut SmallRng) -> f64 {
+fn gamma(shape: f64, rng: &mut impl Rng) -> f64 {
     let d = shape - 1.0 / 3.0;
     let c = 1.0 / (9.0 * d).sqrt();
     loop {
@@ -162,7 +165,7 @@ mod tests {
 
     #[test]
     fn gamma_and_residual_means() {
-        let mut rng = SmallRng::seed_from_u64(9);
+        let mut rng = rand_xoshiro::SplitMix64::seed_from_u64(9);
         let n = 40_000;
         let m: f64 = (0..n).map(|_| gamma(3.0, &mut rng)).sum::<f64>() / n as f64;
         assert!((m - 3.0).abs() < 0.05, "{m}");

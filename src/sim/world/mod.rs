@@ -12,15 +12,15 @@
 mod attack;
 mod build;
 mod churn;
+mod shard;
 mod workload;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 
-use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use rand_xoshiro::{SplitMix64, Xoshiro256PlusPlus};
 
-use crate::dht::{Config, Dht, Time, Transmit};
+use crate::dht::{Config, Dht, Time};
 use crate::id::Id;
 
 use super::metrics::{LookupRecord, SuccessBin};
@@ -28,6 +28,8 @@ use super::model::{mix64, Addrs, Latency, Nat};
 use super::progress::{Phase, ProgressUpdate};
 use super::queue::{EventQueue, SimTime};
 use super::scenario::{JoinMode, Scenario};
+
+use shard::{Note, Shard};
 
 const US_PER_MS: u64 = 1000;
 const US_PER_S: u64 = 1_000_000;
@@ -41,15 +43,31 @@ fn secs(s: f64) -> SimTime {
     (s.max(0.0) * US_PER_S as f64) as SimTime
 }
 
-enum Ev {
-    Packet { from: u32, to: u32, data: Vec<u8> },
-    Timer { node: u32 },
-    Arrive { node: u32 },
-    Refresh { node: u32 },
+/// The world's own random stream (set-up draws and the workload's picks): xoshiro256++ by
+/// name, so a seed gives the same network on every machine and rand version.
+type WorldRng = Xoshiro256PlusPlus;
+
+/// What happens to one node; run by the shard that owns the node, in (time, tie) order.
+enum NodeEv {
+    /// A datagram from `from` arrives.
+    Packet { from: u32, data: Vec<u8> },
+    /// The core's timer (stale when the node re-armed it or left since).
+    Timer,
+    /// A protocol-bootstrap join.
+    Arrive,
+    /// The refresh some time after a bootstrap join.
+    Refresh,
+    /// The node goes offline.
+    Leave,
+    /// The node comes back.
+    Return,
+}
+
+/// What happens to the network as a whole; run by the coordinator between windows, since
+/// it picks among all online nodes and keeps the records.
+enum GlobalEv {
     Announce { ih: u32, slot: u32 },
     Lookup { rec: u32 },
-    Leave { node: u32 },
-    Return { node: u32 },
     Bin,
 }
 
@@ -75,6 +93,18 @@ enum Core {
     Liar { id: Id, lie: Lie },
 }
 
+/// A measured lookup a node is running: what its events need of the record, so a shard
+/// never reads the records the coordinator keeps.
+#[derive(Clone, Copy, Debug)]
+struct Running {
+    lookup: u64,
+    rec: u32,
+    ih: u32,
+    start_ms: u64,
+    /// Its first announced peer came in (later ones change nothing).
+    seen_peer: bool,
+}
+
 struct Node {
     core: Core,
     /// Time of the earliest timer event queued for this node (`u64::MAX`: none).
@@ -84,10 +114,20 @@ struct Node {
     epoch: u32,
     sent: u32,
     recv: u32,
+    /// Events this node caused so far: with the node's index, the tie-break of every event
+    /// it queues, so equal-time events run in an order no thread schedule can change.
+    seq: u32,
+    /// The node's own random stream (loss of what it sends, its churn, its contacts): a
+    /// named generator, one per node, so draws do not depend on which thread ran whom.
+    rng: SplitMix64,
+    /// Measured lookups it runs.
+    running: Vec<Running>,
+    /// Its NAT's open mappings (nodes behind one only).
+    nat: Option<Nat>,
 }
 
 impl Node {
-    fn new(core: Core) -> Node {
+    fn new(core: Core, rng: SplitMix64, behind_nat: bool) -> Node {
         Node {
             core,
             timer_at: SimTime::MAX,
@@ -95,6 +135,10 @@ impl Node {
             epoch: 0,
             sent: 0,
             recv: 0,
+            seq: 0,
+            rng,
+            running: Vec::new(),
+            nat: behind_nat.then(Nat::default),
         }
     }
 
@@ -125,6 +169,12 @@ impl Node {
             Core::Liar { lie, .. } => Some(lie),
         }
     }
+
+    /// The tie-break of the next event node `i` causes.
+    fn next_tie(&mut self, i: u32) -> u64 {
+        self.seq = self.seq.wrapping_add(1);
+        (u64::from(i) << 32) | u64::from(self.seq)
+    }
 }
 
 /// Network-level counters of a run.
@@ -151,6 +201,20 @@ pub struct Counters {
     pub online_node_us: u128,
 }
 
+impl Counters {
+    fn add(&mut self, o: &Counters) {
+        self.events += o.events;
+        self.datagrams += o.datagrams;
+        self.lost += o.lost;
+        self.to_offline += o.to_offline;
+        self.nat_blocked += o.nat_blocked;
+        self.misaddressed += o.misaddressed;
+        self.to_attackers += o.to_attackers;
+        self.refresh_queries += o.refresh_queries;
+        self.online_node_us += o.online_node_us;
+    }
+}
+
 /// What a finished run hands to the report.
 pub struct Outcome {
     /// One record per measured lookup.
@@ -174,29 +238,62 @@ pub struct Outcome {
     pub table_alive: f64,
 }
 
-/// The whole simulated network.
-pub struct World<'p> {
+/// What every shard reads and nobody writes while a window runs; the coordinator changes
+/// it between windows (the online set, the announcers).
+struct Shared {
     sc: Scenario,
     cfg: Config,
     n: u32,
-    nodes: Vec<Node>,
-    q: EventQueue<Ev>,
-    rng: SmallRng,
     lat: Latency,
-    nat: Vec<bool>,
-    nats: Vec<Nat>,
+    addrs: Addrs,
+    /// Honest nodes online, as of the last window's end.
     online: Vec<u32>,
     online_pos: Vec<u32>,
     infohashes: Vec<Id>,
     announcers: Vec<Vec<u32>>,
+    /// The `claim_close` attackers: the colluders they point to.
+    colluders: Vec<u32>,
+    /// Honest nodes' ids, sorted: what a `bad_tokens` attacker answers from.
+    honest_sorted: Vec<(Id, u32)>,
+    /// Node slots per shard (the last may hold fewer).
+    per_shard: u32,
+}
+
+impl Shared {
+    fn shard_of(&self, node: u32) -> usize {
+        (node / self.per_shard) as usize
+    }
+}
+
+/// The whole simulated network: set up in one piece, then cut into shards of consecutive
+/// node slots that run the same window of virtual time on as many threads.
+///
+/// Conservative parallel simulation: no datagram arrives sooner than the latency floor
+/// after it is sent, so every node may run a window of that length without hearing from
+/// the others; what they send is delivered between windows. Each node's events run in
+/// (time, tie) order whatever thread runs it, every random draw comes from the stream of
+/// the node (or of the coordinator) that makes it, and what the coordinator gathers from
+/// shards is sorted before use: the output does not depend on the thread count.
+pub struct World<'p> {
+    sh: Shared,
+    /// All node slots while the world is set up (moved into `shards` when it runs).
+    nodes: Vec<Node>,
+    /// Node events queued during set-up, for the shards.
+    pending: Vec<(SimTime, u32, NodeEv)>,
+    shards: Vec<Shard>,
+    threads: usize,
+    gq: EventQueue<GlobalEv>,
+    /// The coordinator's clock: the start of the current window or global event.
+    now: SimTime,
+    rng: WorldRng,
     records: Vec<LookupRecord>,
     rec_epoch: Vec<u32>,
-    active: BTreeMap<(u32, u64), u32>,
     lookups_open: u32,
     last_lookup_at: SimTime,
     bins: Vec<SuccessBin>,
     bin_us: SimTime,
     lookups_start: SimTime,
+    /// The coordinator's counters (shards keep their own; summed at the end).
     counters: Counters,
     progress: &'p mut dyn FnMut(ProgressUpdate),
     phase: Phase,
@@ -204,55 +301,64 @@ pub struct World<'p> {
     start_us: SimTime,
     /// Liars in the network.
     liars: u32,
-    /// The `claim_close` attackers: the colluders they point to.
-    colluders: Vec<u32>,
-    /// Honest nodes' ids, sorted: what a `bad_tokens` attacker answers from.
-    honest_sorted: Vec<(Id, u32)>,
-    addrs: Addrs,
     /// When the honest online set last changed size (for `Counters::online_node_us`).
     online_since: SimTime,
+    next_progress: u64,
 }
 
 impl<'p> World<'p> {
-    /// Builds the world of `sc` (already carrying any overrides) at time 0.
-    pub fn new(sc: &Scenario, progress: &'p mut dyn FnMut(ProgressUpdate)) -> World<'p> {
+    /// Builds the world of `sc` (already carrying any overrides) at time 0, to run on
+    /// `threads` threads (the output is the same for every count).
+    pub fn new(
+        sc: &Scenario,
+        threads: usize,
+        progress: &'p mut dyn FnMut(ProgressUpdate),
+    ) -> World<'p> {
         let n = sc.nodes;
         let cfg = sc.dht.config();
-        let mut rng = SmallRng::seed_from_u64(mix64(sc.seed));
+        let mut rng = WorldRng::seed_from_u64(mix64(sc.seed));
         let addrs = Addrs::new(sc.network.public_ips);
-        let nodes = (0..n)
-            .map(|i| Node::new(Self::core_of(sc, &cfg, addrs, i, &mut rng)))
+        let cores: Vec<Core> = (0..n)
+            .map(|i| Self::core_of(sc, &cfg, addrs, i, &mut rng))
             .collect();
-        let nat: Vec<bool> = if sc.network.nat_fraction > 0.0 {
-            (0..n)
-                .map(|_| rng.gen_bool(sc.network.nat_fraction))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let nats = if nat.is_empty() {
-            Vec::new()
-        } else {
-            vec![Nat::default(); n as usize]
-        };
+        let nat_fraction = sc.network.nat_fraction;
+        let nodes = cores
+            .into_iter()
+            .zip(0..n)
+            .map(|(core, i)| {
+                let behind = nat_fraction > 0.0 && rng.gen_bool(nat_fraction);
+                let stream =
+                    SplitMix64::seed_from_u64(mix64(sc.seed ^ 0x6e6f_6465 ^ (u64::from(i) << 24)));
+                Node::new(core, stream, behind)
+            })
+            .collect();
         let w = &sc.workload;
         let infohashes: Vec<Id> = (0..w.infohashes).map(|_| Id::random(&mut rng)).collect();
+        let threads = threads.clamp(1, 256);
         let mut world = World {
-            cfg,
-            n,
+            sh: Shared {
+                sc: sc.clone(),
+                cfg,
+                n,
+                lat: Latency::new(&sc.network, sc.seed),
+                addrs,
+                online: Vec::with_capacity(n as usize),
+                online_pos: vec![u32::MAX; n as usize],
+                announcers: vec![Vec::new(); infohashes.len()],
+                infohashes,
+                colluders: Vec::new(),
+                honest_sorted: Vec::new(),
+                per_shard: n.div_ceil(threads as u32).max(1),
+            },
             nodes,
-            q: EventQueue::new(),
+            pending: Vec::new(),
+            shards: Vec::new(),
+            threads,
+            gq: EventQueue::new(),
+            now: 0,
             rng,
-            lat: Latency::new(&sc.network, sc.seed),
-            nat,
-            nats,
-            online: Vec::with_capacity(n as usize),
-            online_pos: vec![u32::MAX; n as usize],
-            announcers: vec![Vec::new(); infohashes.len()],
-            infohashes,
             records: Vec::with_capacity(w.lookups as usize),
             rec_epoch: Vec::with_capacity(w.lookups as usize),
-            active: BTreeMap::new(),
             lookups_open: 0,
             last_lookup_at: 0,
             bins: Vec::new(),
@@ -262,12 +368,9 @@ impl<'p> World<'p> {
             progress,
             phase: Phase::Setup,
             start_us: 0,
-            sc: sc.clone(),
             liars: 0,
-            colluders: Vec::new(),
-            honest_sorted: Vec::new(),
-            addrs,
             online_since: 0,
+            next_progress: PROGRESS_EVERY,
         };
         world.index_liars();
         world
@@ -276,7 +379,7 @@ impl<'p> World<'p> {
     /// Slot `i`'s core. Its id is drawn from `rng` whether it lies or not, so every slot
     /// consumes the same draws and the ids do not depend on who lies; the core's own
     /// randomness comes from a seed derived from `i`, not from `rng`.
-    fn core_of(sc: &Scenario, cfg: &Config, addrs: Addrs, i: u32, rng: &mut SmallRng) -> Core {
+    fn core_of(sc: &Scenario, cfg: &Config, addrs: Addrs, i: u32, rng: &mut WorldRng) -> Core {
         let id = if addrs.is_public() {
             crate::dht::bep42::id_for_ip(addrs.addr_of(i).ip(), rng)
         } else {
@@ -295,236 +398,267 @@ impl<'p> World<'p> {
         matches!(self.nodes[i as usize].core, Core::Liar { .. })
     }
 
-    fn dht_mut(&mut self, i: u32) -> Option<&mut Dht> {
-        self.nodes[i as usize].dht_mut()
-    }
-
-    fn now_time(&self) -> Time {
-        Time(self.q.now() / US_PER_MS)
-    }
-
-    fn set_online(&mut self, i: u32, on: bool) {
-        let attacker = self.is_attacker(i);
-        let node = &mut self.nodes[i as usize];
-        if node.online == on {
-            return;
-        }
-        node.online = on;
-        if attacker {
-            // Attackers receive but are never picked as origins, announcers or contacts.
-            return;
-        }
-        self.count_online_time();
-        if on {
-            self.online_pos[i as usize] = self.online.len() as u32;
-            self.online.push(i);
+    /// Node `i`, wherever it lives now (set-up vector or shard).
+    fn node(&self, i: u32) -> &Node {
+        if self.shards.is_empty() {
+            &self.nodes[i as usize]
         } else {
-            let p = self.online_pos[i as usize] as usize;
-            self.online.swap_remove(p);
-            if let Some(&moved) = self.online.get(p) {
-                self.online_pos[moved as usize] = p as u32;
-            }
-            self.online_pos[i as usize] = u32::MAX;
+            self.shards[self.sh.shard_of(i)].node(i)
         }
     }
 
-    /// Adds the honest node-time online since the last change of the online set.
-    fn count_online_time(&mut self) {
-        let now = self.q.now();
-        let dt = now.saturating_sub(self.online_since);
-        self.counters.online_node_us += u128::from(dt) * self.online.len() as u128;
-        self.online_since = now;
+    /// Queues a node event during set-up.
+    fn schedule(&mut self, at: SimTime, node: u32, ev: NodeEv) {
+        self.pending.push((at, node, ev));
+    }
+
+    /// Records that honest node `i` came online or left at `at` in the set the workload
+    /// picks from.
+    fn set_listed(&mut self, at: SimTime, i: u32, on: bool) {
+        let listed = self.sh.online_pos[i as usize] != u32::MAX;
+        if listed == on {
+            return;
+        }
+        let dt = at.saturating_sub(self.online_since);
+        self.counters.online_node_us += u128::from(dt) * self.sh.online.len() as u128;
+        self.online_since = self.online_since.max(at);
+        let sh = &mut self.sh;
+        if on {
+            sh.online_pos[i as usize] = sh.online.len() as u32;
+            sh.online.push(i);
+        } else {
+            let p = sh.online_pos[i as usize] as usize;
+            sh.online.swap_remove(p);
+            if let Some(&moved) = sh.online.get(p) {
+                sh.online_pos[moved as usize] = p as u32;
+            }
+            sh.online_pos[i as usize] = u32::MAX;
+        }
     }
 
     fn random_online(&mut self) -> Option<u32> {
-        if self.online.is_empty() {
+        if self.sh.online.is_empty() {
             return None;
         }
-        let k = self.rng.gen_range(0..self.online.len());
-        Some(self.online[k])
-    }
-
-    /// Up to `count` distinct random online nodes' addresses.
-    fn contacts(&mut self, count: u32) -> Vec<SocketAddrV4> {
-        let mut out = Vec::new();
-        for _ in 0..count.saturating_mul(2) {
-            if out.len() >= count as usize {
-                break;
-            }
-            if let Some(c) = self.random_online() {
-                let a = self.addrs.addr_of(c);
-                if !out.contains(&a) {
-                    out.push(a);
-                }
-            }
-        }
-        out
+        let k = self.rng.gen_range(0..self.sh.online.len());
+        Some(self.sh.online[k])
     }
 
     /// Runs the scenario to its end.
     pub fn run(mut self) -> Outcome {
-        let join_end = match self.sc.join.mode {
+        let join_end = match self.sh.sc.join.mode {
             JoinMode::Perfect => {
                 self.phase = Phase::Build;
                 self.build_perfect();
-                self.q.now()
+                self.now
             }
             JoinMode::Bootstrap => self.schedule_arrivals(),
         };
         self.schedule_first_leaves(join_end);
         self.schedule_workload(join_end);
-        self.phase = match self.sc.join.mode {
+        self.phase = match self.sh.sc.join.mode {
             JoinMode::Bootstrap => Phase::Join,
             JoinMode::Perfect => Phase::Settle,
         };
+        self.cut_into_shards();
+        if self.sh.sc.join.mode == JoinMode::Perfect {
+            self.start_perfect();
+        }
         self.event_loop();
         self.report_progress();
         self.finish()
     }
 
-    /// Processes events until the last lookup is done (or the drain time is up).
+    /// Moves the nodes and the events queued for them into the shards.
+    fn cut_into_shards(&mut self) {
+        let per = self.sh.per_shard as usize;
+        let mut nodes = std::mem::take(&mut self.nodes).into_iter();
+        let mut base = 0u32;
+        while base < self.sh.n {
+            let chunk: Vec<Node> = nodes.by_ref().take(per).collect();
+            let len = chunk.len() as u32;
+            self.shards.push(Shard::new(base, chunk, self.threads));
+            base += len;
+        }
+        for (at, node, ev) in std::mem::take(&mut self.pending) {
+            let s = self.sh.shard_of(node);
+            self.shards[s].push_own(at, node, ev);
+        }
+    }
+
+    /// The perfect network goes online at once at the end of its build.
+    fn start_perfect(&mut self) {
+        let now = self.now;
+        for i in 0..self.sh.n {
+            let s = self.sh.shard_of(i);
+            let honest = self.shards[s].bring_online(&self.sh, now, i);
+            if honest {
+                self.set_listed(now, i, true);
+            }
+        }
+        self.exchange();
+    }
+
+    /// Windows and global events until the last lookup is done (or the drain time is up).
     fn event_loop(&mut self) {
         let end_cap = self.last_lookup_at + DRAIN_US;
-        while let Some((at, ev)) = self.q.pop() {
-            if at > end_cap || (self.lookups_open == 0 && at > self.last_lookup_at) {
+        let lookahead = self.sh.lat.floor_us();
+        let pool = (self.threads > 1)
+            .then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(self.threads)
+                    .build()
+                    .ok()
+            })
+            .flatten();
+        loop {
+            let local = self.shards.iter_mut().filter_map(|s| s.next_time()).min();
+            let global = self.gq.peek_time();
+            let Some(t) = local.into_iter().chain(global).min() else {
+                break;
+            };
+            if t > end_cap || (self.lookups_open == 0 && t > self.last_lookup_at) {
                 break;
             }
-            self.counters.events += 1;
-            if self.counters.events.is_multiple_of(PROGRESS_EVERY) {
+            self.now = t;
+            if global == Some(t) {
+                // Global events first at equal times; then the window that starts there.
+                while self.gq.peek_time() == Some(t) {
+                    let Some((_, ev)) = self.gq.pop() else { break };
+                    self.counters.events += 1;
+                    self.dispatch_global(ev);
+                }
+                self.exchange();
+                continue;
+            }
+            let end = (t + lookahead).min(global.unwrap_or(SimTime::MAX));
+            let sh = &self.sh;
+            match &pool {
+                Some(p) => {
+                    use rayon::prelude::*;
+                    let shards = &mut self.shards;
+                    p.install(|| shards.par_iter_mut().for_each(|s| s.run_until(sh, end)));
+                }
+                None => self.shards.iter_mut().for_each(|s| s.run_until(sh, end)),
+            }
+            self.exchange();
+            self.apply_notes();
+            let events = self.events();
+            if events >= self.next_progress {
+                self.next_progress = events + PROGRESS_EVERY;
                 self.report_progress();
             }
-            self.dispatch(at, ev);
         }
+    }
+
+    /// Delivers what the shards queued for each other.
+    fn exchange(&mut self) {
+        let k = self.shards.len();
+        for from in 0..k {
+            for to in 0..k {
+                if from == to {
+                    continue;
+                }
+                let mut batch = self.shards[from].take_outbox(to);
+                if batch.is_empty() {
+                    continue;
+                }
+                let dest = &mut self.shards[to];
+                for (at, tie, node, ev) in batch.drain(..) {
+                    dest.push_keyed(at, tie, node, ev);
+                }
+                self.shards[from].return_outbox(to, batch);
+            }
+        }
+    }
+
+    /// What the shards noted for the coordinator, in an order that does not depend on the
+    /// shards: online changes by (time, node), each node's in its own order.
+    fn apply_notes(&mut self) {
+        let mut notes: Vec<Note> = Vec::new();
+        for s in self.shards.iter_mut() {
+            notes.append(&mut s.notes);
+        }
+        if notes.is_empty() {
+            return;
+        }
+        notes.sort_by_key(|n| n.order_key());
+        for note in notes {
+            match note {
+                Note::Online { at, node, on } => self.set_listed(at, node, on),
+                Note::FirstPeer { rec, ms, msgs } => {
+                    let r = &mut self.records[rec as usize];
+                    if r.first_peer_ms.is_none() {
+                        r.first_peer_ms = Some(ms);
+                        r.messages_to_first_peer = msgs;
+                    }
+                }
+                Note::Done { rec, ms, stats } => {
+                    let r = &mut self.records[rec as usize];
+                    r.done_ms = Some(ms);
+                    r.messages = stats.queried;
+                    r.responses = stats.responses;
+                    r.timeouts = stats.timeouts;
+                    if r.first_peer_ms.is_some() {
+                        r.hops = stats.first_peer_hops;
+                    }
+                    self.lookups_open -= 1;
+                }
+                Note::Aborted { rec } => {
+                    self.records[rec as usize].aborted = true;
+                    self.lookups_open -= 1;
+                }
+            }
+        }
+    }
+
+    fn events(&self) -> u64 {
+        self.counters.events + self.shards.iter().map(|s| s.counters.events).sum::<u64>()
     }
 
     fn report_progress(&mut self) {
         let u = ProgressUpdate {
             phase: self.phase,
-            sim_seconds: self.q.now() as f64 / US_PER_S as f64,
-            lookups_done: self.sc.workload.lookups - self.lookups_open,
-            lookups_total: self.sc.workload.lookups,
-            online: self.online.len() as u32,
-            events: self.counters.events,
+            sim_seconds: self.now as f64 / US_PER_S as f64,
+            lookups_done: self.sh.sc.workload.lookups - self.lookups_open,
+            lookups_total: self.sh.sc.workload.lookups,
+            online: self.sh.online.len() as u32,
+            events: self.events(),
         };
         (self.progress)(u);
     }
 
-    fn dispatch(&mut self, at: SimTime, ev: Ev) {
+    fn dispatch_global(&mut self, ev: GlobalEv) {
         match ev {
-            Ev::Packet { from, to, data } => self.deliver(from, to, &data),
-            Ev::Timer { node } => self.timer(at, node),
-            Ev::Arrive { node } => self.arrive(node),
-            Ev::Refresh { node } => self.refresh(node),
-            Ev::Announce { ih, slot } => self.announce(ih, slot),
-            Ev::Lookup { rec } => self.start_lookup(rec),
-            Ev::Leave { node } => self.leave(node),
-            Ev::Return { node } => self.come_back(node),
-            Ev::Bin => self.open_bin(),
+            GlobalEv::Announce { ih, slot } => self.announce(ih, slot),
+            GlobalEv::Lookup { rec } => self.start_lookup(rec),
+            GlobalEv::Bin => self.open_bin(),
         }
     }
+}
 
-    /// A timer event: stale ones (the node left, or re-armed it earlier) are ignored.
-    fn timer(&mut self, at: SimTime, node: u32) {
-        let now = self.now_time();
-        let nd = &mut self.nodes[node as usize];
-        if !nd.online || nd.timer_at != at {
-            return;
-        }
-        nd.timer_at = SimTime::MAX;
-        let Some(dht) = nd.dht_mut() else {
-            return;
-        };
-        dht.handle_timeout(now);
-        self.drain(node, true);
+/// Up to `count` distinct random online nodes' addresses from `online`, drawn from `rng`.
+fn pick_contacts(
+    online: &[u32],
+    addrs: &Addrs,
+    count: u32,
+    rng: &mut impl Rng,
+) -> Vec<SocketAddrV4> {
+    let mut out = Vec::new();
+    if online.is_empty() {
+        return out;
     }
-
-    /// Sends what node `i` wants sent, handles its events, and re-arms its timer.
-    fn drain(&mut self, i: u32, after_timeout: bool) {
-        while let Some(t) = self.dht_mut(i).and_then(|d| d.poll_transmit()) {
-            self.send(i, t);
+    for _ in 0..count.saturating_mul(2) {
+        if out.len() >= count as usize {
+            break;
         }
-        while let Some(e) = self.dht_mut(i).and_then(|d| d.poll_event()) {
-            self.on_event(i, e);
-        }
-        let now = self.q.now();
-        let nd = &mut self.nodes[i as usize];
-        if !nd.online {
-            return;
-        }
-        let Some(t) = nd.dht_mut().and_then(|d| d.poll_timeout()) else {
-            return;
-        };
-        let mut at = t.0.saturating_mul(US_PER_MS);
-        if at <= now {
-            // Due now; right after handle_timeout it must be a later millisecond, or a
-            // core that keeps asking for "now" would spin the loop.
-            at = if after_timeout {
-                (now / US_PER_MS + 1) * US_PER_MS
-            } else {
-                now
-            };
-        }
-        if at < nd.timer_at {
-            nd.timer_at = at;
-            self.q.push(at, Ev::Timer { node: i });
+        let c = online[rng.gen_range(0..online.len())];
+        let a = addrs.addr_of(c);
+        if !out.contains(&a) {
+            out.push(a);
         }
     }
-
-    fn send(&mut self, from: u32, t: Transmit) {
-        self.counters.datagrams += 1;
-        self.nodes[from as usize].sent += 1;
-        let Some(to) = self.addrs.node_of(&t.to, self.n) else {
-            self.counters.misaddressed += 1;
-            return;
-        };
-        let now = self.q.now();
-        if !self.nat.is_empty() && self.nat[from as usize] {
-            let now_s = (now / US_PER_S) as u32;
-            let timeout = self.sc.network.nat_timeout_s as u32;
-            self.nats[from as usize].opened(to, now_s, timeout);
-        }
-        if self.sc.network.loss > 0.0 && self.rng.gen::<f64>() < self.sc.network.loss {
-            self.counters.lost += 1;
-            return;
-        }
-        let at = now + self.lat.one_way_us(from, to);
-        self.q.push(
-            at,
-            Ev::Packet {
-                from,
-                to,
-                data: t.data,
-            },
-        );
-    }
-
-    fn deliver(&mut self, from: u32, to: u32, data: &[u8]) {
-        if self.is_attacker(to) {
-            self.counters.to_attackers += 1;
-            self.nodes[to as usize].recv += 1;
-            self.attacker_reply(from, to, data);
-            return;
-        }
-        if !self.nodes[to as usize].online {
-            self.counters.to_offline += 1;
-            return;
-        }
-        if !self.nat.is_empty() && self.nat[to as usize] {
-            let now_s = (self.q.now() / US_PER_S) as u32;
-            if !self.nats[to as usize].admits(from, now_s) {
-                self.counters.nat_blocked += 1;
-                return;
-            }
-        }
-        let now = self.now_time();
-        let from_addr = self.addrs.addr_of(from);
-        let nd = &mut self.nodes[to as usize];
-        nd.recv += 1;
-        if let Some(dht) = nd.dht_mut() {
-            dht.handle_datagram(now, from_addr, data);
-        }
-        self.drain(to, false);
-    }
+    out
 }
 
 #[cfg(test)]
@@ -533,7 +667,7 @@ mod tests {
 
     #[test]
     fn loss_model_drops_the_configured_fraction() {
-        let mut rng = SmallRng::seed_from_u64(5);
+        let mut rng = SplitMix64::seed_from_u64(5);
         let lost = (0..100_000).filter(|_| rng.gen::<f64>() < 0.1).count();
         assert!((9_500..10_500).contains(&lost), "{lost}");
     }
@@ -544,8 +678,8 @@ mod tests {
                     [attack]\nfraction = 0.3\n";
         let sc = Scenario::from_toml_str(toml).unwrap();
         let mut p = |_: ProgressUpdate| {};
-        let w = World::new(&sc, &mut p);
-        let mut rng = SmallRng::seed_from_u64(mix64(sc.seed));
+        let w = World::new(&sc, 1, &mut p);
+        let mut rng = WorldRng::seed_from_u64(mix64(sc.seed));
         let mut liars = 0;
         for nd in &w.nodes {
             assert_eq!(nd.id(), Id::random(&mut rng));

@@ -4,13 +4,11 @@
 
 use rand::Rng;
 
-use crate::dht::{AnnounceSpec, Event, LookupId, LookupStats, Time};
 use crate::sim::metrics::{round3, LookupRecord, SuccessBin};
-use crate::sim::model::PORT;
 use crate::sim::progress::Phase;
 use crate::sim::queue::SimTime;
 
-use super::{secs, Ev, Outcome, World, US_PER_MS, US_PER_S};
+use super::{secs, GlobalEv, Outcome, World, US_PER_MS, US_PER_S};
 
 /// Origins tried per lookup before it is recorded as aborted (all were announcers).
 const ORIGIN_TRIES: u32 = 16;
@@ -19,9 +17,9 @@ impl World<'_> {
     /// Queues the announces, the measured lookups and the success bins of a network
     /// formed at `join_end`.
     pub(super) fn schedule_workload(&mut self, join_end: SimTime) {
-        let ann_start = join_end + secs(self.sc.join.settle_s);
+        let ann_start = join_end + secs(self.sh.sc.join.settle_s);
         let ann_end = self.schedule_announces(ann_start);
-        self.lookups_start = ann_end + secs(self.sc.workload.gap_s);
+        self.lookups_start = ann_end + secs(self.sh.sc.workload.gap_s);
         self.schedule_lookups();
         self.schedule_bins();
     }
@@ -29,14 +27,14 @@ impl World<'_> {
     /// Queues every announce slot's first announce at a random moment of the window that
     /// opens at `start`; returns when the window closes.
     fn schedule_announces(&mut self, start: SimTime) -> SimTime {
-        let w = &self.sc.workload;
+        let w = &self.sh.sc.workload;
         let win = secs(w.announce_window_s);
         let (infohashes, per) = (w.infohashes, w.announcers_per_infohash);
         let mut slot = 0u32;
         for ih in 0..infohashes {
             for _ in 0..per {
                 let at = start + self.rng.gen_range(0..=win);
-                self.q.push(at, Ev::Announce { ih, slot });
+                self.gq.push(at, GlobalEv::Announce { ih, slot });
                 slot += 1;
             }
         }
@@ -45,11 +43,11 @@ impl World<'_> {
 
     /// Queues the measured lookups, evenly over the lookup window.
     fn schedule_lookups(&mut self) {
-        let w = &self.sc.workload;
+        let w = &self.sh.sc.workload;
         let (win, lookups) = (secs(w.lookup_window_s), w.lookups);
         for r in 0..lookups {
             let at = self.lookups_start + win * u64::from(r) / u64::from(lookups.max(1));
-            self.q.push(at, Ev::Lookup { rec: r });
+            self.gq.push(at, GlobalEv::Lookup { rec: r });
             self.last_lookup_at = at;
         }
         self.lookups_open = lookups;
@@ -57,12 +55,12 @@ impl World<'_> {
 
     /// Queues the starts of the success-over-time bins (about 20 over the lookup window).
     fn schedule_bins(&mut self) {
-        let win = secs(self.sc.workload.lookup_window_s);
+        let win = secs(self.sh.sc.workload.lookup_window_s);
         self.bin_us = (win / 20).max(US_PER_S);
         let nbins = win.div_ceil(self.bin_us).max(1) as u32;
         for b in 0..nbins {
             let at = self.lookups_start + self.bin_us * u64::from(b);
-            self.q.push(at, Ev::Bin);
+            self.gq.push(at, GlobalEv::Bin);
         }
     }
 
@@ -70,99 +68,11 @@ impl World<'_> {
     pub(super) fn open_bin(&mut self) {
         self.phase = Phase::Lookups;
         self.bins.push(SuccessBin {
-            start_s: self.q.now() as f64 / US_PER_S as f64,
+            start_s: self.now as f64 / US_PER_S as f64,
             lookups: 0,
             success_rate: 0.0,
-            online: self.online.len() as u32,
+            online: self.sh.online.len() as u32,
         });
-    }
-
-    /// A node's core reported something: lookup records take what they measure from it.
-    pub(super) fn on_event(&mut self, i: u32, e: Event) {
-        match e {
-            Event::Peers { lookup, peers } => self.on_peers(i, lookup, &peers),
-            Event::LookupDone {
-                lookup,
-                stats,
-                elapsed,
-                ..
-            } => self.on_lookup_done(i, lookup, &stats, elapsed.as_millis() as u32),
-            // Bootstrap and announce acknowledgements need no bookkeeping here.
-            _ => {}
-        }
-    }
-
-    /// Peers arrived for a lookup of node `i`: the first one that announced marks the time
-    /// to first peer.
-    fn on_peers(&mut self, i: u32, lookup: LookupId, peers: &[std::net::SocketAddrV4]) {
-        let Some(&rec) = self.active.get(&(i, lookup.0)) else {
-            return;
-        };
-        let start_ms = self.records[rec as usize].start_ms;
-        let now_ms = self.q.now() / US_PER_MS;
-        let ih = self.records[rec as usize].infohash as usize;
-        let announced = peers.iter().any(|p| {
-            p.port() == PORT
-                && self
-                    .addrs
-                    .node_of_ip(p.ip(), self.n)
-                    .is_some_and(|a| self.announcers[ih].contains(&a))
-        });
-        let sent = self.nodes[i as usize]
-            .dht()
-            .and_then(|d| d.lookup_stats(lookup))
-            .map(|s| s.queried);
-        let r = &mut self.records[rec as usize];
-        if announced && r.first_peer_ms.is_none() {
-            r.first_peer_ms = Some(now_ms.saturating_sub(start_ms) as u32);
-            r.messages_to_first_peer = sent;
-        }
-    }
-
-    /// A lookup of node `i` finished: its record is complete.
-    fn on_lookup_done(&mut self, i: u32, lookup: LookupId, stats: &LookupStats, ms: u32) {
-        let Some(rec) = self.active.remove(&(i, lookup.0)) else {
-            return;
-        };
-        let r = &mut self.records[rec as usize];
-        r.done_ms = Some(ms);
-        r.messages = stats.queried;
-        r.responses = stats.responses;
-        r.timeouts = stats.timeouts;
-        if r.first_peer_ms.is_some() {
-            r.hops = stats.first_peer_hops;
-        }
-        self.lookups_open -= 1;
-    }
-
-    /// Some time after a bootstrap join, the node looks up a random id in each bucket that
-    /// is not full.
-    pub(super) fn refresh(&mut self, node: u32) {
-        let nd = &self.nodes[node as usize];
-        if !nd.online {
-            return;
-        }
-        let Some(dht) = nd.dht() else {
-            return;
-        };
-        let now = Time(self.q.now() / US_PER_MS);
-        let k = self.cfg.k;
-        let id = dht.id();
-        let thin: Vec<usize> = dht
-            .routing_table()
-            .buckets()
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.entries.len() < k)
-            .map(|(i, _)| i)
-            .collect();
-        for b in thin {
-            let target = id.random_in_bucket(b, &mut self.rng);
-            if let Some(dht) = self.dht_mut(node) {
-                dht.find_node(now, target);
-            }
-        }
-        self.drain(node, false);
     }
 
     /// Announce slot `slot` of info-hash `ih` is due: its announcer (picked at the first
@@ -171,21 +81,10 @@ impl World<'_> {
         let Some(node) = self.announcer_of(ih, slot) else {
             return;
         };
-        let again = self.q.now() + secs(self.sc.workload.reannounce_s);
-        self.q.push(again, Ev::Announce { ih, slot });
-        if !self.nodes[node as usize].online {
-            return;
-        }
-        let now = self.now_time();
-        let spec = AnnounceSpec {
-            port: PORT,
-            implied_port: true,
-        };
-        let info_hash = self.infohashes[ih as usize];
-        if let Some(dht) = self.dht_mut(node) {
-            dht.get_peers(now, info_hash, Some(spec));
-        }
-        self.drain(node, false);
+        let again = self.now + secs(self.sh.sc.workload.reannounce_s);
+        self.gq.push(again, GlobalEv::Announce { ih, slot });
+        let s = self.sh.shard_of(node);
+        self.shards[s].announce(&self.sh, self.now, node, ih);
         if self.phase == Phase::Settle || self.phase == Phase::Join {
             self.phase = Phase::Announce;
         }
@@ -194,20 +93,20 @@ impl World<'_> {
     /// The announcer of a slot: the one picked before, or a random online node (`None`
     /// when nobody is online).
     fn announcer_of(&mut self, ih: u32, slot: u32) -> Option<u32> {
-        let idx = (slot % self.sc.workload.announcers_per_infohash) as usize;
-        if let Some(&a) = self.announcers[ih as usize].get(idx) {
+        let idx = (slot % self.sh.sc.workload.announcers_per_infohash) as usize;
+        if let Some(&a) = self.sh.announcers[ih as usize].get(idx) {
             return Some(a);
         }
         let a = self.random_online()?;
-        self.announcers[ih as usize].push(a);
+        self.sh.announcers[ih as usize].push(a);
         Some(a)
     }
 
     /// Measured lookup `rec` starts from a random online node that did not announce its
     /// info-hash (recorded as aborted when none is found).
     pub(super) fn start_lookup(&mut self, rec: u32) {
-        let ih = self.rng.gen_range(0..self.infohashes.len()) as u32;
-        let start_ms = self.q.now() / US_PER_MS;
+        let ih = self.rng.gen_range(0..self.sh.infohashes.len()) as u32;
+        let start_ms = self.now / US_PER_MS;
         let origin = self.lookup_origin(ih);
         let r = LookupRecord {
             index: rec,
@@ -229,20 +128,16 @@ impl World<'_> {
             self.lookups_open -= 1;
             return;
         };
-        self.rec_epoch.push(self.nodes[o as usize].epoch);
-        let now = self.now_time();
-        let info_hash = self.infohashes[ih as usize];
-        if let Some(lid) = self.dht_mut(o).map(|d| d.get_peers(now, info_hash, None)) {
-            self.active.insert((o, lid.0), rec);
-        }
-        self.drain(o, false);
+        self.rec_epoch.push(self.node(o).epoch);
+        let sh = self.sh.shard_of(o);
+        self.shards[sh].start_lookup(&self.sh, self.now, o, rec, ih);
     }
 
     /// A random online node that is not an announcer of `ih`, in a few tries.
     fn lookup_origin(&mut self, ih: u32) -> Option<u32> {
         for _ in 0..ORIGIN_TRIES {
             match self.random_online() {
-                Some(o) if !self.announcers[ih as usize].contains(&o) => return Some(o),
+                Some(o) if !self.sh.announcers[ih as usize].contains(&o) => return Some(o),
                 Some(_) => {}
                 None => return None,
             }
@@ -255,17 +150,22 @@ impl World<'_> {
     pub(super) fn finish(mut self) -> Outcome {
         self.mark_orphaned_lookups();
         self.fill_bins();
-        self.count_online_time();
+        let now = self.now;
+        let dt = now.saturating_sub(self.online_since);
+        self.counters.online_node_us += u128::from(dt) * self.sh.online.len() as u128;
         let refresh: u64 = self
-            .nodes
+            .shards
             .iter()
-            .filter_map(|nd| nd.dht())
+            .flat_map(|s| s.iter())
+            .filter_map(|(_, nd)| nd.dht())
             .map(|d| d.stats().refresh_queries)
             .sum();
         self.counters.refresh_queries += refresh;
+        for s in &self.shards {
+            self.counters.add(&s.counters);
+        }
         let table_alive = self.table_alive();
-        let secs_run =
-            (self.q.now().saturating_sub(self.start_us) as f64 / US_PER_S as f64).max(1e-9);
+        let secs_run = (self.now.saturating_sub(self.start_us) as f64 / US_PER_S as f64).max(1e-9);
         let (table_sizes, traffic) = self.per_node_figures(secs_run);
         Outcome {
             records: std::mem::take(&mut self.records),
@@ -274,7 +174,7 @@ impl World<'_> {
             sim_seconds: round3(secs_run),
             table_sizes,
             traffic,
-            online_at_end: self.online.len() as u32,
+            online_at_end: self.sh.online.len() as u32,
             attackers: self.liars,
             table_alive,
         }
@@ -284,13 +184,21 @@ impl World<'_> {
     /// address under that id: how stale churn has left the tables.
     fn table_alive(&self) -> f64 {
         let (mut entries, mut alive) = (0u64, 0u64);
-        for dht in self.nodes.iter().filter(|nd| nd.online).filter_map(|nd| nd.dht()) {
+        let nodes = self.shards.iter().flat_map(|s| s.iter());
+        for dht in nodes
+            .filter(|(_, nd)| nd.online)
+            .filter_map(|(_, nd)| nd.dht())
+        {
             for e in dht.routing_table().iter() {
                 entries += 1;
-                let live = self.addrs.node_of(&e.node.addr, self.n).is_some_and(|j| {
-                    let peer = &self.nodes[j as usize];
-                    peer.online && peer.id() == e.node.id
-                });
+                let live = self
+                    .sh
+                    .addrs
+                    .node_of(&e.node.addr, self.sh.n)
+                    .is_some_and(|j| {
+                        let peer = self.node(j);
+                        peer.online && peer.id() == e.node.id
+                    });
                 alive += u64::from(live);
             }
         }
@@ -304,12 +212,11 @@ impl World<'_> {
     /// Lookups still open at the end: aborted if the origin left since, else failed.
     fn mark_orphaned_lookups(&mut self) {
         for (rec, ep) in self.rec_epoch.iter().enumerate() {
-            let r = &mut self.records[rec];
-            if r.done_ms.is_none()
-                && r.origin != u32::MAX
-                && self.nodes[r.origin as usize].epoch != *ep
-            {
-                r.aborted = true;
+            let r = &self.records[rec];
+            let orphaned =
+                r.done_ms.is_none() && r.origin != u32::MAX && self.node(r.origin).epoch != *ep;
+            if orphaned {
+                self.records[rec].aborted = true;
             }
         }
     }
@@ -337,9 +244,14 @@ impl World<'_> {
 
     /// Table size and datagrams per second of every honest node online at the end.
     fn per_node_figures(&self, secs_run: f64) -> (Vec<f64>, Vec<f64>) {
-        let mut table_sizes = Vec::with_capacity(self.online.len());
-        let mut traffic = Vec::with_capacity(self.online.len());
-        for nd in self.nodes.iter().filter(|nd| nd.online) {
+        let mut table_sizes = Vec::with_capacity(self.sh.online.len());
+        let mut traffic = Vec::with_capacity(self.sh.online.len());
+        for (_, nd) in self
+            .shards
+            .iter()
+            .flat_map(|s| s.iter())
+            .filter(|(_, nd)| nd.online)
+        {
             let Some(dht) = nd.dht() else {
                 continue;
             };
