@@ -179,6 +179,12 @@ pub struct Report {
     pub peak_rss_mb: f64,
     /// Threads the network ran on (the figures do not depend on it).
     pub threads: usize,
+    /// Wall seconds the main run's shards spent in parallel windows, summed over shards
+    /// (the work more threads divide; not deterministic).
+    pub parallel_work_s: f64,
+    /// Wall seconds of the main run outside parallel windows (set-up, build, coordinator):
+    /// with `parallel_work_s`, what a run on more cores could at best take (Amdahl).
+    pub serial_s: f64,
     /// The commit, build and machine that produced this report (set by the CLI for the
     /// top-level report only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -216,6 +222,8 @@ impl Report {
             wall_seconds: 0.0,
             peak_rss_mb: 0.0,
             threads: 0,
+            parallel_work_s: 0.0,
+            serial_s: 0.0,
             provenance: self.provenance.as_ref().map(|p| provenance::Provenance {
                 load_at_start: 0.0,
                 load_at_end: 0.0,
@@ -376,6 +384,8 @@ pub fn run_scenario(
         wall_seconds: metrics::round3(started.elapsed().as_secs_f64()),
         peak_rss_mb: peak_rss_mb(),
         threads,
+        parallel_work_s: metrics::round3(out.parallel_work_s),
+        serial_s: metrics::round3(out.serial_s),
         provenance: None,
         per_node: NodeFigures {
             online: out.online_at_end,

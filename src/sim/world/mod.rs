@@ -236,6 +236,12 @@ pub struct Outcome {
     /// Fraction of the routing-table entries of the honest nodes online at the end that name
     /// a node online at that address under that id (1.0: no dead or stale entry).
     pub table_alive: f64,
+    /// Wall seconds the shards spent running windows, summed over shards: the work that
+    /// spreads over threads (not deterministic).
+    pub parallel_work_s: f64,
+    /// Wall seconds of everything else (set-up, perfect build, the coordinator between
+    /// windows, the end): what stays on one thread (not deterministic).
+    pub serial_s: f64,
 }
 
 /// What every shard reads and nobody writes while a window runs; the coordinator changes
@@ -304,6 +310,10 @@ pub struct World<'p> {
     /// When the honest online set last changed size (for `Counters::online_node_us`).
     online_since: SimTime,
     next_progress: u64,
+    /// When the world was created (for `Outcome::serial_s`).
+    created: std::time::Instant,
+    /// Wall time spent inside parallel windows, as seen by the coordinator.
+    in_windows: std::time::Duration,
 }
 
 impl<'p> World<'p> {
@@ -371,6 +381,8 @@ impl<'p> World<'p> {
             liars: 0,
             online_since: 0,
             next_progress: PROGRESS_EVERY,
+            created: std::time::Instant::now(),
+            in_windows: std::time::Duration::ZERO,
         };
         world.index_liars();
         world
@@ -533,6 +545,7 @@ impl<'p> World<'p> {
             }
             let end = (t + lookahead).min(global.unwrap_or(SimTime::MAX));
             let sh = &self.sh;
+            let window_started = std::time::Instant::now();
             match &pool {
                 Some(p) => {
                     use rayon::prelude::*;
@@ -541,6 +554,7 @@ impl<'p> World<'p> {
                 }
                 None => self.shards.iter_mut().for_each(|s| s.run_until(sh, end)),
             }
+            self.in_windows += window_started.elapsed();
             self.exchange();
             self.apply_notes();
             let events = self.events();

@@ -60,6 +60,8 @@ pub(super) struct Shard {
     /// Per destination shard: what this one sent there during the window.
     out: Vec<Vec<Outgoing>>,
     pub(super) notes: Vec<Note>,
+    /// Wall time this shard spent running windows (the parallel part of a run).
+    pub(super) busy: std::time::Duration,
 }
 
 impl Shard {
@@ -73,6 +75,7 @@ impl Shard {
             counters: Counters::default(),
             out: (0..shards).map(|_| Vec::new()).collect(),
             notes: Vec::new(),
+            busy: std::time::Duration::ZERO,
         }
     }
 
@@ -122,6 +125,7 @@ impl Shard {
 
     /// Runs every event due before `end`.
     pub(super) fn run_until(&mut self, sh: &Shared, end: SimTime) {
+        let started = std::time::Instant::now();
         while self.q.peek_time().is_some_and(|t| t < end) {
             let Some((at, (node, ev))) = self.q.pop() else {
                 break;
@@ -130,6 +134,7 @@ impl Shard {
             self.counters.events += 1;
             self.dispatch(sh, at, node, ev);
         }
+        self.busy += started.elapsed();
     }
 
     fn dispatch(&mut self, sh: &Shared, at: SimTime, node: u32, ev: NodeEv) {

@@ -177,6 +177,8 @@ impl World<'_> {
             online_at_end: self.sh.online.len() as u32,
             attackers: self.liars,
             table_alive,
+            parallel_work_s: self.shards.iter().map(|s| s.busy.as_secs_f64()).sum(),
+            serial_s: (self.created.elapsed() - self.in_windows).as_secs_f64(),
         }
     }
 
