@@ -237,6 +237,49 @@ def upkeep_table(reports):
     return "\n".join(out)
 
 
+DETERMINISTIC_SKIP = {"wall_seconds", "peak_rss_mb", "provenance", "threads", "parallel_work_s",
+                      "serial_s"}
+
+
+def deterministic(r):
+    if isinstance(r, dict):
+        return {k: deterministic(v) for k, v in r.items() if k not in DETERMINISTIC_SKIP}
+    if isinstance(r, list):
+        return [deterministic(x) for x in r]
+    return r
+
+
+def engine_table(reports):
+    out = [
+        "| scenario | threads | wall s | main run: serial s | main run: parallel work s (summed over threads) "
+        "| main run at best on 16 cores (serial + work / 16) | measured at |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ORDER:
+        r = reports.get(name)
+        if not r or "serial_s" not in r:
+            continue
+        best16 = r["serial_s"] + r["parallel_work_s"] / 16
+        out.append("| " + " | ".join([
+            name, str(r["threads"]), f"{r['wall_seconds']:.1f}", f"{r['serial_s']:.1f}",
+            f"{r['parallel_work_s']:.1f}", f"{best16:.1f}", prov(r)]) + " |")
+    one = load("churn-100k-1thread")
+    two = reports.get("churn-100k")
+    if one and two and "serial_s" in one:
+        same_json = deterministic(one) == deterministic(two)
+        a = HERE / "results" / "churn-100k-1thread" / "lookups.csv"
+        b = HERE / "results" / "churn-100k" / "lookups.csv"
+        same_csv = a.exists() and b.exists() and a.read_bytes() == b.read_bytes()
+        out.append("")
+        out.append(f"churn-100k on 1 thread: {one['wall_seconds']:.1f} s, on {two['threads']}: "
+                   f"{two['wall_seconds']:.1f} s — **{one['wall_seconds'] / two['wall_seconds']:.2f}×** "
+                   f"on this {two['provenance']['machine']['cores']}-core machine; report "
+                   f"{'identical' if same_json else '**different**'}, lookups.csv "
+                   f"{'byte-identical' if same_csv else '**different**'} (1 thread measured at "
+                   f"{prov(one)}).")
+    return "\n".join(out)
+
+
 def bench_table(reports):
     """The summary BENCHMARKS.md carries (the same reports, fewer columns)."""
     out = [
@@ -286,6 +329,7 @@ def main():
         "targets": targets_table(reports),
         "sybil": sybil_table(reports),
         "upkeep": upkeep_table(reports),
+        "engine": engine_table(reports),
     }
     fill(HERE / "README.md", blocks)
     fill(HERE.parent / "BENCHMARKS.md", {"simulations": bench_table(reports)})
