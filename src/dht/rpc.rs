@@ -215,8 +215,8 @@ impl<A: DhtAddr> Rpc<A> {
         if self.pending.is_empty() {
             self.pending.shrink_to_fit();
             self.awaited.shrink_to_fit();
-            self.widen_queue.shrink_to(8);
-            self.timeout_queue.shrink_to(8);
+            self.widen_queue.shrink_to(0);
+            self.timeout_queue.shrink_to(0);
         }
     }
 

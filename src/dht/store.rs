@@ -27,8 +27,8 @@ use crate::krpc::DhtAddr;
 
 use super::time::Time;
 
-/// Limits of the peer store.
-#[derive(Clone, Debug)]
+/// Limits of the peer store (comparable, like the [`crate::dht::Config`] holding them).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreLimits {
     /// Peers kept per info-hash (libtorrent: 500).
     pub per_infohash: usize,
