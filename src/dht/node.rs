@@ -1,8 +1,10 @@
 //! The node: one [`Dht`] state machine tying the routing table, outstanding queries,
 //! lookups and the peer store together. Sans-IO: see the module root.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::id::Id;
@@ -24,7 +26,8 @@ use super::time::Time;
 pub const CLIENT_VERSION: [u8; 4] = *b"DN\x00\x01";
 
 /// Tunables of the node. Defaults follow BEP 5 and what the simulator measured.
-#[derive(Clone, Debug)]
+/// Comparable so that nodes made with equal configurations can share one copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Bucket size and lookup width.
     pub k: usize,
@@ -190,9 +193,31 @@ pub struct Stats {
     pub refresh_queries: u64,
 }
 
+thread_local! {
+    /// The configuration the last node made on this thread uses: the simulator makes a
+    /// million nodes from equal `Config`s, and they share this one copy instead of holding
+    /// one each (248 bytes a node).
+    static LAST_CONFIG: RefCell<Option<Arc<Config>>> = const { RefCell::new(None) };
+}
+
+/// `cfg` as a shared copy: the last node's if equal, else a new one that the next node can
+/// share.
+fn shared_config(cfg: Config) -> Arc<Config> {
+    LAST_CONFIG.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some(same) = last.as_ref().filter(|c| ***c == cfg) {
+            return Arc::clone(same);
+        }
+        let fresh = Arc::new(cfg);
+        *last = Some(Arc::clone(&fresh));
+        fresh
+    })
+}
+
 /// The DHT node state machine.
 pub struct Dht<A: DhtAddr = SocketAddrV4> {
-    cfg: Config,
+    /// Shared with every node made with an equal configuration ([`shared_config`]).
+    cfg: Arc<Config>,
     id: Id,
     rng: super::entropy::WireRng,
     table: RoutingTable<A>,
@@ -273,7 +298,7 @@ impl<A: DhtAddr> Dht<A> {
         Dht {
             table,
             store: PeerStore::new(cfg.store.clone()),
-            cfg,
+            cfg: shared_config(cfg),
             id,
             rng,
             rpc,
@@ -1080,8 +1105,9 @@ impl<A: DhtAddr> Dht<A> {
         if self.lookups.is_empty() {
             self.lookups.shrink_to_fit();
         }
-        self.transmits.shrink_to(4);
-        self.events.shrink_to(4);
+        // Empty queues give everything back: an idle node holds no buffer at all.
+        self.transmits.shrink_to(0);
+        self.events.shrink_to(0);
         self.rpc.shrink_if_idle();
         self.next_maintenance = self.next_maintenance_after(now);
     }

@@ -137,7 +137,8 @@ struct IpState {
 /// The limiter state.
 pub struct RateLimiter<I = Ipv4Addr> {
     limits: RateLimits,
-    ips: Option<LruCache<I, IpState>>,
+    /// Boxed: an idle node (or one with flood protection off) pays one pointer for it.
+    ips: Option<Box<LruCache<I, IpState>>>,
     replies: Option<TokenBucket>,
     /// Packets dropped because their IP was over budget or banned.
     pub dropped_ip: u64,
@@ -173,7 +174,9 @@ impl<I: Copy + Eq + std::hash::Hash> RateLimiter<I> {
         let depth = u64::from(self.limits.per_ip_burst) + rate;
         let cap_ips = self.limits.tracked_ips;
         // Unbounded LRU with a manual cap: `LruCache::new` would preallocate the full capacity.
-        let ips = self.ips.get_or_insert_with(LruCache::unbounded);
+        let ips = self
+            .ips
+            .get_or_insert_with(|| Box::new(LruCache::unbounded()));
         if ips.len() >= cap_ips && !ips.contains(&ip) {
             ips.pop_lru();
         }

@@ -4,6 +4,12 @@
 //!
 //! The table never sends anything itself: when a questionable node should be pinged before it
 //! is replaced, insertion says so and the node (`dht`) sends the ping.
+//!
+//! Memory: the simulator holds a million tables of ~140 entries, so an entry is stored
+//! compactly ([`Slot`], 36 bytes for IPv4 instead of 48): its times are `u32` milliseconds
+//! after an epoch the table keeps, which moves forward (every value shifted) before a time
+//! could overflow, so a node running for months stays exact to the millisecond for every
+//! time within the last 24 days (older times only ever compare as "long ago").
 
 use std::net::SocketAddrV4;
 use std::time::Duration;
@@ -22,9 +28,13 @@ pub const BAD_AFTER_FAILS: u8 = 2;
 const REPLACEMENTS: usize = 8;
 /// Entries from one /24 allowed per bucket (public addresses only): a cheap Sybil brake.
 pub const MAX_PER_SLASH24: usize = 2;
+/// How much history a rebase keeps exact: times up to this long before the newest one
+/// (2^31 ms, 24.8 days). Older ones become "as old as the epoch", far past every timeout.
+const KEEP_EXACT_MS: u64 = 1 << 31;
 
-/// One routing table entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One routing table entry, as the table hands it out (a copy: the table stores entries as
+/// [`Slot`]s, with times relative to its epoch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry<A = SocketAddrV4> {
     /// Who the node is.
     pub node: NodeInfo<A>,
@@ -52,62 +62,164 @@ pub enum NodeState {
     Bad,
 }
 
+/// The state rule of BEP 5, shared by [`Entry`] and [`Slot`] so both classify alike.
+fn classify(
+    fails: u8,
+    answered: bool,
+    since_response: Duration,
+    since_query: Duration,
+) -> NodeState {
+    if fails >= BAD_AFTER_FAILS {
+        NodeState::Bad
+    } else if answered && (since_response < GOOD_FOR || since_query < GOOD_FOR) {
+        NodeState::Good
+    } else {
+        NodeState::Questionable
+    }
+}
+
 impl<A: DhtAddr> Entry<A> {
-    fn new(node: NodeInfo<A>, now: Time) -> Entry<A> {
-        Entry {
+    /// Classifies the entry at `now`.
+    pub fn state(&self, now: Time) -> NodeState {
+        classify(
+            self.fails,
+            self.answered,
+            now.since(self.last_response),
+            now.since(self.last_query),
+        )
+    }
+}
+
+/// Flag bit of [`Slot::flags`]: a liveness ping is outstanding.
+const PINGING: u8 = 1;
+/// Flag bit of [`Slot::flags`]: the node has answered us at least once.
+const ANSWERED: u8 = 2;
+
+/// A routing table entry as stored: 36 bytes for IPv4 (an [`Entry`] is 48), because a
+/// simulator holds a million tables. Times are milliseconds after the table's epoch; read it
+/// through [`RoutingTable::iter`] or [`RoutingTable::get`], which give [`Entry`]s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slot<A = SocketAddrV4> {
+    node: NodeInfo<A>,
+    last_response: u32,
+    last_query: u32,
+    fails: u8,
+    flags: u8,
+}
+
+/// Milliseconds from `v` (epoch-relative) to `now_rel`, as `Time::since` counts them.
+fn since(now_rel: u64, v: u32) -> Duration {
+    Duration::from_millis(now_rel.saturating_sub(u64::from(v)))
+}
+
+impl<A: DhtAddr> Slot<A> {
+    /// A node that just answered, at epoch-relative `now`.
+    fn new(node: NodeInfo<A>, now: u32) -> Slot<A> {
+        Slot {
             node,
             last_response: now,
-            last_query: Time(0),
+            last_query: 0,
             fails: 0,
-            pinging: false,
-            answered: true,
+            flags: ANSWERED,
         }
     }
 
     /// A candidate that has not answered yet (a promoted replacement): questionable until it
-    /// does, whatever the clock says (`Time(0)` is a real instant, not "never").
-    fn unproven(node: NodeInfo<A>) -> Entry<A> {
-        Entry {
+    /// does, whatever the clock says (its times are the epoch, a real instant, not "never").
+    fn unproven(node: NodeInfo<A>) -> Slot<A> {
+        Slot {
             node,
-            last_response: Time(0),
-            last_query: Time(0),
+            last_response: 0,
+            last_query: 0,
             fails: 0,
-            pinging: false,
-            answered: false,
+            flags: 0,
         }
     }
 
-    /// Classifies the entry at `now`.
-    pub fn state(&self, now: Time) -> NodeState {
-        if self.fails >= BAD_AFTER_FAILS {
-            NodeState::Bad
-        } else if self.answered
-            && (now.since(self.last_response) < GOOD_FOR || now.since(self.last_query) < GOOD_FOR)
-        {
-            NodeState::Good
+    /// Who the node is.
+    pub fn node(&self) -> &NodeInfo<A> {
+        &self.node
+    }
+
+    fn pinging(&self) -> bool {
+        self.flags & PINGING != 0
+    }
+
+    fn answered(&self) -> bool {
+        self.flags & ANSWERED != 0
+    }
+
+    fn set_pinging(&mut self, on: bool) {
+        self.flags = if on {
+            self.flags | PINGING
         } else {
-            NodeState::Questionable
+            self.flags & !PINGING
+        };
+    }
+
+    fn set_answered(&mut self, on: bool) {
+        self.flags = if on {
+            self.flags | ANSWERED
+        } else {
+            self.flags & !ANSWERED
+        };
+    }
+
+    /// The node answered at epoch-relative `now`.
+    fn answered_at(&mut self, now: u32) {
+        self.last_response = now;
+        self.fails = 0;
+        self.set_pinging(false);
+        self.set_answered(true);
+    }
+
+    /// Classifies the entry at epoch-relative `now_rel`.
+    fn state(&self, now_rel: u64) -> NodeState {
+        classify(
+            self.fails,
+            self.answered(),
+            since(now_rel, self.last_response),
+            since(now_rel, self.last_query),
+        )
+    }
+
+    /// The entry with absolute times, given the table's epoch.
+    fn view(&self, epoch: Time) -> Entry<A> {
+        Entry {
+            node: self.node,
+            last_response: at(epoch, self.last_response),
+            last_query: at(epoch, self.last_query),
+            fails: self.fails,
+            pinging: self.pinging(),
+            answered: self.answered(),
         }
     }
+}
+
+/// The absolute time of epoch-relative `v`.
+fn at(epoch: Time, v: u32) -> Time {
+    Time(epoch.0.saturating_add(u64::from(v)))
 }
 
 /// One k-bucket.
 #[derive(Clone, Debug)]
 pub struct Bucket<A = SocketAddrV4> {
     /// Live entries, at most `k`.
-    pub entries: Vec<Entry<A>>,
+    pub entries: Vec<Slot<A>>,
     /// Candidates waiting for a slot, newest last.
     pub replacements: Vec<NodeInfo<A>>,
-    /// Last time a node in this bucket answered or was added, or a lookup went through it.
-    pub last_changed: Time,
+    /// Last time (epoch-relative) a node in this bucket answered or was added, or a lookup
+    /// went through it.
+    changed: u32,
 }
 
-impl<A> Default for Bucket<A> {
-    fn default() -> Self {
+impl<A> Bucket<A> {
+    /// An empty bucket last changed at epoch-relative `changed`.
+    fn empty(changed: u32) -> Bucket<A> {
         Bucket {
             entries: Vec::new(),
             replacements: Vec::new(),
-            last_changed: Time(0),
+            changed,
         }
     }
 }
@@ -130,6 +242,8 @@ pub enum Insert<A = SocketAddrV4> {
 pub struct RoutingTable<A: DhtAddr = SocketAddrV4> {
     own: Id,
     k: usize,
+    /// What the entries' and buckets' `u32` times count from (see the module doc).
+    epoch: Time,
     /// Bucket `i < len-1` holds nodes sharing exactly `i` leading bits with us; the last bucket
     /// holds every node sharing at least `len-1` bits (it is the one that splits).
     buckets: Vec<Bucket<A>>,
@@ -143,17 +257,54 @@ pub struct RoutingTable<A: DhtAddr = SocketAddrV4> {
 impl<A: DhtAddr> RoutingTable<A> {
     /// An empty table for `own` id with `k` entries per bucket.
     pub fn new(own: Id, k: usize, one_per_ip: bool, now: Time) -> RoutingTable<A> {
-        RoutingTable {
+        RoutingTable::with_epoch(own, k, one_per_ip, now, Time(0))
+    }
+
+    fn with_epoch(own: Id, k: usize, one_per_ip: bool, now: Time, epoch: Time) -> RoutingTable<A> {
+        let mut t = RoutingTable {
             own,
             k,
-            buckets: vec![Bucket {
-                last_changed: now,
-                ..Bucket::default()
-            }],
+            epoch,
+            buckets: Vec::with_capacity(1),
             one_per_ip,
             bep42: Bep42Mode::Prefer,
             ips: IpIndex::new(one_per_ip),
+        };
+        let changed = t.rel(now);
+        t.buckets.push(Bucket::empty(changed));
+        t
+    }
+
+    /// `t` as milliseconds after the epoch, moving the epoch forward first if `t` would not
+    /// fit in a `u32` (about every 24 days of a long run). Times before the epoch read as
+    /// the epoch.
+    fn rel(&mut self, t: Time) -> u32 {
+        if t.0.saturating_sub(self.epoch.0) > u64::from(u32::MAX) {
+            self.rebase(Time(t.0 - KEEP_EXACT_MS));
         }
+        u32::try_from(t.0.saturating_sub(self.epoch.0)).unwrap_or(u32::MAX)
+    }
+
+    /// `now` as milliseconds after the epoch, for comparisons (never moves the epoch).
+    fn now_rel(&self, now: Time) -> u64 {
+        now.0.saturating_sub(self.epoch.0)
+    }
+
+    /// Moves the epoch to `epoch` (later than the current one), shifting every stored time;
+    /// times before the new epoch become the epoch.
+    fn rebase(&mut self, epoch: Time) {
+        let shift = epoch.0.saturating_sub(self.epoch.0);
+        let move_back = |v: &mut u32| {
+            *v = u32::try_from(u64::from(*v).saturating_sub(shift)).unwrap_or(u32::MAX);
+        };
+        for b in &mut self.buckets {
+            move_back(&mut b.changed);
+            for s in &mut b.entries {
+                move_back(&mut s.last_response);
+                move_back(&mut s.last_query);
+            }
+        }
+        self.epoch = Time(self.epoch.0 + shift);
     }
 
     /// Sets how BEP 42 verification is used.
@@ -170,24 +321,17 @@ impl<A: DhtAddr> RoutingTable<A> {
     /// Moves the table to a new own id (after BEP 42 re-derivation): same contacts,
     /// re-bucketed around the new id.
     pub fn recentre(&mut self, own: Id, now: Time) {
-        let old: Vec<Entry<A>> = self.iter().cloned().collect();
-        *self = RoutingTable {
-            own,
-            k: self.k,
-            buckets: vec![Bucket {
-                last_changed: now,
-                ..Bucket::default()
-            }],
-            one_per_ip: self.one_per_ip,
-            bep42: self.bep42,
-            ips: IpIndex::new(self.one_per_ip),
-        };
+        let old: Vec<Entry<A>> = self.iter().collect();
+        let mut fresh = RoutingTable::with_epoch(own, self.k, self.one_per_ip, now, self.epoch);
+        fresh.bep42 = self.bep42;
+        *self = fresh;
         for e in old {
             if self.on_response(e.node, e.last_response) == Insert::Added {
+                let last_query = self.rel(e.last_query);
                 if let Some(n) = self.find_mut(&e.node.id) {
-                    n.last_query = e.last_query;
+                    n.last_query = last_query;
                     n.fails = e.fails;
-                    n.answered = e.answered;
+                    n.set_answered(e.answered);
                 }
             }
         }
@@ -227,17 +371,23 @@ impl<A: DhtAddr> RoutingTable<A> {
 
     /// Number of good entries at `now`.
     pub fn good_count(&self, now: Time) -> usize {
-        self.iter()
+        let now = self.now_rel(now);
+        self.slots()
             .filter(|e| e.state(now) == NodeState::Good)
             .count()
     }
 
-    /// All entries.
-    pub fn iter(&self) -> impl Iterator<Item = &Entry<A>> {
+    /// All entries (copies with absolute times).
+    pub fn iter(&self) -> impl Iterator<Item = Entry<A>> + '_ {
+        let epoch = self.epoch;
+        self.slots().map(move |s| s.view(epoch))
+    }
+
+    fn slots(&self) -> impl Iterator<Item = &Slot<A>> {
         self.buckets.iter().flat_map(|b| b.entries.iter())
     }
 
-    fn find_mut(&mut self, id: &Id) -> Option<&mut Entry<A>> {
+    fn find_mut(&mut self, id: &Id) -> Option<&mut Slot<A>> {
         let b = self.bucket_index(id);
         self.buckets
             .get_mut(b)?
@@ -246,14 +396,15 @@ impl<A: DhtAddr> RoutingTable<A> {
             .find(|e| e.node.id == *id)
     }
 
-    /// The entry for `id`, if present.
-    pub fn get(&self, id: &Id) -> Option<&Entry<A>> {
+    /// The entry for `id`, if present (a copy with absolute times).
+    pub fn get(&self, id: &Id) -> Option<Entry<A>> {
         let b = self.bucket_index(id);
         self.buckets
             .get(b)?
             .entries
             .iter()
             .find(|e| e.node.id == *id)
+            .map(|s| s.view(self.epoch))
     }
 
     /// Whether another entry already uses `ip` (`on_response` has already handled the case
@@ -272,18 +423,16 @@ impl<A: DhtAddr> RoutingTable<A> {
         if node.id == self.own {
             return Insert::Refused;
         }
+        let rel = self.rel(now);
         if let Some(e) = self.find_mut(&node.id) {
             if e.node.addr != node.addr {
                 // Same id from another address: keep the one we know (anti-spoofing).
                 return Insert::Refused;
             }
-            e.last_response = now;
-            e.fails = 0;
-            e.pinging = false;
-            e.answered = true;
+            e.answered_at(rel);
             let b = self.bucket_index(&node.id);
             if let Some(bucket) = self.buckets.get_mut(b) {
-                bucket.last_changed = now;
+                bucket.changed = rel;
             }
             return Insert::Added;
         }
@@ -306,10 +455,11 @@ impl<A: DhtAddr> RoutingTable<A> {
                 return Insert::Refused;
             }
         }
-        self.insert_new(node, now)
+        self.insert_new(node, rel)
     }
 
-    fn insert_new(&mut self, node: NodeInfo<A>, now: Time) -> Insert<A> {
+    fn insert_new(&mut self, node: NodeInfo<A>, now: u32) -> Insert<A> {
+        let now_rel = u64::from(now);
         loop {
             let bi = self.bucket_index(&node.id);
             let n_buckets = self.buckets.len();
@@ -319,18 +469,18 @@ impl<A: DhtAddr> RoutingTable<A> {
             };
             bucket.replacements.retain(|r| r.id != node.id);
             if bucket.entries.len() < k {
-                bucket.entries.push(Entry::new(node, now));
-                bucket.last_changed = now;
+                bucket.entries.push(Slot::new(node, now));
+                bucket.changed = now;
                 self.ips.add(&node);
                 return Insert::Added;
             }
             if let Some(bad) = bucket
                 .entries
                 .iter()
-                .position(|e| e.state(now) == NodeState::Bad)
+                .position(|e| e.state(now_rel) == NodeState::Bad)
             {
-                let old = std::mem::replace(&mut bucket.entries[bad], Entry::new(node, now));
-                bucket.last_changed = now;
+                let old = std::mem::replace(&mut bucket.entries[bad], Slot::new(node, now));
+                bucket.changed = now;
                 self.ips.remove(&old.node);
                 self.ips.add(&node);
                 return Insert::Added;
@@ -349,8 +499,8 @@ impl<A: DhtAddr> RoutingTable<A> {
                     .min_by_key(|(_, e)| e.last_response)
                     .map(|(i, _)| i);
                 if let Some(i) = victim {
-                    let old = std::mem::replace(&mut bucket.entries[i], Entry::new(node, now));
-                    bucket.last_changed = now;
+                    let old = std::mem::replace(&mut bucket.entries[i], Slot::new(node, now));
+                    bucket.changed = now;
                     push_replacement(bucket, old.node);
                     self.ips.remove(&old.node);
                     self.ips.add(&node);
@@ -362,11 +512,11 @@ impl<A: DhtAddr> RoutingTable<A> {
             let stale = bucket
                 .entries
                 .iter_mut()
-                .filter(|e| e.state(now) == NodeState::Questionable && !e.pinging)
+                .filter(|e| e.state(now_rel) == NodeState::Questionable && !e.pinging())
                 .min_by_key(|e| e.last_response);
             return match stale {
                 Some(e) => {
-                    e.pinging = true;
+                    e.set_pinging(true);
                     Insert::PingFirst(e.node)
                 }
                 None => Insert::Replacement,
@@ -377,17 +527,10 @@ impl<A: DhtAddr> RoutingTable<A> {
     fn split_last(&mut self) {
         let depth = self.buckets.len() - 1;
         let own = self.own;
-        let now_changed = self
-            .buckets
-            .last()
-            .map(|b| b.last_changed)
-            .unwrap_or_default();
-        let mut deeper = Bucket {
-            last_changed: now_changed,
-            ..Bucket::default()
-        };
+        let changed = self.buckets.last().map_or(0, |b| b.changed);
+        let mut deeper = Bucket::empty(changed);
         if let Some(last) = self.buckets.last_mut() {
-            let (stay, go): (Vec<Entry<A>>, Vec<Entry<A>>) = last
+            let (stay, go): (Vec<Slot<A>>, Vec<Slot<A>>) = last
                 .entries
                 .drain(..)
                 .partition(|e| own.common_prefix_len(&e.node.id) == depth);
@@ -400,6 +543,8 @@ impl<A: DhtAddr> RoutingTable<A> {
             last.replacements = stay;
             deeper.replacements = go;
         }
+        // One bucket at a time (at most 160): no doubling slack in a million tables.
+        self.buckets.reserve_exact(1);
         self.buckets.push(deeper);
     }
 
@@ -407,6 +552,7 @@ impl<A: DhtAddr> RoutingTable<A> {
     /// fresh: a bucket whose nodes talk to us needs no refresh lookup). Returns whether the
     /// node is already in the table.
     pub fn on_query(&mut self, id: &Id, addr: A, now: Time) -> bool {
+        let now = self.rel(now);
         let b = self.bucket_index(id);
         let Some(bucket) = self.buckets.get_mut(b) else {
             return false;
@@ -414,8 +560,8 @@ impl<A: DhtAddr> RoutingTable<A> {
         match bucket.entries.iter_mut().find(|e| e.node.id == *id) {
             Some(e) if e.node.addr == addr => {
                 e.last_query = now;
-                if e.answered {
-                    bucket.last_changed = bucket.last_changed.max(now);
+                if e.answered() {
+                    bucket.changed = bucket.changed.max(now);
                 }
                 true
             }
@@ -427,6 +573,7 @@ impl<A: DhtAddr> RoutingTable<A> {
     /// (BEP 5 errors are answers too), so it counts as having answered, and an outstanding
     /// liveness ping is settled. Unknown nodes are not inserted: an error carries no id.
     pub fn on_error_reply(&mut self, id: &Id, addr: A, now: Time) {
+        let now = self.rel(now);
         let b = self.bucket_index(id);
         let Some(bucket) = self.buckets.get_mut(b) else {
             return;
@@ -436,11 +583,8 @@ impl<A: DhtAddr> RoutingTable<A> {
             .iter_mut()
             .find(|e| e.node.id == *id && e.node.addr == addr)
         {
-            e.last_response = now;
-            e.fails = 0;
-            e.pinging = false;
-            e.answered = true;
-            bucket.last_changed = bucket.last_changed.max(now);
+            e.answered_at(now);
+            bucket.changed = bucket.changed.max(now);
         }
     }
 
@@ -449,7 +593,7 @@ impl<A: DhtAddr> RoutingTable<A> {
     pub fn on_send_failed(&mut self, id: &Id, addr: A) {
         if let Some(e) = self.find_mut(id) {
             if e.node.addr == addr {
-                e.pinging = false;
+                e.set_pinging(false);
             }
         }
     }
@@ -460,6 +604,7 @@ impl<A: DhtAddr> RoutingTable<A> {
         if *id == self.own {
             return false;
         }
+        let now = self.now_rel(now);
         let bi = self.bucket_index(id);
         let Some(b) = self.buckets.get(bi) else {
             return false;
@@ -477,6 +622,7 @@ impl<A: DhtAddr> RoutingTable<A> {
     pub fn on_timeout(&mut self, id: &Id, addr: A, now: Time) -> TimeoutOutcome<A> {
         let bi = self.bucket_index(id);
         let one_per_ip = self.one_per_ip;
+        let now = self.now_rel(now);
         let Some(bucket) = self.buckets.get_mut(bi) else {
             return TimeoutOutcome::Unknown;
         };
@@ -489,8 +635,8 @@ impl<A: DhtAddr> RoutingTable<A> {
         };
         let e = &mut bucket.entries[pos];
         e.fails = e.fails.saturating_add(1);
-        let was_pinging = e.pinging;
-        e.pinging = false;
+        let was_pinging = e.pinging();
+        e.set_pinging(false);
         if e.state(now) == NodeState::Bad {
             // The newest replacement whose IP has not entered the table meanwhile.
             while let Some(rep) = bucket.replacements.pop() {
@@ -501,8 +647,8 @@ impl<A: DhtAddr> RoutingTable<A> {
                 }
                 // The replacement has not answered us yet: it enters unproven (questionable,
                 // never handed out) and the caller pings it so it proves itself or fails out.
-                let mut fresh = Entry::unproven(rep);
-                fresh.pinging = true;
+                let mut fresh = Slot::unproven(rep);
+                fresh.set_pinging(true);
                 let old = std::mem::replace(&mut bucket.entries[pos], fresh);
                 self.ips.remove(&old.node);
                 self.ips.add(&rep);
@@ -511,7 +657,7 @@ impl<A: DhtAddr> RoutingTable<A> {
             return TimeoutOutcome::Bad;
         }
         if was_pinging {
-            e.pinging = true;
+            e.set_pinging(true);
             return TimeoutOutcome::PingAgain(e.node);
         }
         TimeoutOutcome::Counted
@@ -523,10 +669,11 @@ impl<A: DhtAddr> RoutingTable<A> {
     /// Uses the bucket structure instead of scanning everything: nodes in the target's own
     /// bucket are closer than nodes in deeper buckets, which are closer than shallower ones.
     pub fn closest(&self, target: &Id, count: usize, now: Time) -> Vec<NodeInfo<A>> {
+        let now = self.now_rel(now);
         let mut out: Vec<NodeInfo<A>> = Vec::with_capacity(count);
-        let usable = |e: &&Entry<A>| e.answered && e.state(now) != NodeState::Bad;
+        let usable = |e: &&Slot<A>| e.answered() && e.state(now) != NodeState::Bad;
         let b = self.bucket_index(target);
-        let take_sorted = |entries: &mut dyn Iterator<Item = &Entry<A>>,
+        let take_sorted = |entries: &mut dyn Iterator<Item = &Slot<A>>,
                            out: &mut Vec<NodeInfo<A>>| {
             let mut v: Vec<NodeInfo<A>> = entries.filter(usable).map(|e| e.node).collect();
             v.sort_unstable_by_key(|n| n.id.distance(target));
@@ -556,18 +703,20 @@ impl<A: DhtAddr> RoutingTable<A> {
 
     /// Marks the bucket holding `target` as recently used (a lookup went through it).
     pub fn touch(&mut self, target: &Id, now: Time) {
+        let now = self.rel(now);
         let b = self.bucket_index(target);
         if let Some(bucket) = self.buckets.get_mut(b) {
-            bucket.last_changed = now;
+            bucket.changed = now;
         }
     }
 
     /// Indices of buckets not changed for `age` at `now`.
     pub fn stale_buckets(&self, now: Time, age: Duration) -> Vec<usize> {
+        let now = self.now_rel(now);
         self.buckets
             .iter()
             .enumerate()
-            .filter(|(_, b)| now.since(b.last_changed) >= age)
+            .filter(|(_, b)| since(now, b.changed) >= age)
             .map(|(i, _)| i)
             .collect()
     }
@@ -575,11 +724,12 @@ impl<A: DhtAddr> RoutingTable<A> {
     /// The bucket that has gone longest without change, if it is older than `age`: the one
     /// to refresh next.
     pub fn stalest_bucket(&self, now: Time, age: Duration) -> Option<usize> {
+        let now = self.now_rel(now);
         self.buckets
             .iter()
             .enumerate()
-            .filter(|(_, b)| now.since(b.last_changed) >= age)
-            .min_by_key(|(_, b)| b.last_changed)
+            .filter(|(_, b)| since(now, b.changed) >= age)
+            .min_by_key(|(_, b)| b.changed)
             .map(|(i, _)| i)
     }
 
@@ -591,8 +741,8 @@ impl<A: DhtAddr> RoutingTable<A> {
             .get(b)?
             .entries
             .iter()
-            .filter(|e| !e.pinging && e.fails < BAD_AFTER_FAILS)
-            .min_by_key(|e| (e.answered, e.last_response.max(e.last_query)))
+            .filter(|e| !e.pinging() && e.fails < BAD_AFTER_FAILS)
+            .min_by_key(|e| (e.answered(), e.last_response.max(e.last_query)))
             .map(|e| e.node)
     }
 
@@ -601,9 +751,10 @@ impl<A: DhtAddr> RoutingTable<A> {
     /// next), so a bucket with dead entries is probed until one answers. The cost follows
     /// churn: a bucket whose entries answer is asked once per refresh interval.
     pub fn refresh_failed(&mut self, id: &Id, now: Time, age: Duration) {
+        let due = self.rel(now - age);
         let b = self.bucket_index(id);
         if let Some(bucket) = self.buckets.get_mut(b) {
-            bucket.last_changed = bucket.last_changed.min(now - age);
+            bucket.changed = bucket.changed.min(due);
         }
     }
 
@@ -625,13 +776,17 @@ impl<A: DhtAddr> RoutingTable<A> {
 
     /// Earliest time a bucket becomes due for refresh.
     pub fn next_refresh_due(&self, age: Duration) -> Option<Time> {
-        self.buckets.iter().map(|b| b.last_changed + age).min()
+        self.buckets
+            .iter()
+            .map(|b| at(self.epoch, b.changed) + age)
+            .min()
     }
 
     /// Questionable entries (not already being pinged), for liveness checks.
     pub fn questionable(&self, now: Time) -> Vec<NodeInfo<A>> {
-        self.iter()
-            .filter(|e| e.state(now) == NodeState::Questionable && !e.pinging)
+        let now = self.now_rel(now);
+        self.slots()
+            .filter(|e| e.state(now) == NodeState::Questionable && !e.pinging())
             .map(|e| e.node)
             .collect()
     }
@@ -639,7 +794,7 @@ impl<A: DhtAddr> RoutingTable<A> {
     /// Marks an entry as having a ping outstanding.
     pub fn set_pinging(&mut self, id: &Id) {
         if let Some(e) = self.find_mut(id) {
-            e.pinging = true;
+            e.set_pinging(true);
         }
     }
 }
@@ -1132,5 +1287,98 @@ mod ipv6_index_tests {
         assert_eq!(t.on_response(node6(0x40, b, 2), Time(1)), Insert::Added);
         assert_eq!(t.entries_at_ip(&b), 1);
         assert_eq!(t.entries_at_ip(&"fd00::3".parse().unwrap()), 0);
+    }
+}
+
+#[cfg(test)]
+mod long_run_tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn node(first: u8, ip_last: u8) -> NodeInfo {
+        let mut id = [0u8; 20];
+        id[0] = first;
+        id[19] = ip_last;
+        NodeInfo {
+            id: Id(id),
+            addr: SocketAddrV4::new(Ipv4Addr::new(10, 0, first, ip_last), 6881),
+        }
+    }
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    /// Entries store `u32` milliseconds after the table's epoch: past 49.7 days (2^32 ms)
+    /// the epoch moves, and every time the table reports or compares stays exact.
+    #[test]
+    fn times_stay_exact_past_49_days() {
+        let mut t = RoutingTable::new(Id::ZERO, 8, true, Time(0));
+        for i in 0..8 {
+            assert_eq!(t.on_response(node(0x80, i), Time(0)), Insert::Added);
+        }
+        assert_eq!(t.on_response(node(0x40, 1), Time(0)), Insert::Added);
+        // Months of answers, a day apart, each a millisecond-odd instant.
+        let mut now = Time(0);
+        for day in 1..=120u64 {
+            now = Time(0) + DAY * day as u32 + Duration::from_millis(day * 37 + 1);
+            for i in 1..8 {
+                let at = now + Duration::from_millis(u64::from(i));
+                assert_eq!(t.on_response(node(0x80, i), at), Insert::Added);
+            }
+            let e = t.get(&node(0x80, 3).id).expect("listed");
+            assert_eq!(e.last_response, now + Duration::from_millis(3));
+        }
+        assert!(
+            now.as_millis() > 2 * u64::from(u32::MAX),
+            "ran past two wraps"
+        );
+        // Node 0 answered only at Time(0): long past good, not made fresh by a wrap.
+        let old = node(0x80, 0);
+        assert_eq!(
+            t.get(&old.id).map(|e| e.state(now)),
+            Some(NodeState::Questionable)
+        );
+        let fresh = node(0x80, 7);
+        let answered = now + Duration::from_millis(7);
+        assert_eq!(
+            t.get(&fresh.id)
+                .map(|e| e.state(answered + GOOD_FOR - Duration::from_millis(1))),
+            Some(NodeState::Good)
+        );
+        let later = answered + GOOD_FOR;
+        assert_eq!(
+            t.get(&fresh.id).map(|e| e.state(later)),
+            Some(NodeState::Questionable)
+        );
+        assert_eq!(t.good_count(later), 0);
+        assert_eq!(t.questionable(later).len(), 9);
+        // Millisecond order survives: the stalest is pinged first (node 0, then node 1,
+        // which answered one millisecond before node 2).
+        let Insert::PingFirst(p) = t.on_response(node(0x90, 50), later) else {
+            panic!("expected a ping-first");
+        };
+        assert_eq!(p, old);
+        let Insert::PingFirst(p) = t.on_response(node(0x91, 51), later) else {
+            panic!("expected a ping-first");
+        };
+        assert_eq!(p, node(0x80, 1));
+        // A query keeps an entry good and its bucket fresh, to the millisecond.
+        let q = later + Duration::from_millis(123);
+        assert!(t.on_query(&fresh.id, fresh.addr, q));
+        assert_eq!(t.get(&fresh.id).map(|e| e.last_query), Some(q));
+        assert_eq!(t.get(&fresh.id).map(|e| e.state(q)), Some(NodeState::Good));
+        let age = Duration::from_secs(900);
+        t.touch(&node(0x40, 2).id, q);
+        assert_eq!(t.stale_buckets(q + age, age), vec![0, 1]);
+        t.touch(&node(0x80, 2).id, q + Duration::from_millis(5));
+        assert_eq!(t.next_refresh_due(age), Some(q + age));
+        assert_eq!(t.stalest_bucket(q + age, age), Some(1));
+        assert_eq!(
+            t.stalest_bucket(q + age + Duration::from_millis(4), age),
+            Some(1)
+        );
+        assert_eq!(
+            t.stale_buckets(q + age + Duration::from_millis(5), age),
+            vec![0, 1]
+        );
     }
 }

@@ -59,8 +59,9 @@ pub const MAX_OUTSTANDING: usize = 4096;
 /// Length of our transaction ids.
 pub const TID_LEN: usize = 4;
 
-/// The table of outstanding queries.
-pub struct Rpc<A = SocketAddrV4> {
+/// The queries in flight and their deadlines: allocated while any query is out, dropped
+/// when the node falls idle (most of a million simulated nodes at any moment).
+struct InFlight<A> {
     pending: HashMap<u32, Outstanding<A>>,
     /// How many pending queries went to each address: answers from an address we await are
     /// decoded before the per-IP flood limiter sees them (they may be ours); everything else
@@ -68,6 +69,12 @@ pub struct Rpc<A = SocketAddrV4> {
     awaited: HashMap<A, u32>,
     widen_queue: VecDeque<(Time, u32)>,
     timeout_queue: VecDeque<(Time, u32)>,
+}
+
+/// The table of outstanding queries.
+pub struct Rpc<A = SocketAddrV4> {
+    /// `None` while nothing is outstanding and no deadline is queued.
+    flight: Option<Box<InFlight<A>>>,
     /// Secret key of the transaction-id hash.
     key: [u8; 16],
     /// Queries registered so far: the hash input.
@@ -79,10 +86,7 @@ impl<A: DhtAddr> Rpc<A> {
     /// node, from the seed in the simulator and tests).
     pub fn new(key: [u8; 16]) -> Rpc<A> {
         Rpc {
-            pending: HashMap::new(),
-            awaited: HashMap::new(),
-            widen_queue: VecDeque::new(),
-            timeout_queue: VecDeque::new(),
+            flight: None,
             key,
             counter: 0,
         }
@@ -99,27 +103,40 @@ impl<A: DhtAddr> Rpc<A> {
     /// Registers a query under a fresh unpredictable transaction id, or returns `None` when
     /// too many are pending.
     pub fn register(&mut self, q: Outstanding<A>) -> Option<[u8; TID_LEN]> {
-        if self.pending.len() >= MAX_OUTSTANDING {
+        if self.len() >= MAX_OUTSTANDING {
             return None;
         }
         let mut tid = self.next_tid();
-        while self.pending.contains_key(&tid) {
+        while self.pending(&tid).is_some() {
             tid = self.next_tid();
         }
-        self.pending.insert(tid, q);
-        *self.awaited.entry(q.addr).or_insert(0) += 1;
+        let f = self.flight.get_or_insert_with(|| {
+            Box::new(InFlight {
+                pending: HashMap::new(),
+                awaited: HashMap::new(),
+                widen_queue: VecDeque::new(),
+                timeout_queue: VecDeque::new(),
+            })
+        });
+        f.pending.insert(tid, q);
+        *f.awaited.entry(q.addr).or_insert(0) += 1;
         if matches!(q.purpose, Purpose::Lookup(_)) {
-            self.widen_queue.push_back((q.sent, tid));
+            f.widen_queue.push_back((q.sent, tid));
         }
-        self.timeout_queue.push_back((q.sent, tid));
+        f.timeout_queue.push_back((q.sent, tid));
         Some(tid.to_be_bytes())
+    }
+
+    /// The pending query with transaction id `tid`.
+    fn pending(&self, tid: &u32) -> Option<&Outstanding<A>> {
+        self.flight.as_ref()?.pending.get(tid)
     }
 
     /// Takes the query an answer from `from` with transaction id `tid` belongs to.
     /// Answers from another address than the one asked are not ours (spoofing or confusion).
     pub fn take(&mut self, tid: &[u8], from: &A) -> Option<Outstanding<A>> {
         let t = u32::from_be_bytes(<[u8; TID_LEN]>::try_from(tid).ok()?);
-        match self.pending.get(&t) {
+        match self.pending(&t) {
             Some(q) if q.addr == *from => self.remove(t),
             _ => None,
         }
@@ -127,11 +144,12 @@ impl<A: DhtAddr> Rpc<A> {
 
     /// Removes a pending query and its count in `awaited`.
     fn remove(&mut self, tid: u32) -> Option<Outstanding<A>> {
-        let q = self.pending.remove(&tid)?;
-        if let Some(n) = self.awaited.get_mut(&q.addr) {
+        let f = self.flight.as_mut()?;
+        let q = f.pending.remove(&tid)?;
+        if let Some(n) = f.awaited.get_mut(&q.addr) {
             *n -= 1;
             if *n == 0 {
-                self.awaited.remove(&q.addr);
+                f.awaited.remove(&q.addr);
             }
         }
         Some(q)
@@ -140,7 +158,9 @@ impl<A: DhtAddr> Rpc<A> {
     /// Whether some query of ours to exactly `from` is pending: only then can a datagram from
     /// it be an answer we are waiting for.
     pub fn awaits(&self, from: &A) -> bool {
-        self.awaited.contains_key(from)
+        self.flight
+            .as_ref()
+            .is_some_and(|f| f.awaited.contains_key(from))
     }
 
     /// Whether an answer from `from` with `tid` would match one of our queries (without
@@ -149,19 +169,22 @@ impl<A: DhtAddr> Rpc<A> {
         <[u8; TID_LEN]>::try_from(tid)
             .ok()
             .map(u32::from_be_bytes)
-            .and_then(|t| self.pending.get(&t))
+            .and_then(|t| self.pending(&t))
             .is_some_and(|q| q.addr == *from)
     }
 
     /// Lookup queries that passed the widen delay at `now` and are still unanswered.
     pub fn due_widen(&mut self, now: Time, widen: Duration) -> Vec<Outstanding<A>> {
         let mut out = Vec::new();
-        while let Some(&(sent, tid)) = self.widen_queue.front() {
+        let Some(f) = self.flight.as_mut() else {
+            return out;
+        };
+        while let Some(&(sent, tid)) = f.widen_queue.front() {
             if sent + widen > now {
                 break;
             }
-            self.widen_queue.pop_front();
-            if let Some(q) = self.pending.get(&tid) {
+            f.widen_queue.pop_front();
+            if let Some(q) = f.pending.get(&tid) {
                 if q.sent == sent {
                     out.push(*q);
                 }
@@ -173,12 +196,15 @@ impl<A: DhtAddr> Rpc<A> {
     /// Queries that timed out at `now`; they are removed.
     pub fn due_timeouts(&mut self, now: Time, timeout: Duration) -> Vec<Outstanding<A>> {
         let mut out = Vec::new();
-        while let Some(&(sent, tid)) = self.timeout_queue.front() {
+        while let Some(f) = self.flight.as_mut() {
+            let Some(&(sent, tid)) = f.timeout_queue.front() else {
+                break;
+            };
             if sent + timeout > now {
                 break;
             }
-            self.timeout_queue.pop_front();
-            if self.pending.get(&tid).is_some_and(|q| q.sent == sent) {
+            f.timeout_queue.pop_front();
+            if f.pending.get(&tid).is_some_and(|q| q.sent == sent) {
                 if let Some(q) = self.remove(tid) {
                     out.push(q);
                 }
@@ -189,45 +215,55 @@ impl<A: DhtAddr> Rpc<A> {
 
     /// The next widen or timeout deadline.
     pub fn next_deadline(&mut self, widen: Duration, timeout: Duration) -> Option<Time> {
+        let f = self.flight.as_mut()?;
         // Drop stale heads so the deadline we report is real.
-        while let Some(&(sent, tid)) = self.widen_queue.front() {
-            if self.pending.get(&tid).is_some_and(|q| q.sent == sent) {
+        while let Some(&(sent, tid)) = f.widen_queue.front() {
+            if f.pending.get(&tid).is_some_and(|q| q.sent == sent) {
                 break;
             }
-            self.widen_queue.pop_front();
+            f.widen_queue.pop_front();
         }
-        while let Some(&(sent, tid)) = self.timeout_queue.front() {
-            if self.pending.get(&tid).is_some_and(|q| q.sent == sent) {
+        while let Some(&(sent, tid)) = f.timeout_queue.front() {
+            if f.pending.get(&tid).is_some_and(|q| q.sent == sent) {
                 break;
             }
-            self.timeout_queue.pop_front();
+            f.timeout_queue.pop_front();
         }
-        let w = self.widen_queue.front().map(|(s, _)| *s + widen);
-        let t = self.timeout_queue.front().map(|(s, _)| *s + timeout);
+        let w = f.widen_queue.front().map(|(s, _)| *s + widen);
+        let t = f.timeout_queue.front().map(|(s, _)| *s + timeout);
         match (w, t) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    /// Releases memory grown by a burst once nothing is outstanding.
+    /// Releases memory grown by a burst once nothing is outstanding: all of it once no
+    /// deadline is queued either (stale ones are dropped by [`Rpc::next_deadline`]).
     pub fn shrink_if_idle(&mut self) {
-        if self.pending.is_empty() {
-            self.pending.shrink_to_fit();
-            self.awaited.shrink_to_fit();
-            self.widen_queue.shrink_to(8);
-            self.timeout_queue.shrink_to(8);
+        let Some(f) = self.flight.as_mut() else {
+            return;
+        };
+        if !f.pending.is_empty() {
+            return;
         }
+        if f.widen_queue.is_empty() && f.timeout_queue.is_empty() {
+            self.flight = None;
+            return;
+        }
+        f.pending.shrink_to_fit();
+        f.awaited.shrink_to_fit();
+        f.widen_queue.shrink_to(0);
+        f.timeout_queue.shrink_to(0);
     }
 
     /// Number of outstanding queries.
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.flight.as_ref().map_or(0, |f| f.pending.len())
     }
 
     /// True when nothing is outstanding.
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.len() == 0
     }
 }
 

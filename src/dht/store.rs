@@ -27,8 +27,8 @@ use crate::krpc::DhtAddr;
 
 use super::time::Time;
 
-/// Limits of the peer store.
-#[derive(Clone, Debug)]
+/// Limits of the peer store (comparable, like the [`crate::dht::Config`] holding them).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreLimits {
     /// Peers kept per info-hash (libtorrent: 500).
     pub per_infohash: usize,
@@ -100,7 +100,8 @@ struct StoredPeer<A> {
 /// Announced peers per info-hash.
 pub struct PeerStore<A: DhtAddr = SocketAddrV4> {
     limits: StoreLimits,
-    map: Option<LruCache<Id, Vec<StoredPeer<A>>>>,
+    /// Boxed: a node nobody announced to pays one pointer for it.
+    map: Option<Box<LruCache<Id, Vec<StoredPeer<A>>>>>,
     /// Entries held per source IP, kept in step with every insert, replacement and removal;
     /// an IP leaves it when its last entry goes, so it never has more keys than entries.
     per_ip: HashMap<A::Ip, usize>,
@@ -188,7 +189,9 @@ impl<A: DhtAddr> PeerStore<A> {
         let per_ip_here = self.limits.per_ip_per_infohash.max(1);
         let per_ip_cap = self.limits.per_ip.max(1);
         let per_infohash = self.limits.per_infohash.max(1);
-        let map = self.map.get_or_insert_with(LruCache::unbounded);
+        let map = self
+            .map
+            .get_or_insert_with(|| Box::new(LruCache::unbounded()));
         // `get_mut` also marks the info-hash as recently announced.
         let exists = match map.get_mut(&info_hash) {
             Some(list) => {
@@ -283,6 +286,11 @@ impl<A: DhtAddr> PeerStore<A> {
         }
         for k in empty {
             map.pop(&k);
+        }
+        // Nothing stored any more: give the memory back (a million simulated nodes).
+        if map.is_empty() {
+            self.map = None;
+            self.per_ip.shrink_to_fit();
         }
     }
 
