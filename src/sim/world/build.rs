@@ -4,7 +4,9 @@
 use std::net::SocketAddrV4;
 
 use rand::seq::index::sample;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::SplitMix64;
+use rayon::prelude::*;
 
 use crate::dht::{Dht, Time};
 use crate::id::Id;
@@ -12,109 +14,132 @@ use crate::krpc::NodeInfo;
 use crate::sim::progress::{Phase, ProgressUpdate};
 use crate::sim::scenario::PerfectPick;
 
-use super::{World, US_PER_MS};
+use crate::sim::model::mix64;
 
-/// A build progress report every this many nodes.
-const BUILD_PROGRESS_EVERY: u32 = 4096;
+use super::{Node, Shared, World, US_PER_MS};
+
+/// Tables built between two progress reports (and per parallel batch).
+const BUILD_BATCH: usize = 16_384;
+/// Salt of the per-node streams that pick a perfect table's entries.
+const BUILD_SALT: u64 = 0x7065_7266_6563_7400;
+
+/// What a table build reads: every node's id, sorted and by slot, and the models.
+struct BuildInput<'a> {
+    sorted: &'a [(Id, u32)],
+    ids: &'a [Id],
+    sh: &'a Shared,
+    spread_ms: u64,
+}
 
 impl World<'_> {
     /// Fills every node's table as a perfect one: for each bucket range, `k` live nodes of
-    /// that range (or all of them when fewer exist).
+    /// that range (or all of them when fewer exist). Each table depends only on the ids and
+    /// a random stream of its own, so tables are built in parallel batches with the same
+    /// result for every thread count.
     pub(super) fn build_perfect(&mut self) {
-        let mut sorted: Vec<(Id, u32)> = (0..self.sh.n)
-            .zip(&self.nodes)
-            .map(|(i, nd)| (nd.id(), i))
-            .collect();
+        let ids: Vec<Id> = self.nodes.iter().map(|nd| nd.id()).collect();
+        let mut sorted: Vec<(Id, u32)> = ids.iter().copied().zip(0..self.sh.n).collect();
         sorted.sort_unstable();
         // Each table is filled at a random moment of one refresh interval, and the run
         // starts at the end of it: bucket refreshes then come spread out, as in a network
         // that has been running, not all at once 15 minutes in.
         let spread_ms = self.sh.cfg.refresh_after.as_millis() as u64;
-        let mut picks: Vec<u32> = Vec::with_capacity(self.sh.cfg.k * 24);
-        for i in 0..self.sh.n {
-            if self.is_attacker(i) {
-                continue;
+        let input = BuildInput {
+            sorted: &sorted,
+            ids: &ids,
+            sh: &self.sh,
+            spread_ms,
+        };
+        let pool = self.pool.as_ref();
+        let mut done = 0u32;
+        for (b, batch) in self.nodes.chunks_mut(BUILD_BATCH).enumerate() {
+            let base = (b * BUILD_BATCH) as u32;
+            let build = |(k, nd): (usize, &mut Node)| build_table(&input, base + k as u32, nd);
+            match pool {
+                Some(p) => p.install(|| batch.par_iter_mut().enumerate().for_each(build)),
+                None => batch.iter_mut().enumerate().for_each(build),
             }
-            self.pick_table(i, &sorted, &mut picks);
-            let now = Time(self.rng.gen_range(0..=spread_ms));
-            self.seed_table(i, now, &picks);
-            if i.is_multiple_of(BUILD_PROGRESS_EVERY) {
-                self.report_build(i);
-            }
+            done += batch.len() as u32;
+            let u = ProgressUpdate {
+                phase: Phase::Build,
+                sim_seconds: 0.0,
+                lookups_done: 0,
+                lookups_total: self.sh.sc.workload.lookups,
+                online: done,
+                events: 0,
+            };
+            (self.progress)(u);
         }
         // The network goes online at the end of the interval (`World::start_perfect`).
         self.now = spread_ms * US_PER_MS;
         self.start_us = self.now;
     }
+}
 
-    /// Node `i`'s table entries into `picks`, bucket by bucket from the farthest, until no
-    /// other node shares the next prefix.
-    fn pick_table(&mut self, i: u32, sorted: &[(Id, u32)], picks: &mut Vec<u32>) {
-        picks.clear();
-        let me = self.nodes[i as usize].id();
-        for depth in 0..160 {
-            let (a, b) = id_span(sorted, prefix_range(&me, depth, true));
-            self.pick_bucket(i, &sorted[a..b], picks);
-            // Stop once nobody else shares more than `depth` bits with us.
-            let (a, b) = id_span(sorted, prefix_range(&me, depth + 1, false));
-            if b - a <= 1 {
-                break;
-            }
+/// Builds node `i`'s perfect table (liars have none) from its own random stream.
+fn build_table(input: &BuildInput<'_>, i: u32, nd: &mut Node) {
+    let Some(dht) = nd.dht_mut() else {
+        return;
+    };
+    let mut rng = SplitMix64::seed_from_u64(mix64(input.sh.sc.seed ^ BUILD_SALT ^ u64::from(i)));
+    let mut picks = Vec::with_capacity(input.sh.cfg.k * 24);
+    pick_table(input, i, &mut rng, &mut picks);
+    let now = Time(rng.gen_range(0..=input.spread_ms));
+    for &j in &picks {
+        seed_entry(dht, now, input.ids[j as usize], input.sh.addrs.addr_of(j));
+    }
+}
+
+/// Node `i`'s table entries into `picks`, bucket by bucket from the farthest, until no
+/// other node shares the next prefix.
+fn pick_table(input: &BuildInput<'_>, i: u32, rng: &mut SplitMix64, picks: &mut Vec<u32>) {
+    let me = input.ids[i as usize];
+    let sorted = input.sorted;
+    for depth in 0..160 {
+        let (a, b) = id_span(sorted, prefix_range(&me, depth, true));
+        pick_bucket(input, i, &sorted[a..b], rng, picks);
+        // Stop once nobody else shares more than `depth` bits with us.
+        let (a, b) = id_span(sorted, prefix_range(&me, depth + 1, false));
+        if b - a <= 1 {
+            break;
         }
     }
+}
 
-    /// Node `i`'s entries for one bucket whose range holds `range`: all of them, or `k`
-    /// picked as the scenario says.
-    fn pick_bucket(&mut self, i: u32, range: &[(Id, u32)], picks: &mut Vec<u32>) {
-        let k = self.sh.cfg.k;
-        let c = range.len();
-        if c <= k {
-            picks.extend(range.iter().map(|(_, j)| *j));
-            return;
-        }
-        match self.sh.sc.join.perfect_pick {
-            PerfectPick::Random => {
-                for off in sample(&mut self.rng, c, k).into_iter() {
-                    picks.push(range[off].1);
-                }
-            }
-            PerfectPick::LowestRtt => {
-                let m = (self.sh.sc.join.perfect_sample as usize).clamp(k, c);
-                let mut cand: Vec<(u64, u32)> = sample(&mut self.rng, c, m)
-                    .into_iter()
-                    .map(|off| {
-                        let j = range[off].1;
-                        (self.sh.lat.one_way_us(i, j), j)
-                    })
-                    .collect();
-                cand.sort_unstable();
-                picks.extend(cand.iter().take(k).map(|(_, j)| *j));
-            }
-        }
+/// Node `i`'s entries for one bucket whose range holds `range`: all of them, or `k` picked
+/// as the scenario says.
+fn pick_bucket(
+    input: &BuildInput<'_>,
+    i: u32,
+    range: &[(Id, u32)],
+    rng: &mut SplitMix64,
+    picks: &mut Vec<u32>,
+) {
+    let sh = input.sh;
+    let k = sh.cfg.k;
+    let c = range.len();
+    if c <= k {
+        picks.extend(range.iter().map(|(_, j)| *j));
+        return;
     }
-
-    /// Puts the `picks` into node `i`'s table as of `now`.
-    fn seed_table(&mut self, i: u32, now: Time, picks: &[u32]) {
-        for &j in picks {
-            let peer = self.nodes[j as usize].id();
-            let addr = self.sh.addrs.addr_of(j);
-            if let Some(dht) = self.nodes[i as usize].dht_mut() {
-                seed_entry(dht, now, peer, addr);
+    match sh.sc.join.perfect_pick {
+        PerfectPick::Random => {
+            for off in sample(rng, c, k).into_iter() {
+                picks.push(range[off].1);
             }
         }
-    }
-
-    /// Reports the build's progress: `done` tables filled.
-    fn report_build(&mut self, done: u32) {
-        let u = ProgressUpdate {
-            phase: Phase::Build,
-            sim_seconds: 0.0,
-            lookups_done: 0,
-            lookups_total: self.sh.sc.workload.lookups,
-            online: done,
-            events: 0,
-        };
-        (self.progress)(u);
+        PerfectPick::LowestRtt => {
+            let m = (sh.sc.join.perfect_sample as usize).clamp(k, c);
+            let mut cand: Vec<(u64, u32)> = sample(rng, c, m)
+                .into_iter()
+                .map(|off| {
+                    let j = range[off].1;
+                    (sh.lat.one_way_us(i, j), j)
+                })
+                .collect();
+            cand.sort_unstable();
+            picks.extend(cand.iter().take(k).map(|(_, j)| *j));
+        }
     }
 }
 

@@ -288,6 +288,8 @@ pub struct World<'p> {
     pending: Vec<(SimTime, u32, NodeEv)>,
     shards: Vec<Shard>,
     threads: usize,
+    /// The worker threads (none when running on one thread).
+    pool: Option<rayon::ThreadPool>,
     gq: EventQueue<GlobalEv>,
     /// The coordinator's clock: the start of the current window or global event.
     now: SimTime,
@@ -364,6 +366,14 @@ impl<'p> World<'p> {
             pending: Vec::new(),
             shards: Vec::new(),
             threads,
+            pool: (threads > 1)
+                .then(|| {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .ok()
+                })
+                .flatten(),
             gq: EventQueue::new(),
             now: 0,
             rng,
@@ -515,14 +525,7 @@ impl<'p> World<'p> {
     fn event_loop(&mut self) {
         let end_cap = self.last_lookup_at + DRAIN_US;
         let lookahead = self.sh.lat.floor_us();
-        let pool = (self.threads > 1)
-            .then(|| {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(self.threads)
-                    .build()
-                    .ok()
-            })
-            .flatten();
+        let pool = self.pool.take();
         loop {
             let local = self.shards.iter_mut().filter_map(|s| s.next_time()).min();
             let global = self.gq.peek_time();
