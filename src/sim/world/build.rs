@@ -91,18 +91,27 @@ fn build_table(input: &BuildInput<'_>, i: u32, nd: &mut Node) {
 }
 
 /// Node `i`'s table entries into `picks`, bucket by bucket from the farthest, until no
-/// other node shares the next prefix.
+/// other node shares the next prefix. The ids sharing our first `depth` bits are one span of
+/// the sorted ids, and bit `depth` cuts it in two: the half that differs from us is bucket
+/// `depth`, the other the next span. Each cut is a search by one bit inside the last span,
+/// not a search of the whole network by full ids.
 fn pick_table(input: &BuildInput<'_>, i: u32, rng: &mut SplitMix64, picks: &mut Vec<u32>) {
     let me = input.ids[i as usize];
-    let sorted = input.sorted;
+    let mut span = input.sorted;
     for depth in 0..160 {
-        let (a, b) = id_span(sorted, prefix_range(&me, depth, true));
-        pick_bucket(input, i, &sorted[a..b], rng, picks);
+        let cut = span.partition_point(|(id, _)| !id.bit(depth));
+        let (zeros, ones) = span.split_at(cut);
+        let (bucket, next) = if me.bit(depth) {
+            (zeros, ones)
+        } else {
+            (ones, zeros)
+        };
+        pick_bucket(input, i, bucket, rng, picks);
         // Stop once nobody else shares more than `depth` bits with us.
-        let (a, b) = id_span(sorted, prefix_range(&me, depth + 1, false));
-        if b - a <= 1 {
+        if next.len() <= 1 {
             break;
         }
+        span = next;
     }
 }
 
@@ -144,6 +153,7 @@ fn pick_bucket(
 }
 
 /// The index span `[a, b)` of `sorted` whose ids lie in `[lo, hi]`.
+#[cfg(test)]
 fn id_span(sorted: &[(Id, u32)], (lo, hi): (Id, Id)) -> (usize, usize) {
     let a = sorted.partition_point(|(id, _)| *id < lo);
     let b = sorted.partition_point(|(id, _)| *id <= hi);
@@ -152,6 +162,7 @@ fn id_span(sorted: &[(Id, u32)], (lo, hi): (Id, Id)) -> (usize, usize) {
 
 /// The id range `[lo, hi]` of ids whose first `len` bits equal `me`'s, except that with
 /// `flip_last` bit `len` must differ: the range of bucket `len` of a table centred on `me`.
+#[cfg(test)]
 fn prefix_range(me: &Id, len: usize, flip_last: bool) -> (Id, Id) {
     let bits = if flip_last { len + 1 } else { len };
     let mut lo = [0u8; 20];
@@ -200,6 +211,33 @@ mod tests {
             let t = me.random_in_bucket(d, &mut rng);
             let (lo, hi) = prefix_range(&me, d, true);
             assert!(lo <= t && t <= hi, "depth {d}");
+        }
+    }
+
+    #[test]
+    fn cutting_spans_by_one_bit_finds_the_bucket_ranges() {
+        let mut rng = SmallRng::seed_from_u64(11);
+        let mut sorted: Vec<(Id, u32)> = (0..5000).map(|i| (Id::random(&mut rng), i)).collect();
+        sorted.sort_unstable();
+        for &(me, _) in sorted.iter().step_by(97) {
+            let mut span: &[(Id, u32)] = &sorted;
+            for depth in 0..30 {
+                let cut = span.partition_point(|(id, _)| !id.bit(depth));
+                let (zeros, ones) = span.split_at(cut);
+                let (bucket, next) = if me.bit(depth) {
+                    (zeros, ones)
+                } else {
+                    (ones, zeros)
+                };
+                let (a, b) = id_span(&sorted, prefix_range(&me, depth, true));
+                assert_eq!(bucket, &sorted[a..b], "bucket {depth}");
+                let (a, b) = id_span(&sorted, prefix_range(&me, depth + 1, false));
+                assert_eq!(next, &sorted[a..b], "prefix {}", depth + 1);
+                if next.len() <= 1 {
+                    break;
+                }
+                span = next;
+            }
         }
     }
 
