@@ -185,6 +185,14 @@ impl World<'_> {
     /// The share of the online honest nodes' table entries that name a node online at that
     /// address under that id: how stale churn has left the tables.
     fn table_alive(&self) -> f64 {
+        // Who is online under which id, in one compact array (the nodes themselves are
+        // scattered over the heap: looking each entry up there costs two cache misses).
+        let live_ids: Vec<Option<crate::id::Id>> = self
+            .shards
+            .iter()
+            .flat_map(|s| s.iter())
+            .map(|(_, nd)| nd.online.then(|| nd.id()))
+            .collect();
         let (mut entries, mut alive) = (0u64, 0u64);
         let nodes = self.shards.iter().flat_map(|s| s.iter());
         for dht in nodes
@@ -197,10 +205,8 @@ impl World<'_> {
                     .sh
                     .addrs
                     .node_of(&e.node.addr, self.sh.n)
-                    .is_some_and(|j| {
-                        let peer = self.node(j);
-                        peer.online && peer.id() == e.node.id
-                    });
+                    .and_then(|j| live_ids.get(j as usize).copied().flatten())
+                    .is_some_and(|id| id == e.node.id);
                 alive += u64::from(live);
             }
         }
