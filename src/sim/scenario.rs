@@ -305,6 +305,16 @@ impl DurationDist {
         }
     }
 
+    /// The mean duration in seconds: what the stationary share of online nodes is made of.
+    /// Weibull's is `scale · Γ(1 + 1/shape)` (libm's `tgamma`, the same bits everywhere).
+    pub fn mean_s(&self) -> f64 {
+        match *self {
+            DurationDist::Weibull { shape, scale_s } => scale_s * libm::tgamma(1.0 + 1.0 / shape),
+            DurationDist::Exponential { mean_s } => mean_s,
+            DurationDist::Fixed { s } => s,
+        }
+    }
+
     fn validate(&self, what: &str) -> Result<(), SimError> {
         let ok = match *self {
             DurationDist::Weibull { shape, scale_s } => shape > 0.0 && scale_s > 0.0,
@@ -334,6 +344,26 @@ pub struct ChurnSpec {
     /// Probability that a returning node keeps its id and routing table (else it comes back
     /// as a new node with a fresh id and an empty table).
     pub same_id: f64,
+    /// Start the run in the stationary state of the on/off process: each honest node is
+    /// online at start with probability `E[session] / (E[session] + E[offline])`, the
+    /// others come back after a residual offline time. Without it every node starts online
+    /// and the population drains toward that share while the lookups are measured, so the
+    /// figures describe a network shrinking by the minute rather than a steady one.
+    pub stationary_start: bool,
+}
+
+impl ChurnSpec {
+    /// The long-run share of time a node spends online: its chance of being online at a
+    /// random moment of a stationary network.
+    pub fn online_share(&self) -> f64 {
+        let on = self.session.mean_s();
+        let off = self.offline.mean_s();
+        if on + off > 0.0 {
+            on / (on + off)
+        } else {
+            1.0
+        }
+    }
 }
 
 impl Default for ChurnSpec {
@@ -349,6 +379,7 @@ impl Default for ChurnSpec {
                 scale_s: 3600.0,
             },
             same_id: 0.8,
+            stationary_start: true,
         }
     }
 }
@@ -546,7 +577,20 @@ mod tests {
     }
 
     #[test]
-    fn weibull_inverse_cdf_median() {
+    fn duration_means_online_share_and_weibull_median() {
+        // Γ(3) = 2: a Weibull of shape 0.5 has twice its scale as mean.
+        let w = DurationDist::Weibull {
+            shape: 0.5,
+            scale_s: 900.0,
+        };
+        assert!((w.mean_s() - 1800.0).abs() < 1e-6, "{}", w.mean_s());
+        assert!((DurationDist::Exponential { mean_s: 7.0 }.mean_s() - 7.0).abs() < 1e-12);
+        let c = ChurnSpec {
+            offline: DurationDist::Fixed { s: 5400.0 },
+            session: w,
+            ..ChurnSpec::default()
+        };
+        assert!((c.online_share() - 0.25).abs() < 1e-9);
         let d = DurationDist::Weibull {
             shape: 0.5,
             scale_s: 100.0,

@@ -21,8 +21,11 @@ impl World<'_> {
     /// Fills every node's table as a perfect one: for each bucket range, `k` live nodes of
     /// that range (or all of them when fewer exist).
     pub(super) fn build_perfect(&mut self) {
+        // Tables hold the nodes online at start only; a node that starts offline gets its
+        // table built too, as one that was online before and comes back through it.
         let mut sorted: Vec<(Id, u32)> = (0..self.sh.n)
             .zip(&self.nodes)
+            .filter(|(i, _)| !self.starts_offline(*i))
             .map(|(i, nd)| (nd.id(), i))
             .collect();
         sorted.sort_unstable();

@@ -16,6 +16,10 @@ impl World<'_> {
     pub(super) fn schedule_arrivals(&mut self) -> SimTime {
         let d = secs(self.sh.sc.join.duration_s);
         for i in 0..self.sh.n {
+            if self.starts_offline(i) {
+                // Comes back later (`schedule_first_leaves`), as a node that was away.
+                continue;
+            }
             let at = d * u64::from(i) / u64::from(self.sh.n);
             self.schedule(at, i, NodeEv::Arrive);
         }
@@ -23,7 +27,8 @@ impl World<'_> {
     }
 
     /// With churn, queues every honest node's first departure after `join_end`: the rest of
-    /// a session under way at a random moment of a stationary network.
+    /// a session under way at a random moment of a stationary network; a node that starts
+    /// offline gets the rest of an offline period instead, then comes back.
     pub(super) fn schedule_first_leaves(&mut self, join_end: SimTime) {
         if !self.sh.sc.churn.enabled {
             return;
@@ -32,9 +37,15 @@ impl World<'_> {
             if self.is_attacker(i) {
                 continue;
             }
+            let off = self.starts_offline(i);
+            let (dist, ev) = if off {
+                (self.sh.sc.churn.offline, NodeEv::Return)
+            } else {
+                (self.sh.sc.churn.session, NodeEv::Leave)
+            };
             let u: f64 = self.rng.gen();
-            let first = residual_s(&self.sh.sc.churn.session, u, &mut self.rng);
-            self.schedule(join_end + secs(first), i, NodeEv::Leave);
+            let first = residual_s(&dist, u, &mut self.rng);
+            self.schedule(join_end + secs(first), i, ev);
         }
     }
 }
@@ -162,6 +173,45 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
+    use crate::sim::progress::ProgressUpdate;
+    use crate::sim::scenario::Scenario;
+
+    /// A small churn network's online count per success bin, with or without the
+    /// stationary start.
+    fn online_per_bin(join: &str, stationary: bool) -> (Vec<u32>, f64) {
+        let toml = format!(
+            "name = \"t\"\nnodes = 2000\n[join]\nmode = \"{join}\"\nsettle_s = 10.0\n\
+             [churn]\nenabled = true\nstationary_start = {stationary}\n\
+             session = {{ dist = \"weibull\", shape = 0.5, scale_s = 300.0 }}\n\
+             offline = {{ dist = \"exponential\", mean_s = 1800.0 }}\n\
+             [workload]\ninfohashes = 20\nlookups = 200\nlookup_window_s = 300.0\n"
+        );
+        let sc = Scenario::from_toml_str(&toml).expect("scenario parses");
+        let expect = 2000.0 * sc.churn.online_share();
+        let mut p = |_: ProgressUpdate| {};
+        let out = World::new(&sc, 1, &mut p).run();
+        (out.bins.iter().map(|b| b.online).collect(), expect)
+    }
+
+    #[test]
+    fn stationary_start_keeps_the_online_count_near_its_share() {
+        for join in ["perfect", "bootstrap"] {
+            let (bins, expect) = online_per_bin(join, true);
+            // Mean session 600 s, mean offline 1800 s: a quarter online.
+            assert!((expect - 500.0).abs() < 1e-6, "{expect}");
+            assert!(bins.len() >= 5, "{bins:?}");
+            for b in &bins {
+                let r = f64::from(*b) / expect;
+                assert!(
+                    (0.85..=1.15).contains(&r),
+                    "{join}: {b} online, want ~{expect}"
+                );
+            }
+        }
+        // Without it, the network starts full and is still draining.
+        let (bins, expect) = online_per_bin("perfect", false);
+        assert!(f64::from(bins[0]) > 1.5 * expect, "{bins:?}");
+    }
 
     #[test]
     fn gamma_and_residual_means() {

@@ -304,6 +304,9 @@ pub struct World<'p> {
     /// When the honest online set last changed size (for `Counters::online_node_us`).
     online_since: SimTime,
     next_progress: u64,
+    /// Set-up only: honest nodes that start offline (a stationary churn start); they come
+    /// back through a `Return` instead of arriving or going online with the build.
+    offline_at_start: Vec<bool>,
 }
 
 impl<'p> World<'p> {
@@ -321,6 +324,7 @@ impl<'p> World<'p> {
         let cores: Vec<Core> = (0..n)
             .map(|i| Self::core_of(sc, &cfg, addrs, i, &mut rng))
             .collect();
+        let cores_kind: Vec<bool> = cores.iter().map(|c| matches!(c, Core::Honest(_))).collect();
         let nat_fraction = sc.network.nat_fraction;
         let nodes = cores
             .into_iter()
@@ -334,6 +338,7 @@ impl<'p> World<'p> {
             .collect();
         let w = &sc.workload;
         let infohashes: Vec<Id> = (0..w.infohashes).map(|_| Id::random(&mut rng)).collect();
+        let offline_at_start = Self::draw_offline_at_start(sc, &cores_kind, &mut rng);
         let threads = threads.clamp(1, 256);
         let mut world = World {
             sh: Shared {
@@ -371,6 +376,7 @@ impl<'p> World<'p> {
             liars: 0,
             online_since: 0,
             next_progress: PROGRESS_EVERY,
+            offline_at_start,
         };
         world.index_liars();
         world
@@ -392,6 +398,25 @@ impl<'p> World<'p> {
                 Core::Honest(Box::new(Dht::new(id, cfg.clone(), seed, Time(0))))
             }
         }
+    }
+
+    /// Which honest nodes start offline: with churn and `stationary_start`, each is online
+    /// with the stationary share `p` (drawn from `rng` after every other set-up draw, so
+    /// turning it off leaves the rest of the network as it was).
+    fn draw_offline_at_start(sc: &Scenario, honest: &[bool], rng: &mut WorldRng) -> Vec<bool> {
+        if !(sc.churn.enabled && sc.churn.stationary_start) {
+            return vec![false; honest.len()];
+        }
+        let p = sc.churn.online_share().clamp(0.0, 1.0);
+        honest.iter().map(|&h| h && !rng.gen_bool(p)).collect()
+    }
+
+    /// Whether node `i` starts offline (set-up only).
+    fn starts_offline(&self, i: u32) -> bool {
+        self.offline_at_start
+            .get(i as usize)
+            .copied()
+            .unwrap_or(false)
     }
 
     fn is_attacker(&self, i: u32) -> bool {
@@ -490,6 +515,9 @@ impl<'p> World<'p> {
     fn start_perfect(&mut self) {
         let now = self.now;
         for i in 0..self.sh.n {
+            if self.starts_offline(i) {
+                continue;
+            }
             let s = self.sh.shard_of(i);
             let honest = self.shards[s].bring_online(&self.sh, now, i);
             if honest {
