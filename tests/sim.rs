@@ -175,7 +175,7 @@ fn busy(join: &str) -> Scenario {
         "name = \"busy\"\nnodes = 1500\n\
          [network]\nloss = 0.02\nnat_fraction = 0.1\npublic_ips = true\n\
          [join]\nmode = \"{join}\"\nduration_s = 40.0\nsettle_s = 20.0\nrefresh_after_join_s = 30.0\n\
-         [churn]\nenabled = true\nsame_id = 0.5\nstationary_start = true\n\
+         [churn]\nenabled = true\nsame_id = 0.5\nstationary_start = true\nrestart_from_saved = true\n\
          session = {{ dist = \"weibull\", shape = 0.5, scale_s = 120.0 }}\n\
          offline = {{ dist = \"weibull\", shape = 0.5, scale_s = 60.0 }}\n\
          [workload]\ninfohashes = 40\nannouncers_per_infohash = 2\nlookups = 300\nlookup_window_s = 60.0\n\

@@ -350,6 +350,12 @@ pub struct ChurnSpec {
     /// and the population drains toward that share while the lookups are measured, so the
     /// figures describe a network shrinking by the minute rather than a steady one.
     pub stationary_start: bool,
+    /// A node that comes back with its id restarts as a real client does: a new core fed
+    /// with what the old one would have saved (`Dht::saved_nodes`), then a bootstrap.
+    /// Without it the old in-memory core carries on, with its table entries marked as
+    /// answering and its queries of the last session still outstanding, which no
+    /// restarted client has.
+    pub restart_from_saved: bool,
 }
 
 impl ChurnSpec {
@@ -380,6 +386,7 @@ impl Default for ChurnSpec {
             },
             same_id: 0.8,
             stationary_start: true,
+            restart_from_saved: true,
         }
     }
 }
