@@ -153,6 +153,11 @@ pub struct NetworkSpec {
     /// Put nodes on public addresses (32/8) with BEP 42-valid ids instead of private 10/8
     /// ones, so the core's BEP 42 checks and per-/24 limits apply.
     pub public_ips: bool,
+    /// With `public_ips`: the share of honest nodes whose id is BEP 42-valid for their
+    /// address (the rest run clients that draw ids at random, as many real ones do), so
+    /// the core's BEP 42 preferences meet the mixed network they would in the wild. Each
+    /// node's lot is a hash of (seed, node), kept when it comes back with a new id.
+    pub bep42_valid_share: f64,
 }
 
 impl Default for NetworkSpec {
@@ -165,6 +170,7 @@ impl Default for NetworkSpec {
             nat_fraction: 0.0,
             nat_timeout_s: 60,
             public_ips: false,
+            bep42_valid_share: 1.0,
         }
     }
 }
@@ -480,6 +486,9 @@ impl Scenario {
         }
         if !(0.0..1.0).contains(&n.loss) {
             return bad("network.loss must be in [0, 1)");
+        }
+        if !(0.0..=1.0).contains(&n.bep42_valid_share) {
+            return bad("network.bep42_valid_share must be in [0, 1]");
         }
         if !(0.0..=1.0).contains(&n.nat_fraction) {
             return bad("network.nat_fraction must be in [0, 1]");

@@ -91,9 +91,29 @@ impl Addrs {
     }
 }
 
+/// Whether honest node `i` runs a client with a BEP 42-valid id (a share `share` of them),
+/// by a hash of (seed, node) rather than a draw, so the other draws stay where they were.
+pub fn bep42_valid(seed: u64, i: u32, share: f64) -> bool {
+    if share >= 1.0 {
+        return true;
+    }
+    let h = super::mix64(seed ^ 0x6265_7034_3200_0000 ^ (u64::from(i) << 8));
+    ((h >> 11) as f64) < share * (1u64 << 53) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bep42_valid_share_is_the_configured_one() {
+        let n = 100_000u32;
+        let valid = (0..n).filter(|&i| bep42_valid(3, i, 0.3)).count();
+        assert!((29_000..31_000).contains(&valid), "{valid}");
+        assert!((0..n).all(|i| bep42_valid(3, i, 1.0)));
+        assert!(!(0..n).any(|i| bep42_valid(3, i, 0.0)));
+        assert_eq!(bep42_valid(3, 17, 0.5), bep42_valid(3, 17, 0.5));
+    }
 
     #[test]
     fn addresses_round_trip() {

@@ -6,7 +6,7 @@ pub mod addr;
 pub mod latency;
 pub mod nat;
 
-pub use addr::{addr_of, node_of, node_of_ip, Addrs, PORT};
+pub use addr::{addr_of, bep42_valid, node_of, node_of_ip, Addrs, PORT};
 pub use latency::Latency;
 pub use nat::Nat;
 

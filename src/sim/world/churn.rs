@@ -4,12 +4,11 @@
 use rand::Rng;
 
 use crate::dht::Dht;
-use crate::id::Id;
 use crate::sim::queue::SimTime;
 use crate::sim::scenario::DurationDist;
 
 use super::shard::{Note, Shard};
-use super::{pick_contacts, secs, Core, NodeEv, Shared, World};
+use super::{node_id, pick_contacts, secs, Core, NodeEv, Shared, World};
 
 impl World<'_> {
     /// Queues the bootstrap arrivals, evenly over the join duration; returns its end.
@@ -107,11 +106,7 @@ impl Shard {
             &mut nd.rng,
         );
         let restarts = if !nd.rng.gen_bool(sh.sc.churn.same_id) {
-            let id = if sh.addrs.is_public() {
-                crate::dht::bep42::id_for_ip(sh.addrs.addr_of(node).ip(), &mut nd.rng)
-            } else {
-                Id::random(&mut nd.rng)
-            };
+            let id = node_id(&sh.sc, sh.addrs, node, &mut nd.rng);
             let seed = nd.rng.gen();
             let dht = Dht::new(id, sh.cfg.clone(), seed, now);
             if let Some(old) = nd.dht() {
@@ -201,6 +196,7 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
+    use crate::id::Id;
     use crate::sim::progress::ProgressUpdate;
     use crate::sim::scenario::Scenario;
 

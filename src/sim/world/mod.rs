@@ -24,7 +24,7 @@ use crate::dht::{Config, Dht, Time};
 use crate::id::Id;
 
 use super::metrics::{LookupRecord, SuccessBin};
-use super::model::{mix64, Addrs, Latency, Nat};
+use super::model::{bep42_valid, mix64, Addrs, Latency, Nat};
 use super::progress::{Phase, ProgressUpdate};
 use super::queue::{EventQueue, SimTime};
 use super::scenario::{JoinMode, Scenario};
@@ -386,11 +386,7 @@ impl<'p> World<'p> {
     /// consumes the same draws and the ids do not depend on who lies; the core's own
     /// randomness comes from a seed derived from `i`, not from `rng`.
     fn core_of(sc: &Scenario, cfg: &Config, addrs: Addrs, i: u32, rng: &mut WorldRng) -> Core {
-        let id = if addrs.is_public() {
-            crate::dht::bep42::id_for_ip(addrs.addr_of(i).ip(), rng)
-        } else {
-            Id::random(rng)
-        };
+        let id = node_id(sc, addrs, i, rng);
         match Lie::of_slot(&sc.attack, sc.seed, i) {
             Some(lie) => Core::Liar { id, lie },
             None => {
@@ -665,6 +661,17 @@ impl<'p> World<'p> {
     }
 }
 
+/// A fresh id for node `i`: BEP 42-valid for its address when its addresses are public
+/// and its client is one of the `bep42_valid_share` that follow BEP 42, else random.
+fn node_id(sc: &Scenario, addrs: Addrs, i: u32, rng: &mut impl Rng) -> Id {
+    let share = sc.network.bep42_valid_share;
+    if addrs.is_public() && bep42_valid(sc.seed, i, share) {
+        crate::dht::bep42::id_for_ip(addrs.addr_of(i).ip(), rng)
+    } else {
+        Id::random(rng)
+    }
+}
+
 /// Up to `count` distinct random online nodes' addresses from `online`, drawn from `rng`.
 fn pick_contacts(
     online: &[u32],
@@ -698,6 +705,26 @@ mod tests {
         let mut rng = SplitMix64::seed_from_u64(5);
         let lost = (0..100_000).filter(|_| rng.gen::<f64>() < 0.1).count();
         assert!((9_500..10_500).contains(&lost), "{lost}");
+    }
+
+    #[test]
+    fn a_share_of_honest_ids_is_bep42_valid() {
+        let toml = "name = \"t\"\nnodes = 3000\n[network]\npublic_ips = true\n\
+                    bep42_valid_share = 0.4\n";
+        let sc = Scenario::from_toml_str(toml).expect("scenario parses");
+        let mut p = |_: ProgressUpdate| {};
+        let w = World::new(&sc, 1, &mut p);
+        let valid = (0..sc.nodes)
+            .filter(|&i| {
+                crate::dht::bep42::is_valid(&w.nodes[i as usize].id(), w.sh.addrs.addr_of(i).ip())
+            })
+            .count();
+        assert!((1_080..1_320).contains(&valid), "{valid} of 3000");
+        for i in 0..sc.nodes {
+            let ok =
+                crate::dht::bep42::is_valid(&w.nodes[i as usize].id(), w.sh.addrs.addr_of(i).ip());
+            assert_eq!(ok, bep42_valid(sc.seed, i, 0.4), "node {i}");
+        }
     }
 
     #[test]
