@@ -173,7 +173,7 @@ fn lookups_survive_20_percent_claim_close_and_mixed_sybils() {
 fn busy(join: &str) -> Scenario {
     let toml = format!(
         "name = \"busy\"\nnodes = 1500\n\
-         [network]\nloss = 0.02\nnat_fraction = 0.1\npublic_ips = true\nbep42_valid_share = 0.7\n\
+         [network]\nloss = 0.02\nnat_fraction = 0.1\npublic_ips = true\nbep42_valid_share = 0.7\naccess_median_ms = 6.0\naccess_sigma = 0.7\njitter_ms = 3.0\n\
          [join]\nmode = \"{join}\"\nduration_s = 40.0\nsettle_s = 20.0\nrefresh_after_join_s = 30.0\n\
          [churn]\nenabled = true\nsame_id = 0.5\nstationary_start = true\nrestart_from_saved = true\n\
          session = {{ dist = \"weibull\", shape = 0.5, scale_s = 120.0 }}\n\

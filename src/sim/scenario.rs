@@ -144,6 +144,17 @@ pub struct NetworkSpec {
     /// sooner. It is also the parallel engine's lookahead, so nodes can run this long of
     /// virtual time apart without seeing each other's datagrams late.
     pub min_one_way_ms: f64,
+    /// Median one-way delay of a host's own access link (DSL, cable, Wi-Fi), added at both
+    /// ends of every datagram on top of half the pair RTT: a slow home link slows all of a
+    /// node's exchanges, which per-pair values alone cannot give. Log-normal per host, a
+    /// hash of (seed, node); 0 turns it off.
+    pub access_median_ms: f64,
+    /// Sigma of the log-normal access delay (0.5: p99 ≈ 3.2× the median).
+    pub access_sigma: f64,
+    /// Per-datagram queueing jitter, uniform in [0, jitter_ms), drawn by the sender: the
+    /// same pair's datagrams do not all take the same time, so retries and races between
+    /// parallel queries are not decided by a fixed order. 0 turns it off.
+    pub jitter_ms: f64,
     /// Probability that any one datagram is lost.
     pub loss: f64,
     /// Fraction of nodes behind a NAT: they only receive from peers they sent to recently.
@@ -166,6 +177,9 @@ impl Default for NetworkSpec {
             rtt_median_ms: 100.0,
             rtt_sigma: 0.6,
             min_one_way_ms: 5.0,
+            access_median_ms: 5.0,
+            access_sigma: 0.5,
+            jitter_ms: 2.0,
             loss: 0.01,
             nat_fraction: 0.0,
             nat_timeout_s: 60,
@@ -483,6 +497,9 @@ impl Scenario {
         }
         if !(n.min_one_way_ms >= 0.001 && n.min_one_way_ms <= n.rtt_median_ms) {
             return bad("network.min_one_way_ms must be in [0.001, rtt_median_ms]");
+        }
+        if !(n.access_median_ms >= 0.0 && n.access_sigma >= 0.0 && n.jitter_ms >= 0.0) {
+            return bad("network.access_median_ms, access_sigma and jitter_ms must be >= 0");
         }
         if !(0.0..1.0).contains(&n.loss) {
             return bad("network.loss must be in [0, 1)");

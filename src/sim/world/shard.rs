@@ -235,8 +235,15 @@ impl Shard {
             self.counters.lost += 1;
             return;
         }
+        // The jitter comes from the sender's own stream, so no thread schedule changes it.
+        let bound = sh.lat.jitter_us();
+        let jitter = if bound > 0 {
+            nd.rng.gen_range(0..bound)
+        } else {
+            0
+        };
         let tie = nd.next_tie(from);
-        let at = now + sh.lat.one_way_us(from, to);
+        let at = now + sh.lat.delay_us(from, to, jitter);
         let ev = NodeEv::Packet { from, data: t.data };
         let dest = sh.shard_of(to);
         // Arrives after this window whichever shard it is for (the latency floor is the
