@@ -320,7 +320,7 @@ impl<'p> World<'p> {
         let n = sc.nodes;
         let cfg = sc.dht.config();
         let mut rng = WorldRng::seed_from_u64(mix64(sc.seed));
-        let addrs = Addrs::new(sc.network.public_ips);
+        let addrs = Addrs::new(sc.network.public_ips, sc.seed);
         let cores: Vec<Core> = (0..n)
             .map(|i| Self::core_of(sc, &cfg, addrs, i, &mut rng))
             .collect();
