@@ -169,7 +169,8 @@ fn lookups_survive_20_percent_claim_close_and_mixed_sybils() {
 }
 
 /// A network that exercises every part of the engine at once: protocol join, churn with
-/// new ids, NAT, loss, lying nodes (perfect tables), the baseline run.
+/// new ids, NAT, loss, lying nodes (in tables or joining through the protocol), the
+/// baseline run, and every realism knob turned on.
 fn busy(join: &str) -> Scenario {
     let toml = format!(
         "name = \"busy\"\nnodes = 1500\n\
@@ -179,9 +180,8 @@ fn busy(join: &str) -> Scenario {
          session = {{ dist = \"weibull\", shape = 0.5, scale_s = 120.0 }}\n\
          offline = {{ dist = \"weibull\", shape = 0.5, scale_s = 60.0 }}\n\
          [workload]\ninfohashes = 40\nannouncers_per_infohash = 2\nlookups = 300\nlookup_window_s = 60.0\n\
-         [attack]\nfraction = {}\nbehaviour = \"mixed\"\n\
+         [attack]\nfraction = 0.1\nbehaviour = \"mixed\"\nquery_every_s = 30.0\n\
          [baseline]\nenabled = true\nlookups = 100\n",
-        if join == "perfect" { "0.1" } else { "0.0" }
     );
     Scenario::from_toml_str(&toml).expect("busy scenario parses")
 }

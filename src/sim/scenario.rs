@@ -105,6 +105,12 @@ pub struct AttackSpec {
     /// Also run the very same network with each of these behaviours (reported in
     /// `attack_runs`), for a per-behaviour table from one scenario file.
     pub also: Vec<Behaviour>,
+    /// Bootstrap join: an attacker joins through the protocol (find_node for its own id to
+    /// a few random online nodes when it arrives) and then queries that many random online
+    /// nodes every this many seconds (0: only when it arrives), so honest nodes meet it
+    /// through their ordinary "ping an unknown querier, insert it if it answers" path, as
+    /// they would a real Sybil, rather than through a table the simulator wrote.
+    pub query_every_s: f64,
 }
 
 impl Default for AttackSpec {
@@ -113,6 +119,7 @@ impl Default for AttackSpec {
             fraction: 0.0,
             behaviour: Behaviour::Mixed,
             also: Vec::new(),
+            query_every_s: 60.0,
         }
     }
 }
@@ -538,10 +545,9 @@ impl Scenario {
         if !(0.0..1.0).contains(&self.attack.fraction) {
             return bad("attack.fraction must be in [0, 1)");
         }
-        if self.attack.fraction > 0.0 && self.join.mode != JoinMode::Perfect {
-            // Attackers get into tables through the perfect build (a network that has been
-            // running with them); they do not join through the protocol themselves.
-            return bad("attack needs join.mode = \"perfect\"");
+        let every = self.attack.query_every_s;
+        if every.is_nan() || every < 0.0 {
+            return bad("attack.query_every_s must be >= 0");
         }
         Ok(())
     }

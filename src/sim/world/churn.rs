@@ -52,6 +52,11 @@ impl World<'_> {
 impl Shard {
     /// A node joins through the protocol bootstrap (a self-lookup via random contacts).
     pub(super) fn arrive(&mut self, sh: &Shared, node: u32) {
+        if self.node(node).lie().is_some() {
+            self.set_online(node, true);
+            self.attacker_probe(sh, node);
+            return;
+        }
         let nd = self.node_mut(node);
         let contacts = pick_contacts(
             &sh.online,

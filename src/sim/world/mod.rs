@@ -61,6 +61,8 @@ enum NodeEv {
     Leave,
     /// The node comes back.
     Return,
+    /// A lying node's periodic queries to random online nodes (bootstrap join).
+    Probe,
 }
 
 /// What happens to the network as a whole; run by the coordinator between windows, since

@@ -140,6 +140,7 @@ impl Shard {
             NodeEv::Refresh => self.refresh(sh, node),
             NodeEv::Leave => self.leave(sh, node),
             NodeEv::Return => self.come_back(sh, node),
+            NodeEv::Probe => self.attacker_probe(sh, node),
         }
     }
 
