@@ -169,19 +169,19 @@ fn lookups_survive_20_percent_claim_close_and_mixed_sybils() {
 }
 
 /// A network that exercises every part of the engine at once: protocol join, churn with
-/// new ids, NAT, loss, lying nodes (perfect tables), the baseline run.
+/// new ids, NAT, loss, lying nodes (in tables or joining through the protocol), the
+/// baseline run, and every realism knob turned on.
 fn busy(join: &str) -> Scenario {
     let toml = format!(
         "name = \"busy\"\nnodes = 1500\n\
-         [network]\nloss = 0.02\nnat_fraction = 0.1\npublic_ips = true\n\
+         [network]\nloss = 0.02\nnat_fraction = 0.1\npublic_ips = true\nbep42_valid_share = 0.7\naccess_median_ms = 6.0\naccess_sigma = 0.7\njitter_ms = 3.0\n\
          [join]\nmode = \"{join}\"\nduration_s = 40.0\nsettle_s = 20.0\nrefresh_after_join_s = 30.0\n\
-         [churn]\nenabled = true\nsame_id = 0.5\n\
+         [churn]\nenabled = true\nsame_id = 0.5\nstationary_start = true\nrestart_from_saved = true\n\
          session = {{ dist = \"weibull\", shape = 0.5, scale_s = 120.0 }}\n\
          offline = {{ dist = \"weibull\", shape = 0.5, scale_s = 60.0 }}\n\
          [workload]\ninfohashes = 40\nannouncers_per_infohash = 2\nlookups = 300\nlookup_window_s = 60.0\n\
-         [attack]\nfraction = {}\nbehaviour = \"mixed\"\n\
+         [attack]\nfraction = 0.1\nbehaviour = \"mixed\"\nquery_every_s = 30.0\n\
          [baseline]\nenabled = true\nlookups = 100\n",
-        if join == "perfect" { "0.1" } else { "0.0" }
     );
     Scenario::from_toml_str(&toml).expect("busy scenario parses")
 }

@@ -105,6 +105,12 @@ pub struct AttackSpec {
     /// Also run the very same network with each of these behaviours (reported in
     /// `attack_runs`), for a per-behaviour table from one scenario file.
     pub also: Vec<Behaviour>,
+    /// Bootstrap join: an attacker joins through the protocol (find_node for its own id to
+    /// a few random online nodes when it arrives) and then queries that many random online
+    /// nodes every this many seconds (0: only when it arrives), so honest nodes meet it
+    /// through their ordinary "ping an unknown querier, insert it if it answers" path, as
+    /// they would a real Sybil, rather than through a table the simulator wrote.
+    pub query_every_s: f64,
 }
 
 impl Default for AttackSpec {
@@ -113,6 +119,7 @@ impl Default for AttackSpec {
             fraction: 0.0,
             behaviour: Behaviour::Mixed,
             also: Vec::new(),
+            query_every_s: 60.0,
         }
     }
 }
@@ -144,6 +151,17 @@ pub struct NetworkSpec {
     /// sooner. It is also the parallel engine's lookahead, so nodes can run this long of
     /// virtual time apart without seeing each other's datagrams late.
     pub min_one_way_ms: f64,
+    /// Median one-way delay of a host's own access link (DSL, cable, Wi-Fi), added at both
+    /// ends of every datagram on top of half the pair RTT: a slow home link slows all of a
+    /// node's exchanges, which per-pair values alone cannot give. Log-normal per host, a
+    /// hash of (seed, node); 0 turns it off.
+    pub access_median_ms: f64,
+    /// Sigma of the log-normal access delay (0.5: p99 ≈ 3.2× the median).
+    pub access_sigma: f64,
+    /// Per-datagram queueing jitter, uniform in [0, jitter_ms), drawn by the sender: the
+    /// same pair's datagrams do not all take the same time, so retries and races between
+    /// parallel queries are not decided by a fixed order. 0 turns it off.
+    pub jitter_ms: f64,
     /// Probability that any one datagram is lost.
     pub loss: f64,
     /// Fraction of nodes behind a NAT: they only receive from peers they sent to recently.
@@ -153,6 +171,11 @@ pub struct NetworkSpec {
     /// Put nodes on public addresses (32/8) with BEP 42-valid ids instead of private 10/8
     /// ones, so the core's BEP 42 checks and per-/24 limits apply.
     pub public_ips: bool,
+    /// With `public_ips`: the share of honest nodes whose id is BEP 42-valid for their
+    /// address (the rest run clients that draw ids at random, as many real ones do), so
+    /// the core's BEP 42 preferences meet the mixed network they would in the wild. Each
+    /// node's lot is a hash of (seed, node), kept when it comes back with a new id.
+    pub bep42_valid_share: f64,
 }
 
 impl Default for NetworkSpec {
@@ -161,10 +184,14 @@ impl Default for NetworkSpec {
             rtt_median_ms: 100.0,
             rtt_sigma: 0.6,
             min_one_way_ms: 5.0,
+            access_median_ms: 5.0,
+            access_sigma: 0.5,
+            jitter_ms: 2.0,
             loss: 0.01,
             nat_fraction: 0.0,
             nat_timeout_s: 60,
             public_ips: false,
+            bep42_valid_share: 1.0,
         }
     }
 }
@@ -305,6 +332,16 @@ impl DurationDist {
         }
     }
 
+    /// The mean duration in seconds: what the stationary share of online nodes is made of.
+    /// Weibull's is `scale · Γ(1 + 1/shape)` (libm's `tgamma`, the same bits everywhere).
+    pub fn mean_s(&self) -> f64 {
+        match *self {
+            DurationDist::Weibull { shape, scale_s } => scale_s * libm::tgamma(1.0 + 1.0 / shape),
+            DurationDist::Exponential { mean_s } => mean_s,
+            DurationDist::Fixed { s } => s,
+        }
+    }
+
     fn validate(&self, what: &str) -> Result<(), SimError> {
         let ok = match *self {
             DurationDist::Weibull { shape, scale_s } => shape > 0.0 && scale_s > 0.0,
@@ -334,6 +371,32 @@ pub struct ChurnSpec {
     /// Probability that a returning node keeps its id and routing table (else it comes back
     /// as a new node with a fresh id and an empty table).
     pub same_id: f64,
+    /// Start the run in the stationary state of the on/off process: each honest node is
+    /// online at start with probability `E[session] / (E[session] + E[offline])`, the
+    /// others come back after a residual offline time. Without it every node starts online
+    /// and the population drains toward that share while the lookups are measured, so the
+    /// figures describe a network shrinking by the minute rather than a steady one.
+    pub stationary_start: bool,
+    /// A node that comes back with its id restarts as a real client does: a new core fed
+    /// with what the old one would have saved (`Dht::saved_nodes`), then a bootstrap.
+    /// Without it the old in-memory core carries on, with its table entries marked as
+    /// answering and its queries of the last session still outstanding, which no
+    /// restarted client has.
+    pub restart_from_saved: bool,
+}
+
+impl ChurnSpec {
+    /// The long-run share of time a node spends online: its chance of being online at a
+    /// random moment of a stationary network.
+    pub fn online_share(&self) -> f64 {
+        let on = self.session.mean_s();
+        let off = self.offline.mean_s();
+        if on + off > 0.0 {
+            on / (on + off)
+        } else {
+            1.0
+        }
+    }
 }
 
 impl Default for ChurnSpec {
@@ -349,6 +412,8 @@ impl Default for ChurnSpec {
                 scale_s: 3600.0,
             },
             same_id: 0.8,
+            stationary_start: true,
+            restart_from_saved: true,
         }
     }
 }
@@ -440,8 +505,14 @@ impl Scenario {
         if !(n.min_one_way_ms >= 0.001 && n.min_one_way_ms <= n.rtt_median_ms) {
             return bad("network.min_one_way_ms must be in [0.001, rtt_median_ms]");
         }
+        if !(n.access_median_ms >= 0.0 && n.access_sigma >= 0.0 && n.jitter_ms >= 0.0) {
+            return bad("network.access_median_ms, access_sigma and jitter_ms must be >= 0");
+        }
         if !(0.0..1.0).contains(&n.loss) {
             return bad("network.loss must be in [0, 1)");
+        }
+        if !(0.0..=1.0).contains(&n.bep42_valid_share) {
+            return bad("network.bep42_valid_share must be in [0, 1]");
         }
         if !(0.0..=1.0).contains(&n.nat_fraction) {
             return bad("network.nat_fraction must be in [0, 1]");
@@ -474,10 +545,9 @@ impl Scenario {
         if !(0.0..1.0).contains(&self.attack.fraction) {
             return bad("attack.fraction must be in [0, 1)");
         }
-        if self.attack.fraction > 0.0 && self.join.mode != JoinMode::Perfect {
-            // Attackers get into tables through the perfect build (a network that has been
-            // running with them); they do not join through the protocol themselves.
-            return bad("attack needs join.mode = \"perfect\"");
+        let every = self.attack.query_every_s;
+        if every.is_nan() || every < 0.0 {
+            return bad("attack.query_every_s must be >= 0");
         }
         Ok(())
     }
@@ -546,7 +616,20 @@ mod tests {
     }
 
     #[test]
-    fn weibull_inverse_cdf_median() {
+    fn duration_means_online_share_and_weibull_median() {
+        // Γ(3) = 2: a Weibull of shape 0.5 has twice its scale as mean.
+        let w = DurationDist::Weibull {
+            shape: 0.5,
+            scale_s: 900.0,
+        };
+        assert!((w.mean_s() - 1800.0).abs() < 1e-6, "{}", w.mean_s());
+        assert!((DurationDist::Exponential { mean_s: 7.0 }.mean_s() - 7.0).abs() < 1e-12);
+        let c = ChurnSpec {
+            offline: DurationDist::Fixed { s: 5400.0 },
+            session: w,
+            ..ChurnSpec::default()
+        };
+        assert!((c.online_share() - 0.25).abs() < 1e-9);
         let d = DurationDist::Weibull {
             shape: 0.5,
             scale_s: 100.0,

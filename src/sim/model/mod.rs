@@ -1,12 +1,14 @@
-//! The network model: where nodes live ([`addr`]), how long datagrams take ([`latency`]),
+//! The network model: where nodes live ([`addr`], spread over the public space by
+//! [`spread`]), how long datagrams take ([`latency`]),
 //! and which ones a NAT drops ([`nat`]). Loss is a single probability, drawn in the event
 //! loop. Called `model` to keep it apart from the crate's `net` (real sockets).
 
 pub mod addr;
 pub mod latency;
 pub mod nat;
+pub mod spread;
 
-pub use addr::{addr_of, node_of, node_of_ip, Addrs, PORT};
+pub use addr::{addr_of, bep42_valid, node_of, node_of_ip, Addrs, PORT};
 pub use latency::Latency;
 pub use nat::Nat;
 

@@ -5,12 +5,15 @@ use std::net::SocketAddrV4;
 
 use crate::dht::Transmit;
 use crate::id::Id;
-use crate::krpc::{Body, ErrorCode, KrpcError, Message, Method, NodeInfo, Response};
+use crate::krpc::{Body, ErrorCode, KrpcError, Message, Method, NodeInfo, Query, Response, Want};
 use crate::sim::model::mix64;
 use crate::sim::scenario::{AttackSpec, Behaviour};
 
 use super::shard::Shard;
-use super::{Core, Lie, Shared, World};
+use super::{pick_contacts, secs, Core, Lie, NodeEv, Shared, World};
+
+/// The transaction id of an attacker's own queries (it never reads the answers).
+const PROBE_TID: &[u8] = b"lq";
 
 /// Bits of the target an attacker's claimed id shares: far closer than any honest node.
 const CLAIM_PREFIX_BITS: usize = 64;
@@ -61,6 +64,12 @@ fn id_near(target: &Id, who: u64, salt: u64) -> Id {
 }
 
 impl World<'_> {
+    /// Whether slot `i` lies (wherever its node lives now).
+    #[cfg(test)]
+    pub(super) fn is_liar_slot(&self, i: u32) -> bool {
+        self.node(i).lie().is_some()
+    }
+
     /// Counts the liars and builds what their answers draw on: the `claim_close`
     /// colluders and, when some hand out bad tokens, the sorted honest ids.
     pub(super) fn index_liars(&mut self) {
@@ -155,11 +164,36 @@ impl Shard {
         r
     }
 
+    /// A lying node makes itself known the way a joining node does: find_node for its own
+    /// id to a few random online nodes (picked from its own stream), and queues the next
+    /// round (bootstrap join; attackers of a perfect build are in tables already).
+    pub(super) fn attacker_probe(&mut self, sh: &Shared, me: u32) {
+        let nd = self.node_mut(me);
+        let id = nd.id();
+        let count = sh.sc.join.bootstrap_nodes.max(1);
+        let contacts = pick_contacts(&sh.online, &sh.addrs, count, &mut nd.rng);
+        for to in contacts.iter().filter_map(|a| sh.addrs.node_of(a, sh.n)) {
+            let body = Body::Query(Query {
+                id,
+                method: Method::FindNode { target: id },
+                want: Want::default(),
+            });
+            self.attacker_send(sh, me, to, PROBE_TID.to_vec(), body);
+        }
+        let every = sh.sc.attack.query_every_s;
+        if every > 0.0 {
+            let at = self.now + secs(every);
+            self.push_own(at, me, NodeEv::Probe);
+        }
+    }
+
     fn attacker_send(&mut self, sh: &Shared, me: u32, to: u32, tid: Vec<u8>, body: Body) {
+        let is_query = matches!(body, Body::Query(_));
         let m = Message {
             tid,
             version: None,
-            ip: Some(sh.addrs.addr_of(to).into()),
+            // Answers tell the querier its address (BEP 42); queries do not.
+            ip: (!is_query).then(|| sh.addrs.addr_of(to).into()),
             read_only: false,
             body,
         };
@@ -221,4 +255,51 @@ fn bogus_nodes(who: u64, t: &Id) -> Vec<NodeInfo> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::progress::ProgressUpdate;
+    use crate::sim::scenario::Scenario;
+    use crate::sim::world::US_PER_S;
+
+    /// Honest table entries that name an attacker, after 150 s of a bootstrap network
+    /// with 10% attackers querying every `every` seconds.
+    fn liars_in_tables(every: f64) -> (usize, usize) {
+        let toml = format!(
+            "name = \"t\"\nnodes = 600\n[join]\nduration_s = 30.0\nrefresh_after_join_s = 20.0\n\
+             [attack]\nfraction = 0.1\nbehaviour = \"bogus_nodes\"\nquery_every_s = {every}\n"
+        );
+        let sc = Scenario::from_toml_str(&toml).expect("scenario parses");
+        let mut p = |_: ProgressUpdate| {};
+        let mut w = World::new(&sc, 1, &mut p);
+        w.schedule_arrivals();
+        w.cut_into_shards();
+        // No workload: run the network alone until then.
+        w.last_lookup_at = 150 * US_PER_S;
+        w.event_loop();
+        let (mut liars, mut all) = (0, 0);
+        for s in &w.shards {
+            for (_, nd) in s.iter() {
+                let Some(d) = nd.dht() else { continue };
+                for e in d.routing_table().iter() {
+                    all += 1;
+                    let j = w.sh.addrs.node_of(&e.node.addr, w.sh.n);
+                    liars += usize::from(j.is_some_and(|j| w.is_liar_slot(j)));
+                }
+            }
+        }
+        (liars, all)
+    }
+
+    #[test]
+    fn attackers_that_join_through_the_protocol_end_up_in_honest_tables() {
+        let (liars, all) = liars_in_tables(60.0);
+        assert!(all > 5_000, "{all} entries");
+        assert!(liars > all / 100, "{liars} of {all} entries are attackers");
+        // Querying only when they arrive, fewer honest nodes meet them.
+        let (once, _) = liars_in_tables(0.0);
+        assert!(once > 0 && once < liars, "{once} vs {liars}");
+    }
 }

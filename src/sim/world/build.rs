@@ -38,7 +38,14 @@ impl World<'_> {
     /// result for every thread count.
     pub(super) fn build_perfect(&mut self) {
         let ids: Vec<Id> = self.nodes.iter().map(|nd| nd.id()).collect();
-        let mut sorted: Vec<(Id, u32)> = ids.iter().copied().zip(0..self.sh.n).collect();
+        // Tables hold the nodes online at start only; a node that starts offline gets its
+        // table built too, as one that was online before and comes back through it.
+        let mut sorted: Vec<(Id, u32)> = ids
+            .iter()
+            .copied()
+            .zip(0..self.sh.n)
+            .filter(|(_, i)| !self.starts_offline(*i))
+            .collect();
         sorted.sort_unstable();
         // Each table is filled at a random moment of one refresh interval, and the run
         // starts at the end of it: bucket refreshes then come spread out, as in a network

@@ -4,18 +4,21 @@
 use rand::Rng;
 
 use crate::dht::Dht;
-use crate::id::Id;
 use crate::sim::queue::SimTime;
 use crate::sim::scenario::DurationDist;
 
 use super::shard::{Note, Shard};
-use super::{pick_contacts, secs, Core, NodeEv, Shared, World};
+use super::{node_id, pick_contacts, secs, Core, NodeEv, Shared, World};
 
 impl World<'_> {
     /// Queues the bootstrap arrivals, evenly over the join duration; returns its end.
     pub(super) fn schedule_arrivals(&mut self) -> SimTime {
         let d = secs(self.sh.sc.join.duration_s);
         for i in 0..self.sh.n {
+            if self.starts_offline(i) {
+                // Comes back later (`schedule_first_leaves`), as a node that was away.
+                continue;
+            }
             let at = d * u64::from(i) / u64::from(self.sh.n);
             self.schedule(at, i, NodeEv::Arrive);
         }
@@ -23,7 +26,8 @@ impl World<'_> {
     }
 
     /// With churn, queues every honest node's first departure after `join_end`: the rest of
-    /// a session under way at a random moment of a stationary network.
+    /// a session under way at a random moment of a stationary network; a node that starts
+    /// offline gets the rest of an offline period instead, then comes back.
     pub(super) fn schedule_first_leaves(&mut self, join_end: SimTime) {
         if !self.sh.sc.churn.enabled {
             return;
@@ -32,9 +36,15 @@ impl World<'_> {
             if self.is_attacker(i) {
                 continue;
             }
+            let off = self.starts_offline(i);
+            let (dist, ev) = if off {
+                (self.sh.sc.churn.offline, NodeEv::Return)
+            } else {
+                (self.sh.sc.churn.session, NodeEv::Leave)
+            };
             let u: f64 = self.rng.gen();
-            let first = residual_s(&self.sh.sc.churn.session, u, &mut self.rng);
-            self.schedule(join_end + secs(first), i, NodeEv::Leave);
+            let first = residual_s(&dist, u, &mut self.rng);
+            self.schedule(join_end + secs(first), i, ev);
         }
     }
 }
@@ -42,6 +52,11 @@ impl World<'_> {
 impl Shard {
     /// A node joins through the protocol bootstrap (a self-lookup via random contacts).
     pub(super) fn arrive(&mut self, sh: &Shared, node: u32) {
+        if self.node(node).lie().is_some() {
+            self.set_online(node, true);
+            self.attacker_probe(sh, node);
+            return;
+        }
         let nd = self.node_mut(node);
         let contacts = pick_contacts(
             &sh.online,
@@ -95,24 +110,27 @@ impl Shard {
             sh.sc.join.bootstrap_nodes.max(1),
             &mut nd.rng,
         );
-        if !nd.rng.gen_bool(sh.sc.churn.same_id) {
-            let id = if sh.addrs.is_public() {
-                crate::dht::bep42::id_for_ip(sh.addrs.addr_of(node).ip(), &mut nd.rng)
-            } else {
-                Id::random(&mut nd.rng)
-            };
+        let restarts = if !nd.rng.gen_bool(sh.sc.churn.same_id) {
+            let id = node_id(&sh.sc, sh.addrs, node, &mut nd.rng);
             let seed = nd.rng.gen();
             let dht = Dht::new(id, sh.cfg.clone(), seed, now);
             if let Some(old) = nd.dht() {
                 self.counters.refresh_queries += old.stats().refresh_queries;
             }
             self.node_mut(node).core = Core::Honest(Box::new(dht));
-        }
+            true
+        } else if sh.sc.churn.restart_from_saved {
+            self.restart_from_saved(sh, node, now)
+        } else {
+            false
+        };
         self.set_online(node, true);
         if let Some(dht) = self.node_mut(node).dht_mut() {
-            // A returning client first lets its old queries lapse, then re-joins through
-            // its saved table and a bootstrap contact.
-            dht.handle_timeout(now);
+            if !restarts {
+                // The old core carries on: its queries of the last session lapse first.
+                dht.handle_timeout(now);
+            }
+            // Re-joins through its saved contacts (or table) and a bootstrap contact.
             dht.bootstrap(now, &contacts);
         }
         self.drain(sh, node, false);
@@ -120,6 +138,27 @@ impl Shard {
         let stay = sh.sc.churn.session.sample_s(u);
         let at = self.now + secs(stay);
         self.push_own(at, node, NodeEv::Leave);
+    }
+}
+
+impl Shard {
+    /// Replaces honest node `node`'s core with a new one of the same id that knows only
+    /// what the old one would have saved to disk; returns whether it did (liars have no
+    /// core to restart).
+    fn restart_from_saved(&mut self, sh: &Shared, node: u32, now: crate::dht::Time) -> bool {
+        let nd = self.node_mut(node);
+        let Some(old) = nd.dht() else {
+            return false;
+        };
+        let id = old.id();
+        let saved = old.saved_nodes(now);
+        let refreshes = old.stats().refresh_queries;
+        let seed = nd.rng.gen();
+        let mut dht = Dht::new(id, sh.cfg.clone(), seed, now);
+        dht.add_saved_nodes(&saved);
+        nd.core = Core::Honest(Box::new(dht));
+        self.counters.refresh_queries += refreshes;
+        true
     }
 }
 
@@ -162,6 +201,97 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
+    use crate::id::Id;
+    use crate::sim::progress::ProgressUpdate;
+    use crate::sim::scenario::Scenario;
+
+    /// A small churn network's online count per success bin, with or without the
+    /// stationary start.
+    fn online_per_bin(join: &str, stationary: bool) -> (Vec<u32>, f64) {
+        let toml = format!(
+            "name = \"t\"\nnodes = 2000\n[join]\nmode = \"{join}\"\nsettle_s = 10.0\n\
+             [churn]\nenabled = true\nstationary_start = {stationary}\n\
+             session = {{ dist = \"weibull\", shape = 0.5, scale_s = 300.0 }}\n\
+             offline = {{ dist = \"exponential\", mean_s = 1800.0 }}\n\
+             [workload]\ninfohashes = 20\nlookups = 200\nlookup_window_s = 300.0\n"
+        );
+        let sc = Scenario::from_toml_str(&toml).expect("scenario parses");
+        let expect = 2000.0 * sc.churn.online_share();
+        let mut p = |_: ProgressUpdate| {};
+        let out = World::new(&sc, 1, &mut p).run();
+        (out.bins.iter().map(|b| b.online).collect(), expect)
+    }
+
+    #[test]
+    fn stationary_start_keeps_the_online_count_near_its_share() {
+        for join in ["perfect", "bootstrap"] {
+            let (bins, expect) = online_per_bin(join, true);
+            // Mean session 600 s, mean offline 1800 s: a quarter online.
+            assert!((expect - 500.0).abs() < 1e-6, "{expect}");
+            assert!(bins.len() >= 5, "{bins:?}");
+            for b in &bins {
+                let r = f64::from(*b) / expect;
+                assert!(
+                    (0.85..=1.15).contains(&r),
+                    "{join}: {b} online, want ~{expect}"
+                );
+            }
+        }
+        // Without it, the network starts full and is still draining.
+        let (bins, expect) = online_per_bin("perfect", false);
+        assert!(f64::from(bins[0]) > 1.5 * expect, "{bins:?}");
+    }
+
+    /// Node 0 of a small perfect network runs a lookup, leaves and comes back at once;
+    /// returns its core's running lookups and table size right after, and the table size
+    /// a few seconds later.
+    fn return_of_node_0(restart: bool) -> (usize, usize, usize) {
+        let toml = format!(
+            "name = \"t\"\nnodes = 400\n[network]\nloss = 0.0\n[join]\nmode = \"perfect\"\n\
+             [churn]\nenabled = true\nsame_id = 1.0\nstationary_start = false\n\
+             restart_from_saved = {restart}\n"
+        );
+        let sc = Scenario::from_toml_str(&toml).expect("scenario parses");
+        let mut p = |_: ProgressUpdate| {};
+        let mut w = World::new(&sc, 1, &mut p);
+        w.build_perfect();
+        w.cut_into_shards();
+        w.start_perfect();
+        let sh = &w.sh;
+        let shard = &mut w.shards[0];
+        let t = shard.now_time();
+        let before = shard.node(0).dht().map(|d| d.id());
+        if let Some(d) = shard.node_mut(0).dht_mut() {
+            d.get_peers(t, Id([7; 20]), None);
+        }
+        shard.drain(sh, 0, false);
+        shard.leave(sh, 0);
+        shard.come_back(sh, 0);
+        let d = shard.node(0).dht().expect("honest");
+        assert_eq!(Some(d.id()), before, "same id");
+        let (running, table) = (d.active_lookups(), d.routing_table().iter().count());
+        let end = shard.now + 5 * crate::sim::world::US_PER_S;
+        shard.run_until(sh, end);
+        let later = shard
+            .node(0)
+            .dht()
+            .map_or(0, |d| d.routing_table().iter().count());
+        (running, table, later)
+    }
+
+    #[test]
+    fn a_returning_node_restarts_from_its_saved_contacts() {
+        let (running, table, later) = return_of_node_0(true);
+        // Only the new core's bootstrap runs: the old lookup went with the old core, and
+        // the table starts empty, to be rebuilt from the saved contacts that answer.
+        assert_eq!(running, 1);
+        assert_eq!(table, 0);
+        assert!(later >= 10, "{later} entries after the restart");
+        // The old core carried on instead: its lookup and its table are still there.
+        let (running, table, _) = return_of_node_0(false);
+        assert_eq!(running, 2);
+        assert!(table >= 20, "{table}");
+    }
 
     #[test]
     fn gamma_and_residual_means() {

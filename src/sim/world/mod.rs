@@ -24,7 +24,7 @@ use crate::dht::{Config, Dht, Time};
 use crate::id::Id;
 
 use super::metrics::{LookupRecord, SuccessBin};
-use super::model::{mix64, Addrs, Latency, Nat};
+use super::model::{bep42_valid, mix64, Addrs, Latency, Nat};
 use super::progress::{Phase, ProgressUpdate};
 use super::queue::{EventQueue, SimTime};
 use super::scenario::{JoinMode, Scenario};
@@ -61,6 +61,8 @@ enum NodeEv {
     Leave,
     /// The node comes back.
     Return,
+    /// A lying node's periodic queries to random online nodes (bootstrap join).
+    Probe,
 }
 
 /// What happens to the network as a whole; run by the coordinator between windows, since
@@ -316,6 +318,9 @@ pub struct World<'p> {
     created: std::time::Instant,
     /// Wall time spent inside parallel windows, as seen by the coordinator.
     in_windows: std::time::Duration,
+    /// Set-up only: honest nodes that start offline (a stationary churn start); they come
+    /// back through a `Return` instead of arriving or going online with the build.
+    offline_at_start: Vec<bool>,
 }
 
 impl<'p> World<'p> {
@@ -329,10 +334,11 @@ impl<'p> World<'p> {
         let n = sc.nodes;
         let cfg = sc.dht.config();
         let mut rng = WorldRng::seed_from_u64(mix64(sc.seed));
-        let addrs = Addrs::new(sc.network.public_ips);
+        let addrs = Addrs::new(sc.network.public_ips, sc.seed);
         let cores: Vec<Core> = (0..n)
             .map(|i| Self::core_of(sc, &cfg, addrs, i, &mut rng))
             .collect();
+        let cores_kind: Vec<bool> = cores.iter().map(|c| matches!(c, Core::Honest(_))).collect();
         let nat_fraction = sc.network.nat_fraction;
         let nodes = cores
             .into_iter()
@@ -346,6 +352,7 @@ impl<'p> World<'p> {
             .collect();
         let w = &sc.workload;
         let infohashes: Vec<Id> = (0..w.infohashes).map(|_| Id::random(&mut rng)).collect();
+        let offline_at_start = Self::draw_offline_at_start(sc, &cores_kind, &mut rng);
         let threads = threads.clamp(1, 256);
         let mut world = World {
             sh: Shared {
@@ -393,6 +400,7 @@ impl<'p> World<'p> {
             next_progress: PROGRESS_EVERY,
             created: std::time::Instant::now(),
             in_windows: std::time::Duration::ZERO,
+            offline_at_start,
         };
         world.index_liars();
         world
@@ -402,11 +410,7 @@ impl<'p> World<'p> {
     /// consumes the same draws and the ids do not depend on who lies; the core's own
     /// randomness comes from a seed derived from `i`, not from `rng`.
     fn core_of(sc: &Scenario, cfg: &Config, addrs: Addrs, i: u32, rng: &mut WorldRng) -> Core {
-        let id = if addrs.is_public() {
-            crate::dht::bep42::id_for_ip(addrs.addr_of(i).ip(), rng)
-        } else {
-            Id::random(rng)
-        };
+        let id = node_id(sc, addrs, i, rng);
         match Lie::of_slot(&sc.attack, sc.seed, i) {
             Some(lie) => Core::Liar { id, lie },
             None => {
@@ -414,6 +418,25 @@ impl<'p> World<'p> {
                 Core::Honest(Box::new(Dht::new(id, cfg.clone(), seed, Time(0))))
             }
         }
+    }
+
+    /// Which honest nodes start offline: with churn and `stationary_start`, each is online
+    /// with the stationary share `p` (drawn from `rng` after every other set-up draw, so
+    /// turning it off leaves the rest of the network as it was).
+    fn draw_offline_at_start(sc: &Scenario, honest: &[bool], rng: &mut WorldRng) -> Vec<bool> {
+        if !(sc.churn.enabled && sc.churn.stationary_start) {
+            return vec![false; honest.len()];
+        }
+        let p = sc.churn.online_share().clamp(0.0, 1.0);
+        honest.iter().map(|&h| h && !rng.gen_bool(p)).collect()
+    }
+
+    /// Whether node `i` starts offline (set-up only).
+    fn starts_offline(&self, i: u32) -> bool {
+        self.offline_at_start
+            .get(i as usize)
+            .copied()
+            .unwrap_or(false)
     }
 
     fn is_attacker(&self, i: u32) -> bool {
@@ -512,6 +535,9 @@ impl<'p> World<'p> {
     fn start_perfect(&mut self) {
         let now = self.now;
         for i in 0..self.sh.n {
+            if self.starts_offline(i) {
+                continue;
+            }
             let s = self.sh.shard_of(i);
             let honest = self.shards[s].bring_online(&self.sh, now, i);
             if honest {
@@ -654,6 +680,17 @@ impl<'p> World<'p> {
     }
 }
 
+/// A fresh id for node `i`: BEP 42-valid for its address when its addresses are public
+/// and its client is one of the `bep42_valid_share` that follow BEP 42, else random.
+fn node_id(sc: &Scenario, addrs: Addrs, i: u32, rng: &mut impl Rng) -> Id {
+    let share = sc.network.bep42_valid_share;
+    if addrs.is_public() && bep42_valid(sc.seed, i, share) {
+        crate::dht::bep42::id_for_ip(addrs.addr_of(i).ip(), rng)
+    } else {
+        Id::random(rng)
+    }
+}
+
 /// Up to `count` distinct random online nodes' addresses from `online`, drawn from `rng`.
 fn pick_contacts(
     online: &[u32],
@@ -687,6 +724,26 @@ mod tests {
         let mut rng = SplitMix64::seed_from_u64(5);
         let lost = (0..100_000).filter(|_| rng.gen::<f64>() < 0.1).count();
         assert!((9_500..10_500).contains(&lost), "{lost}");
+    }
+
+    #[test]
+    fn a_share_of_honest_ids_is_bep42_valid() {
+        let toml = "name = \"t\"\nnodes = 3000\n[network]\npublic_ips = true\n\
+                    bep42_valid_share = 0.4\n";
+        let sc = Scenario::from_toml_str(toml).expect("scenario parses");
+        let mut p = |_: ProgressUpdate| {};
+        let w = World::new(&sc, 1, &mut p);
+        let valid = (0..sc.nodes)
+            .filter(|&i| {
+                crate::dht::bep42::is_valid(&w.nodes[i as usize].id(), w.sh.addrs.addr_of(i).ip())
+            })
+            .count();
+        assert!((1_080..1_320).contains(&valid), "{valid} of 3000");
+        for i in 0..sc.nodes {
+            let ok =
+                crate::dht::bep42::is_valid(&w.nodes[i as usize].id(), w.sh.addrs.addr_of(i).ip());
+            assert_eq!(ok, bep42_valid(sc.seed, i, 0.4), "node {i}");
+        }
     }
 
     #[test]

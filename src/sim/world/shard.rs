@@ -145,6 +145,7 @@ impl Shard {
             NodeEv::Refresh => self.refresh(sh, node),
             NodeEv::Leave => self.leave(sh, node),
             NodeEv::Return => self.come_back(sh, node),
+            NodeEv::Probe => self.attacker_probe(sh, node),
         }
     }
 
@@ -240,8 +241,15 @@ impl Shard {
             self.counters.lost += 1;
             return;
         }
+        // The jitter comes from the sender's own stream, so no thread schedule changes it.
+        let bound = sh.lat.jitter_us();
+        let jitter = if bound > 0 {
+            nd.rng.gen_range(0..bound)
+        } else {
+            0
+        };
         let tie = nd.next_tie(from);
-        let at = now + sh.lat.one_way_us(from, to);
+        let at = now + sh.lat.delay_us(from, to, jitter);
         let ev = NodeEv::Packet { from, data: t.data };
         let dest = sh.shard_of(to);
         // Arrives after this window whichever shard it is for (the latency floor is the
