@@ -879,7 +879,8 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    fn node(first: u8, ip_last: u8) -> NodeInfo {
+    /// A node with id `[first, 0, …, ip_last]` at `10.0.first.ip_last:6881`.
+    pub(super) fn node(first: u8, ip_last: u8) -> NodeInfo {
         let mut id = [0u8; 20];
         id[0] = first;
         id[19] = ip_last;
@@ -1293,17 +1294,8 @@ mod ipv6_index_tests {
 #[cfg(test)]
 mod long_run_tests {
     use super::*;
-    use std::net::Ipv4Addr;
 
-    fn node(first: u8, ip_last: u8) -> NodeInfo {
-        let mut id = [0u8; 20];
-        id[0] = first;
-        id[19] = ip_last;
-        NodeInfo {
-            id: Id(id),
-            addr: SocketAddrV4::new(Ipv4Addr::new(10, 0, first, ip_last), 6881),
-        }
-    }
+    use super::tests::node;
 
     const DAY: Duration = Duration::from_secs(86_400);
 

@@ -63,6 +63,19 @@ fn reply(
     id: Id,
     ip: Option<SocketAddrV4>,
 ) {
+    reply_listing(d, now, from, q, id, ip, None);
+}
+
+/// An answer to `q` from `from` under `id`, listing `nodes`.
+fn reply_listing(
+    d: &mut Dht,
+    now: Time,
+    from: SocketAddrV4,
+    q: &Message,
+    id: Id,
+    ip: Option<SocketAddrV4>,
+    nodes: Option<Vec<NodeInfo>>,
+) {
     let r = Message {
         tid: q.tid.clone(),
         version: None,
@@ -70,6 +83,7 @@ fn reply(
         read_only: false,
         body: Body::Response(Response {
             id,
+            nodes,
             ..Response::default()
         }),
     };
@@ -368,18 +382,7 @@ fn nodes_a_refresh_lists_are_pinged_only_where_the_bucket_has_room() {
         id: far(9).id,
         addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
     });
-    let r = Message {
-        tid: q.tid.clone(),
-        version: None,
-        ip: None,
-        read_only: false,
-        body: Body::Response(Response {
-            id: only.id,
-            nodes: Some(listed),
-            ..Response::default()
-        }),
-    };
-    d.handle_datagram(now, *to, &r.encode());
+    reply_listing(&mut d, now, *to, q, only.id, None, Some(listed));
     let mut pinged: Vec<SocketAddrV4> = sent(&mut d)
         .into_iter()
         .filter(|(_, m)| {
@@ -405,23 +408,14 @@ fn nodes_a_refresh_lists_are_pinged_only_where_the_bucket_has_room() {
     let out = sent(&mut d);
     let fq = find_nodes(&out);
     let (to, _, q) = fq.first().expect("a refresh");
-    let r = Message {
-        tid: q.tid.clone(),
-        version: None,
-        ip: None,
-        read_only: false,
-        body: Body::Response(Response {
-            id: d
-                .routing_table()
-                .iter()
-                .find(|e| e.node.addr == *to)
-                .map(|e| e.node.id)
-                .unwrap_or(Id::ZERO),
-            nodes: Some((20..28).map(far).collect()),
-            ..Response::default()
-        }),
-    };
-    d.handle_datagram(now, *to, &r.encode());
+    let id = d
+        .routing_table()
+        .iter()
+        .find(|e| e.node.addr == *to)
+        .map(|e| e.node.id)
+        .unwrap_or(Id::ZERO);
+    let listed = (20..28).map(far).collect();
+    reply_listing(&mut d, now, *to, q, id, None, Some(listed));
     assert!(sent(&mut d).is_empty(), "no ping for a full bucket");
 }
 

@@ -106,19 +106,28 @@ fn pick_table(input: &BuildInput<'_>, i: u32, rng: &mut SplitMix64, picks: &mut 
     let me = input.ids[i as usize];
     let mut span = input.sorted;
     for depth in 0..160 {
-        let cut = span.partition_point(|(id, _)| !id.bit(depth));
-        let (zeros, ones) = span.split_at(cut);
-        let (bucket, next) = if me.bit(depth) {
-            (zeros, ones)
-        } else {
-            (ones, zeros)
-        };
+        let (bucket, next) = cut(span, &me, depth);
         pick_bucket(input, i, bucket, rng, picks);
         // Stop once nobody else shares more than `depth` bits with us.
         if next.len() <= 1 {
             break;
         }
         span = next;
+    }
+}
+
+/// A run of the sorted (id, slot) pairs.
+type Span<'s> = &'s [(Id, u32)];
+
+/// `span` (sorted ids sharing `me`'s first `depth` bits) cut on bit `depth`: the ids of
+/// bucket `depth` of `me`'s table, and those sharing one more bit with `me`.
+fn cut<'s>(span: &'s [(Id, u32)], me: &Id, depth: usize) -> (Span<'s>, Span<'s>) {
+    let at = span.partition_point(|(id, _)| !id.bit(depth));
+    let (zeros, ones) = span.split_at(at);
+    if me.bit(depth) {
+        (zeros, ones)
+    } else {
+        (ones, zeros)
     }
 }
 
@@ -229,13 +238,7 @@ mod tests {
         for &(me, _) in sorted.iter().step_by(97) {
             let mut span: &[(Id, u32)] = &sorted;
             for depth in 0..30 {
-                let cut = span.partition_point(|(id, _)| !id.bit(depth));
-                let (zeros, ones) = span.split_at(cut);
-                let (bucket, next) = if me.bit(depth) {
-                    (zeros, ones)
-                } else {
-                    (ones, zeros)
-                };
+                let (bucket, next) = cut(span, &me, depth);
                 let (a, b) = id_span(&sorted, prefix_range(&me, depth, true));
                 assert_eq!(bucket, &sorted[a..b], "bucket {depth}");
                 let (a, b) = id_span(&sorted, prefix_range(&me, depth + 1, false));
