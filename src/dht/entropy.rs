@@ -10,8 +10,9 @@ use rand_chacha::ChaCha12Rng;
 
 /// The generator of a node's wire-visible randomness: xoshiro256++ by name, not
 /// `rand::rngs::SmallRng`, whose algorithm rand may change between versions or platforms, so
-/// a seed gives the same simulated network everywhere. (It is what `SmallRng` is on 64-bit
-/// targets with rand 0.8, so streams are unchanged there.)
+/// a seed gives the same simulated network everywhere. (`SmallRng` is the same algorithm on
+/// 64-bit targets with rand 0.8 but expands a `u64` seed differently, so seeded streams
+/// changed with the switch.)
 pub type WireRng = rand_xoshiro::Xoshiro256PlusPlus;
 
 /// The OS could not give us random bytes.

@@ -913,6 +913,11 @@ impl<A: DhtAddr> Dht<A> {
         if let Some(ours) = ip {
             self.on_external_ip(now, from.ip_of(), ours);
         }
+        if q.id.is_some_and(|x| x != r.id) {
+            // Someone else answers at that address: the entry we asked did not (it left,
+            // or a responder listed a live node's address under an id it never had).
+            self.entry_failed(now, &q);
+        }
         let node = NodeInfo {
             id: r.id,
             addr: from,
@@ -1004,19 +1009,7 @@ impl<A: DhtAddr> Dht<A> {
         }
         for q in self.rpc.due_timeouts(now, self.cfg.query_timeout) {
             self.stats.timeouts += 1;
-            if let Some(id) = q.id {
-                match self.table.on_timeout(&id, q.addr, now) {
-                    TimeoutOutcome::PingAgain(n) | TimeoutOutcome::Replaced(n) => {
-                        self.send_query(now, n.addr, Some(n.id), Method::Ping, Purpose::Ping);
-                    }
-                    TimeoutOutcome::Unknown | TimeoutOutcome::Counted | TimeoutOutcome::Bad => {}
-                }
-            }
-            if let (Purpose::Refresh, Some(id)) = (q.purpose, q.id) {
-                self.table.refresh_failed(&id, now, self.cfg.refresh_after);
-                // Asked again at the next tick, not at the next scheduled housekeeping.
-                self.next_maintenance = self.next_maintenance.min(now + MAINTENANCE_EVERY);
-            }
+            self.entry_failed(now, &q);
             if let Purpose::Lookup(lid) = q.purpose {
                 if let Some(l) = self.lookups.iter_mut().find(|l| l.id == lid) {
                     l.on_failure(&q.addr);
@@ -1060,22 +1053,49 @@ impl<A: DhtAddr> Dht<A> {
     }
 
     /// Pings the nodes a refresh answer listed that could enter the table (a bucket with
-    /// room): an answer proves the address before the node takes a slot. At most `k` per
-    /// answer, and none for full buckets, which is the steady state: there they wait as
-    /// replacements for entries that turn bad.
+    /// room): an answer proves the address, and the node then enters through every check
+    /// of `on_response`. Nothing listed is stored unproven. At most `k` per answer, one per
+    /// IP, none to an address already asked or in the table, paid from the verification
+    /// budget like pings of unknown queriers, and none for full buckets (the steady state).
     fn ping_listed(&mut self, now: Time, from: A, nodes: &[NodeInfo<A>]) {
+        let mut seen: Vec<A::Ip> = Vec::new();
         for n in nodes.iter().take(self.cfg.k) {
+            let ip = n.addr.ip_of();
             if n.id == self.id
+                || seen.contains(&ip)
                 || !martian::acceptable_for(&n.addr, &from.ip_of(), self.cfg.private_nodes)
                 || self.table.get(&n.id).is_some()
+                || self.table.entries_at_ip(&ip) > 0
+                || self.rpc.awaits(&n.addr)
+                || !self.table.has_room_for(&n.id, now)
             {
                 continue;
             }
-            if self.table.has_room_for(&n.id, now) {
-                self.send_query(now, n.addr, None, Method::Ping, Purpose::Ping);
-            } else {
-                self.table.offer_replacement(*n);
+            seen.push(ip);
+            if !self.verify_budget.try_take(1, now) {
+                return;
             }
+            self.send_query(now, n.addr, None, Method::Ping, Purpose::Ping);
+        }
+    }
+
+    /// The table entry query `q` went to did not answer as itself (a timeout, or an answer
+    /// at its address under another id): one failure for that entry (id *and* address), a
+    /// second ping if it was a liveness check, and a refresh that failed is retried.
+    fn entry_failed(&mut self, now: Time, q: &Outstanding<A>) {
+        let Some(id) = q.id else {
+            return;
+        };
+        match self.table.on_timeout(&id, q.addr, now) {
+            TimeoutOutcome::PingAgain(n) | TimeoutOutcome::Replaced(n) => {
+                self.send_query(now, n.addr, Some(n.id), Method::Ping, Purpose::Ping);
+            }
+            TimeoutOutcome::Unknown | TimeoutOutcome::Counted | TimeoutOutcome::Bad => {}
+        }
+        if q.purpose == Purpose::Refresh {
+            self.table.refresh_failed(&id, now, self.cfg.refresh_after);
+            // Asked again at the next tick, not at the next scheduled housekeeping.
+            self.next_maintenance = self.next_maintenance.min(now + MAINTENANCE_EVERY);
         }
     }
 

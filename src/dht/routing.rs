@@ -733,7 +733,7 @@ impl<A: DhtAddr> RoutingTable<A> {
             .map(|(i, _)| i)
     }
 
-    /// The entry of bucket `b` heard from longest ago (not already being pinged): the one a
+    /// The entry of bucket `b` that answered longest ago (not already being pinged): the one a
     /// refresh asks, so a refresh doubles as the liveness check of the bucket's most doubtful
     /// entry (an unproven replacement first). `None` when the bucket has no such entry.
     pub fn refresh_candidate(&self, b: usize) -> Option<NodeInfo<A>> {
@@ -742,7 +742,9 @@ impl<A: DhtAddr> RoutingTable<A> {
             .entries
             .iter()
             .filter(|e| !e.pinging() && e.fails < BAD_AFTER_FAILS)
-            .min_by_key(|e| (e.answered(), e.last_response.max(e.last_query)))
+            // Not `last_query`: a spoofed query under an entry's id must not keep a dead
+            // entry from ever being asked.
+            .min_by_key(|e| (e.answered(), e.last_response))
             .map(|e| e.node)
     }
 
@@ -755,22 +757,6 @@ impl<A: DhtAddr> RoutingTable<A> {
         let b = self.bucket_index(id);
         if let Some(bucket) = self.buckets.get_mut(b) {
             bucket.changed = bucket.changed.min(due);
-        }
-    }
-
-    /// Keeps `node` (listed in a refresh answer) as a replacement when its bucket is full
-    /// and it is not in the table: when an entry turns bad it takes the slot and is pinged
-    /// then. Nothing is sent now, so a full table costs no traffic for this.
-    pub fn offer_replacement(&mut self, node: NodeInfo<A>) {
-        if node.id == self.own || self.get(&node.id).is_some() {
-            return;
-        }
-        let b = self.bucket_index(&node.id);
-        let k = self.k;
-        if let Some(bucket) = self.buckets.get_mut(b) {
-            if bucket.entries.len() >= k {
-                push_replacement(bucket, node);
-            }
         }
     }
 

@@ -540,3 +540,72 @@ fn an_unanswered_refresh_probes_the_bucket_again_until_an_entry_answers() {
         .count();
     assert!(bad >= 3, "{bad} entries found dead");
 }
+
+#[test]
+fn a_refresh_answered_under_another_id_counts_against_the_entry_asked() {
+    // far(3) went away and a stranger now answers at its address: the refresh must not
+    // count as far(3) answering, or far(3) would be asked again and again, never found dead.
+    let mut d = node_with_table();
+    for i in (0..8).filter(|&i| i != 3) {
+        d.insert_node(Time(60_000), far(i));
+    }
+    let near = NodeInfo {
+        id: Id([0x40; 20]),
+        addr: priv_addr(100),
+    };
+    d.insert_node(Time(120_000), near);
+    let mut now = Time(60_000) + LATER;
+    let stranger = Id([0x99; 20]);
+    for round in 1..=2u8 {
+        d.handle_timeout(now);
+        let out = sent(&mut d);
+        let (to, _, q) = find_nodes(&out)
+            .into_iter()
+            .find(|(to, _, _)| *to == far(3).addr)
+            .unwrap_or_else(|| panic!("round {round}: far(3) not asked: {out:?}"));
+        reply(&mut d, now, to, &q, stranger, None);
+        let e = d.routing_table().get(&far(3).id).expect("still listed");
+        assert_eq!(e.fails, round, "round {round}");
+        now = d
+            .poll_timeout()
+            .unwrap_or(now)
+            .max(now + Duration::from_millis(1));
+        let _ = sent(&mut d);
+    }
+    let e = d.routing_table().get(&far(3).id).expect("still listed");
+    assert_eq!(e.state(now), NodeState::Bad);
+}
+
+#[test]
+fn a_refresh_answer_listing_one_address_many_times_costs_one_ping() {
+    let mut d = Dht::new(Id::ZERO, Config::default(), 1, Time(0));
+    let only = far(0);
+    d.insert_node(Time(0), only);
+    let now = Time(0) + LATER;
+    d.handle_timeout(now);
+    let out = sent(&mut d);
+    let (to, _, q) = find_nodes(&out).into_iter().next().expect("a refresh");
+    // Eight made-up ids, all at one victim's address.
+    let victim = priv_addr(77);
+    let listed: Vec<NodeInfo> = (1..9)
+        .map(|i| NodeInfo {
+            id: far(i).id,
+            addr: victim,
+        })
+        .collect();
+    reply_listing(&mut d, now, to, &q, only.id, None, Some(listed));
+    let pings = sent(&mut d)
+        .into_iter()
+        .filter(|(to, m)| {
+            *to == victim
+                && matches!(
+                    &m.body,
+                    Body::Query(Query {
+                        method: Method::Ping,
+                        ..
+                    })
+                )
+        })
+        .count();
+    assert_eq!(pings, 1);
+}
