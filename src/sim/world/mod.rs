@@ -36,6 +36,9 @@ const US_PER_S: u64 = 1_000_000;
 /// How long after the last lookup start the run may go on for stragglers (stock-regime
 /// lookups with 20 s timeouts can take minutes).
 const DRAIN_US: u64 = 600 * US_PER_S;
+/// Windows whose predecessor ran fewer events than this run on the coordinator's thread:
+/// waking the pool costs more than such a window's work.
+const PARALLEL_MIN_EVENTS: u64 = 256;
 /// Progress is reported every this many events.
 const PROGRESS_EVERY: u64 = 1 << 16;
 
@@ -552,6 +555,7 @@ impl<'p> World<'p> {
         let end_cap = self.last_lookup_at + DRAIN_US;
         let lookahead = self.sh.lat.floor_us();
         let pool = self.pool.take();
+        let mut last_window = u64::MAX;
         loop {
             let local = self.shards.iter_mut().filter_map(|s| s.next_time()).min();
             let global = self.gq.peek_time();
@@ -575,7 +579,10 @@ impl<'p> World<'p> {
             let end = (t + lookahead).min(global.unwrap_or(SimTime::MAX));
             let sh = &self.sh;
             let window_started = std::time::Instant::now();
-            match &pool {
+            let before = self.events();
+            // A light window costs less on this thread than waking the others (which thread
+            // runs a shard changes nothing in the output, so this is free to decide).
+            match pool.as_ref().filter(|_| last_window >= PARALLEL_MIN_EVENTS) {
                 Some(p) => {
                     use rayon::prelude::*;
                     let shards = &mut self.shards;
@@ -587,6 +594,7 @@ impl<'p> World<'p> {
             self.exchange();
             self.apply_notes();
             let events = self.events();
+            last_window = events - before;
             if events >= self.next_progress {
                 self.next_progress = events + PROGRESS_EVERY;
                 self.report_progress();
