@@ -367,10 +367,16 @@ class Harness(JsonLineServer):
     def not_finished(self, key, h, t0):
         """The error text of a download that did not finish in time (or failed)."""
         st = h.status()
+        # What the DHT says now, so a stalled download tells whether the seed was findable.
+        try:
+            seen = self.dht_lookup(parse_hash(key), 3.0)
+        except Exception as e:  # diagnostics only: never hide the real failure
+            seen = ["lookup failed: %s" % e]
         return ("not finished after %.1fs: state=%s progress=%.3f peers=%d errors=%s"
-                " tracker errors=%s") % (
+                " tracker errors=%s dht_nodes=%d dht peers now=%s") % (
             time.monotonic() - t0, state_name(st), st.progress, st.num_peers,
-            self.failures.get(key, []), self.tracker_errors.get(key, [])[:5])
+            self.failures.get(key, []), self.tracker_errors.get(key, [])[:5],
+            self.ses.status().dht_nodes, seen[:8])
 
     def cmd_download(self, req):
         """Download a torrent knowing only its info-hash; blocks until it finishes unless
