@@ -5,6 +5,7 @@
 //! cargo bench --bench flash_crowd                                   # N=6, 32 MiB, 4 MB/s, 3 rounds
 //! cargo bench --bench flash_crowd -- --n 10 --size-mb 64 --cap 8000000 --rounds 5
 //! cargo bench --bench flash_crowd -- --fetch-without-seed           # baseline: fetch exits when done
+//! cargo bench --bench flash_crowd -- --n 20 --logs /tmp/fc-logs      # keep every child's stderr
 //! ```
 //!
 //! Setup: a DHT of 4 `dhtnode bootstrap` processes on 127.130.0.1–4:6881; one libtorrent session
@@ -66,12 +67,14 @@ struct Opts {
     rounds: usize,
     /// Baseline for binaries whose `fetch` is no swarm member: each fetch exits when done.
     fetch_without_seed: bool,
+    /// Keep every child's stderr here (the temp dir and its logs are removed at the end).
+    logs: Option<PathBuf>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: cargo bench --bench flash_crowd -- [--n N (6)] [--size-mb M (32)] \
-         [--cap BYTES_PER_S (4000000)] [--rounds R (3)] [--fetch-without-seed]"
+         [--cap BYTES_PER_S (4000000)] [--rounds R (3)] [--fetch-without-seed] [--logs DIR]"
     );
     std::process::exit(2)
 }
@@ -83,6 +86,7 @@ fn parse_opts() -> Opts {
         cap: 4_000_000,
         rounds: 3,
         fetch_without_seed: false,
+        logs: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -98,6 +102,7 @@ fn parse_opts() -> Opts {
             "--cap" => o.cap = num("--cap"),
             "--rounds" => o.rounds = num("--rounds") as usize,
             "--fetch-without-seed" => o.fetch_without_seed = true,
+            "--logs" => o.logs = it.next().map(PathBuf::from).or_else(|| usage()),
             // `cargo bench` passes --bench to harness = false programs.
             "--bench" => {}
             "-h" | "--help" => usage(),
@@ -347,7 +352,7 @@ fn main() {
         .prefix("dhtnode-flash-crowd-")
         .tempdir()
         .expect("create temp dir");
-    let logs = tmp.path().join("logs");
+    let logs = o.logs.clone().unwrap_or_else(|| tmp.path().join("logs"));
     std::fs::create_dir_all(&logs).expect("create logs dir");
     let spawn = SpawnOpts {
         stderr_dir: Some(logs.clone()),

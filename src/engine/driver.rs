@@ -911,7 +911,7 @@ impl Driver {
                     let Some(p) = st.picker.as_mut() else {
                         return Ok(());
                     };
-                    let senders = p.piece_passed(piece);
+                    let senders = p.piece_passed(piece, Instant::now());
                     let size = p.layout().piece_size(piece).unwrap_or(0);
                     let complete = p.is_complete();
                     for e in st.peers.values() {

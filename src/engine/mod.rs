@@ -3,6 +3,7 @@
 //!
 //! Layout (pure logic separate from I/O so the policies are unit-testable):
 //! - [`picker`]: rarest-first block picker with endgame (sans-IO, seeded RNG).
+//! - [`hidden`]: how many pieces the others behind a seed reserved there unseen (sans-IO).
 //! - [`choker`]: tit-for-tat + optimistic unchoke, round-robin while seeding (sans-IO).
 //! - [`peer_list`]: the bounded list of addresses to dial, with per-address back-off.
 //! - [`trust`]: who sent bad data (libtorrent's trust points); bans are per IP.
@@ -41,6 +42,7 @@ mod driver;
 mod endpoints;
 mod events;
 mod hasher;
+pub mod hidden;
 pub mod listener;
 mod meta;
 mod peer;

@@ -98,7 +98,7 @@ impl Conn {
             let now_seed = bits.count() == bits.len();
             let mut st = self.t.state();
             if let Some(p) = st.picker.as_mut() {
-                p.add_have(index);
+                p.add_have(index, Instant::now());
                 if !self.am_interested && !p.has(index) {
                     self.am_interested = true;
                     encode(&Message::Interested, &mut self.out);
@@ -373,7 +373,7 @@ impl Conn {
                 Vec::new()
             } else {
                 let from = allowed_bits.as_ref().unwrap_or(bits);
-                p.pick(self.key, from, want, fast)
+                p.pick(self.key, from, want, fast, Instant::now())
             };
             let interesting = !reqs.is_empty() || p.interesting(bits);
             (reqs, interesting)
