@@ -213,6 +213,8 @@ pub(crate) async fn handshake_outgoing(
     .await
     .map_err(|_| PeerError::Timeout)??;
     if theirs.info_hash != ours.info_hash {
+        tracing::debug!(sent = %ours.info_hash, answered = %theirs.info_hash,
+            "handshake answered with another info-hash");
         return Err(PeerError::WrongTorrent);
     }
     if theirs.peer_id == ours.peer_id {

@@ -28,6 +28,7 @@ use super::{EngineConfig, EngineError};
 use crate::id::Id;
 use crate::sync::lock;
 use crate::torrent::{Metainfo, OpenMode, Storage};
+use crate::wire::Handshake;
 
 /// Who we are on the wire, shared by every torrent of a listener.
 #[derive(Clone, Debug)]
@@ -67,21 +68,67 @@ struct Inner {
     upload_limit: RateLimiter,
     download_limit: RateLimiter,
     torrents: Mutex<HashMap<Id, Arc<Torrent>>>,
-    /// Truncated v2 info-hash → v1 info-hash, for BEP 52 hybrid torrents: a peer that found
-    /// us under the v2 hash handshakes with it (bounded by `torrents`: one per torrent).
-    aliases: Mutex<HashMap<Id, Id>>,
+    /// The BEP 52 hybrid torrents' other name, the truncated v2 info-hash (bounded by
+    /// `torrents`: one per torrent). Locked after `torrents` when both are.
+    hybrids: Mutex<Hybrids>,
     shutdown: watch::Sender<bool>,
 }
 
-impl Inner {
-    /// The torrent a handshake's info-hash names: its v1 hash, or a hybrid's truncated v2.
-    fn torrent_for(&self, info_hash: &Id) -> Option<Arc<Torrent>> {
-        let torrents = lock(&self.torrents);
-        if let Some(t) = torrents.get(info_hash) {
-            return Some(Arc::clone(t));
+/// Both names of each hybrid torrent served: a peer that found us under the v2 hash
+/// handshakes with it, and a peer naming the v1 hash may offer to upgrade to v2.
+#[derive(Default)]
+struct Hybrids {
+    /// Truncated v2 info-hash → v1 info-hash.
+    v1_of: HashMap<Id, Id>,
+    /// v1 info-hash → truncated v2 info-hash.
+    v2_of: HashMap<Id, Id>,
+}
+
+impl Hybrids {
+    fn insert(&mut self, v1: Id, v2: Id) {
+        self.v1_of.insert(v2, v1);
+        self.v2_of.insert(v1, v2);
+    }
+
+    fn remove(&mut self, v1: &Id) {
+        if let Some(v2) = self.v2_of.remove(v1) {
+            self.v1_of.remove(&v2);
         }
-        let v1 = lock(&self.aliases).get(info_hash).copied()?;
-        torrents.get(&v1).cloned()
+    }
+}
+
+impl Inner {
+    /// The torrent a handshake names (by its v1 hash, or a hybrid's truncated v2) and the
+    /// info-hash to answer with ([`answer_hash`]).
+    fn torrent_for(&self, theirs: &Handshake) -> Option<(Arc<Torrent>, Id)> {
+        let torrents = lock(&self.torrents);
+        let hybrids = lock(&self.hybrids);
+        let (v1, t) = match torrents.get(&theirs.info_hash) {
+            Some(t) => (theirs.info_hash, t),
+            None => {
+                let v1 = *hybrids.v1_of.get(&theirs.info_hash)?;
+                (v1, torrents.get(&v1)?)
+            }
+        };
+        let answer = answer_hash(theirs, v1, hybrids.v2_of.get(&v1).copied());
+        Some((Arc::clone(t), answer))
+    }
+}
+
+/// The info-hash our handshake answers `theirs` with, for a torrent whose v1 info-hash is
+/// `v1` and, for a BEP 52 hybrid, whose truncated v2 info-hash is `v2`: the hash the peer
+/// named, except that a peer naming a hybrid by its v1 hash with the v2 bit set (an offer to
+/// upgrade, see [`crate::wire::Reserved::v2`]) gets the v2 hash.
+///
+/// That v2 answer is the one such a peer always takes. libtorrent 2 checks a v1 answer
+/// against the hash its entry for us calls for *when the answer arrives*, and a DHT reply
+/// under the v2 hash landing between its handshake and ours marks the entry v2: our echoed
+/// v1 hash is then "invalid info-hash", the connection counts as failed and is not retried
+/// for minutes. A truncated v2 answer it accepts for any hybrid, whatever the entry says.
+fn answer_hash(theirs: &Handshake, v1: Id, v2: Option<Id>) -> Id {
+    match v2 {
+        Some(v2) if theirs.info_hash == v1 && theirs.reserved.v2() => v2,
+        _ => theirs.info_hash,
     }
 }
 
@@ -313,7 +360,7 @@ impl Listener {
                 upload_limit: config.upload_limit,
                 download_limit: config.download_limit,
                 torrents: Mutex::new(HashMap::new()),
-                aliases: Mutex::new(HashMap::new()),
+                hybrids: Mutex::new(Hybrids::default()),
                 shutdown: watch::channel(false).0,
             }),
         };
@@ -473,10 +520,11 @@ impl Listener {
             if map.contains_key(&spec.info_hash) {
                 return Err(EngineError::Duplicate(spec.info_hash));
             }
+            // Both names at once: a handshake never finds the torrent without its v2 hash.
+            if let Some(a) = alias {
+                lock(&self.inner.hybrids).insert(spec.info_hash, a);
+            }
             map.insert(spec.info_hash, Arc::clone(&t));
-        }
-        if let Some(a) = alias {
-            lock(&self.inner.aliases).insert(a, spec.info_hash);
         }
         let (peers_tx, peers_rx) = mpsc::channel(1024);
         let inner = Arc::clone(&self.inner);
@@ -486,9 +534,7 @@ impl Listener {
             let mut map = lock(&inner.torrents);
             if map.get(&t2.info_hash).is_some_and(|x| Arc::ptr_eq(x, &t2)) {
                 map.remove(&t2.info_hash);
-                if let Some(a) = alias {
-                    lock(&inner.aliases).remove(&a);
-                }
+                lock(&inner.hybrids).remove(&t2.info_hash);
             }
         });
         Ok(RunningTorrent {
@@ -541,17 +587,20 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
                         let res = async {
                             let (reader, mut wr, theirs) =
                                 handshake_incoming(stream, inner.cfg.handshake_timeout).await?;
-                            let t = inner
-                                .torrent_for(&theirs.info_hash)
-                                .ok_or(PeerError::WrongTorrent)?;
+                            tracing::debug!(%addr, info_hash = %theirs.info_hash,
+                                v2 = theirs.reserved.v2(), "incoming handshake");
+                            let (t, answer) =
+                                inner.torrent_for(&theirs).ok_or(PeerError::WrongTorrent)?;
                             if theirs.peer_id == t.peer_id {
                                 return Err(PeerError::SelfConnection);
                             }
                             if t.state().banned.contains(&addr.ip()) {
                                 return Err(PeerError::Dropped("banned"));
                             }
-                            // Echo the hash they used: a hybrid's v2 hash gets the v2 hash.
-                            send_handshake(&mut wr, theirs.info_hash, t.peer_id).await?;
+                            if answer != theirs.info_hash {
+                                tracing::debug!(%addr, %answer, "upgraded to the v2 info-hash");
+                            }
+                            send_handshake(&mut wr, answer, t.peer_id).await?;
                             drop(permit);
                             run_peer(t, reader, wr, theirs, addr, false).await
                         }
@@ -568,5 +617,80 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::super::tests::{cfg, listener, make_torrent, pid, LIMIT};
+    use super::*;
+    use crate::wire::HANDSHAKE_LEN;
+
+    /// `mi` as a BEP 52 hybrid: `meta version` 2 beside its v1 keys, which is all the engine
+    /// (serving hybrids through v1) reads of the v2 half.
+    fn hybrid(mi: &Metainfo) -> Metainfo {
+        let info = &mi.info_bytes;
+        let at = info
+            .windows(6)
+            .position(|w| w == b"4:name")
+            .expect("an info dictionary names its torrent");
+        let mut out = info[..at].to_vec();
+        out.extend_from_slice(b"12:meta versioni2e");
+        out.extend_from_slice(&info[at..]);
+        let h = Metainfo::from_info_bytes(&out).unwrap();
+        assert!(h.info_hash_v2.is_some());
+        h
+    }
+
+    /// Handshakes with `info_hash` (offering v2 or not) and returns the info-hash answered.
+    async fn answer(addr: SocketAddr, info_hash: Id, offer_v2: bool) -> Id {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut ours = Handshake::new(info_hash, pid(90));
+        ours.reserved.set_v2(offer_v2);
+        s.write_all(&ours.to_bytes()).await.unwrap();
+        let mut buf = [0u8; HANDSHAKE_LEN];
+        s.read_exact(&mut buf).await.unwrap();
+        Handshake::decode(&buf).unwrap().unwrap().info_hash
+    }
+
+    /// libtorrent 2 names a hybrid by its v1 hash with the v2 bit set, then drops an echoed
+    /// v1 hash as "invalid info-hash" if a DHT reply under the v2 hash arrived meanwhile (the
+    /// stalls of `dhtnode_seeds_a_hybrid_under_both_info_hashes_to_dhtnode_and_libtorrent`):
+    /// the answer to that offer is the truncated v2 hash, which it always takes. Everyone else
+    /// gets the hash they named.
+    #[tokio::test]
+    async fn a_hybrid_answers_an_offer_to_upgrade_with_its_v2_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let mi = hybrid(&make_torrent(
+            dir.path(),
+            "h.bin",
+            &[("x", 40_000)],
+            16 * 1024,
+            4,
+        ));
+        let v1_only = make_torrent(dir.path(), "v1.bin", &[("x", 40_000)], 16 * 1024, 5);
+        let v2 = mi.info_hash_v2_truncated().unwrap();
+        let l = listener(61, cfg()).await;
+        for m in [&mi, &v1_only] {
+            l.start(TorrentSpec::seed(m.clone(), dir.path().to_path_buf(), true))
+                .await
+                .unwrap();
+        }
+        let addr = l.local_addr();
+        tokio::time::timeout(LIMIT, async {
+            assert_eq!(answer(addr, mi.info_hash, true).await, v2, "upgrade offer");
+            assert_eq!(answer(addr, mi.info_hash, false).await, mi.info_hash);
+            assert_eq!(answer(addr, v2, false).await, v2);
+            assert_eq!(answer(addr, v2, true).await, v2);
+            // A v1 torrent has nothing to upgrade to.
+            let v1 = v1_only.info_hash;
+            assert_eq!(answer(addr, v1, true).await, v1);
+        })
+        .await
+        .unwrap();
+        l.shutdown();
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Layout: `19` · `"BitTorrent protocol"` · 8 reserved bytes · 20-byte info-hash · 20-byte
 //! peer id. The reserved bytes advertise optional protocol features; we care about the
-//! extension protocol (BEP 10, bit 0x10 of byte 5), the DHT (BEP 5, bit 0x01 of byte 7) and
-//! the fast extension (BEP 6, bit 0x04 of byte 7).
+//! extension protocol (BEP 10, bit 0x10 of byte 5), the DHT (BEP 5, bit 0x01 of byte 7), the
+//! fast extension (BEP 6, bit 0x04 of byte 7) and the offer to upgrade a hybrid torrent's
+//! connection to v2 (BEP 52, bit 0x10 of byte 7).
 
 use thiserror::Error;
 
@@ -34,6 +35,8 @@ impl Reserved {
     const DHT: (usize, u8) = (7, 0x01);
     /// Byte/bit of the fast extension flag (BEP 6).
     const FAST: (usize, u8) = (7, 0x04);
+    /// Byte/bit of the v2 flag (BEP 52).
+    const V2: (usize, u8) = (7, 0x10);
 
     /// What we advertise: extension protocol (BEP 10), DHT (BEP 5) and the fast extension
     /// (BEP 6: the engine answers `have all`, `have none`, `reject`, `allowed fast`).
@@ -75,6 +78,13 @@ impl Reserved {
         self.get(Self::FAST)
     }
 
+    /// Whether the peer speaks v2 (BEP 52). Naming a hybrid torrent by its v1 info-hash with
+    /// this bit set (libtorrent 2 does) offers to upgrade the connection: the answer may name
+    /// the truncated v2 info-hash instead. We never set it (no v2 hash messages here).
+    pub fn v2(&self) -> bool {
+        self.get(Self::V2)
+    }
+
     /// Sets or clears the extension protocol bit.
     pub fn set_extension_protocol(&mut self, on: bool) {
         self.set(Self::EXTENSION, on);
@@ -89,6 +99,11 @@ impl Reserved {
     /// extension once it handles the messages (see [`Reserved::ours`]).
     pub fn set_fast(&mut self, on: bool) {
         self.set(Self::FAST, on);
+    }
+
+    /// Sets or clears the v2 bit (BEP 52; see [`Reserved::v2`]).
+    pub fn set_v2(&mut self, on: bool) {
+        self.set(Self::V2, on);
     }
 }
 
@@ -235,6 +250,21 @@ mod tests {
         r.set_fast(false);
         assert_eq!(r.0, [0, 0, 0, 0, 0, 0x10, 0, 0x01]);
         r.set_fast(true);
+        assert_eq!(r, Reserved::ours());
+    }
+
+    #[test]
+    fn v2_bit_is_byte_7_mask_0x10_and_not_ours() {
+        let mut r = Reserved::ours();
+        assert!(
+            !r.v2(),
+            "we speak no v2 hash messages, so never offer the upgrade"
+        );
+        r.set_v2(true);
+        assert!(r.v2());
+        // What libtorrent 2.0.8 sends when it names a hybrid by its v1 hash.
+        assert_eq!(r.0, [0, 0, 0, 0, 0, 0x10, 0, 0x15]);
+        r.set_v2(false);
         assert_eq!(r, Reserved::ours());
     }
 
