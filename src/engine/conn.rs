@@ -198,10 +198,12 @@ pub(crate) async fn connect(
 }
 
 /// Outgoing side: sends our handshake, reads theirs, checks the info-hash and that we did
-/// not dial ourselves.
+/// not dial ourselves. `also` is a hybrid's truncated v2 info-hash: an answer naming it is
+/// the same torrent (BEP 52; libtorrent 2 answers with it once it knows us as a v2 peer).
 pub(crate) async fn handshake_outgoing(
     stream: TcpStream,
     ours: Handshake,
+    also: Option<Id>,
     timeout: Duration,
 ) -> Result<(Reader, OwnedWriteHalf, Handshake), PeerError> {
     let (rd, mut wr) = stream.into_split();
@@ -212,7 +214,7 @@ pub(crate) async fn handshake_outgoing(
     })
     .await
     .map_err(|_| PeerError::Timeout)??;
-    if theirs.info_hash != ours.info_hash {
+    if theirs.info_hash != ours.info_hash && Some(theirs.info_hash) != also {
         tracing::debug!(sent = %ours.info_hash, answered = %theirs.info_hash,
             "handshake answered with another info-hash");
         return Err(PeerError::WrongTorrent);
@@ -247,4 +249,50 @@ pub(crate) async fn send_handshake(
     wr.write_all(&Handshake::new(info_hash, peer_id).to_bytes())
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A peer that answers any handshake with `answer` as the info-hash.
+    async fn answering(answer: Id) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; HANDSHAKE_LEN];
+                if s.read_exact(&mut buf).await.is_ok() {
+                    let hs = Handshake::new(answer, Id([9; 20]));
+                    let _ = s.write_all(&hs.to_bytes()).await;
+                }
+            }
+        });
+        addr
+    }
+
+    /// A hybrid we dial under its v1 hash may be answered under its truncated v2 hash
+    /// (libtorrent 2, once it found us under v2): the same torrent. Any other hash is not.
+    #[tokio::test]
+    async fn a_hybrid_dialled_by_v1_accepts_an_answer_under_its_v2_hash() {
+        let (v1, v2, other) = (Id([1; 20]), Id([2; 20]), Id([3; 20]));
+        let ours = Handshake::new(v1, Id([7; 20]));
+        let t = Duration::from_secs(5);
+        let at_v2 = answering(v2).await;
+        let s = TcpStream::connect(at_v2).await.unwrap();
+        let (_, _, theirs) = handshake_outgoing(s, ours, Some(v2), t)
+            .await
+            .expect("the v2 answer is the same hybrid");
+        assert_eq!(theirs.info_hash, v2);
+        // Not a hybrid (no v2 hash known): another torrent.
+        let s = TcpStream::connect(at_v2).await.unwrap();
+        let r = handshake_outgoing(s, ours, None, t).await;
+        assert!(matches!(r, Err(PeerError::WrongTorrent)));
+        // A hybrid answered with an unrelated hash: another torrent.
+        let at_other = answering(other).await;
+        let s = TcpStream::connect(at_other).await.unwrap();
+        let r = handshake_outgoing(s, ours, Some(v2), t).await;
+        assert!(matches!(r, Err(PeerError::WrongTorrent)));
+    }
 }

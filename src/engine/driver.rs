@@ -693,7 +693,7 @@ impl Driver {
                         t.cfg.socket_buffer,
                     )
                     .await?;
-                    conn::handshake_outgoing(s, hs, t.cfg.handshake_timeout).await
+                    conn::handshake_outgoing(s, hs, t.info_hash_v2, t.cfg.handshake_timeout).await
                 }
                 .await;
                 match res {

@@ -454,6 +454,10 @@ impl Listener {
         };
         let (t, events) = TorrentParams {
             info_hash: spec.info_hash,
+            info_hash_v2: spec
+                .metainfo
+                .as_ref()
+                .and_then(Metainfo::info_hash_v2_truncated),
             peer_id: self.inner.peer_id,
             cfg: Arc::clone(&self.inner.cfg),
             dht_port: self.inner.dht_port,

@@ -117,6 +117,10 @@ pub(crate) type Corruptor = Arc<dyn Fn(u32) -> bool + Send + Sync>;
 pub(crate) struct Torrent {
     /// The info-hash.
     pub info_hash: Id,
+    /// A BEP 52 hybrid's truncated v2 info-hash, when the torrent file was given: a peer we
+    /// dial may answer our v1 handshake with it (libtorrent 2 does once it found us under
+    /// the v2 hash), and that is the same torrent.
+    pub info_hash_v2: Option<Id>,
     /// Our peer id.
     pub peer_id: Id,
     /// Tunables.
@@ -187,6 +191,7 @@ impl Torrent {
 /// Builds a torrent and the receiver of its events.
 pub(crate) struct TorrentParams {
     pub info_hash: Id,
+    pub info_hash_v2: Option<Id>,
     pub peer_id: Id,
     pub cfg: Arc<EngineConfig>,
     pub dht_port: Option<u16>,
@@ -202,6 +207,7 @@ impl TorrentParams {
         let (events, rx) = mpsc::unbounded_channel();
         let t = Torrent {
             info_hash: self.info_hash,
+            info_hash_v2: self.info_hash_v2,
             peer_id: self.peer_id,
             cfg: self.cfg,
             dht_port: self.dht_port,
