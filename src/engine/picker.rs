@@ -1155,10 +1155,7 @@ mod tests {
         for (k, depth, delay) in [(6, 2, 8), (8, 2, 8), (20, 1, 4)] {
             let [spread, random] = crowd_duplicates(k, 512, depth, delay);
             eprintln!("k={k} depth={depth} delay={delay}: spread {spread:?}, random {random:?}");
-            assert!(
-                spread.0 * 2 <= random.0,
-                "k={k}: {spread:?} vs {random:?}"
-            );
+            assert!(spread.0 * 2 <= random.0, "k={k}: {spread:?} vs {random:?}");
             assert!(spread.1 * 2 <= random.1, "k={k}: {spread:?} vs {random:?}");
         }
     }

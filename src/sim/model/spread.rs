@@ -16,26 +16,15 @@ use super::mix64;
 const START: u32 = 0x2000_0000;
 const ROUNDS: u64 = 4;
 
-/// Whether `v` is a public, routable unicast address: not this network (0/8), private
-/// (10/8, 172.16/12, 192.168/16), loopback (127/8), carrier-grade NAT (100.64/10),
-/// link-local (169.254/16), IETF and documentation ranges (192.0.0/24, 192.0.2/24,
-/// 198.51.100/24, 203.0.113/24), 6to4 relays (192.88.99/24), benchmarking (198.18/15),
-/// multicast, reserved and broadcast (224/3). A superset of what the core refuses.
+/// Whether `v` is a public, routable unicast address: what the core counts as public
+/// ([`crate::dht::martian::is_public`]: not this network, private, loopback, carrier-grade
+/// NAT, link-local, documentation, multicast, reserved, broadcast), and not either of the
+/// ranges no host is given: IETF protocol assignments (192.0.0/24), 6to4 relays
+/// (192.88.99/24), benchmarking (198.18/15).
 pub fn acceptable(v: u32) -> bool {
     let [a, b, c, _] = v.to_be_bytes();
-    !matches!(
-        (a, b, c),
-        (0 | 10 | 127 | 224..=255, _, _)
-            | (100, 64..=127, _)
-            | (169, 254, _)
-            | (172, 16..=31, _)
-            | (192, 168, _)
-            | (192, 0, 0 | 2)
-            | (192, 88, 99)
-            | (198, 18..=19, _)
-            | (198, 51, 100)
-            | (203, 0, 113)
-    )
+    let unassigned = matches!((a, b, c), (192, 0, 0) | (192, 88, 99) | (198, 18..=19, _));
+    !unassigned && crate::dht::martian::is_public(&std::net::Ipv4Addr::from(v))
 }
 
 /// A keyed bijection of `u32` values with its inverse.

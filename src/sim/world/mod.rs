@@ -316,6 +316,8 @@ pub struct World<'p> {
     liars: u32,
     /// When the honest online set last changed size (for `Counters::online_node_us`).
     online_since: SimTime,
+    /// The shards' notes of one window, gathered and sorted (kept to reuse its memory).
+    notes: Vec<Note>,
     next_progress: u64,
     /// When the world was created (for `Outcome::serial_s`).
     created: std::time::Instant,
@@ -400,6 +402,7 @@ impl<'p> World<'p> {
             start_us: 0,
             liars: 0,
             online_since: 0,
+            notes: Vec::new(),
             next_progress: PROGRESS_EVERY,
             created: std::time::Instant::now(),
             in_windows: std::time::Duration::ZERO,
@@ -460,6 +463,13 @@ impl<'p> World<'p> {
         self.pending.push((at, node, ev));
     }
 
+    /// Adds the node-time the listed set was online since the last count, up to `at`.
+    fn count_online_time(&mut self, at: SimTime) {
+        let dt = at.saturating_sub(self.online_since);
+        self.counters.online_node_us += u128::from(dt) * self.sh.online.len() as u128;
+        self.online_since = self.online_since.max(at);
+    }
+
     /// Records that honest node `i` came online or left at `at` in the set the workload
     /// picks from.
     fn set_listed(&mut self, at: SimTime, i: u32, on: bool) {
@@ -467,9 +477,7 @@ impl<'p> World<'p> {
         if listed == on {
             return;
         }
-        let dt = at.saturating_sub(self.online_since);
-        self.counters.online_node_us += u128::from(dt) * self.sh.online.len() as u128;
-        self.online_since = self.online_since.max(at);
+        self.count_online_time(at);
         let sh = &mut self.sh;
         if on {
             sh.online_pos[i as usize] = sh.online.len() as u32;
@@ -626,15 +634,12 @@ impl<'p> World<'p> {
     /// What the shards noted for the coordinator, in an order that does not depend on the
     /// shards: online changes by (time, node), each node's in its own order.
     fn apply_notes(&mut self) {
-        let mut notes: Vec<Note> = Vec::new();
+        let mut notes = std::mem::take(&mut self.notes);
         for s in self.shards.iter_mut() {
             notes.append(&mut s.notes);
         }
-        if notes.is_empty() {
-            return;
-        }
         notes.sort_by_key(|n| n.order_key());
-        for note in notes {
+        for note in notes.drain(..) {
             match note {
                 Note::Online { at, node, on } => self.set_listed(at, node, on),
                 Note::FirstPeer { rec, ms, msgs } => {
@@ -661,6 +666,7 @@ impl<'p> World<'p> {
                 }
             }
         }
+        self.notes = notes;
     }
 
     fn events(&self) -> u64 {

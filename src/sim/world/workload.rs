@@ -150,9 +150,7 @@ impl World<'_> {
     pub(super) fn finish(mut self) -> Outcome {
         self.mark_orphaned_lookups();
         self.fill_bins();
-        let now = self.now;
-        let dt = now.saturating_sub(self.online_since);
-        self.counters.online_node_us += u128::from(dt) * self.sh.online.len() as u128;
+        self.count_online_time(self.now);
         let refresh: u64 = self
             .shards
             .iter()
