@@ -34,6 +34,10 @@ pub struct HiddenReservations {
     latency: Option<Duration>,
     /// Most entries in `announced` or `started` (the piece count).
     cap: usize,
+    /// Pieces already counted in `announced`: each piece counts once in the torrent's life,
+    /// so a peer that announces, disconnects and comes back to announce again cannot keep
+    /// the estimate up and hold us back from the seed.
+    counted: Vec<bool>,
 }
 
 impl HiddenReservations {
@@ -44,6 +48,7 @@ impl HiddenReservations {
             started: HashMap::new(),
             latency: None,
             cap: pieces.max(1) as usize,
+            counted: vec![false; pieces as usize],
         }
     }
 
@@ -62,8 +67,12 @@ impl HiddenReservations {
         }
     }
 
-    /// A peer announced a piece that, in our view, only seeds had and that we still lack.
-    pub fn on_announced(&mut self, now: Instant) {
+    /// A peer announced piece `p`, which in our view only the seed had and we still lack.
+    pub fn on_announced(&mut self, p: u32, now: Instant) {
+        match self.counted.get_mut(p as usize) {
+            Some(c) if !*c => *c = true,
+            _ => return,
+        }
         self.announced.push_back(now);
         self.prune(now);
     }
@@ -128,7 +137,7 @@ mod tests {
         h.on_passed(7, ms(t0, 400));
         assert_eq!(h.latency(), Some(Duration::from_millis(400)));
         for i in 0..10 {
-            h.on_announced(ms(t0, 1000 + i * 100));
+            h.on_announced(i as u32, ms(t0, 1000 + i * 100));
         }
         // At 1,950 ms the window (400 ms) holds the ones at 1,600 .. 1,900.
         assert_eq!(h.estimate(ms(t0, 1950)), 4);
@@ -162,12 +171,24 @@ mod tests {
         );
     }
 
+    /// A piece announced again (its holder left and came back, or a liar cycling its
+    /// connection) does not count twice.
+    #[test]
+    fn a_piece_counts_once() {
+        let t0 = Instant::now();
+        let mut h = HiddenReservations::new(8);
+        for _ in 0..50 {
+            h.on_announced(3, t0);
+        }
+        assert_eq!(h.estimate(t0), 1);
+    }
+
     #[test]
     fn bounded_by_the_piece_count() {
         let t0 = Instant::now();
         let mut h = HiddenReservations::new(8);
-        for _ in 0..1000 {
-            h.on_announced(t0);
+        for p in 0..1000 {
+            h.on_announced(p, t0);
         }
         assert!(h.estimate(t0) <= 8);
         for p in 0..1000 {

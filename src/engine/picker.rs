@@ -349,7 +349,7 @@ impl Picker {
             return;
         }
         if matches!(state, Some(State::Missing | State::Partial)) {
-            self.hidden.on_announced(now);
+            self.hidden.on_announced(p, now);
         }
         // Our walk is at most a queue's depth ahead of a piece we still fetch.
         let walking_here = self
