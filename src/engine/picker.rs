@@ -15,9 +15,10 @@
 //!   started there, or else starts in the middle of a long run of candidates
 //!   ([`Picker::spread_missing`]), so a crowd behind one seed rarely reserves the same piece;
 //! - **wait when the seed's pieces are probably taken**: with one seed, a new piece only it
-//!   has is started there only while such pieces left outnumber [`HIDDEN_MARGIN`] × the pieces the
-//!   others have probably reserved there unseen ([`HiddenReservations`]); in the tail of a
-//!   flash crowd most draws would otherwise be pieces the seed is already sending to someone;
+//!   has is started there only while such pieces left outnumber [`HIDDEN_MARGIN`] × the
+//!   pieces the others have probably reserved there unseen ([`HiddenReservations`]); in the
+//!   tail of a flash crowd most draws would otherwise be pieces the seed already sends to
+//!   someone;
 //! - **endgame**: once no piece is untouched, blocks already requested are requested again
 //!   from other peers (at most [`PickerConfig::endgame_dup`] requesters), and when a block
 //!   arrives the other requesters are returned so the caller can send `cancel`s.
@@ -541,7 +542,8 @@ impl Picker {
 
     /// Picks up to `max` blocks to request from `peer`, which has the pieces in `has`.
     /// `fast` peers get whole pieces of their own. The returned blocks are recorded as
-    /// requested from `peer`. `now` times the pieces started at a spared seed.
+    /// requested from `peer`. `now` times the pieces started at a seed and dates the estimate
+    /// of what the others reserved there unseen.
     pub fn pick(
         &mut self,
         peer: PeerKey,
