@@ -44,10 +44,13 @@ def pct(x):
 
 
 def last_code_commit():
-    """The newest commit that changed what a simulation runs (src/, build.rs, Cargo.*)."""
+    """The newest commit that changed what a simulation runs (src/, build.rs, Cargo.*), not
+    counting the files of test modules only (`src/**/*tests.rs`, each `#[cfg(test)]`): a
+    test's change cannot change a figure."""
     try:
         return subprocess.run(["git", "log", "-1", "--format=%H", "--", "src", "build.rs",
-                               "Cargo.toml", "Cargo.lock"], cwd=HERE.parent, check=True,
+                               "Cargo.toml", "Cargo.lock", ":(exclude,glob)src/**/*tests.rs"],
+                              cwd=HERE.parent, check=True,
                               capture_output=True, text=True).stdout.strip() or None
     except (OSError, subprocess.CalledProcessError):
         return None

@@ -174,7 +174,9 @@ async fn piece_completed_just_before_an_error_is_not_lost() {
 
 /// A fake peer that claims a wrong `metadata_size` and answers metadata requests with junk of
 /// that size; with `unsolicited`, it sends a metadata piece nobody asked for right away.
-async fn metadata_liar(ip: &str, fake_size: u64, unsolicited: bool) -> SocketAddr {
+/// `id_byte` makes its peer id: two fakes under one id would be one peer to the engine (one
+/// connection per peer id), and which of them got through would be down to timing.
+async fn metadata_liar(ip: &str, id_byte: u8, fake_size: u64, unsolicited: bool) -> SocketAddr {
     let l = TcpListener::bind(format!("{ip}:0")).await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -185,7 +187,7 @@ async fn metadata_liar(ip: &str, fake_size: u64, unsolicited: bool) -> SocketAdd
                     return;
                 }
                 let theirs = Handshake::decode(&hs).unwrap().unwrap();
-                let mut out = Handshake::new(theirs.info_hash, pid(80))
+                let mut out = Handshake::new(theirs.info_hash, pid(id_byte))
                     .to_bytes()
                     .to_vec();
                 let mut eh = ExtensionHandshake {
@@ -247,8 +249,8 @@ async fn metadata_liars_cannot_stall_a_magnet_fetch() {
     let mi = make_torrent(src.path(), "meta.bin", &[("x", 512 * 1024)], 16384, 13);
     let real = mi.info_bytes.len() as u64;
     // Listed first, so they are dialed first and claim their sizes first.
-    let liar = metadata_liar("127.0.0.81", real + 5000, false).await;
-    let pusher = metadata_liar("127.0.0.82", real, true).await;
+    let liar = metadata_liar("127.0.0.81", 80, real + 5000, false).await;
+    let pusher = metadata_liar("127.0.0.82", 81, real, true).await;
     let honest = start_seeder(&mi, src.path(), 1, None).await;
     let out = run_fetch(
         mi.info_hash,
