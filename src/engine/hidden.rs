@@ -26,12 +26,12 @@ const MAX_LATENCY: Duration = Duration::from_secs(5);
 /// The estimator for one torrent; everything in it is bounded by the piece count.
 #[derive(Debug)]
 pub struct HiddenReservations {
-    /// When a peer announced a piece only seeds had and we lack, oldest first; pruned to the
-    /// window and never longer than `cap`.
+    /// When a peer announced a piece only the seed had and we lack, oldest first; pruned to
+    /// the window and never longer than `cap`.
     announced: VecDeque<Instant>,
-    /// Pieces we started at a spared seed and when: the latency samples.
+    /// Pieces we started at a seed and when: the latency samples.
     started: HashMap<u32, Instant>,
-    /// Smoothed request-to-verified latency of our pieces from spared seeds.
+    /// Smoothed request-to-verified latency of our pieces from seeds.
     latency: Option<Duration>,
     /// Most entries in `announced` or `started` (the piece count).
     cap: usize,
@@ -78,7 +78,7 @@ impl HiddenReservations {
         self.prune(now);
     }
 
-    /// We reserved piece `p` at a spared seed.
+    /// We reserved piece `p` at a seed.
     pub fn on_started(&mut self, p: u32, now: Instant) {
         if self.started.len() >= self.cap {
             // Pieces dropped without a verdict can only leak here if the caller forgot them;
@@ -88,8 +88,8 @@ impl HiddenReservations {
         self.started.insert(p, now);
     }
 
-    /// Piece `p` passed its check: if we had started it at a spared seed, its latency is a
-    /// sample of the window.
+    /// Piece `p` passed its check: if we had started it at a seed, its latency is a sample of
+    /// the window.
     pub fn on_passed(&mut self, p: u32, now: Instant) {
         let Some(t) = self.started.remove(&p) else {
             return;
@@ -122,7 +122,7 @@ impl HiddenReservations {
         u32::try_from(self.announced.len()).unwrap_or(u32::MAX)
     }
 
-    /// The smoothed latency, if any piece from a spared seed was measured.
+    /// The smoothed latency, if any piece from a seed was measured.
     pub fn latency(&self) -> Option<Duration> {
         self.latency
     }
