@@ -14,8 +14,36 @@ pub const ID_LEN: usize = 20;
 /// A 160-bit identifier: a DHT node id or a torrent info-hash.
 ///
 /// Ordered as a big-endian integer, so sorting distances sorts by closeness.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Id(pub [u8; ID_LEN]);
+
+impl Id {
+    /// The id as two big-endian integers (bytes 0..16, 16..20): comparing these compares
+    /// the ids. The derived byte-wise order calls `memcmp` per comparison, which was ~5% of
+    /// a simulation's time (lookups and `closest` sort by distance all the time).
+    fn as_words(&self) -> (u128, u32) {
+        let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, b0, b1, b2, b3] =
+            self.0;
+        (
+            u128::from_be_bytes([
+                a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
+            ]),
+            u32::from_be_bytes([b0, b1, b2, b3]),
+        )
+    }
+}
+
+impl Ord for Id {
+    fn cmp(&self, other: &Id) -> std::cmp::Ordering {
+        self.as_words().cmp(&other.as_words())
+    }
+}
+
+impl PartialOrd for Id {
+    fn partial_cmp(&self, other: &Id) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// An info-hash is an id in the same keyspace; the alias documents intent at call sites.
 pub type InfoHash = Id;
@@ -154,6 +182,23 @@ mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+
+    #[test]
+    fn order_is_the_byte_wise_order() {
+        // The word-wise comparison must agree with comparing the bytes one by one, on
+        // differences in every byte position and at the 16/4 split.
+        let mut rng = StdRng::seed_from_u64(7);
+        for pos in 0..ID_LEN {
+            for _ in 0..50 {
+                let a = Id::random(&mut rng);
+                let mut b = a;
+                b.0[pos] = rng.gen();
+                assert_eq!(a.cmp(&b), a.0.cmp(&b.0), "{a} vs {b}");
+                assert_eq!(b.cmp(&a), b.0.cmp(&a.0));
+            }
+        }
+        assert_eq!(Id::ZERO.cmp(&Id::ZERO), std::cmp::Ordering::Equal);
+    }
 
     #[test]
     fn distance_is_xor_and_symmetric() {

@@ -160,6 +160,8 @@ pub struct ExternalIpVote<I = Ipv4Addr> {
     /// (voter, the address it reported, when), oldest first.
     votes: std::collections::VecDeque<(I, I, Time)>,
     winner: Option<I>,
+    /// Scratch for the tally, kept so a vote does not allocate.
+    tally: Vec<(I, u32)>,
 }
 
 impl<I> Default for ExternalIpVote<I> {
@@ -167,6 +169,7 @@ impl<I> Default for ExternalIpVote<I> {
         ExternalIpVote {
             votes: std::collections::VecDeque::new(),
             winner: None,
+            tally: Vec::new(),
         }
     }
 }
@@ -203,8 +206,10 @@ impl<I: Copy + Eq> ExternalIpVote<I> {
             self.votes.pop_front();
         }
         self.votes.push_back((voter, ours, now));
-        // Tally: at most MAX_VOTERS votes, so a small linear count is enough.
-        let mut tally: Vec<(I, u32)> = Vec::new();
+        // Tally: at most MAX_VOTERS votes, so a small linear count is enough (into a
+        // buffer kept between votes: every answer carries a vote).
+        let mut tally = std::mem::take(&mut self.tally);
+        tally.clear();
         for (_, ip, _) in &self.votes {
             match tally.iter_mut().find(|(t, _)| t == ip) {
                 Some((_, n)) => *n += 1,
@@ -216,6 +221,7 @@ impl<I: Copy + Eq> ExternalIpVote<I> {
             .filter(|(_, n)| *n >= QUORUM)
             .max_by_key(|(ip, n)| (*n, Some(*ip) == self.winner))
             .map(|(ip, _)| *ip);
+        self.tally = tally;
         if best.is_some() && best != self.winner {
             self.winner = best;
             return best;

@@ -244,12 +244,17 @@ impl<A: DhtAddr> Lookup<A> {
                 return;
             }
         }
-        if self.candidates.iter().any(|c| c.addr == addr) {
-            return;
-        }
-        if id.is_some() {
-            let mut live = 0;
-            for c in self.candidates.iter().filter(|c| c.id == id) {
+        // One pass over the candidates (this runs for every node of every answer).
+        let ip = addr.ip_of();
+        let (mut live, mut same_ip) = (0, 0);
+        for c in &self.candidates {
+            if c.addr == addr {
+                return;
+            }
+            if c.addr.ip_of() == ip {
+                same_ip += 1;
+            }
+            if id.is_some() && c.id == id {
                 match c.state {
                     // A node answered under this id: it is taken.
                     CandState::Responded { .. } => return,
@@ -260,17 +265,12 @@ impl<A: DhtAddr> Lookup<A> {
                     _ => live += 1,
                 }
             }
-            if live >= MAX_PER_ID {
-                return;
-            }
         }
-        if martian::scope_ip(&A::ip_addr(&addr.ip_of())) == martian::Scope::Public
-            && self
-                .candidates
-                .iter()
-                .filter(|c| c.addr.ip_of() == addr.ip_of())
-                .count()
-                >= self.p.max_per_ip
+        if live >= MAX_PER_ID {
+            return;
+        }
+        if same_ip >= self.p.max_per_ip
+            && martian::scope_ip(&A::ip_addr(&ip)) == martian::Scope::Public
         {
             return;
         }
@@ -376,13 +376,21 @@ impl<A: DhtAddr> Lookup<A> {
     ) -> Vec<A> {
         let target = self.target;
         let mode = self.p.bep42;
-        let clash = responder == self.p.own_id
-            || self.candidates.iter().any(|c| {
-                c.addr != from
-                    && c.id == Some(responder)
-                    && matches!(c.state, CandState::Responded { .. })
-            });
-        let Some(c) = self.find(&from) else {
+        // One pass: the responder's candidate, and whether another address already
+        // answered under its id.
+        let mut clash = responder == self.p.own_id;
+        let mut at = None;
+        for (i, c) in self.candidates.iter().enumerate() {
+            if c.addr == from {
+                at = at.or(Some(i));
+            } else if !clash
+                && matches!(c.state, CandState::Responded { .. })
+                && c.id == Some(responder)
+            {
+                clash = true;
+            }
+        }
+        let Some(c) = at.and_then(|i| self.candidates.get_mut(i)) else {
             return Vec::new();
         };
         // A duplicate answer is ignored; a late one after a timeout is still welcome, once.
@@ -409,7 +417,10 @@ impl<A: DhtAddr> Lookup<A> {
         // flight stay, and fail if they answer under it).
         self.candidates
             .retain(|c| c.addr == from || c.id != Some(responder) || c.state != CandState::Fresh);
-        self.candidates.sort_by_key(|c| c.rank());
+        // Only a renamed candidate can be out of place (the list is kept sorted otherwise).
+        if renamed {
+            self.candidates.sort_by_key(|c| c.rank());
+        }
         self.stats.responses += 1;
         self.stats.max_depth = self.stats.max_depth.max(depth);
         for n in nodes {

@@ -675,10 +675,23 @@ impl<A: DhtAddr> RoutingTable<A> {
         let b = self.bucket_index(target);
         let take_sorted = |entries: &mut dyn Iterator<Item = &Slot<A>>,
                            out: &mut Vec<NodeInfo<A>>| {
-            let mut v: Vec<NodeInfo<A>> = entries.filter(usable).map(|e| e.node).collect();
-            v.sort_unstable_by_key(|n| n.id.distance(target));
+            // Distances computed once per entry, not per comparison; only the `need`
+            // closest are sorted. Ids in a table are distinct, so the order is total and the
+            // result does not depend on the sort's algorithm.
+            let mut v: Vec<(Id, NodeInfo<A>)> = entries
+                .filter(usable)
+                .map(|e| (e.node.id.distance(target), e.node))
+                .collect();
             let need = count.saturating_sub(out.len());
-            out.extend(v.into_iter().take(need));
+            if need == 0 {
+                return;
+            }
+            if v.len() > need {
+                v.select_nth_unstable_by_key(need - 1, |(d, _)| *d);
+                v.truncate(need);
+            }
+            v.sort_unstable_by_key(|(d, _)| *d);
+            out.extend(v.into_iter().map(|(_, n)| n));
         };
         if let Some(bucket) = self.buckets.get(b) {
             take_sorted(&mut bucket.entries.iter(), &mut out);

@@ -1,8 +1,8 @@
 //! Outstanding queries: transaction ids, who we asked, and when each query widens or times out.
 //!
-//! Every query waits a constant time, so deadlines come in send order: two FIFO queues (one for
-//! the short "widen" delay of lookup queries, one for the full timeout) give the next deadline
-//! in O(1). Entries for queries already answered are skipped lazily.
+//! Every query waits a constant time, so deadlines come in send order: one FIFO queue of the
+//! queries in flight gives the next timeout at its front and the next "widen" delay (of lookup
+//! queries) at its first lookup query not yet widened.
 //!
 //! Transaction ids are 4 bytes of a keyed hash (SipHash-2-4) of a counter, not the counter
 //! and not the output of the node's fast RNG: that RNG (xoshiro) can be reconstructed from a
@@ -13,7 +13,7 @@
 //! SipHash is a crate (`siphasher`) rather than std's `DefaultHasher` because std does not
 //! promise its algorithm, and the simulator's runs must repeat on every toolchain.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::Hasher;
 use std::net::SocketAddrV4;
 use std::time::Duration;
@@ -59,22 +59,24 @@ pub const MAX_OUTSTANDING: usize = 4096;
 /// Length of our transaction ids.
 pub const TID_LEN: usize = 4;
 
-/// The queries in flight and their deadlines: allocated while any query is out, dropped
-/// when the node falls idle (most of a million simulated nodes at any moment).
-struct InFlight<A> {
-    pending: HashMap<u32, Outstanding<A>>,
-    /// How many pending queries went to each address: answers from an address we await are
-    /// decoded before the per-IP flood limiter sees them (they may be ours); everything else
-    /// meets the limiter first, so a flood is dropped before we spend a decode on it.
-    awaited: HashMap<A, u32>,
-    widen_queue: VecDeque<(Time, u32)>,
-    timeout_queue: VecDeque<(Time, u32)>,
+/// A query in flight, in the queue of sent queries.
+struct Pending<A> {
+    tid: u32,
+    q: Outstanding<A>,
+    /// A lookup query whose widen delay has been reported (by [`Rpc::due_widen`]).
+    widened: bool,
 }
 
 /// The table of outstanding queries.
+///
+/// One queue in send order: every query waits the same time, so send order is deadline
+/// order, and the oldest entry is the next to time out. A handful of queries are out at a
+/// time (alpha per lookup, a few pings), so a scan of one contiguous buffer beats hash maps
+/// here: two maps and two deadline queues were four allocations, each a cache miss for
+/// every datagram a simulated node received. The scan is bounded by [`MAX_OUTSTANDING`].
 pub struct Rpc<A = SocketAddrV4> {
-    /// `None` while nothing is outstanding and no deadline is queued.
-    flight: Option<Box<InFlight<A>>>,
+    /// Outstanding queries, oldest first; no buffer while the node is idle.
+    queue: VecDeque<Pending<A>>,
     /// Secret key of the transaction-id hash.
     key: [u8; 16],
     /// Queries registered so far: the hash input.
@@ -86,7 +88,7 @@ impl<A: DhtAddr> Rpc<A> {
     /// node, from the seed in the simulator and tests).
     pub fn new(key: [u8; 16]) -> Rpc<A> {
         Rpc {
-            flight: None,
+            queue: VecDeque::new(),
             key,
             counter: 0,
         }
@@ -107,88 +109,64 @@ impl<A: DhtAddr> Rpc<A> {
             return None;
         }
         let mut tid = self.next_tid();
-        while self.pending(&tid).is_some() {
+        while self.position(tid).is_some() {
             tid = self.next_tid();
         }
-        let f = self.flight.get_or_insert_with(|| {
-            Box::new(InFlight {
-                pending: HashMap::new(),
-                awaited: HashMap::new(),
-                widen_queue: VecDeque::new(),
-                timeout_queue: VecDeque::new(),
-            })
+        self.queue.push_back(Pending {
+            tid,
+            q,
+            widened: false,
         });
-        f.pending.insert(tid, q);
-        *f.awaited.entry(q.addr).or_insert(0) += 1;
-        if matches!(q.purpose, Purpose::Lookup(_)) {
-            f.widen_queue.push_back((q.sent, tid));
-        }
-        f.timeout_queue.push_back((q.sent, tid));
         Some(tid.to_be_bytes())
     }
 
-    /// The pending query with transaction id `tid`.
-    fn pending(&self, tid: &u32) -> Option<&Outstanding<A>> {
-        self.flight.as_ref()?.pending.get(tid)
+    /// Where the pending query with transaction id `tid` is in the queue.
+    fn position(&self, tid: u32) -> Option<usize> {
+        self.queue.iter().position(|p| p.tid == tid)
+    }
+
+    /// The pending query an answer from `from` with transaction id `tid` belongs to.
+    fn position_of(&self, tid: &[u8], from: &A) -> Option<usize> {
+        let t = u32::from_be_bytes(<[u8; TID_LEN]>::try_from(tid).ok()?);
+        self.queue
+            .iter()
+            .position(|p| p.tid == t && p.q.addr == *from)
     }
 
     /// Takes the query an answer from `from` with transaction id `tid` belongs to.
     /// Answers from another address than the one asked are not ours (spoofing or confusion).
     pub fn take(&mut self, tid: &[u8], from: &A) -> Option<Outstanding<A>> {
-        let t = u32::from_be_bytes(<[u8; TID_LEN]>::try_from(tid).ok()?);
-        match self.pending(&t) {
-            Some(q) if q.addr == *from => self.remove(t),
-            _ => None,
-        }
-    }
-
-    /// Removes a pending query and its count in `awaited`.
-    fn remove(&mut self, tid: u32) -> Option<Outstanding<A>> {
-        let f = self.flight.as_mut()?;
-        let q = f.pending.remove(&tid)?;
-        if let Some(n) = f.awaited.get_mut(&q.addr) {
-            *n -= 1;
-            if *n == 0 {
-                f.awaited.remove(&q.addr);
-            }
-        }
-        Some(q)
+        let i = self.position_of(tid, from)?;
+        self.queue.remove(i).map(|p| p.q)
     }
 
     /// Whether some query of ours to exactly `from` is pending: only then can a datagram from
-    /// it be an answer we are waiting for.
+    /// it be an answer we are waiting for. Answers from such addresses are decoded before the
+    /// per-IP flood limiter sees them (they may be ours); everything else meets the limiter
+    /// first, so a flood is dropped before we spend a decode on it.
     pub fn awaits(&self, from: &A) -> bool {
-        self.flight
-            .as_ref()
-            .is_some_and(|f| f.awaited.contains_key(from))
+        self.queue.iter().any(|p| p.q.addr == *from)
     }
 
     /// Whether an answer from `from` with `tid` would match one of our queries (without
     /// taking it): such answers are ours, and no flood limiter may drop them.
     pub fn matches(&self, tid: &[u8], from: &A) -> bool {
-        <[u8; TID_LEN]>::try_from(tid)
-            .ok()
-            .map(u32::from_be_bytes)
-            .and_then(|t| self.pending(&t))
-            .is_some_and(|q| q.addr == *from)
+        self.position_of(tid, from).is_some()
     }
 
-    /// Lookup queries that passed the widen delay at `now` and are still unanswered.
+    /// Lookup queries that passed the widen delay at `now` and are still unanswered; each is
+    /// reported once.
     pub fn due_widen(&mut self, now: Time, widen: Duration) -> Vec<Outstanding<A>> {
         let mut out = Vec::new();
-        let Some(f) = self.flight.as_mut() else {
-            return out;
-        };
-        while let Some(&(sent, tid)) = f.widen_queue.front() {
-            if sent + widen > now {
+        for p in self.queue.iter_mut() {
+            if p.widened || !matches!(p.q.purpose, Purpose::Lookup(_)) {
+                continue;
+            }
+            if p.q.sent + widen > now {
                 break;
             }
-            f.widen_queue.pop_front();
-            if let Some(q) = f.pending.get(&tid) {
-                if q.sent == sent {
-                    out.push(*q);
-                }
-            }
+            p.widened = true;
+            out.push(p.q);
         }
         out
     }
@@ -196,18 +174,13 @@ impl<A: DhtAddr> Rpc<A> {
     /// Queries that timed out at `now`; they are removed.
     pub fn due_timeouts(&mut self, now: Time, timeout: Duration) -> Vec<Outstanding<A>> {
         let mut out = Vec::new();
-        while let Some(f) = self.flight.as_mut() {
-            let Some(&(sent, tid)) = f.timeout_queue.front() else {
-                break;
-            };
-            if sent + timeout > now {
-                break;
-            }
-            f.timeout_queue.pop_front();
-            if f.pending.get(&tid).is_some_and(|q| q.sent == sent) {
-                if let Some(q) = self.remove(tid) {
-                    out.push(q);
-                }
+        while self
+            .queue
+            .front()
+            .is_some_and(|p| p.q.sent + timeout <= now)
+        {
+            if let Some(p) = self.queue.pop_front() {
+                out.push(p.q);
             }
         }
         out
@@ -215,50 +188,28 @@ impl<A: DhtAddr> Rpc<A> {
 
     /// The next widen or timeout deadline.
     pub fn next_deadline(&mut self, widen: Duration, timeout: Duration) -> Option<Time> {
-        let f = self.flight.as_mut()?;
-        // Drop stale heads so the deadline we report is real.
-        while let Some(&(sent, tid)) = f.widen_queue.front() {
-            if f.pending.get(&tid).is_some_and(|q| q.sent == sent) {
-                break;
-            }
-            f.widen_queue.pop_front();
-        }
-        while let Some(&(sent, tid)) = f.timeout_queue.front() {
-            if f.pending.get(&tid).is_some_and(|q| q.sent == sent) {
-                break;
-            }
-            f.timeout_queue.pop_front();
-        }
-        let w = f.widen_queue.front().map(|(s, _)| *s + widen);
-        let t = f.timeout_queue.front().map(|(s, _)| *s + timeout);
+        let t = self.queue.front().map(|p| p.q.sent + timeout);
+        let w = self
+            .queue
+            .iter()
+            .find(|p| !p.widened && matches!(p.q.purpose, Purpose::Lookup(_)))
+            .map(|p| p.q.sent + widen);
         match (w, t) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    /// Releases memory grown by a burst once nothing is outstanding: all of it once no
-    /// deadline is queued either (stale ones are dropped by [`Rpc::next_deadline`]).
+    /// Releases the buffer a burst grew, once nothing is outstanding.
     pub fn shrink_if_idle(&mut self) {
-        let Some(f) = self.flight.as_mut() else {
-            return;
-        };
-        if !f.pending.is_empty() {
-            return;
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
         }
-        if f.widen_queue.is_empty() && f.timeout_queue.is_empty() {
-            self.flight = None;
-            return;
-        }
-        f.pending.shrink_to_fit();
-        f.awaited.shrink_to_fit();
-        f.widen_queue.shrink_to(0);
-        f.timeout_queue.shrink_to(0);
     }
 
     /// Number of outstanding queries.
     pub fn len(&self) -> usize {
-        self.flight.as_ref().map_or(0, |f| f.pending.len())
+        self.queue.len()
     }
 
     /// True when nothing is outstanding.
@@ -317,6 +268,34 @@ mod tests {
         assert_eq!(timed_out.len(), 1);
         assert_eq!(timed_out[0].addr.port(), 2);
         assert_eq!(r.next_deadline(w, t), None);
+    }
+
+    #[test]
+    fn each_lookup_query_widens_once_and_pings_never_do() {
+        let mut r = Rpc::new([5; 16]);
+        let w = Duration::from_millis(500);
+        let t = Duration::from_millis(2000);
+        r.register(q(1, 0, Purpose::Ping)).unwrap();
+        r.register(q(2, 100, Purpose::Lookup(LookupId(1)))).unwrap();
+        r.register(q(3, 200, Purpose::Lookup(LookupId(1)))).unwrap();
+        // The ping ahead of them neither widens nor hides the lookups' deadline.
+        assert_eq!(r.next_deadline(w, t), Some(Time(600)));
+        let first = r.due_widen(Time(650), w);
+        assert_eq!(first.iter().map(|o| o.addr.port()).collect::<Vec<_>>(), [2]);
+        assert_eq!(r.next_deadline(w, t), Some(Time(700)));
+        assert!(r.due_widen(Time(650), w).is_empty(), "reported once");
+        let second = r.due_widen(Time(5000), w);
+        assert_eq!(
+            second.iter().map(|o| o.addr.port()).collect::<Vec<_>>(),
+            [3]
+        );
+        assert_eq!(
+            r.next_deadline(w, t),
+            Some(Time(2000)),
+            "only timeouts left"
+        );
+        assert_eq!(r.due_timeouts(Time(2200), t).len(), 3);
+        assert!(r.is_empty());
     }
 
     #[test]
