@@ -101,11 +101,14 @@ impl LookupParams {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CandState {
     Fresh,
-    InFlight { slow: bool },
-    Responded { token: Option<Vec<u8>> },
+    InFlight {
+        slow: bool,
+    },
+    /// Answered; its token, if it gave one, is in `Lookup::tokens`.
+    Responded,
     Failed,
 }
 
@@ -132,12 +135,16 @@ fn trust<A: DhtAddr>(mode: Bep42Mode, id: Option<Id>, addr: &A) -> Trust {
     }
 }
 
+/// Kept small (no id beside the distance, no token): a lookup scans its candidates several
+/// times per answer, and in a simulation of many nodes each answer finds them out of cache.
 #[derive(Clone, Debug)]
 struct Candidate<A: DhtAddr> {
-    /// Unknown for bootstrap addresses until they answer; the id it answered with once it has.
-    id: Option<Id>,
-    addr: A,
+    /// Its id XOR the target; the id is known (`known`) unless it is a bootstrap address
+    /// that has not answered yet (then all ones: it sorts last). Once it answered, the
+    /// distance of the id it answered with.
     distance: Id,
+    known: bool,
+    addr: A,
     /// Hops from our own table: 1 for nodes we knew, n+1 for nodes learned from a hop-n node.
     depth: u8,
     state: CandState,
@@ -149,6 +156,15 @@ struct Candidate<A: DhtAddr> {
 impl<A: DhtAddr> Candidate<A> {
     fn rank(&self) -> (Trust, Id) {
         (self.trust, self.distance)
+    }
+
+    /// Whether its id is the one at `distance` from the target.
+    fn has_distance(&self, distance: &Id) -> bool {
+        self.known && self.distance == *distance
+    }
+
+    fn id(&self, target: &Id) -> Option<Id> {
+        self.known.then(|| self.distance.distance(target))
     }
 }
 
@@ -184,6 +200,9 @@ pub struct Lookup<A: DhtAddr = SocketAddrV4> {
     p: LookupParams,
     candidates: Vec<Candidate<A>>,
     max_candidates: usize,
+    /// Tokens of the candidates that answered with one, one per address (at most one per
+    /// query sent, so bounded by the query budget).
+    tokens: Vec<(A, Vec<u8>)>,
     seen_peers: HashSet<A>,
 }
 
@@ -220,6 +239,7 @@ impl<A: DhtAddr> Lookup<A> {
             max_candidates: params.k * 8,
             p: params,
             candidates: Vec::new(),
+            tokens: Vec::new(),
             seen_peers: HashSet::new(),
         };
         for n in seeds {
@@ -244,6 +264,8 @@ impl<A: DhtAddr> Lookup<A> {
                 return;
             }
         }
+        // Unknown ids sort last: we cannot say how close they are.
+        let distance = id.map_or(Id([0xff; 20]), |i| i.distance(&self.target));
         // One pass over the candidates (this runs for every node of every answer).
         let ip = addr.ip_of();
         let (mut live, mut same_ip) = (0, 0);
@@ -254,10 +276,10 @@ impl<A: DhtAddr> Lookup<A> {
             if c.addr.ip_of() == ip {
                 same_ip += 1;
             }
-            if id.is_some() && c.id == id {
+            if id.is_some() && c.has_distance(&distance) {
                 match c.state {
                     // A node answered under this id: it is taken.
-                    CandState::Responded { .. } => return,
+                    CandState::Responded => return,
                     // A dead listing holds no place.
                     CandState::Failed => {}
                     // One place per lister: a liar cannot fill them all alone.
@@ -274,8 +296,6 @@ impl<A: DhtAddr> Lookup<A> {
         {
             return;
         }
-        // Unknown ids sort last: we cannot say how close they are.
-        let distance = id.map_or(Id([0xff; 20]), |i| i.distance(&self.target));
         let trust = trust(self.p.bep42, id, &addr);
         if trust == Trust::Unverified && self.p.bep42 == Bep42Mode::Enforce {
             return;
@@ -289,9 +309,9 @@ impl<A: DhtAddr> Lookup<A> {
         self.candidates.insert(
             pos,
             Candidate {
-                id,
-                addr,
                 distance,
+                known: id.is_some(),
+                addr,
                 depth,
                 state: CandState::Fresh,
                 trust,
@@ -344,7 +364,7 @@ impl<A: DhtAddr> Lookup<A> {
                     settled += 1;
                     out.push(Outgoing {
                         addr: c.addr,
-                        id: c.id,
+                        id: c.id(&self.target),
                     });
                 }
                 CandState::Failed => {}
@@ -376,6 +396,7 @@ impl<A: DhtAddr> Lookup<A> {
     ) -> Vec<A> {
         let target = self.target;
         let mode = self.p.bep42;
+        let at_distance = responder.distance(&target);
         // One pass: the responder's candidate, and whether another address already
         // answered under its id.
         let mut clash = responder == self.p.own_id;
@@ -383,10 +404,7 @@ impl<A: DhtAddr> Lookup<A> {
         for (i, c) in self.candidates.iter().enumerate() {
             if c.addr == from {
                 at = at.or(Some(i));
-            } else if !clash
-                && matches!(c.state, CandState::Responded { .. })
-                && c.id == Some(responder)
-            {
+            } else if !clash && c.state == CandState::Responded && c.has_distance(&at_distance) {
                 clash = true;
             }
         }
@@ -394,29 +412,34 @@ impl<A: DhtAddr> Lookup<A> {
             return Vec::new();
         };
         // A duplicate answer is ignored; a late one after a timeout is still welcome, once.
-        if matches!(c.state, CandState::Responded { .. }) {
+        if c.state == CandState::Responded {
             return Vec::new();
         }
         let trust = trust(mode, Some(responder), &from);
         let enforced = mode == Bep42Mode::Enforce && trust == Trust::Unverified;
-        let renamed = c.id != Some(responder);
-        if clash || (renamed && c.id.is_some() && enforced) {
+        let renamed = !c.has_distance(&at_distance);
+        if clash || (renamed && c.known && enforced) {
             if matches!(c.state, CandState::InFlight { .. } | CandState::Failed) {
                 c.state = CandState::Failed;
             }
             return Vec::new();
         }
         if renamed {
-            c.id = Some(responder);
-            c.distance = responder.distance(&target);
+            c.known = true;
+            c.distance = at_distance;
             c.trust = trust;
         }
-        c.state = CandState::Responded { token };
+        c.state = CandState::Responded;
+        self.tokens.retain(|(a, _)| *a != from);
+        if let Some(t) = token {
+            self.tokens.push((from, t));
+        }
         let depth = c.depth;
         // It won the id: listings of it elsewhere that were not queried yet go (those in
         // flight stay, and fail if they answer under it).
-        self.candidates
-            .retain(|c| c.addr == from || c.id != Some(responder) || c.state != CandState::Fresh);
+        self.candidates.retain(|c| {
+            c.addr == from || !c.has_distance(&at_distance) || c.state != CandState::Fresh
+        });
         // Only a renamed candidate can be out of place (the list is kept sorted otherwise).
         if renamed {
             self.candidates.sort_by_key(|c| c.rank());
@@ -477,7 +500,7 @@ impl<A: DhtAddr> Lookup<A> {
         let mut responded = 0;
         for c in &self.candidates {
             match c.state {
-                CandState::Responded { .. } => {
+                CandState::Responded => {
                     responded += 1;
                     if responded >= self.p.k {
                         return true;
@@ -490,28 +513,31 @@ impl<A: DhtAddr> Lookup<A> {
         true
     }
 
-    fn responded(&self) -> impl Iterator<Item = (NodeInfo<A>, &Option<Vec<u8>>)> {
+    fn responded(&self) -> impl Iterator<Item = NodeInfo<A>> + '_ {
         self.candidates
             .iter()
-            .filter_map(|c| match (&c.state, c.id) {
-                (CandState::Responded { token }, Some(id)) => {
-                    Some((NodeInfo { id, addr: c.addr }, token))
-                }
+            .filter_map(|c| match (c.state, c.id(&self.target)) {
+                (CandState::Responded, Some(id)) => Some(NodeInfo { id, addr: c.addr }),
                 _ => None,
             })
+    }
+
+    /// The token `addr` gave in its answer.
+    fn token_of(&self, addr: &A) -> Option<&Vec<u8>> {
+        self.tokens.iter().find(|(a, _)| a == addr).map(|(_, t)| t)
     }
 
     /// The `n` best nodes that answered (BEP 42-verified first when it applies, then
     /// closest first).
     pub fn closest(&self, n: usize) -> Vec<NodeInfo<A>> {
-        self.responded().map(|(node, _)| node).take(n).collect()
+        self.responded().take(n).collect()
     }
 
     /// Where to announce: the `n` best nodes that answered *with a token*, with it. Nodes
     /// that gave none cannot store us, so they do not take a place.
     pub fn announce_targets(&self, n: usize) -> Vec<(NodeInfo<A>, Vec<u8>)> {
         self.responded()
-            .filter_map(|(node, token)| token.clone().map(|t| (node, t)))
+            .filter_map(|node| self.token_of(&node.addr).map(|t| (node, t.clone())))
             .take(n)
             .collect()
     }
