@@ -9,6 +9,7 @@
 pub mod metrics;
 pub mod model;
 pub mod output;
+mod prefetch;
 pub mod progress;
 pub mod provenance;
 pub mod queue;

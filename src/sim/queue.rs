@@ -215,6 +215,14 @@ impl<E> EventQueue<E> {
         true
     }
 
+    /// The `k`-th next event among those due at the current time (0: the next to pop), when
+    /// it is already known without a refill: what the event loop prefetches for.
+    #[inline]
+    pub fn peek_ready(&self, k: usize) -> Option<&E> {
+        let &(_, slot) = self.ready.get(k)?;
+        self.slab.get(slot)?.as_ref()
+    }
+
     /// Removes the next event and advances the clock to it.
     #[inline]
     pub fn pop(&mut self) -> Option<(SimTime, E)> {
