@@ -1129,6 +1129,7 @@ impl<A: DhtAddr> Dht<A> {
         self.transmits.shrink_to(0);
         self.events.shrink_to(0);
         self.rpc.shrink_if_idle();
+        self.limiter.forget_idle(now);
         self.next_maintenance = self.next_maintenance_after(now);
     }
 

@@ -115,6 +115,11 @@ impl TokenBucket {
         }
     }
 
+    /// Whole units it holds when full.
+    pub fn depth(&self) -> u64 {
+        self.cap_milli / 1000
+    }
+
     /// Whole units available at `now`.
     pub fn available(&mut self, now: Time) -> u64 {
         self.refill(now);
@@ -222,6 +227,27 @@ impl<I: Copy + Eq + std::hash::Hash> RateLimiter<I> {
         }
     }
 
+    /// Forgets the IPs whose state says nothing a fresh entry would not: a full bucket and
+    /// no ban in force. Without this every IP that ever sent a packet stays tracked until
+    /// `tracked_ips` (50,000 by default) are, ~100 bytes each; most nodes of a simulated
+    /// network hear from hundreds of IPs. Walks from the least recently seen and stops at
+    /// the first IP still worth keeping, so a call costs what it frees (plus one).
+    pub fn forget_idle(&mut self, now: Time) {
+        let Some(ips) = self.ips.as_mut() else {
+            return;
+        };
+        while let Some((_, s)) = ips.peek_lru() {
+            let mut bucket = s.bucket;
+            if now < s.banned_until || bucket.available(now) < bucket.depth() {
+                break;
+            }
+            ips.pop_lru();
+        }
+        if ips.is_empty() {
+            self.ips = None;
+        }
+    }
+
     /// IPs currently tracked.
     pub fn tracked(&self) -> usize {
         self.ips.as_ref().map_or(0, |m| m.len())
@@ -230,6 +256,37 @@ impl<I: Copy + Eq + std::hash::Hash> RateLimiter<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_ips_are_forgotten_and_banned_ones_kept() {
+        let limits = RateLimits {
+            per_ip_per_sec: 5,
+            per_ip_burst: 10,
+            ban_for: Duration::from_secs(300),
+            reply_bytes_per_sec: 0,
+            reply_burst_bytes: 0,
+            tracked_ips: 100,
+        };
+        let mut l: RateLimiter<u32> = RateLimiter::new(limits);
+        // IP 1 floods into a ban; IP 2 sends one packet.
+        for _ in 0..40 {
+            l.allow_packet(1, Time(0));
+        }
+        assert!(l.allow_packet(2, Time(0)));
+        assert_eq!(l.tracked(), 2);
+        // A moment later IP 2's bucket is not full yet: kept.
+        l.forget_idle(Time(10));
+        assert_eq!(l.tracked(), 2);
+        // IP 2 has refilled, but the walk starts at the least recently seen, IP 1, which is
+        // banned: it stops there, and both stay.
+        l.forget_idle(Time(1_000));
+        assert_eq!(l.tracked(), 2, "the walk stops at the banned IP");
+        assert!(!l.allow_packet(1, Time(1_000)), "still banned");
+        // Once the ban is over and the bucket refilled, both are forgotten.
+        l.forget_idle(Time(400_000));
+        assert_eq!(l.tracked(), 0);
+        assert!(l.allow_packet(1, Time(400_000)), "forgiven, as a fresh IP");
+    }
 
     #[test]
     fn sustained_flood_is_banned_then_forgiven() {
