@@ -761,13 +761,12 @@ impl<A: DhtAddr> RoutingTable<A> {
             .map(|e| e.node)
     }
 
-    /// A refresh of the bucket holding `id` went unanswered: the bucket is due again at once
+    /// A refresh of bucket `b` went unanswered: the bucket is due again at once
     /// (the next maintenance tick asks again, the same entry until it turns bad, then the
     /// next), so a bucket with dead entries is probed until one answers. The cost follows
     /// churn: a bucket whose entries answer is asked once per refresh interval.
-    pub fn refresh_failed(&mut self, id: &Id, now: Time, age: Duration) {
+    pub fn refresh_failed(&mut self, b: usize, now: Time, age: Duration) {
         let due = self.rel(now - age);
-        let b = self.bucket_index(id);
         if let Some(bucket) = self.buckets.get_mut(b) {
             bucket.changed = bucket.changed.min(due);
         }

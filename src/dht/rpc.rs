@@ -33,9 +33,11 @@ pub enum Purpose {
     Lookup(LookupId),
     /// A liveness check of a table entry or a newcomer.
     Ping,
-    /// A bucket refresh: one find_node to one of the stale bucket's entries (its answer
-    /// keeps the bucket fresh, and the nodes it lists may fill the bucket).
-    Refresh,
+    /// A bucket refresh: one find_node for an id in `bucket` (an index into the routing
+    /// table), sent to one of its entries or, when it has none, to the known node closest to
+    /// that id. The answer keeps the bucket fresh and the nodes it lists may fill it; no
+    /// answer makes the bucket due again.
+    Refresh { bucket: u8 },
     /// An announce_peer at the end of a lookup.
     Announce(LookupId),
 }

@@ -609,3 +609,102 @@ fn a_refresh_answer_listing_one_address_many_times_costs_one_ping() {
         .count();
     assert_eq!(pings, 1);
 }
+
+/// Our id 0 with nine entries whose first bit is 0 (so the table split and the far half,
+/// bucket 0, is empty), all answered at `Time(0)`.
+fn node_with_an_empty_far_bucket() -> Dht {
+    let mut d = Dht::new(Id::ZERO, Config::default(), 1, Time(0));
+    for i in 0..9u8 {
+        let mut id = [0x40u8; 20];
+        id[0] = 0x40 | (i << 2);
+        id[19] = i;
+        let n = NodeInfo {
+            id: Id(id),
+            addr: priv_addr(10 + i),
+        };
+        d.insert_node(Time(0), n);
+    }
+    let t = d.routing_table();
+    assert!(t.buckets().len() >= 2);
+    assert!(t.buckets()[0].entries.is_empty());
+    d
+}
+
+#[test]
+fn an_empty_bucket_is_refreshed_by_one_query_to_the_closest_known_node() {
+    let mut d = node_with_an_empty_far_bucket();
+    let now = Time(0) + LATER;
+    let age = d.config().refresh_after;
+    assert_eq!(d.routing_table().stalest_bucket(now, age), Some(0));
+    d.handle_timeout(now);
+    let out = sent(&mut d);
+    let fq = find_nodes(&out);
+    // One query, not a lookup: any node outside bucket 0 keeps its own bucket for that
+    // half of the id space, so its answer lists nodes there.
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(fq.len(), 1);
+    assert_eq!(d.active_lookups(), 0);
+    let (to, target, q) = &fq[0];
+    assert!(target.bit(0), "the target is in the empty bucket's range");
+    let asked = d
+        .routing_table()
+        .iter()
+        .find(|e| e.node.addr == *to)
+        .map(|e| e.node.id)
+        .expect("asks a table entry");
+    let closest = d.routing_table().closest(target, 1, now);
+    assert_eq!(closest.first().map(|n| n.id), Some(asked));
+    // The nodes it lists in bucket 0 are pinged, and those that answer fill the bucket.
+    let listed: Vec<NodeInfo> = (0..8).map(far).collect();
+    reply_listing(&mut d, now, *to, q, asked, None, Some(listed));
+    let pings: Vec<(SocketAddrV4, Message)> = sent(&mut d)
+        .into_iter()
+        .filter(|(_, m)| {
+            matches!(
+                &m.body,
+                Body::Query(Query {
+                    method: Method::Ping,
+                    ..
+                })
+            )
+        })
+        .collect();
+    assert_eq!(pings.len(), 8);
+    for (to, m) in &pings {
+        let id = (0..8)
+            .map(far)
+            .find(|n| n.addr == *to)
+            .map(|n| n.id)
+            .expect("pinged a listed node");
+        reply(&mut d, now, *to, m, id, None);
+    }
+    assert_eq!(d.routing_table().buckets()[0].entries.len(), 8);
+    assert_eq!(d.stats().refresh_queries, 1);
+}
+
+#[test]
+fn an_unanswered_refresh_of_an_empty_bucket_makes_that_bucket_due_again() {
+    // The entry asked sits in another bucket: its silence must make the *empty* bucket due
+    // again (not the asked node's), or the empty bucket would wait a whole refresh interval.
+    let mut d = node_with_an_empty_far_bucket();
+    let mut now = Time(0) + LATER;
+    let age = d.config().refresh_after;
+    d.handle_timeout(now);
+    assert_eq!(find_nodes(&sent(&mut d)).len(), 1);
+    assert_ne!(d.routing_table().stalest_bucket(now, age), Some(0));
+    // No answer: once the query times out, bucket 0 is due and asked again at the next tick.
+    let until = now + Duration::from_secs(60);
+    let mut again = 0;
+    while now < until && again == 0 {
+        now = d
+            .poll_timeout()
+            .unwrap_or(now)
+            .max(now + Duration::from_millis(1));
+        d.handle_timeout(now);
+        again = find_nodes(&sent(&mut d))
+            .iter()
+            .filter(|(_, target, _)| target.bit(0))
+            .count();
+    }
+    assert_eq!(again, 1, "bucket 0 was not asked again within a minute");
+}

@@ -789,3 +789,57 @@ fn an_announce_refused_at_capacity_gets_a_normal_reply_and_is_counted() {
     assert_eq!(node.store().peer_count(), 1);
     assert_eq!(node.store().infohash_count(), 1);
 }
+
+/// Length of the common prefix of two ids, in bits.
+fn common_prefix(a: &Id, b: &Id) -> usize {
+    (0..160).find(|&i| a.bit(i) != b.bit(i)).unwrap_or(160)
+}
+
+#[test]
+fn joining_fills_every_bucket_with_one_query_per_sparse_bucket_not_a_lookup_each() {
+    // A settled network of 400; one more node joins through one contact.
+    let n = 400;
+    let mut net = Net::new(n, Config::default(), 21);
+    net.bootstrap_all();
+    let joiner_id = Id([0x5a; 20]);
+    net.nodes
+        .push(Dht::new(joiner_id, Config::default(), 4242, net.now));
+    net.by_addr.insert(addr(n), n);
+    net.dead.push(false);
+    let now = net.now;
+    net.nodes[n].bootstrap(now, &[addr(0)]);
+    net.flush(n);
+    let t = net.now + Duration::from_secs(30);
+    net.run_until(t);
+    let d = &net.nodes[n];
+    let k = d.config().k;
+    // What a full table would hold: per bucket, k or every node of the network there.
+    let buckets = d.routing_table().buckets();
+    let last = buckets.len() - 1;
+    let mut want = 0;
+    let mut have = 0;
+    for (b, bucket) in buckets.iter().enumerate() {
+        let there = net.nodes[..n]
+            .iter()
+            .filter(|o| {
+                let p = common_prefix(&o.id(), &joiner_id);
+                if b == last {
+                    p >= b
+                } else {
+                    p == b
+                }
+            })
+            .count();
+        want += there.min(k);
+        have += bucket.entries.len();
+    }
+    let lookups = net
+        .events
+        .iter()
+        .filter(|(i, e)| *i == n && matches!(e, Event::LookupDone { .. }))
+        .count();
+    // Measured here: the table full (53 of 53) after 64 queries; the old join (a lookup per
+    // bucket not full) filled it no better with 83 queries and 7 lookups.
+    assert!(have * 10 >= want * 9, "table {have} of {want}");
+    assert_eq!(lookups, 1, "only the join's own lookup");
+}
