@@ -48,18 +48,24 @@ const HUGEPAGE_TUNABLE: &str = "glibc.malloc.hugetlb=1";
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn restart_with_huge_pages() {
     use std::os::unix::process::CommandExt;
-    let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-    if current.contains("glibc.malloc.hugetlb") {
+    // As bytes: a value that is not UTF-8 is kept whole, never dropped for ours.
+    let current = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
+    const NAME: &[u8] = b"glibc.malloc.hugetlb";
+    if current
+        .as_encoded_bytes()
+        .windows(NAME.len())
+        .any(|w| w == NAME)
+    {
         return;
     }
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
-    let value = if current.is_empty() {
-        HUGEPAGE_TUNABLE.to_string()
-    } else {
-        format!("{current}:{HUGEPAGE_TUNABLE}")
-    };
+    let mut value = current;
+    if !value.is_empty() {
+        value.push(":");
+    }
+    value.push(HUGEPAGE_TUNABLE);
     let err = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env("GLIBC_TUNABLES", value)

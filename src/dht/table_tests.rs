@@ -51,6 +51,22 @@ fn sent(d: &mut Dht) -> Vec<(SocketAddrV4, Message)> {
     out
 }
 
+/// The pings `d` sent since the last look.
+fn sent_pings(d: &mut Dht) -> Vec<(SocketAddrV4, Message)> {
+    sent(d)
+        .into_iter()
+        .filter(|(_, m)| {
+            matches!(
+                &m.body,
+                Body::Query(Query {
+                    method: Method::Ping,
+                    ..
+                })
+            )
+        })
+        .collect()
+}
+
 fn is_query(m: &Message) -> bool {
     matches!(m.body, Body::Query(_))
 }
@@ -328,6 +344,18 @@ fn find_nodes(out: &[(SocketAddrV4, Message)]) -> Vec<(SocketAddrV4, Id, Message
         .collect()
 }
 
+/// Runs the maintenance due at `now` and returns the one query it sent: a find_node, and no
+/// lookup (a lookup sends alpha queries at once and keeps going).
+fn one_refresh_query(d: &mut Dht, now: Time) -> (SocketAddrV4, Id, Message) {
+    d.handle_timeout(now);
+    let out = sent(d);
+    let mut fq = find_nodes(&out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(fq.len(), 1);
+    assert_eq!(d.active_lookups(), 0);
+    fq.remove(0)
+}
+
 #[test]
 fn a_stale_full_bucket_is_refreshed_by_one_query_to_the_entry_heard_from_longest_ago() {
     // Far bucket: eight entries; seven answered again at minute 1, far(3) did not.
@@ -341,14 +369,7 @@ fn a_stale_full_bucket_is_refreshed_by_one_query_to_the_entry_heard_from_longest
     };
     d.insert_node(Time(120_000), near);
     let now = Time(60_000) + LATER;
-    d.handle_timeout(now);
-    let out = sent(&mut d);
-    let fq = find_nodes(&out);
-    // One query, not a lookup (a lookup sends alpha queries at once and keeps going).
-    assert_eq!(out.len(), 1, "{out:?}");
-    assert_eq!(fq.len(), 1);
-    assert_eq!(d.active_lookups(), 0);
-    let (to, target, q) = &fq[0];
+    let (to, target, q) = &one_refresh_query(&mut d, now);
     assert_eq!(*to, far(3).addr, "asks the entry heard from longest ago");
     assert!(target.bit(0), "the target is in the far bucket's range");
     // Its answer keeps the bucket fresh: the next tick refreshes another bucket, if any.
@@ -383,19 +404,7 @@ fn nodes_a_refresh_lists_are_pinged_only_where_the_bucket_has_room() {
         addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
     });
     reply_listing(&mut d, now, *to, q, only.id, None, Some(listed));
-    let mut pinged: Vec<SocketAddrV4> = sent(&mut d)
-        .into_iter()
-        .filter(|(_, m)| {
-            matches!(
-                &m.body,
-                Body::Query(Query {
-                    method: Method::Ping,
-                    ..
-                })
-            )
-        })
-        .map(|(to, _)| to)
-        .collect();
+    let mut pinged: Vec<SocketAddrV4> = sent_pings(&mut d).into_iter().map(|(to, _)| to).collect();
     pinged.sort();
     let mut want: Vec<SocketAddrV4> = (1..4).map(|i| far(i).addr).collect();
     want.sort();
@@ -636,15 +645,9 @@ fn an_empty_bucket_is_refreshed_by_one_query_to_the_closest_known_node() {
     let now = Time(0) + LATER;
     let age = d.config().refresh_after;
     assert_eq!(d.routing_table().stalest_bucket(now, age), Some(0));
-    d.handle_timeout(now);
-    let out = sent(&mut d);
-    let fq = find_nodes(&out);
     // One query, not a lookup: any node outside bucket 0 keeps its own bucket for that
     // half of the id space, so its answer lists nodes there.
-    assert_eq!(out.len(), 1, "{out:?}");
-    assert_eq!(fq.len(), 1);
-    assert_eq!(d.active_lookups(), 0);
-    let (to, target, q) = &fq[0];
+    let (to, target, q) = &one_refresh_query(&mut d, now);
     assert!(target.bit(0), "the target is in the empty bucket's range");
     let asked = d
         .routing_table()
@@ -657,18 +660,7 @@ fn an_empty_bucket_is_refreshed_by_one_query_to_the_closest_known_node() {
     // The nodes it lists in bucket 0 are pinged, and those that answer fill the bucket.
     let listed: Vec<NodeInfo> = (0..8).map(far).collect();
     reply_listing(&mut d, now, *to, q, asked, None, Some(listed));
-    let pings: Vec<(SocketAddrV4, Message)> = sent(&mut d)
-        .into_iter()
-        .filter(|(_, m)| {
-            matches!(
-                &m.body,
-                Body::Query(Query {
-                    method: Method::Ping,
-                    ..
-                })
-            )
-        })
-        .collect();
+    let pings = sent_pings(&mut d);
     assert_eq!(pings.len(), 8);
     for (to, m) in &pings {
         let id = (0..8)
