@@ -122,8 +122,10 @@ fn go_online(d: &mut Dht, now: Time) {
 fn table_heap(t: &RoutingTable) -> (usize, usize, usize) {
     let buckets = t.buckets();
     let vec_of_buckets = std::mem::size_of_val(buckets); // capacity is private: len
+                                                         // Entries live inside their bucket up to k = 8; only a larger bucket has its own block.
     let entries: usize = buckets
         .iter()
+        .filter(|b| b.entries.spilled())
         .map(|b| b.entries.capacity() * size_of::<Slot>())
         .sum();
     let reps: usize = buckets
@@ -182,7 +184,10 @@ fn bytes_per_perfect_node() {
          ({m:.0} B with malloc overhead)"
     );
     let (vb, ve, vr) = table_heap(nodes[0].routing_table());
-    println!("  of which buckets {vb} B, entries {ve} B, replacements {vr} B");
+    println!(
+        "  of which buckets {vb} B (their entries inline), entries elsewhere {ve} B, \
+         replacements {vr} B"
+    );
     for (i, d) in nodes.iter_mut().enumerate() {
         go_online(d, Time(900_000 + i as u64 % 1000));
     }
