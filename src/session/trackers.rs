@@ -245,9 +245,10 @@ async fn run(mut f: TrackerFeed, mut stop: watch::Receiver<bool>) {
         let req = request(&f, key, event);
         match tokio::time::timeout_at(deadline, client.announce(&url, &req)).await {
             Ok(Ok(_)) => tracing::info!("tracker {url}: {event:?} {}", f.info_hash),
-            Ok(Err(e)) => tracing::info!("tracker {url}: {event:?} announce failed: {e}"),
+            // Warnings: the tracker keeps listing us for up to an interval.
+            Ok(Err(e)) => tracing::warn!("tracker {url}: {event:?} announce failed: {e}"),
             Err(_) => {
-                tracing::info!("tracker {url}: no answer to {event:?} within {STOP_WAIT:?}");
+                tracing::warn!("tracker {url}: no answer to {event:?} within {STOP_WAIT:?}");
                 return;
             }
         }
