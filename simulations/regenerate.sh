@@ -11,7 +11,8 @@
 # code first so the reports name a commit that holds it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# three-million is not in the default list: at ~9.7 KB per node it needs ~29 GiB (run it
+# three-million is not in the default list: at ~8.1 KB per node (million at c08dc38) it needs
+# ~24 GiB, all of this machine's (run it
 # by name on a machine that has them).
 all=(small perfect-100k join-100k lossy-100k churn-100k churn-100k-1thread stock-vs-tuned sybil
      million)
