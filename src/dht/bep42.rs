@@ -155,12 +155,14 @@ pub fn is_verified(id: &Id, ip: &Ipv4Addr) -> bool {
 /// its older one), and votes older than [`VOTE_TTL`] no longer count — so when our address
 /// changes, the new one wins as soon as a quorum reports it, however long the old one held.
 /// Generic over the address family (`I` is `Ipv4Addr` or `Ipv6Addr`). One list, tallied
-/// afresh per new vote (at most 64): counts kept beside three split lists were tried and
-/// cut ~1% of a simulation's time for 64 more bytes in every node; this is 64 in all.
+/// afresh per new vote (at most 32): counts kept beside three split lists were tried and
+/// cut ~1% of a simulation's time for 64 more bytes in every node; this is 64 in all. A vote
+/// is 12 bytes for IPv4 (its time in whole seconds): every answer carries one, so every
+/// node of a simulated million holds a full list.
 #[derive(Clone, Debug)]
 pub struct ExternalIpVote<I = Ipv4Addr> {
-    /// (voter, the address it reported, when), oldest first.
-    votes: std::collections::VecDeque<(I, I, Time)>,
+    /// (voter, the address it reported, when in whole seconds of [`Time`]), oldest first.
+    votes: std::collections::VecDeque<(I, I, u32)>,
     winner: Option<I>,
     /// Scratch for the tally, kept so a vote does not allocate.
     tally: Vec<(I, u32)>,
@@ -178,8 +180,9 @@ impl<I> Default for ExternalIpVote<I> {
 
 /// Votes needed before an address is believed.
 const QUORUM: u32 = 5;
-/// Distinct voters remembered (the oldest vote is dropped beyond this).
-pub const MAX_VOTERS: usize = 64;
+/// Distinct voters remembered (the oldest vote is dropped beyond this): six quorums, the
+/// answers of a few lookups. libtorrent's voter keeps a few dozen addresses too.
+pub const MAX_VOTERS: usize = 32;
 /// How long a vote counts.
 pub const VOTE_TTL: Duration = Duration::from_secs(15 * 60);
 
@@ -187,10 +190,12 @@ impl<I: Copy + Eq> ExternalIpVote<I> {
     /// Records that `voter` says at `now` that our address is `ours`. Returns the new winner
     /// when the majority changes.
     pub fn vote(&mut self, voter: I, ours: I, now: Time) -> Option<I> {
+        let now = u32::try_from(now.0 / 1000).unwrap_or(u32::MAX);
+        let ttl = u32::try_from(VOTE_TTL.as_secs()).unwrap_or(u32::MAX);
         while self
             .votes
             .front()
-            .is_some_and(|(_, _, at)| now.since(*at) >= VOTE_TTL)
+            .is_some_and(|(_, _, at)| now.saturating_sub(*at) >= ttl)
         {
             self.votes.pop_front();
         }

@@ -14,7 +14,7 @@
 //! table of 142 entries with the rest of the node (`tests/mem.rs`), where a block per
 //! bucket made it 7,800.
 
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddrV4};
 use std::time::Duration;
 
 use smallvec::SmallVec;
@@ -267,7 +267,7 @@ pub struct RoutingTable<A: DhtAddr = SocketAddrV4> {
     bep42: Bep42Mode,
     /// The entries' IP addresses, kept in step with `buckets` so the one-per-IP check is a
     /// lookup instead of a scan of the whole table. Bounded by the table itself.
-    ips: IpIndex<A::Ip>,
+    ips: IpIndex,
 }
 
 impl<A: DhtAddr> RoutingTable<A> {
@@ -426,12 +426,19 @@ impl<A: DhtAddr> RoutingTable<A> {
     /// Whether another entry already uses `ip` (`on_response` has already handled the case
     /// of the node itself being in the table).
     fn ip_taken(&self, ip: &A::Ip) -> bool {
-        self.ips.count(ip) > 0
+        self.entries_at_ip(ip) > 0
     }
 
     /// Entries currently using `ip` (tracked only with one entry per IP; 0 otherwise).
     pub fn entries_at_ip(&self, ip: &A::Ip) -> usize {
-        self.ips.count(ip)
+        if !self.ips.may_hold(A::ip_addr(ip)) {
+            return 0;
+        }
+        self.buckets
+            .iter()
+            .flat_map(|b| b.entries.iter())
+            .filter(|e| e.node.addr.ip_of() == *ip)
+            .count()
     }
 
     /// Records that `node` answered a query of ours at `now`, inserting it if there is room.
@@ -654,23 +661,32 @@ impl<A: DhtAddr> RoutingTable<A> {
         let was_pinging = e.pinging();
         e.set_pinging(false);
         if e.state(now) == NodeState::Bad {
-            // The newest replacement whose IP has not entered the table meanwhile.
-            while let Some(rep) = bucket.replacements.pop() {
-                let taken =
-                    self.ips.count(&rep.addr.ip_of()) > 0 && rep.addr.ip_of() != addr.ip_of();
-                if one_per_ip && taken {
+            // The newest replacement whose IP has not entered the table meanwhile (the dying
+            // entry's own IP does not count: the replacement takes its slot).
+            loop {
+                let Some(rep) = self.buckets.get_mut(bi).and_then(|b| b.replacements.pop()) else {
+                    return TimeoutOutcome::Bad;
+                };
+                let rep_ip = rep.addr.ip_of();
+                if one_per_ip && rep_ip != addr.ip_of() && self.entries_at_ip(&rep_ip) > 0 {
                     continue;
                 }
+                let Some(slot) = self
+                    .buckets
+                    .get_mut(bi)
+                    .and_then(|b| b.entries.get_mut(pos))
+                else {
+                    return TimeoutOutcome::Bad;
+                };
                 // The replacement has not answered us yet: it enters unproven (questionable,
                 // never handed out) and the caller pings it so it proves itself or fails out.
                 let mut fresh = Slot::unproven(rep);
                 fresh.set_pinging(true);
-                let old = std::mem::replace(&mut bucket.entries[pos], fresh);
+                let old = std::mem::replace(slot, fresh);
                 self.ips.remove(&old.node);
                 self.ips.add(&rep);
                 return TimeoutOutcome::Replaced(rep);
             }
-            return TimeoutOutcome::Bad;
         }
         if was_pinging {
             e.set_pinging(true);
@@ -828,53 +844,64 @@ pub enum TimeoutOutcome<A = SocketAddrV4> {
     Replaced(NodeInfo<A>),
 }
 
-/// The IP addresses of the table's entries as a sorted multiset: a membership test is a binary
-/// search (at most 11 steps for a full 160-bucket table), never a scan of every entry. A sorted
-/// array of the family's own IP type rather than a hash map: exact for both families, and four
-/// bytes per entry for IPv4 (`Ipv4Addr` is a `u32` in memory), which matters for a simulator
-/// holding a million tables; sixteen for IPv6. Kept only when the table allows one entry per IP.
+/// A 16-bit fingerprint of every entry's IP as a sorted multiset: "is this IP in the table?"
+/// is a binary search, and only when the fingerprint is present (the IP is there, or one of
+/// ~k x 20 / 65,536 false matches) does the table confirm it by a scan of its entries. Two
+/// bytes per entry whatever the family (the addresses themselves were four for IPv4 and
+/// sixteen for IPv6): a simulator holds a million tables. Kept only when the table allows
+/// one entry per IP. The fingerprint is not keyed: a remote that picks colliding addresses
+/// only makes us pay that bounded scan per insert attempt.
 #[derive(Clone, Debug)]
-struct IpIndex<I> {
+struct IpIndex {
     on: bool,
-    sorted: Vec<I>,
+    sorted: Vec<u16>,
 }
 
-impl<I: Copy + Ord> IpIndex<I> {
-    fn new(on: bool) -> IpIndex<I> {
+/// The fingerprint of an address (a multiplicative hash's high bits).
+fn ip_fingerprint(ip: IpAddr) -> u16 {
+    let folded: u64 = match ip {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            (bits as u64) ^ ((bits >> 64) as u64).rotate_left(17)
+        }
+    };
+    (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as u16
+}
+
+impl IpIndex {
+    fn new(on: bool) -> IpIndex {
         IpIndex {
             on,
             sorted: Vec::new(),
         }
     }
 
-    fn count(&self, ip: &I) -> usize {
-        let ip = *ip;
-        let from = self.sorted.partition_point(|&x| x < ip);
-        self.sorted
-            .get(from..)
-            .map_or(0, |rest| rest.iter().take_while(|&&x| x == ip).count())
+    /// Whether some entry's IP may be `ip` (no false negatives).
+    fn may_hold(&self, ip: IpAddr) -> bool {
+        self.on && self.sorted.binary_search(&ip_fingerprint(ip)).is_ok()
     }
 
-    fn add<A: DhtAddr<Ip = I>>(&mut self, node: &NodeInfo<A>) {
+    fn add<A: DhtAddr>(&mut self, node: &NodeInfo<A>) {
         if !self.on {
             return;
         }
-        let ip = node.addr.ip_of();
+        let f = ip_fingerprint(A::ip_addr(&node.addr.ip_of()));
         if self.sorted.len() == self.sorted.capacity() {
             // Grow by an eighth, not double: the table itself bounds the length.
             self.sorted.reserve_exact(self.sorted.len() / 8 + 4);
         }
-        let at = self.sorted.partition_point(|&x| x < ip);
-        self.sorted.insert(at, ip);
+        let at = self.sorted.partition_point(|&x| x < f);
+        self.sorted.insert(at, f);
     }
 
-    fn remove<A: DhtAddr<Ip = I>>(&mut self, node: &NodeInfo<A>) {
+    fn remove<A: DhtAddr>(&mut self, node: &NodeInfo<A>) {
         if !self.on {
             return;
         }
-        let ip = node.addr.ip_of();
-        let at = self.sorted.partition_point(|&x| x < ip);
-        if self.sorted.get(at) == Some(&ip) {
+        let f = ip_fingerprint(A::ip_addr(&node.addr.ip_of()));
+        let at = self.sorted.partition_point(|&x| x < f);
+        if self.sorted.get(at) == Some(&f) {
             self.sorted.remove(at);
         }
     }
@@ -1214,6 +1241,41 @@ mod table_round2_tests {
         let spoof = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 1);
         assert!(!t.on_query(&n.id, spoof, Time(0) + Duration::from_secs(840)));
         assert_eq!(t.stale_buckets(Time(0) + age, age), vec![0]);
+    }
+
+    #[test]
+    fn an_ip_whose_fingerprint_collides_is_not_taken_for_a_table_ip() {
+        // Two different addresses with one fingerprint (found by search, so the test does
+        // not depend on the hash's constants).
+        let held = Ipv4Addr::new(10, 0, 0, 1);
+        let f = ip_fingerprint(IpAddr::V4(held));
+        let twin = (2u32..)
+            .map(|n| Ipv4Addr::from(0x0a00_0000 + n))
+            .find(|ip| ip_fingerprint(IpAddr::V4(*ip)) == f)
+            .unwrap();
+        let mut t: RoutingTable = RoutingTable::new(Id([0; 20]), 8, true, Time(0));
+        let a = NodeInfo {
+            id: Id([0x80; 20]),
+            addr: SocketAddrV4::new(held, 6881),
+        };
+        assert_eq!(t.on_response(a, Time(1)), Insert::Added);
+        assert_eq!(t.entries_at_ip(&held), 1);
+        assert_eq!(
+            t.entries_at_ip(&twin),
+            0,
+            "a fingerprint match is confirmed by a scan"
+        );
+        let b = NodeInfo {
+            id: Id([0x40; 20]),
+            addr: SocketAddrV4::new(twin, 6881),
+        };
+        assert_eq!(t.on_response(b, Time(1)), Insert::Added);
+        let mut same_ip = b;
+        same_ip.id = Id([0x41; 20]);
+        assert_eq!(t.on_response(same_ip, Time(1)), Insert::Refused);
+        // Removing one of the twins leaves the other's fingerprint in place.
+        t.recentre(Id([0xff; 20]), Time(2));
+        assert_eq!(t.entries_at_ip(&held) + t.entries_at_ip(&twin), t.len());
     }
 
     #[test]
