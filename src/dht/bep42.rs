@@ -5,8 +5,10 @@
 //! majority vote), check other nodes' ids, and prefer verified nodes where trust matters.
 //! Local and private addresses are exempt: every id is valid for them.
 
+use smallvec::SmallVec;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
+use thin_vec::ThinVec;
 
 use rand::Rng;
 
@@ -156,24 +158,24 @@ pub fn is_verified(id: &Id, ip: &Ipv4Addr) -> bool {
 /// changes, the new one wins as soon as a quorum reports it, however long the old one held.
 /// Generic over the address family (`I` is `Ipv4Addr` or `Ipv6Addr`). One list, tallied
 /// afresh per new vote (at most 32): counts kept beside three split lists were tried and
-/// cut ~1% of a simulation's time for 64 more bytes in every node; this is 64 in all. A vote
+/// cut ~1% of a simulation's time for 64 more bytes in every node; this is 40 in all. A vote
 /// is 12 bytes for IPv4 (its time in whole seconds): every answer carries one, so every
 /// node of a simulated million holds a full list.
 #[derive(Clone, Debug)]
 pub struct ExternalIpVote<I = Ipv4Addr> {
-    /// (voter, the address it reported, when in whole seconds of [`Time`]), oldest first.
-    votes: std::collections::VecDeque<(I, I, u32)>,
+    /// (voter, the address it reported, when in whole seconds of [`Time`]), oldest first. A
+    /// `ThinVec` (one pointer, its length in the allocation) where a `VecDeque` cost 24
+    /// bytes more in each of a million simulated nodes; at [`MAX_VOTERS`] entries, dropping
+    /// the oldest is a 384-byte move.
+    votes: ThinVec<(I, I, u32)>,
     winner: Option<I>,
-    /// Scratch for the tally, kept so a vote does not allocate.
-    tally: Vec<(I, u32)>,
 }
 
 impl<I> Default for ExternalIpVote<I> {
     fn default() -> Self {
         ExternalIpVote {
-            votes: std::collections::VecDeque::new(),
+            votes: ThinVec::new(),
             winner: None,
-            tally: Vec::new(),
         }
     }
 }
@@ -194,29 +196,27 @@ impl<I: Copy + Eq> ExternalIpVote<I> {
         let ttl = u32::try_from(VOTE_TTL.as_secs()).unwrap_or(u32::MAX);
         while self
             .votes
-            .front()
+            .first()
             .is_some_and(|(_, _, at)| now.saturating_sub(*at) >= ttl)
         {
-            self.votes.pop_front();
+            self.votes.remove(0);
         }
         if let Some(pos) = self.votes.iter().position(|(v, _, _)| *v == voter) {
             if self.votes.get(pos).is_some_and(|(_, o, _)| *o == ours) {
                 // Same voter, same view: counts once, but stays fresh.
-                if let Some(v) = self.votes.remove(pos) {
-                    self.votes.push_back((v.0, v.1, now));
-                }
+                let v = self.votes.remove(pos);
+                self.votes.push((v.0, v.1, now));
                 return None;
             }
             self.votes.remove(pos);
         }
         if self.votes.len() >= MAX_VOTERS {
-            self.votes.pop_front();
+            self.votes.remove(0);
         }
-        self.votes.push_back((voter, ours, now));
-        // Tally: at most MAX_VOTERS votes, so a small linear count is enough (into a
-        // buffer kept between votes: every answer carries a vote).
-        let mut tally = std::mem::take(&mut self.tally);
-        tally.clear();
+        self.votes.push((voter, ours, now));
+        // Tally: at most MAX_VOTERS votes, so a small linear count is enough, on the stack
+        // (every answer carries a vote; a buffer kept in the node cost 24 bytes a node).
+        let mut tally: SmallVec<[(I, u32); MAX_VOTERS]> = SmallVec::new();
         for (_, ip, _) in &self.votes {
             match tally.iter_mut().find(|(t, _)| t == ip) {
                 Some((_, n)) => *n += 1,
@@ -228,7 +228,6 @@ impl<I: Copy + Eq> ExternalIpVote<I> {
             .filter(|(_, n)| *n >= QUORUM)
             .max_by_key(|(ip, n)| (*n, Some(*ip) == self.winner))
             .map(|(ip, _)| *ip);
-        self.tally = tally;
         if best.is_some() && best != self.winner {
             self.winner = best;
             return best;

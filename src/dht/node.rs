@@ -220,35 +220,46 @@ fn shared_config(cfg: Config) -> Arc<Config> {
 pub struct Dht<A: DhtAddr = SocketAddrV4> {
     /// Shared with every node made with an equal configuration ([`shared_config`]).
     cfg: Arc<Config>,
-    id: Id,
     rng: super::entropy::WireRng,
     table: RoutingTable<A>,
     rpc: Rpc<A>,
-    lookups: Vec<Lookup<A>>,
+    /// A `ThinVec` (one pointer): most simulated nodes run no lookup most of the time.
+    lookups: ThinVec<Lookup<A>>,
     next_lookup: u64,
     store: PeerStore<A>,
     tokens: Tokens,
     transmits: VecDeque<Transmit<A>>,
     events: VecDeque<Event<A>>,
     stats: Stats,
-    // ThinVecs here (one pointer each, not three words): empty in most of a million
-    // simulated nodes, which join by a perfect build and never bootstrap.
-    bootstrap_addrs: ThinVec<A>,
-    /// Bootstrap routers: never entered into the table (bounded by `MAX_ROUTERS`).
+    /// What joining the network keeps; boxed and made on first use: most of a million
+    /// simulated nodes join by a perfect build and never bootstrap.
+    join: Option<Box<Join<A>>>,
+    /// Bootstrap routers: never entered into the table (bounded by `MAX_ROUTERS`). A
+    /// `ThinVec` (one pointer): empty in nearly every simulated node.
     routers: ThinVec<A>,
-    saved: ThinVec<NodeInfo<A>>,
-    bootstrap_lookup: Option<LookupId>,
     /// Lookups maintenance started to refresh a bucket (their queries count as refresh
     /// queries). At most one starts per tick and each ends within its budget, so this stays
     /// short; bounded by `MAX_REFRESH_LOOKUPS` all the same.
     refresh_lookups: ThinVec<LookupId>,
-    last_bootstrap: Option<Time>,
-    bootstrap_backoff: Duration,
     next_maintenance: Time,
     verify_budget: TokenBucket,
     external_ip: Option<A>,
     limiter: RateLimiter<A::Ip>,
     ip_vote: bep42::ExternalIpVote<A::Ip>,
+}
+
+/// The join state: where to join from, and when to try again.
+struct Join<A> {
+    /// Bootstrap addresses, newest last (bounded by `MAX_ROUTERS`).
+    addrs: Vec<A>,
+    /// Contacts saved by an earlier run (bounded by `MAX_SAVED`).
+    saved: Vec<NodeInfo<A>>,
+    /// The join lookup running, if any.
+    lookup: Option<LookupId>,
+    /// When the last join started.
+    last: Option<Time>,
+    /// How long after `last` a join is retried while the table stays nearly empty.
+    backoff: Duration,
 }
 
 /// The node lists one family's node can put in a response: what the other family's
@@ -295,30 +306,24 @@ impl<A: DhtAddr> Dht<A> {
         let tokens = Tokens::new(entropy.token_key, now, cfg.token_interval);
         let rpc = Rpc::new(entropy.tid_key);
         let verify_per_sec = u64::from(cfg.verify_pings_per_sec);
-        let backoff = cfg.bootstrap_retry;
         let cfg_limits = cfg.rate_limits.clone();
         let mut table = RoutingTable::new(id, cfg.k, cfg.one_per_ip, now);
         table.set_bep42(cfg.bep42);
         Dht {
             table,
-            store: PeerStore::new(cfg.store.clone()),
+            store: PeerStore::new(),
             cfg: shared_config(cfg),
-            id,
             rng,
             rpc,
-            lookups: Vec::new(),
+            lookups: ThinVec::new(),
             next_lookup: 1,
             tokens,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
-            bootstrap_addrs: ThinVec::new(),
+            join: None,
             routers: ThinVec::new(),
-            saved: ThinVec::new(),
-            bootstrap_lookup: None,
             refresh_lookups: ThinVec::new(),
-            last_bootstrap: None,
-            bootstrap_backoff: backoff,
             next_maintenance: now + MAINTENANCE_EVERY,
             verify_budget: TokenBucket::new(verify_per_sec, verify_per_sec, now),
             external_ip: None,
@@ -329,7 +334,32 @@ impl<A: DhtAddr> Dht<A> {
 
     /// Our node id.
     pub fn id(&self) -> Id {
-        self.id
+        self.table.own_id()
+    }
+
+    /// The join state, made on first use.
+    fn join_mut(&mut self) -> &mut Join<A> {
+        let backoff = self.cfg.bootstrap_retry;
+        self.join.get_or_insert_with(|| {
+            Box::new(Join {
+                addrs: Vec::new(),
+                saved: Vec::new(),
+                lookup: None,
+                last: None,
+                backoff,
+            })
+        })
+    }
+
+    /// Whether `lookup` is the join lookup; if so it is over, and forgotten.
+    fn end_join_lookup(&mut self, lookup: LookupId) -> bool {
+        match self.join.as_deref_mut() {
+            Some(j) if j.lookup == Some(lookup) => {
+                j.lookup = None;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The configuration in use.
@@ -368,24 +398,29 @@ impl<A: DhtAddr> Dht<A> {
     /// empty. Those also named with [`Dht::add_routers`] never enter the routing table.
     pub fn bootstrap(&mut self, now: Time, addrs: &[A]) -> LookupId {
         self.add_bootstrap_addrs(addrs);
-        self.last_bootstrap = Some(now);
-        let target = self.id;
-        let bare = self.bootstrap_addrs.clone();
+        let j = self.join_mut();
+        j.last = Some(now);
+        let bare = j.addrs.clone();
+        let target = self.id();
         let lid = self.start_lookup(now, target, LookupKind::FindNode, &bare);
-        self.bootstrap_lookup = Some(lid);
+        self.join_mut().lookup = Some(lid);
         lid
     }
 
     /// Remembers bootstrap addresses without joining now: lookups fall back on them while
     /// the table is nearly empty (a short-lived `lookup` does not need a full join).
     pub fn add_bootstrap_addrs(&mut self, addrs: &[A]) {
+        if addrs.is_empty() {
+            return;
+        }
+        let known = &mut self.join_mut().addrs;
         for a in addrs {
-            if !self.bootstrap_addrs.contains(a) {
-                if self.bootstrap_addrs.len() >= MAX_ROUTERS {
+            if !known.contains(a) {
+                if known.len() >= MAX_ROUTERS {
                     // Keep the newest: a re-join passes contacts that are alive now.
-                    self.bootstrap_addrs.remove(0);
+                    known.remove(0);
                 }
-                self.bootstrap_addrs.push(*a);
+                known.push(*a);
             }
         }
     }
@@ -395,12 +430,17 @@ impl<A: DhtAddr> Dht<A> {
     /// answer, and they are saved again if this run never gets to know better ones (a start
     /// during an outage must not wipe the state file).
     pub fn add_saved_nodes(&mut self, nodes: &[NodeInfo<A>]) {
+        if nodes.is_empty() {
+            return;
+        }
+        let own = self.id();
+        let saved = &mut self.join_mut().saved;
         for n in nodes {
-            if self.saved.len() >= MAX_SAVED {
+            if saved.len() >= MAX_SAVED {
                 break;
             }
-            if n.id != self.id && !self.saved.iter().any(|s| s.id == n.id || s.addr == n.addr) {
-                self.saved.push(*n);
+            if n.id != own && !saved.iter().any(|s| s.id == n.id || s.addr == n.addr) {
+                saved.push(*n);
             }
         }
     }
@@ -469,9 +509,7 @@ impl<A: DhtAddr> Dht<A> {
     pub fn cancel(&mut self, lookup: LookupId) {
         self.lookups.retain(|l| l.id != lookup);
         self.refresh_lookups.retain(|l| *l != lookup);
-        if self.bootstrap_lookup == Some(lookup) {
-            self.bootstrap_lookup = None;
-        }
+        self.end_join_lookup(lookup);
     }
 
     fn start_lookup(&mut self, now: Time, target: Id, kind: LookupKind, extra: &[A]) -> LookupId {
@@ -482,14 +520,16 @@ impl<A: DhtAddr> Dht<A> {
         if seeds.len() < self.cfg.k {
             // A nearly empty table: fall back on the saved contacts and the bootstrap
             // addresses.
-            for n in &self.saved {
-                if !seeds.iter().any(|s| s.id == n.id || s.addr == n.addr) {
-                    seeds.push(*n);
+            if let Some(j) = self.join.as_deref() {
+                for n in &j.saved {
+                    if !seeds.iter().any(|s| s.id == n.id || s.addr == n.addr) {
+                        seeds.push(*n);
+                    }
                 }
-            }
-            for a in &self.bootstrap_addrs {
-                if !bare.contains(a) {
-                    bare.push(*a);
+                for a in &j.addrs {
+                    if !bare.contains(a) {
+                        bare.push(*a);
+                    }
                 }
             }
         }
@@ -497,7 +537,7 @@ impl<A: DhtAddr> Dht<A> {
         let params = LookupParams {
             k: self.cfg.k,
             alpha: self.cfg.alpha,
-            own_id: self.id,
+            own_id: self.id(),
             bep42: self.cfg.bep42,
             private_nodes: self.cfg.private_nodes,
             max_per_ip: self.cfg.lookup_max_per_ip,
@@ -582,8 +622,7 @@ impl<A: DhtAddr> Dht<A> {
                 }
             }
         }
-        if self.bootstrap_lookup == Some(l.id) {
-            self.bootstrap_lookup = None;
+        if self.end_join_lookup(l.id) {
             // The own-id lookup filled the buckets near us; the farther ones that are not
             // full get one refresh query each, whose answer lists nodes to ping into them.
             // A lookup into each, as before, filled them no better at ~2x the queries (7
@@ -637,7 +676,7 @@ impl<A: DhtAddr> Dht<A> {
             ip: None,
             read_only: self.cfg.read_only,
             body: Body::Query(Query {
-                id: self.id,
+                id: self.id(),
                 method,
                 want: Want::NONE,
             }),
@@ -689,10 +728,9 @@ impl<A: DhtAddr> Dht<A> {
             self.external_ip = Some(A::from_parts(ip, ours.port_of()));
             if self.cfg.bep42_derive_id
                 && self.cfg.bep42 != Bep42Mode::Off
-                && !bep42::is_valid_ip(&self.id, &A::ip_addr(&ip))
+                && !bep42::is_valid_ip(&self.id(), &A::ip_addr(&ip))
             {
                 let id = bep42::id_for_ip_addr(&A::ip_addr(&ip), &mut self.rng);
-                self.id = id;
                 self.table.recentre(id, now);
                 self.events.push_back(Event::IdChanged { id, external: ip });
                 self.find_node(now, id);
@@ -783,7 +821,7 @@ impl<A: DhtAddr> Dht<A> {
         let querier = q.id;
         let body = match q.method {
             Method::Ping => Body::Response(Response {
-                id: self.id,
+                id: self.id(),
                 ..Response::default()
             }),
             Method::FindNode { target } => {
@@ -822,12 +860,12 @@ impl<A: DhtAddr> Dht<A> {
                     // An error (202) would make libtorrent count us as a failing node and
                     // drop us from its table, while the announcer stores itself on its
                     // other closest nodes anyway.
-                    match self.store.announce(info_hash, peer, now) {
+                    match self.store.announce(&self.cfg.store, info_hash, peer, now) {
                         Ok(_) => self.stats.announces_in += 1,
                         Err(_) => self.stats.announces_refused += 1,
                     }
                     Body::Response(Response {
-                        id: self.id,
+                        id: self.id(),
                         ..Response::default()
                     })
                 }
@@ -854,7 +892,7 @@ impl<A: DhtAddr> Dht<A> {
         other: Option<&dyn NodeLists>,
     ) -> Response {
         let mut r = Response {
-            id: self.id,
+            id: self.id(),
             ..Response::default()
         };
         let asks = |fam: Want| (want.n4 && fam.n4) || (want.n6 && fam.n6);
@@ -901,7 +939,7 @@ impl<A: DhtAddr> Dht<A> {
             ip: None,
             read_only: self.cfg.read_only,
             body: Body::Query(Query {
-                id: self.id,
+                id: self.id(),
                 method: Method::Ping,
                 want: Want::NONE,
             }),
@@ -1039,7 +1077,7 @@ impl<A: DhtAddr> Dht<A> {
     /// a lookup cost ~16 queries and filled the bucket no better). Only a node that knows
     /// nobody at all starts a lookup.
     fn refresh_bucket(&mut self, now: Time, b: usize) {
-        let target = self.id.random_in_bucket(b, &mut self.rng);
+        let target = self.id().random_in_bucket(b, &mut self.rng);
         let ask = self
             .table
             .refresh_candidate(b)
@@ -1082,7 +1120,7 @@ impl<A: DhtAddr> Dht<A> {
         let mut seen: Vec<A::Ip> = Vec::new();
         for n in nodes.iter().take(self.cfg.k) {
             let ip = n.addr.ip_of();
-            if n.id == self.id
+            if n.id == self.id()
                 || seen.contains(&ip)
                 || !martian::acceptable_for(&n.addr, &from.ip_of(), self.cfg.private_nodes)
                 || self.table.get(&n.id).is_some()
@@ -1119,7 +1157,7 @@ impl<A: DhtAddr> Dht<A> {
     }
 
     fn maintenance(&mut self, now: Time) {
-        self.tokens.maybe_rotate(now);
+        self.tokens.maybe_rotate(now, self.cfg.token_interval);
         self.store.expire(now);
         // Refresh the stalest bucket, one per tick, whatever else is running: busy lookups
         // must not starve refresh, and a table gone stale must not fire every bucket at once.
@@ -1129,20 +1167,27 @@ impl<A: DhtAddr> Dht<A> {
             }
         }
         // A young or partitioned network: join again, backing off, until the table fills.
-        if self.table.len() >= self.cfg.k {
-            self.bootstrap_backoff = self.cfg.bootstrap_retry;
+        let table_full = self.table.len() >= self.cfg.k;
+        let retry = self.cfg.bootstrap_retry;
+        let mut rejoin = false;
+        if let Some(j) = self.join.as_deref_mut() {
+            if table_full {
+                j.backoff = retry;
+            }
+            let due = j.last.is_some_and(|t| now.since(t) >= j.backoff);
+            if due && j.lookup.is_none() && !table_full {
+                j.backoff = (j.backoff * 2).min(Duration::from_secs(300));
+                rejoin = true;
+            }
         }
-        let retry_due = self
-            .last_bootstrap
-            .is_some_and(|t| now.since(t) >= self.bootstrap_backoff);
-        if retry_due && self.bootstrap_lookup.is_none() && self.table.len() < self.cfg.k {
-            self.bootstrap_backoff = (self.bootstrap_backoff * 2).min(Duration::from_secs(300));
+        if rejoin {
             self.bootstrap(now, &[]);
         }
         // Give back what a burst (join, many lookups) grew, once idle: a million simulated
         // nodes keep only what they use.
         if self.lookups.is_empty() {
             self.lookups.shrink_to_fit();
+            self.table.shrink_to_fit();
         }
         // Empty queues give everything back: an idle node holds no buffer at all.
         self.transmits.shrink_to(0);
@@ -1167,9 +1212,11 @@ impl<A: DhtAddr> Dht<A> {
         if self.store.peer_count() > 0 {
             next = next.min(now + Duration::from_secs(60));
         }
-        if self.table.len() < self.cfg.k && !self.bootstrap_addrs.is_empty() {
-            if let Some(t) = self.last_bootstrap {
-                next = next.min(t + self.bootstrap_backoff);
+        if let Some(j) = self.join.as_deref() {
+            if self.table.len() < self.cfg.k && !j.addrs.is_empty() {
+                if let Some(t) = j.last {
+                    next = next.min(t + j.backoff);
+                }
             }
         }
         next.max(soon)
@@ -1215,7 +1262,7 @@ impl<A: DhtAddr> Dht<A> {
                 .collect();
             bad.sort_by_key(|e| std::cmp::Reverse(e.last_response));
             out.extend(bad.into_iter().map(|e| e.node));
-            for n in &self.saved {
+            for n in self.join.iter().flat_map(|j| &j.saved) {
                 if !out.iter().any(|o| o.id == n.id || o.addr == n.addr) {
                     out.push(*n);
                 }

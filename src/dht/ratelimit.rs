@@ -141,19 +141,30 @@ struct IpState {
 
 /// The limiter state.
 pub struct RateLimiter<I = Ipv4Addr> {
+    /// `None` when every limit is off (benchmarks, the simulator): a million simulated nodes
+    /// paid ~100 bytes each for a limiter that never limits.
+    on: Option<Box<Active<I>>>,
+}
+
+/// A limiter with at least one limit on.
+struct Active<I> {
     limits: RateLimits,
-    /// Boxed: an idle node (or one with flood protection off) pays one pointer for it.
+    /// Boxed: an idle node (or one with per-IP limits off) pays one pointer for it.
     ips: Option<Box<LruCache<I, IpState>>>,
     replies: Option<TokenBucket>,
     /// Packets dropped because their IP was over budget or banned.
-    pub dropped_ip: u64,
+    dropped_ip: u64,
     /// Replies suppressed by the global budget.
-    pub dropped_global: u64,
+    dropped_global: u64,
 }
 
 impl<I: Copy + Eq + std::hash::Hash> RateLimiter<I> {
-    /// A limiter with `limits`; allocates nothing yet.
+    /// A limiter with `limits`; allocates nothing when they are all off, little otherwise.
     pub fn new(limits: RateLimits) -> RateLimiter<I> {
+        let per_ip_on = limits.per_ip_per_sec > 0 && limits.tracked_ips > 0;
+        if !per_ip_on && limits.reply_bytes_per_sec == 0 {
+            return RateLimiter { on: None };
+        }
         let replies = (limits.reply_bytes_per_sec > 0).then(|| {
             TokenBucket::new(
                 u64::from(limits.reply_bytes_per_sec),
@@ -161,27 +172,41 @@ impl<I: Copy + Eq + std::hash::Hash> RateLimiter<I> {
                 Time(0),
             )
         });
-        RateLimiter {
+        let active = Active {
             limits,
             ips: None,
             replies,
             dropped_ip: 0,
             dropped_global: 0,
+        };
+        RateLimiter {
+            on: Some(Box::new(active)),
         }
+    }
+
+    /// Packets dropped so far because their IP was over budget or banned.
+    pub fn dropped_ip(&self) -> u64 {
+        self.on.as_ref().map_or(0, |a| a.dropped_ip)
+    }
+
+    /// Replies suppressed so far by the global budget.
+    pub fn dropped_global(&self) -> u64 {
+        self.on.as_ref().map_or(0, |a| a.dropped_global)
     }
 
     /// Counts one packet from `ip` at `now`; false if it must be dropped.
     pub fn allow_packet(&mut self, ip: I, now: Time) -> bool {
-        let rate = u64::from(self.limits.per_ip_per_sec);
-        if rate == 0 || self.limits.tracked_ips == 0 {
+        let Some(a) = self.on.as_deref_mut() else {
+            return true;
+        };
+        let rate = u64::from(a.limits.per_ip_per_sec);
+        if rate == 0 || a.limits.tracked_ips == 0 {
             return true;
         }
-        let depth = u64::from(self.limits.per_ip_burst) + rate;
-        let cap_ips = self.limits.tracked_ips;
+        let depth = u64::from(a.limits.per_ip_burst) + rate;
+        let cap_ips = a.limits.tracked_ips;
         // Unbounded LRU with a manual cap: `LruCache::new` would preallocate the full capacity.
-        let ips = self
-            .ips
-            .get_or_insert_with(|| Box::new(LruCache::unbounded()));
+        let ips = a.ips.get_or_insert_with(|| Box::new(LruCache::unbounded()));
         if ips.len() >= cap_ips && !ips.contains(&ip) {
             ips.pop_lru();
         }
@@ -190,16 +215,16 @@ impl<I: Copy + Eq + std::hash::Hash> RateLimiter<I> {
             banned_until: Time(0),
         });
         if now < s.banned_until {
-            self.dropped_ip += 1;
+            a.dropped_ip += 1;
             return false;
         }
         if s.bucket.try_take(1, now) {
             true
         } else {
             // Out of budget: a sustained flood. Ignore this IP for a while.
-            s.banned_until = now + self.limits.ban_for;
+            s.banned_until = now + a.limits.ban_for;
             s.bucket.fill(s.banned_until);
-            self.dropped_ip += 1;
+            a.dropped_ip += 1;
             false
         }
     }
@@ -207,7 +232,7 @@ impl<I: Copy + Eq + std::hash::Hash> RateLimiter<I> {
     /// Whether a reply could go out at `now` at all: lets the node skip building an answer
     /// the budget would drop anyway.
     pub fn reply_budget_left(&mut self, now: Time) -> bool {
-        match self.replies.as_mut() {
+        match self.on.as_deref_mut().and_then(|a| a.replies.as_mut()) {
             None => true,
             Some(b) => b.available(now) > 0,
         }
@@ -216,13 +241,16 @@ impl<I: Copy + Eq + std::hash::Hash> RateLimiter<I> {
     /// Counts a reply of `bytes` at `now`; false (it must not be sent) if the global budget
     /// does not hold that many bytes.
     pub fn allow_reply(&mut self, now: Time, bytes: usize) -> bool {
-        let Some(b) = self.replies.as_mut() else {
+        let Some(a) = self.on.as_deref_mut() else {
+            return true;
+        };
+        let Some(b) = a.replies.as_mut() else {
             return true;
         };
         if b.try_take(bytes as u64, now) {
             true
         } else {
-            self.dropped_global += 1;
+            a.dropped_global += 1;
             false
         }
     }
@@ -233,7 +261,10 @@ impl<I: Copy + Eq + std::hash::Hash> RateLimiter<I> {
     /// network hear from hundreds of IPs. Walks from the least recently seen and stops at
     /// the first IP still worth keeping, so a call costs what it frees (plus one).
     pub fn forget_idle(&mut self, now: Time) {
-        let Some(ips) = self.ips.as_mut() else {
+        let Some(a) = self.on.as_deref_mut() else {
+            return;
+        };
+        let Some(ips) = a.ips.as_mut() else {
             return;
         };
         while let Some((_, s)) = ips.peek_lru() {
@@ -244,13 +275,16 @@ impl<I: Copy + Eq + std::hash::Hash> RateLimiter<I> {
             ips.pop_lru();
         }
         if ips.is_empty() {
-            self.ips = None;
+            a.ips = None;
         }
     }
 
     /// IPs currently tracked.
     pub fn tracked(&self) -> usize {
-        self.ips.as_ref().map_or(0, |m| m.len())
+        self.on
+            .as_ref()
+            .and_then(|a| a.ips.as_ref())
+            .map_or(0, |m| m.len())
     }
 }
 #[cfg(test)]
@@ -343,7 +377,7 @@ mod tests {
         // 100 ms refill 100 bytes: a 150-byte reply waits, a 100-byte one goes.
         assert!(!r.allow_reply(Time(100), 150));
         assert!(r.allow_reply(Time(100), 100));
-        assert_eq!(r.dropped_global, 2);
+        assert_eq!(r.dropped_global(), 2);
         // Never more than the depth is saved up, however long it is idle.
         assert!(!r.allow_reply(Time(60_000), 501));
         assert!(r.allow_reply(Time(60_000), 500));

@@ -6,13 +6,14 @@
 //! is replaced, insertion says so and the node (`dht`) sends the ping.
 //!
 //! Memory: the simulator holds a million tables of ~140 entries, so an entry is stored
-//! compactly ([`Slot`], 36 bytes for IPv4 instead of 48): its times are `u32` milliseconds
+//! compactly ([`Slot`], 34 bytes for IPv4 instead of 48): its times are 30-bit milliseconds
 //! after an epoch the table keeps, which moves forward (every value shifted) before a time
 //! could overflow, so a node running for months stays exact to the millisecond for every
-//! time within the last 24 days (older times only ever compare as "long ago"). A bucket holds
-//! its k entries inline and the buckets are one allocation, and the one-per-IP index keeps
-//! two bytes per entry: 6,784 bytes for a perfect table of 142 entries with the rest of the
-//! node (`tests/mem.rs`), where a block per bucket made it 7,800.
+//! time within the last ~6 days (older times only ever compare as "long ago"). A bucket holds
+//! its k entries inline, the buckets are one allocation, the replacement caches of all
+//! buckets are one list, and the one-per-IP index keeps two bytes per entry: 5,992 bytes for
+//! a perfect table of 142 entries with the rest of the node (`tests/mem.rs`), where a block
+//! per bucket made it 7,800.
 
 use std::net::{IpAddr, SocketAddrV4};
 use std::time::Duration;
@@ -35,8 +36,8 @@ const REPLACEMENTS: usize = 8;
 /// Entries from one /24 allowed per bucket (public addresses only): a cheap Sybil brake.
 pub const MAX_PER_SLASH24: usize = 2;
 /// How much history a rebase keeps exact: times up to this long before the newest one
-/// (2^31 ms, 24.8 days). Older ones become "as old as the epoch", far past every timeout.
-const KEEP_EXACT_MS: u64 = 1 << 31;
+/// (2^29 ms, 6.2 days). Older ones become "as old as the epoch", far past every timeout.
+const KEEP_EXACT_MS: u64 = 1 << 29;
 
 /// One routing table entry, as the table hands it out (a copy: the table stores entries as
 /// [`Slot`]s, with times relative to its epoch).
@@ -48,7 +49,8 @@ pub struct Entry<A = SocketAddrV4> {
     pub last_response: Time,
     /// Last time it sent us a query (counts toward "good" once it has answered before).
     pub last_query: Time,
-    /// Consecutive queries it failed to answer.
+    /// Consecutive queries it failed to answer, counted up to 3 (a node is bad from
+    /// [`BAD_AFTER_FAILS`] on).
     pub fails: u8,
     /// A liveness ping is outstanding (so we do not ping it twice).
     pub pinging: bool,
@@ -96,21 +98,62 @@ impl<A: DhtAddr> Entry<A> {
     }
 }
 
-/// Flag bit of [`Slot::flags`]: a liveness ping is outstanding.
+/// Flag bit of a [`Slot`]'s flags: a liveness ping is outstanding.
 const PINGING: u8 = 1;
-/// Flag bit of [`Slot::flags`]: the node has answered us at least once.
+/// Flag bit of a [`Slot`]'s flags: the node has answered us at least once.
 const ANSWERED: u8 = 2;
+/// Consecutive failures a [`Slot`] counts up to (two bits): every rule compares the count
+/// with [`BAD_AFTER_FAILS`], which is below it.
+const MAX_FAILS: u8 = 3;
+const _: () = assert!(BAD_AFTER_FAILS < MAX_FAILS);
+/// Largest epoch-relative time a [`Slot`] stores: 30 bits of milliseconds (12.4 days). The
+/// two bits above each time hold the fail count and the flags.
+const TIME_MAX: u32 = (1 << 30) - 1;
 
-/// A routing table entry as stored: 36 bytes for IPv4 (an [`Entry`] is 48), because a
-/// simulator holds a million tables. Times are milliseconds after the table's epoch; read it
-/// through [`RoutingTable::iter`] or [`RoutingTable::get`], which give [`Entry`]s.
+/// A `u32` kept as two `u16` halves, so that a [`Slot`] needs only its address's 2-byte
+/// alignment: 34 bytes for IPv4, where `u32` fields padded it to 36 (a million simulated
+/// tables of ~18 buckets of 8 paid ~290 bytes each for that padding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Word([u16; 2]);
+
+impl Word {
+    fn new(v: u32) -> Word {
+        let [a, b, c, d] = v.to_le_bytes();
+        Word([u16::from_le_bytes([a, b]), u16::from_le_bytes([c, d])])
+    }
+
+    fn get(self) -> u32 {
+        u32::from(self.0[0]) | (u32::from(self.0[1]) << 16)
+    }
+
+    /// The time in the low 30 bits.
+    fn time(self) -> u32 {
+        self.get() & TIME_MAX
+    }
+
+    /// The two bits above the time.
+    fn high(self) -> u8 {
+        u8::try_from(self.get() >> 30).unwrap_or(0)
+    }
+
+    /// `time` (clamped to [`TIME_MAX`]) below `high` (two bits).
+    fn pack(time: u32, high: u8) -> Word {
+        Word::new(time.min(TIME_MAX) | (u32::from(high & 3) << 30))
+    }
+}
+
+/// A routing table entry as stored: 34 bytes for IPv4 (an [`Entry`] is 48), because a
+/// simulator holds a million tables. Times are milliseconds after the table's epoch, 30 bits
+/// each, with the fail count (up to 3) above the last answer's time and the flags above the
+/// last query's; read it through [`RoutingTable::iter`] or [`RoutingTable::get`], which give
+/// [`Entry`]s.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Slot<A = SocketAddrV4> {
     node: NodeInfo<A>,
-    last_response: u32,
-    last_query: u32,
-    fails: u8,
-    flags: u8,
+    /// Last answer (epoch-relative) and, above it, consecutive failures.
+    resp: Word,
+    /// Last query from the node (epoch-relative) and, above it, the flags.
+    query: Word,
 }
 
 /// Milliseconds from `v` (epoch-relative) to `now_rel`, as `Time::since` counts them.
@@ -123,10 +166,8 @@ impl<A: DhtAddr> Slot<A> {
     fn new(node: NodeInfo<A>, now: u32) -> Slot<A> {
         Slot {
             node,
-            last_response: now,
-            last_query: 0,
-            fails: 0,
-            flags: ANSWERED,
+            resp: Word::pack(now, 0),
+            query: Word::pack(0, ANSWERED),
         }
     }
 
@@ -135,10 +176,8 @@ impl<A: DhtAddr> Slot<A> {
     fn unproven(node: NodeInfo<A>) -> Slot<A> {
         Slot {
             node,
-            last_response: 0,
-            last_query: 0,
-            fails: 0,
-            flags: 0,
+            resp: Word::pack(0, 0),
+            query: Word::pack(0, 0),
         }
     }
 
@@ -147,34 +186,63 @@ impl<A: DhtAddr> Slot<A> {
         &self.node
     }
 
+    fn last_response(&self) -> u32 {
+        self.resp.time()
+    }
+
+    fn last_query(&self) -> u32 {
+        self.query.time()
+    }
+
+    fn fails(&self) -> u8 {
+        self.resp.high()
+    }
+
+    fn flags(&self) -> u8 {
+        self.query.high()
+    }
+
+    fn set_last_response(&mut self, t: u32) {
+        self.resp = Word::pack(t, self.fails());
+    }
+
+    fn set_last_query(&mut self, t: u32) {
+        self.query = Word::pack(t, self.flags());
+    }
+
+    /// Sets the fail count, kept up to [`MAX_FAILS`].
+    fn set_fails(&mut self, n: u8) {
+        self.resp = Word::pack(self.last_response(), n.min(MAX_FAILS));
+    }
+
+    fn set_flag(&mut self, flag: u8, on: bool) {
+        let flags = if on {
+            self.flags() | flag
+        } else {
+            self.flags() & !flag
+        };
+        self.query = Word::pack(self.last_query(), flags);
+    }
+
     fn pinging(&self) -> bool {
-        self.flags & PINGING != 0
+        self.flags() & PINGING != 0
     }
 
     fn answered(&self) -> bool {
-        self.flags & ANSWERED != 0
+        self.flags() & ANSWERED != 0
     }
 
     fn set_pinging(&mut self, on: bool) {
-        self.flags = if on {
-            self.flags | PINGING
-        } else {
-            self.flags & !PINGING
-        };
+        self.set_flag(PINGING, on);
     }
 
     fn set_answered(&mut self, on: bool) {
-        self.flags = if on {
-            self.flags | ANSWERED
-        } else {
-            self.flags & !ANSWERED
-        };
+        self.set_flag(ANSWERED, on);
     }
 
     /// The node answered at epoch-relative `now`.
     fn answered_at(&mut self, now: u32) {
-        self.last_response = now;
-        self.fails = 0;
+        self.resp = Word::pack(now, 0);
         self.set_pinging(false);
         self.set_answered(true);
     }
@@ -182,10 +250,10 @@ impl<A: DhtAddr> Slot<A> {
     /// Classifies the entry at epoch-relative `now_rel`.
     fn state(&self, now_rel: u64) -> NodeState {
         classify(
-            self.fails,
+            self.fails(),
             self.answered(),
-            since(now_rel, self.last_response),
-            since(now_rel, self.last_query),
+            since(now_rel, self.last_response()),
+            since(now_rel, self.last_query()),
         )
     }
 
@@ -193,9 +261,9 @@ impl<A: DhtAddr> Slot<A> {
     fn view(&self, epoch: Time) -> Entry<A> {
         Entry {
             node: self.node,
-            last_response: at(epoch, self.last_response),
-            last_query: at(epoch, self.last_query),
-            fails: self.fails,
+            last_response: at(epoch, self.last_response()),
+            last_query: at(epoch, self.last_query()),
+            fails: self.fails(),
             pinging: self.pinging(),
             answered: self.answered(),
         }
@@ -220,10 +288,8 @@ pub struct Bucket<A = SocketAddrV4> {
     /// per bucket cost its 24-byte header and ~16 bytes of malloc overhead, ~720 bytes in
     /// each of a million simulated tables of ~18 buckets.
     pub entries: Entries<A>,
-    /// Candidates waiting for a slot, newest last. A `ThinVec` (one pointer, its length in
-    /// the allocation): most buckets never hold a candidate, and a million simulated tables
-    /// of ~18 buckets paid 16 bytes more per bucket for an empty `Vec`.
-    pub replacements: ThinVec<NodeInfo<A>>,
+    // The bucket's candidates waiting for a slot live in the table's `Replacements`: a
+    // pointer here padded every bucket to 296 bytes, 8 more than its entries and time need.
     /// Last time (epoch-relative) a node in this bucket answered or was added, or a lookup
     /// went through it.
     changed: u32,
@@ -234,7 +300,6 @@ impl<A> Bucket<A> {
     fn empty(changed: u32) -> Bucket<A> {
         Bucket {
             entries: SmallVec::new(),
-            replacements: ThinVec::new(),
             changed,
         }
     }
@@ -257,7 +322,8 @@ pub enum Insert<A = SocketAddrV4> {
 #[derive(Clone, Debug)]
 pub struct RoutingTable<A: DhtAddr = SocketAddrV4> {
     own: Id,
-    k: usize,
+    /// Bucket size (a `u16`: with the flags below it packs the table into 80 bytes).
+    k: u16,
     /// What the entries' and buckets' `u32` times count from (see the module doc).
     epoch: Time,
     /// Bucket `i < len-1` holds nodes sharing exactly `i` leading bits with us; the last bucket
@@ -269,6 +335,8 @@ pub struct RoutingTable<A: DhtAddr = SocketAddrV4> {
     /// one-per-IP check scans the table only when a fingerprint matches. Bounded by the
     /// table itself.
     ips: IpIndex,
+    /// Every bucket's replacement cache, in one list.
+    replacements: Replacements<A>,
 }
 
 impl<A: DhtAddr> RoutingTable<A> {
@@ -280,12 +348,13 @@ impl<A: DhtAddr> RoutingTable<A> {
     fn with_epoch(own: Id, k: usize, one_per_ip: bool, now: Time, epoch: Time) -> RoutingTable<A> {
         let mut t = RoutingTable {
             own,
-            k,
+            k: u16::try_from(k).unwrap_or(u16::MAX),
             epoch,
             buckets: Vec::with_capacity(1),
             one_per_ip,
             bep42: Bep42Mode::Prefer,
-            ips: IpIndex::new(one_per_ip),
+            ips: IpIndex::new(),
+            replacements: Replacements::new(),
         };
         let changed = t.rel(now);
         t.buckets.push(Bucket::empty(changed));
@@ -293,13 +362,13 @@ impl<A: DhtAddr> RoutingTable<A> {
     }
 
     /// `t` as milliseconds after the epoch, moving the epoch forward first if `t` would not
-    /// fit in a `u32` (about every 24 days of a long run). Times before the epoch read as
-    /// the epoch.
+    /// fit in a slot's 30 bits (about every 6 days of a long run). Times before the epoch
+    /// read as the epoch.
     fn rel(&mut self, t: Time) -> u32 {
-        if t.0.saturating_sub(self.epoch.0) > u64::from(u32::MAX) {
+        if t.0.saturating_sub(self.epoch.0) > u64::from(TIME_MAX) {
             self.rebase(Time(t.0 - KEEP_EXACT_MS));
         }
-        u32::try_from(t.0.saturating_sub(self.epoch.0)).unwrap_or(u32::MAX)
+        u32::try_from(t.0.saturating_sub(self.epoch.0)).map_or(TIME_MAX, |v| v.min(TIME_MAX))
     }
 
     /// `now` as milliseconds after the epoch, for comparisons (never moves the epoch).
@@ -311,14 +380,12 @@ impl<A: DhtAddr> RoutingTable<A> {
     /// times before the new epoch become the epoch.
     fn rebase(&mut self, epoch: Time) {
         let shift = epoch.0.saturating_sub(self.epoch.0);
-        let move_back = |v: &mut u32| {
-            *v = u32::try_from(u64::from(*v).saturating_sub(shift)).unwrap_or(u32::MAX);
-        };
+        let back = |v: u32| u32::try_from(u64::from(v).saturating_sub(shift)).unwrap_or(0);
         for b in &mut self.buckets {
-            move_back(&mut b.changed);
+            b.changed = back(b.changed);
             for s in &mut b.entries {
-                move_back(&mut s.last_response);
-                move_back(&mut s.last_query);
+                s.set_last_response(back(s.last_response()));
+                s.set_last_query(back(s.last_query()));
             }
         }
         self.epoch = Time(self.epoch.0 + shift);
@@ -339,15 +406,15 @@ impl<A: DhtAddr> RoutingTable<A> {
     /// re-bucketed around the new id.
     pub fn recentre(&mut self, own: Id, now: Time) {
         let old: Vec<Entry<A>> = self.iter().collect();
-        let mut fresh = RoutingTable::with_epoch(own, self.k, self.one_per_ip, now, self.epoch);
+        let mut fresh = RoutingTable::with_epoch(own, self.k(), self.one_per_ip, now, self.epoch);
         fresh.bep42 = self.bep42;
         *self = fresh;
         for e in old {
             if self.on_response(e.node, e.last_response) == Insert::Added {
                 let last_query = self.rel(e.last_query);
                 if let Some(n) = self.find_mut(&e.node.id) {
-                    n.last_query = last_query;
-                    n.fails = e.fails;
+                    n.set_last_query(last_query);
+                    n.set_fails(e.fails);
                     n.set_answered(e.answered);
                 }
             }
@@ -361,7 +428,7 @@ impl<A: DhtAddr> RoutingTable<A> {
 
     /// Bucket size.
     pub fn k(&self) -> usize {
-        self.k
+        usize::from(self.k)
     }
 
     /// The buckets, for status output and refresh.
@@ -381,7 +448,21 @@ impl<A: DhtAddr> RoutingTable<A> {
         self.buckets.iter().map(|b| b.entries.len()).sum()
     }
 
-    /// True when no node is known.
+    /// Gives back what growth left unused (the IP index's slack, the replacement list's),
+    /// for a node at rest: a million simulated tables keep only what they hold.
+    pub fn shrink_to_fit(&mut self) {
+        self.ips.shrink();
+        if self.replacements.list.capacity() > self.replacements.list.len() {
+            self.replacements.list.shrink_to_fit();
+        }
+    }
+
+    /// Bucket `bi`'s replacement cache, oldest first: who takes the place of a node that dies.
+    pub fn replacements(&self, bi: usize) -> impl Iterator<Item = &NodeInfo<A>> {
+        self.replacements.of(bi)
+    }
+
+    /// Whether the table holds no entry.
     pub fn is_empty(&self) -> bool {
         self.buckets.iter().all(|b| b.entries.is_empty())
     }
@@ -432,7 +513,7 @@ impl<A: DhtAddr> RoutingTable<A> {
 
     /// Entries currently using `ip` (tracked only with one entry per IP; 0 otherwise).
     pub fn entries_at_ip(&self, ip: &A::Ip) -> usize {
-        if !self.ips.may_hold(A::ip_addr(ip)) {
+        if !self.ips.may_hold(self.one_per_ip, A::ip_addr(ip)) {
             return 0;
         }
         self.buckets
@@ -487,15 +568,15 @@ impl<A: DhtAddr> RoutingTable<A> {
         loop {
             let bi = self.bucket_index(&node.id);
             let n_buckets = self.buckets.len();
-            let k = self.k;
+            let k = usize::from(self.k);
             let Some(bucket) = self.buckets.get_mut(bi) else {
                 return Insert::Refused;
             };
-            bucket.replacements.retain(|r| r.id != node.id);
+            self.replacements.forget(bi, &node.id);
             if bucket.entries.len() < k {
                 bucket.entries.push(Slot::new(node, now));
                 bucket.changed = now;
-                self.ips.add(&node);
+                self.ips.add(self.one_per_ip, &node);
                 return Insert::Added;
             }
             if let Some(bad) = bucket
@@ -505,8 +586,8 @@ impl<A: DhtAddr> RoutingTable<A> {
             {
                 let old = std::mem::replace(&mut bucket.entries[bad], Slot::new(node, now));
                 bucket.changed = now;
-                self.ips.remove(&old.node);
-                self.ips.add(&node);
+                self.ips.remove(self.one_per_ip, &old.node);
+                self.ips.add(self.one_per_ip, &node);
                 return Insert::Added;
             }
             if bi == n_buckets - 1 && n_buckets < 160 {
@@ -520,24 +601,24 @@ impl<A: DhtAddr> RoutingTable<A> {
                     .iter()
                     .enumerate()
                     .filter(|(_, e)| !RoutingTable::verified(&e.node))
-                    .min_by_key(|(_, e)| e.last_response)
+                    .min_by_key(|(_, e)| e.last_response())
                     .map(|(i, _)| i);
                 if let Some(i) = victim {
                     let old = std::mem::replace(&mut bucket.entries[i], Slot::new(node, now));
                     bucket.changed = now;
-                    push_replacement(bucket, old.node);
-                    self.ips.remove(&old.node);
-                    self.ips.add(&node);
+                    self.replacements.push(bi, old.node);
+                    self.ips.remove(self.one_per_ip, &old.node);
+                    self.ips.add(self.one_per_ip, &node);
                     return Insert::Added;
                 }
             }
-            push_replacement(bucket, node);
+            self.replacements.push(bi, node);
             // Ping the least recently seen questionable node that is not already being pinged.
             let stale = bucket
                 .entries
                 .iter_mut()
                 .filter(|e| e.state(now_rel) == NodeState::Questionable && !e.pinging())
-                .min_by_key(|e| e.last_response);
+                .min_by_key(|e| e.last_response());
             return match stale {
                 Some(e) => {
                     e.set_pinging(true);
@@ -560,13 +641,9 @@ impl<A: DhtAddr> RoutingTable<A> {
                 .partition(|e| own.common_prefix_len(&e.node.id) == depth);
             last.entries = stay;
             deeper.entries = go;
-            let (stay, go): (ThinVec<NodeInfo<A>>, ThinVec<NodeInfo<A>>) = last
-                .replacements
-                .drain(..)
-                .partition(|n| own.common_prefix_len(&n.id) == depth);
-            last.replacements = stay;
-            deeper.replacements = go;
         }
+        self.replacements
+            .split(depth, |n| own.common_prefix_len(&n.id) == depth);
         // One bucket at a time (at most 160): no doubling slack in a million tables.
         self.buckets.reserve_exact(1);
         self.buckets.push(deeper);
@@ -583,7 +660,7 @@ impl<A: DhtAddr> RoutingTable<A> {
         };
         match bucket.entries.iter_mut().find(|e| e.node.id == *id) {
             Some(e) if e.node.addr == addr => {
-                e.last_query = now;
+                e.set_last_query(now);
                 if e.answered() {
                     bucket.changed = bucket.changed.max(now);
                 }
@@ -633,7 +710,7 @@ impl<A: DhtAddr> RoutingTable<A> {
         let Some(b) = self.buckets.get(bi) else {
             return false;
         };
-        b.entries.len() < self.k
+        b.entries.len() < usize::from(self.k)
             || (bi == self.buckets.len() - 1 && self.buckets.len() < 160)
             || b.entries.iter().any(|e| e.state(now) == NodeState::Bad)
     }
@@ -658,14 +735,14 @@ impl<A: DhtAddr> RoutingTable<A> {
             return TimeoutOutcome::Unknown;
         };
         let e = &mut bucket.entries[pos];
-        e.fails = e.fails.saturating_add(1);
+        e.set_fails(e.fails().saturating_add(1));
         let was_pinging = e.pinging();
         e.set_pinging(false);
         if e.state(now) == NodeState::Bad {
             // The newest replacement whose IP has not entered the table meanwhile (the dying
             // entry's own IP does not count: the replacement takes its slot).
             loop {
-                let Some(rep) = self.buckets.get_mut(bi).and_then(|b| b.replacements.pop()) else {
+                let Some(rep) = self.replacements.pop(bi) else {
                     return TimeoutOutcome::Bad;
                 };
                 let rep_ip = rep.addr.ip_of();
@@ -684,8 +761,8 @@ impl<A: DhtAddr> RoutingTable<A> {
                 let mut fresh = Slot::unproven(rep);
                 fresh.set_pinging(true);
                 let old = std::mem::replace(slot, fresh);
-                self.ips.remove(&old.node);
-                self.ips.add(&rep);
+                self.ips.remove(self.one_per_ip, &old.node);
+                self.ips.add(self.one_per_ip, &rep);
                 return TimeoutOutcome::Replaced(rep);
             }
         }
@@ -787,10 +864,10 @@ impl<A: DhtAddr> RoutingTable<A> {
             .get(b)?
             .entries
             .iter()
-            .filter(|e| !e.pinging() && e.fails < BAD_AFTER_FAILS)
+            .filter(|e| !e.pinging() && e.fails() < BAD_AFTER_FAILS)
             // Not `last_query`: a spoofed query under an entry's id must not keep a dead
             // entry from ever being asked.
-            .min_by_key(|e| (e.answered(), e.last_response))
+            .min_by_key(|e| (e.answered(), e.last_response()))
             .map(|e| e.node)
     }
 
@@ -854,7 +931,8 @@ pub enum TimeoutOutcome<A = SocketAddrV4> {
 /// only makes us pay that bounded scan per insert attempt.
 #[derive(Clone, Debug)]
 struct IpIndex {
-    on: bool,
+    /// Kept only while the table's `one_per_ip` is on (every method is told whether it is:
+    /// a flag of its own here padded the table by eight bytes).
     sorted: Vec<u16>,
 }
 
@@ -871,20 +949,17 @@ fn ip_fingerprint(ip: IpAddr) -> u16 {
 }
 
 impl IpIndex {
-    fn new(on: bool) -> IpIndex {
-        IpIndex {
-            on,
-            sorted: Vec::new(),
-        }
+    fn new() -> IpIndex {
+        IpIndex { sorted: Vec::new() }
     }
 
-    /// Whether some entry's IP may be `ip` (no false negatives).
-    fn may_hold(&self, ip: IpAddr) -> bool {
-        self.on && self.sorted.binary_search(&ip_fingerprint(ip)).is_ok()
+    /// Whether some entry's IP may be `ip` (no false negatives while `on`).
+    fn may_hold(&self, on: bool, ip: IpAddr) -> bool {
+        on && self.sorted.binary_search(&ip_fingerprint(ip)).is_ok()
     }
 
-    fn add<A: DhtAddr>(&mut self, node: &NodeInfo<A>) {
-        if !self.on {
+    fn add<A: DhtAddr>(&mut self, on: bool, node: &NodeInfo<A>) {
+        if !on {
             return;
         }
         let f = ip_fingerprint(A::ip_addr(&node.addr.ip_of()));
@@ -896,8 +971,15 @@ impl IpIndex {
         self.sorted.insert(at, f);
     }
 
-    fn remove<A: DhtAddr>(&mut self, node: &NodeInfo<A>) {
-        if !self.on {
+    /// Gives back the growth slack (the table is settled: the node is idle).
+    fn shrink(&mut self) {
+        if self.sorted.capacity() > self.sorted.len() {
+            self.sorted.shrink_to_fit();
+        }
+    }
+
+    fn remove<A: DhtAddr>(&mut self, on: bool, node: &NodeInfo<A>) {
+        if !on {
             return;
         }
         let f = ip_fingerprint(A::ip_addr(&node.addr.ip_of()));
@@ -908,12 +990,99 @@ impl IpIndex {
     }
 }
 
-fn push_replacement<A: DhtAddr>(bucket: &mut Bucket<A>, node: NodeInfo<A>) {
-    bucket.replacements.retain(|r| r.id != node.id);
-    if bucket.replacements.len() >= REPLACEMENTS {
-        bucket.replacements.remove(0);
+/// A replacement candidate and the bucket it waits for (at most 160 buckets: a `u8`).
+#[derive(Clone, Copy, Debug)]
+struct Candidate<A> {
+    bucket: u8,
+    node: NodeInfo<A>,
+}
+
+/// The replacement caches of all buckets in one list, sorted by bucket and, within a
+/// bucket, oldest first. One `ThinVec` per table (one pointer while empty) where a cache per
+/// bucket cost every bucket a pointer and padding, ~150 bytes per simulated table. Bounded by
+/// [`REPLACEMENTS`] per bucket.
+#[derive(Clone, Debug)]
+struct Replacements<A> {
+    list: ThinVec<Candidate<A>>,
+}
+
+/// A bucket index as [`Candidate`] stores it (the table has at most 160 buckets).
+fn bucket_tag(bi: usize) -> u8 {
+    u8::try_from(bi).unwrap_or(u8::MAX)
+}
+
+impl<A: DhtAddr> Replacements<A> {
+    fn new() -> Replacements<A> {
+        Replacements {
+            list: ThinVec::new(),
+        }
     }
-    bucket.replacements.push(node);
+
+    /// Where bucket `bi`'s candidates are in the list.
+    fn range(&self, bi: usize) -> std::ops::Range<usize> {
+        let tag = bucket_tag(bi);
+        let lo = self.list.partition_point(|c| c.bucket < tag);
+        let hi = lo + self.list[lo..].partition_point(|c| c.bucket == tag);
+        lo..hi
+    }
+
+    /// Bucket `bi`'s candidates, oldest first.
+    fn of(&self, bi: usize) -> impl Iterator<Item = &NodeInfo<A>> {
+        let r = self.range(bi);
+        self.list[r].iter().map(|c| &c.node)
+    }
+
+    /// Drops `id` from bucket `bi`'s candidates (it entered the table, or comes again).
+    fn forget(&mut self, bi: usize, id: &Id) {
+        let r = self.range(bi);
+        if let Some(at) = self.list[r.clone()].iter().position(|c| c.node.id == *id) {
+            self.list.remove(r.start + at);
+        }
+    }
+
+    /// Makes `node` bucket `bi`'s newest candidate, dropping its oldest past the limit.
+    fn push(&mut self, bi: usize, node: NodeInfo<A>) {
+        self.forget(bi, &node.id);
+        let r = self.range(bi);
+        let mut end = r.end;
+        if r.len() >= REPLACEMENTS {
+            self.list.remove(r.start);
+            end -= 1;
+        }
+        self.list.insert(
+            end,
+            Candidate {
+                bucket: bucket_tag(bi),
+                node,
+            },
+        );
+    }
+
+    /// Takes bucket `bi`'s newest candidate.
+    fn pop(&mut self, bi: usize) -> Option<NodeInfo<A>> {
+        let r = self.range(bi);
+        if r.is_empty() {
+            return None;
+        }
+        Some(self.list.remove(r.end - 1).node)
+    }
+
+    /// The last bucket, `depth`, split: its candidates that do not `stay` now wait for bucket
+    /// `depth + 1`, after the ones that stay, each group in its old order.
+    fn split(&mut self, depth: usize, stay: impl Fn(&NodeInfo<A>) -> bool) {
+        let r = self.range(depth);
+        if r.is_empty() {
+            return;
+        }
+        let moved: Vec<Candidate<A>> = self.list.drain(r.start..).collect();
+        let (kept, gone): (Vec<_>, Vec<_>) = moved.into_iter().partition(|c| stay(&c.node));
+        let deeper = bucket_tag(depth + 1);
+        self.list.extend(kept);
+        self.list.extend(gone.into_iter().map(|c| Candidate {
+            bucket: deeper,
+            ..c
+        }));
+    }
 }
 
 #[cfg(test)]
@@ -980,7 +1149,7 @@ mod tests {
             Insert::PingFirst(n) => n,
             other => panic!("expected ping, got {other:?}"),
         };
-        assert_eq!(t.buckets()[0].replacements, vec![newcomer]);
+        assert_eq!(t.replacements(0).collect::<Vec<_>>(), vec![&newcomer]);
         // First timeout: ping again; second: replaced by the newcomer.
         assert_eq!(
             t.on_timeout(&ping.id, ping.addr, later),

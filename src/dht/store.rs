@@ -99,7 +99,6 @@ struct StoredPeer<A> {
 
 /// Announced peers per info-hash.
 pub struct PeerStore<A: DhtAddr = SocketAddrV4> {
-    limits: StoreLimits,
     /// Boxed: a node nobody announced to pays one pointer for it (the counts too: a
     /// million simulated nodes, nearly all never announced to, paid 56 bytes each for an
     /// empty map and a zero).
@@ -174,23 +173,37 @@ fn victim<A: DhtAddr>(list: &[StoredPeer<A>]) -> Option<usize> {
     }
 }
 
+impl<A: DhtAddr> Default for PeerStore<A> {
+    fn default() -> Self {
+        PeerStore::new()
+    }
+}
+
 impl<A: DhtAddr> PeerStore<A> {
     /// An empty store; allocates nothing until used.
-    pub fn new(limits: StoreLimits) -> PeerStore<A> {
-        PeerStore { limits, held: None }
+    pub fn new() -> PeerStore<A> {
+        PeerStore { held: None }
     }
 
-    /// Records `peer` for `info_hash` at `now`, or says why there is no room for it.
-    pub fn announce(&mut self, info_hash: Id, peer: A, now: Time) -> Result<Stored, StoreFull> {
-        let expires = now + self.limits.ttl;
+    /// Records `peer` for `info_hash` at `now` under `limits`, or says why there is no room
+    /// for it. The limits are the caller's (the node's shared config), not a copy here: a
+    /// million simulated stores paid 56 bytes each for identical copies.
+    pub fn announce(
+        &mut self,
+        limits: &StoreLimits,
+        info_hash: Id,
+        peer: A,
+        now: Time,
+    ) -> Result<Stored, StoreFull> {
+        let expires = now + limits.ttl;
         let new = StoredPeer {
             addr: peer,
             expires,
         };
         let ip = peer.ip_of();
-        let per_ip_here = self.limits.per_ip_per_infohash.max(1);
-        let per_ip_cap = self.limits.per_ip.max(1);
-        let per_infohash = self.limits.per_infohash.max(1);
+        let per_ip_here = limits.per_ip_per_infohash.max(1);
+        let per_ip_cap = limits.per_ip.max(1);
+        let per_infohash = limits.per_infohash.max(1);
         let held = self.held.get_or_insert_with(|| {
             Box::new(Held {
                 map: LruCache::unbounded(),
@@ -241,11 +254,11 @@ impl<A: DhtAddr> PeerStore<A> {
             return Err(StoreFull::PerIp);
         }
         let infohashes_full =
-            |m: &LruCache<Id, Vec<StoredPeer<A>>>| !exists && m.len() >= self.limits.infohashes;
-        if *total >= self.limits.total_peers || infohashes_full(map) {
+            |m: &LruCache<Id, Vec<StoredPeer<A>>>| !exists && m.len() >= limits.infohashes;
+        if *total >= limits.total_peers || infohashes_full(map) {
             evict_expired(map, total, per_ip, now, &info_hash);
         }
-        if *total >= self.limits.total_peers {
+        if *total >= limits.total_peers {
             return Err(StoreFull::TotalPeers);
         }
         if infohashes_full(map) {
@@ -352,29 +365,30 @@ fn evict_expired<A: DhtAddr>(
 /// what a node sends says nothing about the tokens it accepts.
 pub struct Tokens {
     key: [u8; 20],
-    epoch: u64,
+    /// `u32`: at one rotation per 5 minutes it lasts 40,000 years; hashed as 8 bytes.
+    epoch: u32,
     rotates_at: Time,
-    interval: Duration,
 }
 
 /// Length of the tokens we hand out.
 pub const TOKEN_LEN: usize = 8;
 
 impl Tokens {
-    /// Tokens under the secret `key` (fill it from a CSPRNG), rotating every `interval`.
+    /// Tokens under the secret `key` (fill it from a CSPRNG), first rotating `interval`
+    /// after `now`. The interval is the caller's to pass again to [`Tokens::maybe_rotate`]
+    /// (the node's shared config), not kept here.
     pub fn new(key: [u8; 20], now: Time, interval: Duration) -> Tokens {
         Tokens {
             key,
             epoch: 0,
             rotates_at: now + interval,
-            interval,
         }
     }
 
-    fn make(&self, epoch: u64, ip: &IpAddr, info_hash: &Id) -> [u8; TOKEN_LEN] {
+    fn make(&self, epoch: u32, ip: &IpAddr, info_hash: &Id) -> [u8; TOKEN_LEN] {
         let mut h = Sha1::new();
         h.update(self.key);
-        h.update(epoch.to_be_bytes());
+        h.update(u64::from(epoch).to_be_bytes());
         match ip {
             IpAddr::V4(a) => h.update(a.octets()),
             IpAddr::V6(a) => h.update(a.octets()),
@@ -397,11 +411,13 @@ impl Tokens {
             || (self.epoch > 0 && token == self.make(self.epoch - 1, ip, info_hash))
     }
 
-    /// Advances the epoch if its interval has passed.
-    pub fn maybe_rotate(&mut self, now: Time) {
+    /// Advances the epoch if its `interval` has passed (at least a millisecond, so a zero
+    /// interval cannot spin).
+    pub fn maybe_rotate(&mut self, now: Time, interval: Duration) {
+        let interval = interval.max(Duration::from_millis(1));
         while now >= self.rotates_at {
-            self.epoch += 1;
-            self.rotates_at = self.rotates_at + self.interval;
+            self.epoch = self.epoch.wrapping_add(1);
+            self.rotates_at = self.rotates_at + interval;
         }
     }
 
@@ -433,9 +449,9 @@ mod tests {
         assert!(t.check(&tok, &ip, &ih));
         assert!(!t.check(&tok, &IpAddr::V4(Ipv4Addr::new(1, 2, 3, 5)), &ih));
         assert!(!t.check(&tok, &ip, &Id([2; 20])), "bound to the info-hash");
-        t.maybe_rotate(Time(0) + five);
+        t.maybe_rotate(Time(0) + five, five);
         assert!(t.check(&tok, &ip, &ih), "previous secret still accepted");
-        t.maybe_rotate(Time(0) + five * 2);
+        t.maybe_rotate(Time(0) + five * 2, five);
         assert!(!t.check(&tok, &ip, &ih), "two rotations later it is gone");
         assert!(!t.check(b"short", &ip, &ih));
         // Another key, other tokens.
@@ -446,10 +462,11 @@ mod tests {
     #[test]
     fn peers_expire() {
         let mut rng = StdRng::seed_from_u64(1);
-        let mut s = PeerStore::new(StoreLimits::default());
+        let limits = StoreLimits::default();
+        let mut s = PeerStore::new();
         let ih = Id([1; 20]);
-        let _ = s.announce(ih, peer(1), Time(0));
-        let _ = s.announce(ih, peer(2), Time(0) + Duration::from_secs(600));
+        let _ = s.announce(&limits, ih, peer(1), Time(0));
+        let _ = s.announce(&limits, ih, peer(2), Time(0) + Duration::from_secs(600));
         assert_eq!(s.peers(&ih, 50, Time(1000), &mut rng).len(), 2);
         let t = Time(0) + Duration::from_secs(30 * 60);
         assert_eq!(s.peers(&ih, 50, t, &mut rng), vec![peer(2)]);
@@ -470,20 +487,20 @@ mod tests {
             ttl: Duration::from_secs(1800),
             ..StoreLimits::default()
         };
-        let mut s = PeerStore::new(limits);
+        let mut s = PeerStore::new();
         for i in 0..10_000u32 {
             let mut ih = [0u8; 20];
             ih[..4].copy_from_slice(&(i % 300).to_be_bytes());
-            let _ = s.announce(Id(ih), peer(i), Time(u64::from(i)));
+            let _ = s.announce(&limits, Id(ih), peer(i), Time(u64::from(i)));
         }
         assert!(s.infohash_count() <= 100);
         assert!(s.peer_count() <= 500);
         // Full: a new torrent is refused until the flood's announces expire.
         let ih = Id([7; 20]);
-        assert!(s.announce(ih, peer(1), Time(20_000)).is_err());
+        assert!(s.announce(&limits, ih, peer(1), Time(20_000)).is_err());
         let later = Time(2_000_000);
         for i in 0..10 {
-            assert!(s.announce(ih, peer(i), later).is_ok());
+            assert!(s.announce(&limits, ih, peer(i), later).is_ok());
         }
         // Sampling caps the answer size.
         assert_eq!(s.peers(&ih, 5, later, &mut rng).len(), 5);
@@ -501,16 +518,16 @@ mod tests {
             ..StoreLimits::default()
         };
         let per_ip = limits.per_ip_per_infohash;
-        let mut s = PeerStore::new(limits);
+        let mut s = PeerStore::new();
         let ih = Id([5; 20]);
         let honest: Vec<SocketAddrV4> = (1..=10).map(peer).collect();
         for p in &honest {
-            let _ = s.announce(ih, *p, Time(0));
+            let _ = s.announce(&limits, ih, *p, Time(0));
         }
         // One IP, a thousand ports, later (so its entries are the freshest).
         let attacker = Ipv4Addr::new(6, 6, 6, 6);
         for port in 1000..2000u16 {
-            let _ = s.announce(ih, SocketAddrV4::new(attacker, port), Time(10));
+            let _ = s.announce(&limits, ih, SocketAddrV4::new(attacker, port), Time(10));
         }
         let got = live(&mut s, &ih, Time(20));
         for p in &honest {
@@ -534,36 +551,48 @@ mod tests {
             ttl,
             ..StoreLimits::default()
         };
-        let mut s = PeerStore::new(limits);
+        let mut s = PeerStore::new();
         let ih = |i: u8| Id([i; 20]);
         for i in 0..4u8 {
             for j in 0..2u32 {
                 assert_eq!(
-                    s.announce(ih(i), peer(u32::from(i) * 10 + j), Time(0)),
+                    s.announce(&limits, ih(i), peer(u32::from(i) * 10 + j), Time(0)),
                     Ok(Stored::Added)
                 );
             }
         }
         // A fifth torrent: no room, refused; the four live ones keep every peer.
         assert_eq!(
-            s.announce(ih(9), peer(99), Time(1)),
+            s.announce(&limits, ih(9), peer(99), Time(1)),
             Err(StoreFull::Infohashes)
         );
         // A full torrent takes a newcomer in place of its oldest entry (every IP holds
         // one here), without growing.
-        assert_eq!(s.announce(ih(0), peer(5), Time(1)), Ok(Stored::Added));
-        assert_eq!(s.announce(ih(0), peer(6), Time(1)), Ok(Stored::Added));
+        assert_eq!(
+            s.announce(&limits, ih(0), peer(5), Time(1)),
+            Ok(Stored::Added)
+        );
+        assert_eq!(
+            s.announce(&limits, ih(0), peer(6), Time(1)),
+            Ok(Stored::Added)
+        );
         assert_eq!(
             live(&mut s, &ih(0), Time(1)),
             vec![peer(6), peer(1), peer(5)]
         );
         assert_eq!(s.peer_count(), 9);
         // Renewing a stored peer always works.
-        assert_eq!(s.announce(ih(0), peer(1), Time(2)), Ok(Stored::Renewed));
-        // Total cap: 9 stored, one more fits, then no more.
-        assert_eq!(s.announce(ih(1), peer(15), Time(2)), Ok(Stored::Added));
         assert_eq!(
-            s.announce(ih(2), peer(25), Time(2)),
+            s.announce(&limits, ih(0), peer(1), Time(2)),
+            Ok(Stored::Renewed)
+        );
+        // Total cap: 9 stored, one more fits, then no more.
+        assert_eq!(
+            s.announce(&limits, ih(1), peer(15), Time(2)),
+            Ok(Stored::Added)
+        );
+        assert_eq!(
+            s.announce(&limits, ih(2), peer(25), Time(2)),
             Err(StoreFull::TotalPeers)
         );
         for i in 0..4u8 {
@@ -575,7 +604,10 @@ mod tests {
         assert!(live(&mut s, &ih(9), Time(3)).is_empty());
         // Once the old announces expired, room is made for new ones.
         let later = Time(0) + ttl + Duration::from_secs(1);
-        assert_eq!(s.announce(ih(9), peer(99), later), Ok(Stored::Added));
+        assert_eq!(
+            s.announce(&limits, ih(9), peer(99), later),
+            Ok(Stored::Added)
+        );
         assert!(s.infohash_count() <= 4);
         assert!(s.peer_count() <= 10);
     }
@@ -594,14 +626,14 @@ mod tests {
             cap > 0 && cap * 100 <= infohashes,
             "default cap is 1% of the slots"
         );
-        let mut s = PeerStore::new(limits);
+        let mut s = PeerStore::new();
         // One IP announces as many random info-hashes as the store has slots.
         let attacker = Ipv4Addr::new(6, 6, 6, 6);
         let mut refused = 0;
         for i in 0..infohashes as u32 {
             let port = 1000 + (i % 4) as u16;
             let at = Time(u64::from(i) * 45);
-            match s.announce(ih_n(i), SocketAddrV4::new(attacker, port), at) {
+            match s.announce(&limits, ih_n(i), SocketAddrV4::new(attacker, port), at) {
                 Ok(_) => {}
                 Err(e) => {
                     assert_eq!(e, StoreFull::PerIp);
@@ -616,14 +648,14 @@ mod tests {
         let now = Time(u64::from(infohashes as u32) * 45);
         for i in 0..100u32 {
             assert_eq!(
-                s.announce(ih_n(1_000_000 + i), peer(i), now),
+                s.announce(&limits, ih_n(1_000_000 + i), peer(i), now),
                 Ok(Stored::Added),
                 "honest torrent {i} refused"
             );
         }
         // Renewing what it holds still works; the count follows expiry.
         assert_eq!(
-            s.announce(ih_n(0), SocketAddrV4::new(attacker, 1000), now),
+            s.announce(&limits, ih_n(0), SocketAddrV4::new(attacker, 1000), now),
             Ok(Stored::Renewed)
         );
         s.expire(now + ttl + Duration::from_secs(1));
@@ -631,7 +663,7 @@ mod tests {
         assert_eq!(s.peer_count(), 0);
         let later = now + ttl * 2;
         assert_eq!(
-            s.announce(ih_n(7), SocketAddrV4::new(attacker, 1000), later),
+            s.announce(&limits, ih_n(7), SocketAddrV4::new(attacker, 1000), later),
             Ok(Stored::Added)
         );
         assert_eq!(s.entries_from(attacker), 1);
@@ -641,7 +673,7 @@ mod tests {
     fn a_full_torrent_takes_newcomers_in_place_of_the_ip_with_most_entries() {
         let limits = StoreLimits::default();
         let (full, per_ip) = (limits.per_infohash, limits.per_ip_per_infohash);
-        let mut s = PeerStore::new(limits);
+        let mut s = PeerStore::new();
         let ih = Id([5; 20]);
         // 125 IPs x 4 ports fill the list.
         let attackers: Vec<Ipv4Addr> = (0..(full / per_ip) as u32)
@@ -649,7 +681,7 @@ mod tests {
             .collect();
         for ip in &attackers {
             for port in 0..per_ip as u16 {
-                let _ = s.announce(ih, SocketAddrV4::new(*ip, 2000 + port), Time(0));
+                let _ = s.announce(&limits, ih, SocketAddrV4::new(*ip, 2000 + port), Time(0));
             }
         }
         assert_eq!(live(&mut s, &ih, Time(1)).len(), full);
@@ -657,7 +689,7 @@ mod tests {
         let honest: Vec<SocketAddrV4> = (1..=100).map(peer).collect();
         for p in &honest {
             assert_eq!(
-                s.announce(ih, *p, Time(10)),
+                s.announce(&limits, ih, *p, Time(10)),
                 Ok(Stored::Added),
                 "{p} refused"
             );
@@ -670,7 +702,7 @@ mod tests {
         // The attackers announce all their ports again: they only displace each other.
         for ip in &attackers {
             for port in 0..per_ip as u16 {
-                let _ = s.announce(ih, SocketAddrV4::new(*ip, 2000 + port), Time(20));
+                let _ = s.announce(&limits, ih, SocketAddrV4::new(*ip, 2000 + port), Time(20));
             }
         }
         let got = live(&mut s, &ih, Time(21));
@@ -699,12 +731,12 @@ mod tests {
         use std::net::{Ipv6Addr, SocketAddrV6};
         let limits = StoreLimits::default();
         let cap = limits.per_ip;
-        let mut s: PeerStore<SocketAddrV6> = PeerStore::new(limits);
+        let mut s: PeerStore<SocketAddrV6> = PeerStore::new();
         let attacker: Ipv6Addr = "2001:db8::6".parse().unwrap();
         let mut refused = 0;
         for i in 0..(cap as u32 + 50) {
             let peer = SocketAddrV6::new(attacker, 1000 + (i % 4) as u16, 0, 0);
-            if let Err(e) = s.announce(ih_n(i), peer, Time(u64::from(i))) {
+            if let Err(e) = s.announce(&limits, ih_n(i), peer, Time(u64::from(i))) {
                 assert_eq!(e, StoreFull::PerIp);
                 refused += 1;
             }
@@ -713,7 +745,7 @@ mod tests {
         assert_eq!(refused, 50);
         let honest = SocketAddrV6::new("2001:db8::7".parse().unwrap(), 1, 0, 0);
         assert_eq!(
-            s.announce(ih_n(9_999_999), honest, Time(1_000)),
+            s.announce(&limits, ih_n(9_999_999), honest, Time(1_000)),
             Ok(Stored::Added)
         );
     }
